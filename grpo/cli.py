@@ -1,0 +1,62 @@
+"""The `grpo` command: `grpo train`, `grpo bench`, `grpo sync`.
+
+Every problem with the user's input (a bad flag value, a missing directory, a corrupt checkpoint)
+is printed as one line `grpo: error: ...` with exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+USAGE = """usage: grpo {train,bench,sync} [--help] ...
+
+  train   train a policy with GRPO (grpo train --help lists every flag)
+  bench   time GRPO steps on the fixed benchmark workloads (grpo bench --help)
+  sync    push offline wandb runs of a run or sweep directory once you are online
+"""
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"grpo: error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from grpo import GrpoError
+
+    try:
+        if command == "train":
+            import tyro
+
+            from grpo.config import TrainConfig
+            from grpo.trainer import train
+
+            config = tyro.cli(TrainConfig, args=rest, prog="grpo train")
+            summary = train(config)
+            if summary.get("status") == "finished":
+                print(f"run finished: {config.run_dir}")
+            return 0
+        if command == "bench":
+            from grpo.bench import main as bench_main
+
+            return bench_main(rest)
+        if command == "sync":
+            from grpo.sync import main as sync_main
+
+            return sync_main(rest)
+        return _fail(f"unknown command {command!r}; choose from train, bench, sync")
+    except GrpoError as err:
+        return _fail(str(err), 1 if type(err).__name__ == "TrainingDiverged" else 2)
+    except KeyboardInterrupt:
+        return _fail("interrupted; run the same command again to resume from the last checkpoint", 130)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""The training configuration: one frozen dataclass, the only place a default lives.
+
+Each field's docstring is its `grpo train --help` text. Cross-field checks run when the config is
+built (`__post_init__`) and raise `GrpoError` naming the flag, which the CLI prints as one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from grpo import GrpoError
+from grpo.advantages import ADVANTAGES, AdvantageName
+from grpo.kl import KLName
+from grpo.losses import AggregationName
+from grpo.rewards import REWARDS
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Train a policy with GRPO; writes a run directory (config, metrics.jsonl, summary, checkpoints)."""
+
+    # --- what to train
+    task: Literal["arithmetic", "seed_tokens"] = "arithmetic"
+    """Task registry key: the prompts, answers and demonstrations."""
+    model: str = "tiny"
+    """Model preset (tiny, small, seed) built from a config, or a local Hugging Face model directory."""
+    seed: int = 0
+    """RL seed: prompt order, sampling, shuffling. The warm start has its own seed."""
+
+    # --- rollout
+    steps: int = 150
+    """Total number of GRPO steps (a resumed run continues up to this number)."""
+    prompts_per_step: int = 16
+    """Prompts P drawn per step; each gets group-size completions."""
+    group_size: int = 8
+    """Completions G sampled per prompt (the group that forms the baseline)."""
+    max_new_tokens: int = 32
+    """Maximum completion length; a completion without EOS by then is truncated."""
+    temperature: float = 1.0
+    """Sampling temperature; log-probs in the loss use the same temperature."""
+    min_new_tokens: int = 0
+    """Suppress EOS until this many tokens (benchmarks use it to fix the completion length)."""
+    reward_weights: dict[str, float] = field(default_factory=lambda: {"correct": 1.0, "format": 0.1})
+    """Weight of each reward function (registry keys: correct, format) in the total reward."""
+
+    # --- objective
+    advantage: AdvantageName = "grpo"
+    """Advantage estimator: grpo (std-normalised), dr_grpo (no std), batch_std, rloo."""
+    adv_eps: float = 1e-4
+    """Added to the std in std-normalised advantages."""
+    aggregation: AggregationName = "seq_mean_token_mean"
+    """Token-loss aggregation: seq_mean_token_mean (GRPO), token_mean (DAPO), seq_mean_token_sum_norm (Dr. GRPO)."""
+    kl_beta: float = 0.04
+    """Weight of the KL penalty to the frozen reference; 0 builds no reference model."""
+    kl_estimator: KLName = "k3"
+    """Per-token KL estimator in the loss (k1, k2, k3); all three are logged regardless."""
+    clip_eps_low: float = 0.2
+    """Lower clip range: the ratio is clipped below at 1 - clip_eps_low."""
+    clip_eps_high: float = 0.2
+    """Upper clip range: the ratio is clipped above at 1 + clip_eps_high (DAPO raises it)."""
+
+    # --- optimisation
+    inner_epochs: int = 1
+    """Passes (mu) over each step's rollouts."""
+    mini_batches: int = 1
+    """Optimizer steps per inner epoch; the rollouts are split into this many mini-batches."""
+    micro_batch_size: int = 64
+    """Completions per forward/backward (gradient accumulation); changes no result, only memory."""
+    lr: float = 1e-4
+    """AdamW learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clip per optimizer step."""
+
+    # --- warm start
+    warmstart_steps: int = 300
+    """Supervised steps on demonstrations before RL (cached); stopped early on purpose so accuracy is partial."""
+    warmstart_lr: float = 1e-3
+    """Learning rate of the warm start."""
+    warmstart_batch_size: int = 64
+    """Demonstrations per warm-start step."""
+    warmstart_seed: int = 0
+    """Seed of the warm start (model init and data), separate from the RL seed."""
+
+    # --- evaluation, logging, checkpoints
+    eval_every: int = 25
+    """Evaluate every this many steps (and at step 0 and at the end)."""
+    eval_prompts: int = 200
+    """Held-out prompts for greedy accuracy."""
+    eval_samples: int = 16
+    """Sampled completions per prompt for pass@k (on the first 32 eval prompts)."""
+    save_every: int = 25
+    """Checkpoint every this many steps (and at the end)."""
+    log_samples_every: int = 25
+    """Write a few prompts with completions, rewards and advantages to samples.jsonl this often."""
+    out_dir: str = ""
+    """Run directory; empty means runs/<task>_<model>_seed<seed>."""
+    experiment: str = ""
+    """Experiment name (wandb group, run name <experiment>/<arm>/seed<k>)."""
+    arm: str = ""
+    """Arm name within the experiment."""
+    wandb_mode: Literal["offline", "online", "disabled"] | None = None
+    """wandb mode; unset means $WANDB_MODE if set, else offline. Never needs a network unless online."""
+    wandb_project: str = "grpo-lab"
+    """wandb project."""
+    wandb_entity: str | None = None
+    """wandb entity (team or user); unset uses your default."""
+    wandb_group: str | None = None
+    """wandb group; unset uses the experiment name."""
+    wandb_dir: str = ""
+    """Where wandb writes its files; empty means inside the run directory."""
+    quiet: bool = False
+    """No progress bar (also off when stderr is not a terminal)."""
+
+    # --- hardware
+    threads: int = 0
+    """torch CPU threads; 0 keeps torch's default."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto uses CUDA when available."""
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    """Weights/compute dtype; log-probs, ratios, KL and the loss reduction stay in fp32."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.group_size >= 2, f"--group-size must be >= 2 (a group of one has no baseline), got {self.group_size}"),
+            (math.isfinite(self.kl_beta) and self.kl_beta >= 0, f"--kl-beta must be a finite number >= 0, got {self.kl_beta}"),
+            (self.clip_eps_low > 0, f"--clip-eps-low must be > 0, got {self.clip_eps_low}"),
+            (self.clip_eps_high > 0, f"--clip-eps-high must be > 0, got {self.clip_eps_high}"),
+            (self.clip_eps_low < 1, f"--clip-eps-low must be < 1, got {self.clip_eps_low}"),
+            (self.inner_epochs >= 1, f"--inner-epochs must be >= 1, got {self.inner_epochs}"),
+            (self.mini_batches >= 1, f"--mini-batches must be >= 1, got {self.mini_batches}"),
+            (self.micro_batch_size >= 1, f"--micro-batch-size must be >= 1, got {self.micro_batch_size}"),
+            (self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
+            (self.prompts_per_step >= 1, f"--prompts-per-step must be >= 1, got {self.prompts_per_step}"),
+            (self.max_new_tokens >= 1, f"--max-new-tokens must be >= 1, got {self.max_new_tokens}"),
+            (math.isfinite(self.temperature) and self.temperature > 0, f"--temperature must be > 0, got {self.temperature}"),
+            (math.isfinite(self.lr) and self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (self.adv_eps > 0, f"--adv-eps must be > 0, got {self.adv_eps}"),
+            (self.max_grad_norm > 0, f"--max-grad-norm must be > 0, got {self.max_grad_norm}"),
+            (self.warmstart_steps >= 0, f"--warmstart-steps must be >= 0, got {self.warmstart_steps}"),
+            (min(self.eval_every, self.save_every, self.log_samples_every, self.eval_prompts) >= 1,
+             "--eval-every, --save-every, --log-samples-every and --eval-prompts must be >= 1"),
+            (self.eval_samples >= 2, f"--eval-samples must be >= 2, got {self.eval_samples}"),
+            (self.threads >= 0, f"--threads must be >= 0, got {self.threads}"),
+            (self.num_completions >= self.mini_batches,
+             f"--mini-batches ({self.mini_batches}) exceeds the completions per step "
+             f"(prompts-per-step x group-size = {self.num_completions})"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise GrpoError(message)
+        unknown = sorted(set(self.reward_weights) - set(REWARDS))
+        if unknown or not self.reward_weights:
+            raise GrpoError(f"--reward-weights names unknown reward(s) {unknown}; choose from {sorted(REWARDS)}")
+        if self.advantage not in ADVANTAGES:
+            raise GrpoError(f"unknown --advantage {self.advantage!r}")
+
+    @property
+    def num_completions(self) -> int:
+        """N = P * G completions per step."""
+        return self.prompts_per_step * self.group_size
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir or f"runs/{self.task}_{Path(self.model).name}_seed{self.seed}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise GrpoError(f"config has unknown field(s) {unknown}")
+        return cls(**values)
+
+
+# Fields that change nothing the run computes: a run may be resumed with other values for these.
+RESUMABLE_FIELDS = frozenset({
+    "steps", "out_dir", "quiet", "threads", "save_every", "wandb_mode", "wandb_project",
+    "wandb_entity", "wandb_group", "wandb_dir",
+})
+
+
+def config_mismatch(saved: dict, config: TrainConfig) -> list[str]:
+    """Names of the fields whose value differs between a saved config.json and `config`."""
+    current = json.loads(json.dumps(config.to_dict()))
+    return sorted(k for k in set(saved) | set(current)
+                  if k not in RESUMABLE_FIELDS and saved.get(k) != current.get(k))

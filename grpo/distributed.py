@@ -1,0 +1,72 @@
+"""Data parallelism over torch.distributed (torchrun): gloo on CPU, nccl on GPU.
+
+Each rank samples its share of the step's prompts. Loss normalisers (sequences, tokens) are summed
+over ranks, so each rank's loss is its share of the global loss and summing the ranks' gradients
+(all-reduce SUM) gives exactly the single-process gradient of the whole batch. Every rank then
+takes the same optimizer step. Metrics are averaged over ranks; only rank 0 writes files and wandb.
+Without torchrun (WORLD_SIZE unset) everything here is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init_from_env(device: torch.device) -> None:
+    """Join the process group torchrun describes in the environment, once."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.barrier()            # without it, a fast rank's teardown races the others' last collective
+        dist.destroy_process_group()
+
+
+def sum_across(value: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
+def sum_gradients(model: torch.nn.Module) -> None:
+    """Sum gradients over ranks (each rank's loss already carries the global normaliser)."""
+    if not dist.is_initialized():
+        return
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([g.flatten() for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def mean_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """Average scalar metrics over the ranks that have them; `*/max` keys take the maximum."""
+    if not dist.is_initialized():
+        return metrics
+    gathered: list[dict[str, float]] = [None] * world_size()
+    dist.all_gather_object(gathered, metrics)
+    out = {}
+    for key in sorted(set().union(*gathered)):
+        values = [m[key] for m in gathered if key in m]
+        out[key] = max(values) if key.endswith("/max") else sum(values) / len(values)
+    return out

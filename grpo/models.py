@@ -1,0 +1,70 @@
+"""Policy models: `transformers` Llama models built from a preset config, or a local HF checkpoint.
+
+Nothing is downloaded: presets are random-init models built in code, and a directory is loaded with
+`local_files_only=True`. The presets match the benchmark workloads (untied lm_head, sdpa attention,
+256 positions); the vocabulary size comes from the task's tokenizer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+from grpo import GrpoError
+
+MODEL_PRESETS: dict[str, dict] = {
+    "tiny": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+                 intermediate_size=512),
+    "small": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8,
+                  intermediate_size=2048),
+    # The seed notebook's toy Llama (its vocabulary of 32 comes from the seed_tokens task).
+    "seed": dict(hidden_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                 intermediate_size=512),
+}
+
+
+def is_preset(model: str) -> bool:
+    return model in MODEL_PRESETS
+
+
+def preset_config(model: str, vocab_size: int) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=vocab_size, max_position_embeddings=256, tie_word_embeddings=False,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, attn_implementation="sdpa",
+        **MODEL_PRESETS[model],
+    )
+
+
+def build_model(model: str, vocab_size: int, seed: int) -> PreTrainedModel:
+    """A randomly initialised preset model (same seed => same weights), in fp32."""
+    if not is_preset(model):
+        raise GrpoError(f"unknown model preset {model!r}; choose from {sorted(MODEL_PRESETS)} or a local directory")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(preset_config(model, vocab_size))
+
+
+def check_model_dir(model: str) -> Path:
+    path = Path(model)
+    if not path.is_dir():
+        raise GrpoError(f"--model {model!r} is neither a preset ({', '.join(MODEL_PRESETS)}) nor an existing directory")
+    if not (path / "config.json").is_file():
+        raise GrpoError(f"model directory {model!r} has no config.json (not a Hugging Face checkpoint)")
+    return path
+
+
+def load_pretrained(model: str, dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) from a local Hugging Face checkpoint directory; remote code stays off."""
+    path = check_model_dir(model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        policy = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, trust_remote_code=False,
+                                                      dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise GrpoError(f"cannot load model directory {model!r}: {str(err).splitlines()[0]}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return policy, tokenizer

@@ -1,0 +1,39 @@
+"""Per-token log-probs of completions under a causal LM, with the causal shift done right.
+
+The logits at position t score the token at t + 1, so completion token j (at sequence position
+L + j) is scored by the logits at L + j - 1: the last prompt position scores the first completion
+token, and the last position's logits score nothing. (The seed gathered without this shift.)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from grpo.sampler import prompt_positions
+
+
+def sequence_inputs(prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(input_ids, attention_mask, position_ids) [B, L + T] for prompt + completion.
+
+    Padding after EOS keeps attention 1: it sits after every real token, so under the causal mask it
+    can change nothing that is scored, and its own positions are masked out of the loss.
+    """
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    attention_mask = torch.cat([prompt_mask.long(), torch.ones_like(completion_ids)], dim=1)
+    return input_ids, attention_mask, prompt_positions(attention_mask)
+
+
+def completion_logp(model, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
+                    temperature: float) -> Tensor:
+    """log pi(completion token j | prompt, tokens < j) [B, T], in fp32, at the sampling temperature."""
+    input_ids, attention_mask, position_ids = sequence_inputs(prompt_ids, prompt_mask, completion_ids)
+    num_completion = completion_ids.shape[1]
+    # Keep the logits of the last T + 1 positions and drop the final one: positions L-1 .. L+T-2.
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   logits_to_keep=num_completion + 1).logits[:, :-1].float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    # gather - logsumexp avoids materialising a second [B, T, V] log-softmax tensor.
+    chosen = logits.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
+    return chosen - torch.logsumexp(logits, dim=-1)

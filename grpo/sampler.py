@@ -1,0 +1,105 @@
+"""Batched, KV-cached sampling of G completions per prompt.
+
+`Sampler` is the interface the trainer calls; `KVCacheSampler` is its implementation on a
+`transformers` causal LM (a vLLM backend would be another class with the same `generate`). It runs
+under `torch.inference_mode()`: rollouts never build an autograd graph.
+
+Completion mask convention: 1 for every generated token up to and including the first EOS; 0 for
+the padding written after it. A row without EOS after max_new_tokens is `truncated`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+from transformers import DynamicCache
+
+
+@dataclass
+class Rollout:
+    prompt_ids: Tensor        # [N, L] left-padded prompt token ids
+    prompt_mask: Tensor       # [N, L] 1 for prompt tokens, 0 for left padding
+    completion_ids: Tensor    # [N, T] sampled ids, pad after EOS
+    completion_mask: Tensor   # [N, T] float, 1 up to and including the first EOS
+    truncated: Tensor         # [N] bool, no EOS within max_new_tokens
+    entropy: Tensor           # [N, T] entropy of the sampling distribution at each position
+
+
+class Sampler(Protocol):
+    def generate(self, model, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int,
+                 temperature: float, generator: torch.Generator | None, eos_token_id: int,
+                 pad_token_id: int, min_new_tokens: int = 0, greedy: bool = False) -> Rollout:
+        """Sample one completion per row of prompt_ids (repeat prompts G times for a group)."""
+
+
+def prompt_positions(prompt_mask: Tensor) -> Tensor:
+    """Position ids [N, L] that start at 0 on each row's first real token (left padding gets 0)."""
+    return (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def sample_next(logits: Tensor, temperature: float, generator: torch.Generator | None,
+                greedy: bool) -> tuple[Tensor, Tensor]:
+    """(next token ids [N], entropy [N]) from last-position logits [N, V] at the given temperature."""
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    entropy = torch.special.entr(probs).sum(-1)        # -p log p, with 0 log 0 = 0 for banned tokens
+    if greedy:
+        return logits.argmax(-1), entropy
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1), entropy
+
+
+class KVCacheSampler:
+    """Token-by-token decoding with the model's own KV cache, stopping when every row hit EOS."""
+
+    @torch.inference_mode()
+    def generate(self, model, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int,
+                 temperature: float, generator: torch.Generator | None, eos_token_id: int,
+                 pad_token_id: int, min_new_tokens: int = 0, greedy: bool = False) -> Rollout:
+        num_rows = prompt_ids.shape[0]
+        device = prompt_ids.device
+        attention = prompt_mask.long()
+        positions = prompt_positions(prompt_mask)
+        cache = DynamicCache()
+        logits = model(input_ids=prompt_ids, attention_mask=attention, position_ids=positions,
+                       cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        next_position = positions[:, -1:] + 1
+        tokens, entropies = [], []
+        finished = torch.zeros(num_rows, dtype=torch.bool, device=device)
+        for step in range(max_new_tokens):
+            if step < min_new_tokens:
+                logits[:, eos_token_id] = float("-inf")
+            token, entropy = sample_next(logits, temperature, generator, greedy)
+            token = torch.where(finished, torch.full_like(token, pad_token_id), token)
+            tokens.append(token)
+            entropies.append(entropy)
+            finished = finished | (token == eos_token_id)
+            if bool(finished.all()) or step == max_new_tokens - 1:
+                break
+            attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+            logits = model(input_ids=token[:, None], attention_mask=attention, position_ids=next_position,
+                           cache=cache, use_cache=True).logits[:, -1]
+            next_position = next_position + 1
+        completion_ids = torch.stack(tokens, dim=1)
+        return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask(completion_ids, eos_token_id),
+                       truncated=~finished, entropy=torch.stack(entropies, dim=1))
+
+
+def completion_mask(completion_ids: Tensor, eos_token_id: int) -> Tensor:
+    """Float mask [N, T]: 1 up to and including the first EOS of each row, 0 after it."""
+    is_eos = (completion_ids == eos_token_id).long()
+    eos_before = is_eos.cumsum(-1) - is_eos          # EOS tokens strictly before each position
+    return (eos_before == 0).float()
+
+
+def encode_prompts(tokenizer, prompts: list[str], device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """(prompt_ids, prompt_mask) [N, L], left-padded; the prompt text carries its own `<bos>`."""
+    enc = tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+def decode_completions(tokenizer, completion_ids: Tensor, completion_mask: Tensor) -> list[str]:
+    """Completion texts with special tags kept (rewards parse them), padding dropped."""
+    rows = [ids[: int(n)] for ids, n in zip(completion_ids.tolist(), completion_mask.sum(-1).tolist())]
+    return tokenizer.batch_decode(rows, skip_special_tokens=False)

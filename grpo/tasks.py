@@ -1,0 +1,129 @@
+"""Tasks: prompts with known answers, a held-out split, and demonstrations for the warm start.
+
+A task is an entry in TASKS. It owns its tokenizer (built in code) and yields `Example`s. Rewards
+never look at the prompt, only at the completion (the seed notebook's reward scanned the prompt,
+whose in-context example already contains an answer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal, Protocol
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from grpo.tokenizer import ARITHMETIC_CHARS, SPECIAL_TOKENS, TAG_TOKENS, build_tokenizer, char_tokenizer
+
+TaskName = Literal["arithmetic", "seed_tokens"]
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str                 # the text the policy is conditioned on, `<bos>` included
+    answer: str                 # the reference answer, compared with the text inside <answer></answer>
+    completion_prefix: str = ""  # response text the prompt already opened (seed: "<think>")
+
+
+class Task(Protocol):
+    name: str
+    tokenizer: PreTrainedTokenizerBase
+
+    def sample(self, generator: torch.Generator, n: int) -> list[Example]:
+        """n training examples drawn uniformly (with replacement) from the training split."""
+
+    def eval_examples(self) -> list[Example]:
+        """The fixed held-out split, never drawn for training."""
+
+    def demonstration(self, example: Example) -> str:
+        """A correct, well-formed completion (ending in `<eos>`) for the supervised warm start."""
+
+
+def _split(num_items: int, num_eval: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    order = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed))
+    return order[num_eval:], order[:num_eval]
+
+
+class Arithmetic:
+    """`a+b=` with two-digit a, b; the completion is `<think>scratchpad</think><answer>a+b</answer>`.
+
+    The demonstrations' scratchpad adds digit by digit and writes the carry only when there is one
+    ("7+5=12 4+8+1=13" for 47+85, "2+4=6 1+3=4" for 12+34), so completions vary in length and a
+    model can produce right and wrong answers of different lengths (the Dr. GRPO length-bias claim).
+    """
+
+    name = "arithmetic"
+    num_eval = 500
+
+    def __init__(self) -> None:
+        self.tokenizer = char_tokenizer(ARITHMETIC_CHARS)
+        self.pairs = [(a, b) for a in range(10, 100) for b in range(10, 100)]
+        self.train_index, self.eval_index = _split(len(self.pairs), self.num_eval, seed=1234)
+
+    def _example(self, index: int) -> Example:
+        a, b = self.pairs[index]
+        return Example(prompt=f"<bos>{a}+{b}=", answer=str(a + b))
+
+    def sample(self, generator: torch.Generator, n: int) -> list[Example]:
+        picks = torch.randint(len(self.train_index), (n,), generator=generator)
+        return [self._example(int(self.train_index[i])) for i in picks]
+
+    def eval_examples(self) -> list[Example]:
+        return [self._example(int(i)) for i in self.eval_index]
+
+    def demonstration(self, example: Example) -> str:
+        a, b = (int(x) for x in example.prompt.removeprefix("<bos>").rstrip("=").split("+"))
+        units = a % 10 + b % 10
+        carry = units // 10
+        tens = f"{a // 10}+{b // 10}+1={a // 10 + b // 10 + 1}" if carry else f"{a // 10}+{b // 10}={a // 10 + b // 10}"
+        return f"<think>{a % 10}+{b % 10}={units} {tens}</think><answer>{a + b}</answer><eos>"
+
+
+SEED_LETTERS = list("abcdefghijklmnopqrstuvwx")   # 24 plain tokens: ids 4-24 and 29-31
+
+
+class SeedTokens:
+    """The seed notebook's toy, without its bugs.
+
+    Vocabulary of 32 ids with `<think>`, `</think>`, `<answer>`, `</answer>` at 25-28 as in the seed.
+    A question is 10 tokens drawn from the 21 letters at ids 4-24; its 1-token label is the largest
+    letter. The prompt is `<bos>`, the seed's fixed in-context example, the question, then `<think>`.
+    Each prompt gets its own G completions, and the reward reads only the completion.
+    """
+
+    name = "seed_tokens"
+    question_len = 10
+    in_context = "<think>bcd</think><answer>g</answer>"
+    num_eval = 256
+
+    def __init__(self) -> None:
+        vocab = SPECIAL_TOKENS + SEED_LETTERS[:21] + TAG_TOKENS + SEED_LETTERS[21:]
+        self.tokenizer = build_tokenizer(vocab)
+        self.letters = SEED_LETTERS[:21]
+        questions = torch.randint(len(self.letters), (4096, self.question_len),
+                                  generator=torch.Generator().manual_seed(1234))
+        self.questions = ["".join(self.letters[i] for i in row) for row in questions.tolist()]
+        self.train_index, self.eval_index = _split(len(self.questions), self.num_eval, seed=1234)
+
+    def _example(self, index: int) -> Example:
+        question = self.questions[index]
+        return Example(prompt=f"<bos>{self.in_context}{question}<think>", answer=max(question),
+                       completion_prefix="<think>")
+
+    def sample(self, generator: torch.Generator, n: int) -> list[Example]:
+        picks = torch.randint(len(self.train_index), (n,), generator=generator)
+        return [self._example(int(self.train_index[i])) for i in picks]
+
+    def eval_examples(self) -> list[Example]:
+        return [self._example(int(i)) for i in self.eval_index]
+
+    def demonstration(self, example: Example) -> str:
+        question = example.prompt[-self.question_len - len("<think>"):-len("<think>")]
+        top3 = "".join(sorted(question, reverse=True)[:3])
+        return f"{top3}</think><answer>{example.answer}</answer><eos>"
+
+
+TASKS: dict[str, Callable[[], Task]] = {
+    "arithmetic": Arithmetic,
+    "seed_tokens": SeedTokens,
+}

@@ -1,0 +1,160 @@
+"""Where a run's results go: the run directory (source of truth), a wandb mirror, a progress bar.
+
+Run directory layout:
+  config.json      the exact config the trainer read
+  metrics.jsonl    one flat JSON object per step, appended and flushed as the step ends
+  samples.jsonl    every log_samples_every steps, a few prompts with completions, rewards, advantages
+  summary.json     status (running | finished | failed), steps done, final metrics, error
+  checkpoints/     see grpo/checkpoint.py
+  wandb/           wandb's offline files, unless wandb_dir points elsewhere (a sweep shares one)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+from grpo import GrpoError
+from grpo.config import TrainConfig, config_mismatch
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class RunStore:
+    """The run directory. Refuses a directory that holds a run of another config."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.dir = config.run_dir
+        self.metrics_path = self.dir / "metrics.jsonl"
+        self.samples_path = self.dir / "samples.jsonl"
+        self.summary_path = self.dir / "summary.json"
+        config_path = self.dir / "config.json"
+        if config_path.exists():
+            try:
+                saved = json.loads(config_path.read_text())
+            except (OSError, ValueError) as err:
+                raise GrpoError(f"{config_path} is unreadable ({err}); refusing to overwrite that run") from None
+            differ = config_mismatch(saved, config)
+            if differ:
+                raise GrpoError(f"{self.dir} holds a run with another config (differs in: {', '.join(differ)}); "
+                                f"choose another --out-dir")
+        elif self.dir.exists() and any(p.name != "wandb" for p in self.dir.iterdir()):
+            raise GrpoError(f"{self.dir} exists and is not a grpo-lab run directory; choose another --out-dir")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        _write_json(config_path, config.to_dict())
+
+    def summary(self) -> dict:
+        try:
+            return json.loads(self.summary_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def write_summary(self, **fields) -> None:
+        _write_json(self.summary_path, {**self.summary(), **fields})
+
+    def truncate_after(self, step: int) -> None:
+        """Drop logged lines of steps > `step` (they will be recomputed from the checkpoint at `step`)."""
+        for path in (self.metrics_path, self.samples_path):
+            if not path.exists():
+                continue
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line)["step"] <= step:
+                        kept.append(line)
+                except (ValueError, KeyError, TypeError):
+                    break   # a torn last line from a kill: everything after it is gone too
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, path)
+
+    def append(self, path: Path, record: dict) -> None:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+
+
+class WandbMirror:
+    """Mirrors metrics to wandb; absent, offline or failing wandb only costs one warning."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, resume_id: str | None) -> None:
+        self.run = None
+        mode = config.wandb_mode or os.environ.get("WANDB_MODE") or "offline"
+        if mode == "disabled":
+            return
+        try:
+            import wandb
+
+            wandb_dir = Path(config.wandb_dir) if config.wandb_dir else run_dir
+            wandb_dir.mkdir(parents=True, exist_ok=True)
+            name = "/".join(p for p in (config.experiment, config.arm, f"seed{config.seed}") if p)
+            commit = git_commit()
+            self.run = wandb.init(
+                project=config.wandb_project, entity=config.wandb_entity,
+                group=config.wandb_group or config.experiment or None, name=name, dir=str(wandb_dir),
+                mode=mode, config=config.to_dict(), id=resume_id, resume="allow" if resume_id else None,
+                tags=[t for t in (config.arm and f"arm:{config.arm}", f"seed:{config.seed}",
+                                  commit and f"git:{commit}") if t],
+                settings=wandb.Settings(silent=True, console="off"),
+            )
+            for axis in ("samples", "tokens"):
+                self.run.define_metric(axis)
+            self.run.define_metric("*", step_metric="step")
+        except Exception as err:  # never let the mirror kill or stall a run
+            warnings.warn(f"wandb unavailable ({type(err).__name__}: {err}); logging to {run_dir} only")
+            self.run = None
+
+    @property
+    def id(self) -> str | None:
+        return self.run.id if self.run is not None else None
+
+    def log(self, record: dict) -> None:
+        if self.run is not None:
+            try:
+                self.run.log(record)
+            except Exception as err:
+                warnings.warn(f"wandb log failed ({err}); continuing with the local store only")
+                self.run = None
+
+    def log_samples(self, step: int, rows: list[dict]) -> None:
+        if self.run is None or not rows:
+            return
+        try:
+            import wandb
+
+            columns = list(rows[0])
+            table = wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in rows])
+            self.run.log({"samples": table, "step": step})
+        except Exception as err:
+            warnings.warn(f"wandb table failed ({err})")
+
+    def finish(self) -> None:
+        if self.run is not None:
+            try:
+                self.run.finish()
+            except Exception:
+                pass
+
+
+def progress_bar(total: int, initial: int, quiet: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="grpo", unit="step", dynamic_ncols=True,
+                disable=quiet or not sys.stderr.isatty())

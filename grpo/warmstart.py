@@ -1,0 +1,106 @@
+"""Supervised warm start: a short SFT on task demonstrations, cached on disk.
+
+A random model never earns a reward, so RL starts from a model fine-tuned on demonstrations and
+stopped early on purpose: accuracy is partial, so groups of every kind (all right, all wrong, mixed)
+occur. The result is cached under a key of (task, model, warm-start settings), so every arm and seed
+of an ablation starts from the same weights and they are computed once; a file lock makes parallel
+runs wait for the first one instead of training it twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from grpo import GrpoError
+from grpo.models import MODEL_PRESETS, build_model, is_preset, load_pretrained
+
+CACHE_VERSION = 1
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("GRPO_CACHE", Path.home() / ".cache" / "grpo-lab"))
+
+
+def warmstart_key(cfg, vocab_size: int) -> str:
+    model_id = MODEL_PRESETS[cfg.model] if is_preset(cfg.model) else str(Path(cfg.model).resolve())
+    spec = {"version": CACHE_VERSION, "task": cfg.task, "model": model_id, "vocab_size": vocab_size,
+            "steps": cfg.warmstart_steps, "lr": cfg.warmstart_lr, "batch": cfg.warmstart_batch_size,
+            "seed": cfg.warmstart_seed}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def initial_model(cfg, task, tokenizer):
+    """The un-finetuned policy: a seeded preset or the local checkpoint."""
+    if is_preset(cfg.model):
+        return build_model(cfg.model, len(tokenizer), seed=cfg.warmstart_seed)
+    model, _ = load_pretrained(cfg.model)
+    return model
+
+
+def demonstration_batch(task, tokenizer, examples) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, loss_mask) for prompt + demonstration; the loss covers the demo only."""
+    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=False)["input_ids"]
+    demos = tokenizer([task.demonstration(e) for e in examples], add_special_tokens=False)["input_ids"]
+    width = max(len(p) + len(d) for p, d in zip(prompts, demos))
+    ids = torch.full((len(examples), width), tokenizer.pad_token_id)
+    attention = torch.zeros(len(examples), width, dtype=torch.long)
+    loss_mask = torch.zeros(len(examples), width)
+    for row, (p, d) in enumerate(zip(prompts, demos)):
+        start = width - len(p) - len(d)        # left padding, as in rollouts
+        ids[row, start:] = torch.tensor(p + d)
+        attention[row, start:] = 1
+        loss_mask[row, width - len(d):] = 1
+    return ids, attention, loss_mask
+
+
+def supervised_finetune(model, task, tokenizer, *, steps: int, lr: float, batch_size: int, seed: int,
+                        device: torch.device) -> None:
+    """`steps` AdamW steps of next-token cross-entropy on demonstration tokens."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model.train()
+    for _ in range(steps):
+        ids, attention, loss_mask = (t.to(device) for t in demonstration_batch(
+            task, tokenizer, task.sample(generator, batch_size)))
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids, attention_mask=attention, position_ids=positions).logits[:, :-1]
+        token_loss = F.cross_entropy(logits.float().transpose(1, 2), ids[:, 1:], reduction="none")
+        target_mask = loss_mask[:, 1:]
+        loss = (token_loss * target_mask).sum() / target_mask.sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+
+def warm_started_model(cfg, task, tokenizer, device: torch.device, log=print):
+    """The warm-started policy (fp32, on `device`), from the cache or trained now and cached."""
+    model = initial_model(cfg, task, tokenizer).to(device)
+    if cfg.warmstart_steps == 0:
+        return model
+    entry = cache_root() / "warmstart" / warmstart_key(cfg, len(tokenizer))
+    entry.mkdir(parents=True, exist_ok=True)
+    weights = entry / "model.safetensors"
+    with open(entry / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)        # a parallel run with the same key waits here
+        if weights.exists():
+            try:
+                model.load_state_dict({k: v.to(device) for k, v in load_file(weights).items()})
+                return model
+            except Exception as err:  # a half-written or foreign file: rebuild it
+                log(f"warm start cache {weights} unreadable ({err}); rebuilding it")
+        log(f"warm start: {cfg.warmstart_steps} supervised steps on {cfg.task} demonstrations (cached in {entry})")
+        supervised_finetune(model, task, tokenizer, steps=cfg.warmstart_steps, lr=cfg.warmstart_lr,
+                            batch_size=cfg.warmstart_batch_size, seed=cfg.warmstart_seed, device=device)
+        tmp = entry / "model.safetensors.tmp"
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp)
+        os.replace(tmp, weights)
+    return model
