@@ -26,13 +26,22 @@ AdvantageName = Literal["grpo", "dr_grpo", "batch_std", "rloo"]
 def _centered(rewards: Tensor) -> Tensor:
     """r - group mean, forced to exactly 0 in constant groups (float means can be off by an ulp)."""
     centered = rewards - rewards.mean(dim=-1, keepdim=True)
-    constant = rewards.amax(dim=-1, keepdim=True) == rewards.amin(dim=-1, keepdim=True)
-    return torch.where(constant, torch.zeros_like(centered), centered)
+    return torch.where(_constant(rewards), torch.zeros_like(centered), centered)
+
+
+def _constant(rewards: Tensor) -> Tensor:
+    return rewards.amax(dim=-1, keepdim=True) == rewards.amin(dim=-1, keepdim=True)
+
+
+def _scaled(rewards: Tensor, scale: Tensor) -> Tensor:
+    """centered / scale, still exactly 0 in constant groups when scale is 0 (eps = 0 gives 0/0)."""
+    centered = _centered(rewards)
+    return torch.where(_constant(rewards), centered, centered / scale)
 
 
 def grpo_advantages(rewards: Tensor, *, eps: float) -> Tensor:
     """(r - group mean) / (unbiased group std + eps)."""
-    return _centered(rewards) / (rewards.std(dim=-1, keepdim=True) + eps)
+    return _scaled(rewards, rewards.std(dim=-1, keepdim=True) + eps)
 
 
 def dr_grpo_advantages(rewards: Tensor, *, eps: float) -> Tensor:
@@ -42,7 +51,7 @@ def dr_grpo_advantages(rewards: Tensor, *, eps: float) -> Tensor:
 
 def batch_std_advantages(rewards: Tensor, *, eps: float) -> Tensor:
     """(r - group mean) / (unbiased std of all P*G rewards + eps)."""
-    return _centered(rewards) / (rewards.std() + eps)
+    return _scaled(rewards, rewards.std() + eps)
 
 
 def rloo_advantages(rewards: Tensor, *, eps: float) -> Tensor:
@@ -70,4 +79,6 @@ def compute_advantages(rewards: Tensor, estimator: str = "grpo", eps: float = 1e
         raise GrpoError(f"group size must be at least 2 to form a group baseline, got {rewards.shape[-1]}")
     if estimator not in ADVANTAGES:
         raise GrpoError(f"unknown advantage estimator {estimator!r}; choose from {sorted(ADVANTAGES)}")
-    return ADVANTAGES[estimator](rewards.float(), eps=eps)
+    if not rewards.is_floating_point():
+        rewards = rewards.float()
+    return ADVANTAGES[estimator](rewards, eps=eps)

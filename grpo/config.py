@@ -79,7 +79,7 @@ class TrainConfig:
     """Gradient-norm clip per optimizer step."""
 
     # --- warm start
-    warmstart_steps: int = 300
+    warmstart_steps: int = 150
     """Supervised steps on demonstrations before RL (cached); stopped early on purpose so accuracy is partial."""
     warmstart_lr: float = 1e-3
     """Learning rate of the warm start."""

@@ -85,8 +85,18 @@ def policy_loss(
     """
     if aggregation not in AGGREGATIONS:
         raise GrpoError(f"unknown aggregation {aggregation!r}; choose from {sorted(AGGREGATIONS)}")
+    if kl_estimator not in KL_ESTIMATORS:
+        raise GrpoError(f"unknown KL estimator {kl_estimator!r}; choose from {sorted(KL_ESTIMATORS)}")
+    if not kl_beta >= 0.0:
+        raise GrpoError(f"kl_beta must be >= 0, got {kl_beta}")
     if kl_beta != 0.0 and ref_logp is None:
         raise GrpoError("kl_beta > 0 needs reference log-probs (ref_logp is None)")
+    # Zero every log-prob outside the mask before any exp: padding may hold anything (even -inf),
+    # and inf * 0 would be NaN. torch.where also sends those positions exactly zero gradient.
+    active = mask > 0
+    logp, old_logp = torch.where(active, logp, 0.0), torch.where(active, old_logp, 0.0)
+    if ref_logp is not None:
+        ref_logp = torch.where(active, ref_logp, 0.0)
     mask = mask.to(logp.dtype)
     num_seqs = logp.shape[0] if num_seqs is None else num_seqs
     num_tokens = mask.sum().clamp(min=1) if num_tokens is None else max(num_tokens, 1)
@@ -102,18 +112,17 @@ def policy_loss(
                                      max_len=max_len)
 
     with torch.no_grad():
-        active = mask.sum()
-        denom = active.clamp(min=1)
+        num_active = mask.sum()
+        denom = num_active.clamp(min=1)
         low = ((ratio < 1.0 - clip_eps_low) & (adv < 0)).to(mask.dtype)
         high = ((ratio > 1.0 + clip_eps_high) & (adv > 0)).to(mask.dtype)
         stats = {
             "clip/low_frac": _masked_mean(low, mask, denom),
             "clip/high_frac": _masked_mean(high, mask, denom),
             "ratio/mean": _masked_mean(ratio, mask, denom),
-            # Padding positions have ratio exp(0) = 1 at most, so they never win the max wrongly.
-            "ratio/max": torch.where(mask > 0, ratio, torch.zeros_like(ratio)).max(),
+            "ratio/max": torch.where(active, ratio, torch.zeros_like(ratio)).max(),
             "kl_old": _masked_mean(kl_k3(logp, old_logp), mask, denom),
-            "tokens": active,
+            "tokens": num_active,
         }
         if ref_logp is not None:
             for name, estimator in KL_ESTIMATORS.items():
