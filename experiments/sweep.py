@@ -1,0 +1,253 @@
+"""The sweep runner: every (arm, seed) of an experiment as a `grpo train` subprocess, resumable.
+
+    python -m experiments.<name> [--out-dir D] [--seeds N] [--steps S] [--parallel K] [--quick]
+                                 [--dry-run] [--executor local|ray] [any grpo train flag ...]
+
+Run directories are `<out-dir>/<arm>/seed<k>`. Restarting a sweep skips finished runs, resumes
+unfinished ones (the trainer continues from its last checkpoint) and starts the rest. A failed run is
+reported with its log and does not stop the others; the sweep exits 1 if any run failed. Each run's
+output goes to `<run>/train.log`; the runs share one `<out-dir>/wandb/` so `wandb leet` browses all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import dataclasses
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from grpo import GrpoError
+from grpo.config import TrainConfig
+
+DEFAULT_PARALLEL = 1   # measured on 2 cores: one 2-thread run at a time beats two 1-thread runs (README)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    base: TrainConfig
+    arms: dict[str, TrainConfig]
+    budget: str                      # one line: what the comparison holds fixed
+    baseline: str                    # the arm the others are compared with
+    knob: str | None = None          # the config field the ablation varies (for final-score-vs-knob plots)
+    seeds: int = 3
+    quick: dict = field(default_factory=dict)   # overrides applied to every arm by --quick
+
+
+@dataclass
+class Run:
+    arm: str
+    seed: int
+    config: TrainConfig
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.config.out_dir)
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "train.log"
+
+
+def config_args(config: TrainConfig) -> list[str]:
+    """`grpo train` flags that rebuild `config` (fields equal to the defaults are left out)."""
+    defaults = TrainConfig()
+    args = []
+    for f in dataclasses.fields(TrainConfig):
+        value, default = getattr(config, f.name), getattr(defaults, f.name)
+        if value == default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + f.name.replace("_", "-"))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                args += [f"{flag}.{key}", repr(item)]
+        else:
+            args += [flag, "None" if value is None else str(value)]
+    return args
+
+
+def train_command(run: Run) -> list[str]:
+    return [sys.executable, "-m", "grpo.cli", "train", *config_args(run.config)]
+
+
+def plan_runs(experiment: Experiment, out_dir: Path, seeds: list[int], overrides: dict, parallel: int) -> list[Run]:
+    import tyro
+
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    runs = []
+    for arm, arm_config in experiment.arms.items():
+        if overrides["quick"]:
+            arm_config = dataclasses.replace(arm_config, **experiment.quick)
+        if overrides["steps"]:
+            arm_config = dataclasses.replace(arm_config, steps=overrides["steps"])
+        # Any grpo train flag given to the sweep applies to every arm, on top of the arm's own values.
+        arm_config = tyro.cli(TrainConfig, args=overrides["train_args"], default=arm_config, prog="sweep overrides")
+        for seed in seeds:
+            config = dataclasses.replace(
+                arm_config, seed=seed, experiment=experiment.name, arm=arm, quiet=True,
+                threads=arm_config.threads or threads, out_dir=str(out_dir / arm / f"seed{seed}"),
+                wandb_dir=str(out_dir), wandb_group=arm_config.wandb_group or experiment.name)
+            runs.append(Run(arm, seed, config))
+    return runs
+
+
+def run_status(run: Run) -> str:
+    try:
+        summary = json.loads((run.dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return "missing"
+    if summary.get("status") == "finished" and summary.get("steps_done", 0) >= run.config.steps:
+        return "finished"
+    return "failed" if summary.get("status") == "failed" else "unfinished"
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the sweep dies, so a killed sweep leaves no orphan runs."""
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def run_local(runs: list[Run], parallel: int, progress) -> dict[str, int]:
+    """Run `runs` with at most `parallel` at once; returns {run dir: exit code}."""
+    pending, active, codes = list(runs), {}, {}
+    while pending or active:
+        while pending and len(active) < parallel:
+            run = pending.pop(0)
+            run.dir.mkdir(parents=True, exist_ok=True)
+            log = open(run.log, "a")
+            env = {**os.environ, "OMP_NUM_THREADS": str(run.config.threads), "TOKENIZERS_PARALLELISM": "false"}
+            active[run] = (subprocess.Popen(train_command(run), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                            preexec_fn=_die_with_parent), log)
+        time.sleep(0.5)
+        for run, (proc, log) in list(active.items()):
+            if proc.poll() is not None:
+                log.close()
+                codes[str(run.dir)] = proc.returncode
+                del active[run]
+                progress(run, proc.returncode)
+    return codes
+
+
+def run_ray(runs: list[Run], progress) -> dict[str, int]:
+    """Dispatch each run as a Ray task (same commands, same run-dir layout on shared storage)."""
+    try:
+        import ray
+    except ImportError:
+        raise GrpoError("--executor ray needs the ray extra: pip install 'grpo-lab[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+
+    @ray.remote(num_cpus=1)
+    def launch(command: list[str], log_path: str, threads: int) -> int:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a") as log:
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+            return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+
+    futures = {launch.remote(train_command(r), str(r.log), r.config.threads): r for r in runs}
+    codes = {}
+    remaining = list(futures)
+    while remaining:
+        done, remaining = ray.wait(remaining, num_returns=1)
+        run = futures[done[0]]
+        codes[str(run.dir)] = ray.get(done[0])
+        progress(run, codes[str(run.dir)])
+    return codes
+
+
+def write_sweep_json(experiment: Experiment, out_dir: Path, runs: list[Run], seeds: list[int]) -> None:
+    import torch
+    import transformers
+
+    from grpo import __version__
+    from grpo.tracking import git_commit
+
+    base = TrainConfig()
+    arms = {arm: {k: v for k, v in dataclasses.asdict(cfg).items()
+                  if k not in ("out_dir", "seed", "experiment", "arm") and v != getattr(base, k)}
+            for arm, cfg in {r.arm: r.config for r in runs}.items()}
+    info = {"experiment": experiment.name, "arms": arms, "seeds": seeds, "budget": experiment.budget,
+            "baseline": experiment.baseline, "knob": experiment.knob,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_commit": git_commit(),
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "grpo_lab": __version__}}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "sweep.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def parse_args(experiment: Experiment, argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        prog=f"python -m experiments.{experiment.name}",
+        description=f"{experiment.name} ablation: arms {', '.join(experiment.arms)}; holds fixed: {experiment.budget}. "
+                    "Any other flag is a `grpo train` flag applied to every arm (see grpo train --help).")
+    parser.add_argument("--out-dir", type=Path, default=Path("runs") / experiment.name, help="sweep directory")
+    parser.add_argument("--seeds", type=int, default=experiment.seeds, help="seeds per arm (0..N-1)")
+    parser.add_argument("--steps", type=int, default=None, help="GRPO steps per run (overrides the arms)")
+    parser.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL,
+                        help="runs at once; each gets cores/parallel threads")
+    parser.add_argument("--quick", action="store_true", help="small budget for smoke tests and the demo")
+    parser.add_argument("--dry-run", action="store_true", help="print the grpo train commands, run nothing")
+    parser.add_argument("--executor", choices=["local", "ray"], default="local",
+                        help="local subprocesses, or Ray tasks on a cluster (ray extra; RAY_ADDRESS)")
+    parser.add_argument("--no-report", action="store_true", help="do not write the analysis report at the end")
+    args, train_args = parser.parse_known_args(argv)
+    if args.seeds < 1 or args.parallel < 1 or (args.steps is not None and args.steps < 1):
+        parser.error("--seeds, --parallel and --steps must be >= 1")
+    return args, train_args
+
+
+def main(experiment: Experiment, argv: list[str] | None = None) -> int:
+    args, train_args = parse_args(experiment, sys.argv[1:] if argv is None else argv)
+    try:
+        return sweep(experiment, args, train_args)
+    except GrpoError as err:
+        print(f"{experiment.name}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def sweep(experiment: Experiment, args: argparse.Namespace, train_args: list[str]) -> int:
+    seeds = list(range(args.seeds))
+    runs = plan_runs(experiment, args.out_dir, seeds,
+                     {"quick": args.quick, "steps": args.steps, "train_args": train_args}, args.parallel)
+    if args.dry_run:
+        for run in runs:
+            print(shlex.join(["grpo", "train", *config_args(run.config)]))
+        return 0
+    write_sweep_json(experiment, args.out_dir, runs, seeds)
+    todo = [r for r in runs if run_status(r) != "finished"]
+    print(f"{experiment.name}: {len(runs)} runs ({len(runs) - len(todo)} already finished) in {args.out_dir}; "
+          f"{args.parallel} at a time, logs in <run>/train.log", flush=True)
+    started = time.perf_counter()
+
+    def progress(run: Run, code: int) -> None:
+        word = "finished" if code == 0 else f"FAILED (exit {code}), see {run.log}"
+        print(f"  [{time.perf_counter() - started:6.0f}s] {run.arm}/seed{run.seed} {word}", flush=True)
+
+    if args.executor == "ray":
+        run_ray(todo, progress)
+    else:
+        run_local(todo, args.parallel, progress)
+    statuses = {r: run_status(r) for r in runs}
+    print(f"{experiment.name}: " + ", ".join(f"{sum(s == k for s in statuses.values())} {k}"
+                                            for k in ("finished", "failed", "unfinished", "missing")))
+    for run, status in statuses.items():
+        if status != "finished":
+            print(f"  {run.arm}/seed{run.seed}: {status}, log {run.log}")
+    if not args.no_report:
+        from analysis.report import write_report
+
+        report = write_report([args.out_dir])
+        print(f"report: {report}")
+    return 0 if all(s == "finished" for s in statuses.values()) else 1
