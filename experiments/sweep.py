@@ -43,7 +43,7 @@ class Experiment:
     quick: dict = field(default_factory=dict)   # overrides applied to every arm by --quick
 
 
-@dataclass
+@dataclass(eq=False)     # identity hash: runs are dict keys while they execute
 class Run:
     arm: str
     seed: int

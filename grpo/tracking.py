@@ -11,6 +11,7 @@ Run directory layout:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -55,9 +56,16 @@ class RunStore:
             if differ:
                 raise GrpoError(f"{self.dir} holds a run with another config (differs in: {', '.join(differ)}); "
                                 f"choose another --out-dir")
-        elif self.dir.exists() and any(p.name != "wandb" for p in self.dir.iterdir()):
+        elif self.dir.exists() and any(p.name not in ("wandb", "train.log", ".lock") for p in self.dir.iterdir()):
             raise GrpoError(f"{self.dir} exists and is not a grpo-lab run directory; choose another --out-dir")
         self.dir.mkdir(parents=True, exist_ok=True)
+        # One writer per run directory: a second process (a sweep restarted while an orphan of the
+        # first still runs, a user typing the command twice) is refused instead of interleaving lines.
+        self._lock = open(self.dir / ".lock", "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise GrpoError(f"{self.dir} is being written by another grpo process") from None
         _write_json(config_path, config.to_dict())
 
     def summary(self) -> dict:

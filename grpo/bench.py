@@ -1,0 +1,129 @@
+"""`grpo bench`: seconds per GRPO step on the fixed workloads W1 (tiny) and W2 (small).
+
+The workload matches ../shared/bench/trl_grpo_bench.py, so both can be timed side by side
+(bench/compare_trl.py): 8 prompts "a+b=" x G = 8, exactly 32 new tokens (EOS suppressed), temperature
+1, correct + format rewards, group advantages, kl_beta 0.04 with k3 (a reference forward every step),
+one inner epoch and one mini-batch (no separate old-logprob forward), AdamW lr 1e-4, grad clip 1.0,
+all 64 completions in one micro-batch, fp32, random init with seed 0, no warm start.
+
+It runs the trainer's own `grpo_step` and prints one JSON object: median/min/max s/step, completion
+tokens/s, peak RSS, the phase split, the FLOP-model floor and the ratio to it.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from grpo.config import TrainConfig
+from grpo.models import MODEL_PRESETS
+
+PROMPT_LEN = 7            # "<bos>" + "ab+cd="
+VOCAB = 21
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Time GRPO steps on a fixed workload; prints one JSON object."""
+
+    workload: Literal["tiny", "small"] = "tiny"
+    """W1 = tiny (1.06M params), W2 = small (33.6M params)."""
+    steps: int = 20
+    """Timed steps."""
+    warmup: int = 2
+    """Untimed steps first (allocator warm-up, compilation)."""
+    threads: int = 2
+    """torch CPU threads."""
+    group_size: int = 8
+    """G (the workload's 8; change it for the scaling table)."""
+    completion_len: int = 32
+    """Exact completion length (the workload's 32; change it for the scaling table)."""
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
+    """Device to run on."""
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    """Compute dtype."""
+    peak_gflops: float = 196.0
+    """Machine's fp32 GEMM peak (GFLOP/s) for the floor; 196 was measured on the 2-core CI machine."""
+    json_out: str = ""
+    """Also write the JSON object to this file."""
+
+
+def workload_config(b: BenchConfig) -> TrainConfig:
+    return TrainConfig(
+        task="arithmetic", model=b.workload, prompts_per_step=8, group_size=b.group_size,
+        max_new_tokens=b.completion_len, min_new_tokens=b.completion_len, temperature=1.0,
+        kl_beta=0.04, kl_estimator="k3", inner_epochs=1, mini_batches=1, micro_batch_size=8 * b.group_size,
+        lr=1e-4, max_grad_norm=1.0, warmstart_steps=0, warmstart_seed=0, seed=0, threads=b.threads,
+        device=b.device, dtype=b.dtype, wandb_mode="disabled", quiet=True)
+
+
+def step_flops(model: str, num_seqs: int, completion_len: int) -> dict[str, float]:
+    """Matmul FLOPs of one step: 2 per weight per token forward, 3x that for forward + backward,
+    plus the attention products QK^T and AV (4 * hidden per attended position per layer)."""
+    p = MODEL_PRESETS[model]
+    h, layers, inter = p["hidden_size"], p["num_hidden_layers"], p["intermediate_size"]
+    weights = layers * (4 * h * h + 3 * h * inter) + h * VOCAB
+    seq = PROMPT_LEN + completion_len
+
+    def forward(positions: int) -> float:
+        attention = sum(4 * h * (t + 1) for t in range(positions)) * layers
+        return num_seqs * (2 * weights * positions + attention)
+
+    return {"rollout": forward(seq - 1), "reference": forward(seq), "policy_fwd_bwd": 3 * forward(seq)}
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_bench(b: BenchConfig) -> dict:
+    from grpo.trainer import build_trainer, grpo_step
+
+    cfg = workload_config(b)
+    t = build_trainer(cfg, log=lambda *_: None)
+    times, phases = [], []
+    for step in range(1, b.warmup + b.steps + 1):
+        tick = time.perf_counter()
+        grpo_step(t, step)
+        if t.device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - tick
+        if step > b.warmup:
+            times.append(elapsed)
+            phases.append(dict(t.timings))
+    median = statistics.median(times)
+    flops = step_flops(b.workload, cfg.num_completions, b.completion_len)
+    floor = sum(flops.values()) / (b.peak_gflops * 1e9)
+    result = {
+        "workload": b.workload, "device": str(t.device), "dtype": b.dtype, "threads": torch.get_num_threads(),
+        "group_size": b.group_size, "completion_len": b.completion_len, "timed_steps": b.steps,
+        "median_s_per_step": median, "min_s_per_step": min(times), "max_s_per_step": max(times),
+        "completion_tokens_per_s": cfg.num_completions * b.completion_len / median,
+        "peak_rss_mib": peak_rss_mib(),
+        "phases_s": {k: statistics.median(p[k] for p in phases) for k in phases[0]},
+        "flops_per_step": sum(flops.values()), "floor_s_per_step": floor, "ratio_to_floor": median / floor,
+        "torch": torch.__version__,
+    }
+    if t.device.type == "cuda":
+        result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
+
+
+def main(argv: list[str]) -> int:
+    import tyro
+
+    b = tyro.cli(BenchConfig, args=argv, prog="grpo bench")
+    result = run_bench(b)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if b.json_out:
+        Path(b.json_out).write_text(text + "\n")
+    return 0

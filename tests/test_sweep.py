@@ -1,0 +1,90 @@
+"""The sweep runner: arms rebuild exactly from their flags, dry runs, kill-and-restart without re-running."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import tyro
+
+from experiments import demo, group_size, inner_epochs, kl_beta, std_norm
+from experiments.sweep import config_args, plan_runs
+from grpo.config import TrainConfig
+
+EXPERIMENTS = [demo, group_size, inner_epochs, kl_beta, std_norm]
+TINY = ["--warmstart-steps", "2", "--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "8",
+        "--eval-prompts", "4", "--eval-samples", "4", "--save-every", "1", "--wandb-mode", "disabled"]
+
+
+@pytest.mark.parametrize("module", EXPERIMENTS, ids=lambda m: m.EXPERIMENT.name)
+def test_every_arm_rebuilds_exactly_from_its_flags(module, tmp_path):
+    runs = plan_runs(module.EXPERIMENT, tmp_path, [0, 1], {"quick": False, "steps": None, "train_args": []}, 1)
+    assert len(runs) == 2 * len(module.EXPERIMENT.arms)
+    for run in runs:
+        assert tyro.cli(TrainConfig, args=config_args(run.config)) == run.config
+        assert run.dir == tmp_path / run.arm / f"seed{run.seed}"
+
+
+def test_arms_differ_only_in_the_ablated_knob():
+    base = std_norm.EXPERIMENT.base
+    assert std_norm.EXPERIMENT.arms["no_std"] == TrainConfig(**{**base.to_dict(), "advantage": "dr_grpo"})
+    sizes = {a: (c.prompts_per_step, c.group_size) for a, c in group_size.EXPERIMENT.arms.items()}
+    assert {p * g for p, g in sizes.values()} == {64}          # completions per step held fixed
+    assert kl_beta.EXPERIMENT.arms["beta0"].kl_beta == 0.0
+
+
+def test_overrides_apply_to_every_arm_and_bad_ones_are_refused(tmp_path):
+    runs = plan_runs(kl_beta.EXPERIMENT, tmp_path, [0], {"quick": True, "steps": 7, "train_args": ["--lr", "3e-4"]}, 2)
+    assert {r.config.lr for r in runs} == {3e-4}
+    assert {r.config.steps for r in runs} == {7}
+    assert {r.config.threads for r in runs} == {max(1, (os.cpu_count() or 1) // 2)}
+    assert sorted(r.config.kl_beta for r in runs) == [0.0, 1e-3, 1e-2, 1e-1]   # the arm's knob survives
+    bad = subprocess.run([sys.executable, "-m", "experiments.kl_beta", "--dry-run", "--group-size", "1"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0 and "--group-size" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_dry_run_prints_one_command_per_run_and_runs_nothing(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "experiments.inner_epochs", "--dry-run", "--seeds", "2",
+                          "--out-dir", str(tmp_path / "sweep")], capture_output=True, text=True, check=True)
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 3 * 2 and all(line.startswith("grpo train ") for line in lines)
+    assert "--inner-epochs 4" in out.stdout
+    assert not (tmp_path / "sweep").exists()
+
+
+def _finished(sweep: Path) -> list[Path]:
+    return [p.parent for p in sweep.glob("*/seed*/summary.json")
+            if json.loads(p.read_text()).get("status") == "finished"]
+
+
+def test_killed_sweep_restarts_without_rerunning_finished_runs(tmp_path):
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, "-m", "experiments.inner_epochs", "--out-dir", str(sweep), "--seeds", "1",
+               "--steps", "3", "--no-report", *TINY]
+    env = {**os.environ, "GRPO_CACHE": str(tmp_path / "cache")}
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    deadline = time.time() + 240
+    while not _finished(sweep) and time.time() < deadline and first.poll() is None:
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    done_before = {p: (p / "metrics.jsonl").stat().st_mtime_ns for p in _finished(sweep)}
+    assert done_before, "no run finished before the deadline:\n" + first.stdout.read().decode()
+
+    second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"({len(done_before)} already finished)" in second.stdout or len(done_before) > 1
+    assert sorted(_finished(sweep)) == sorted(sweep / f"mu{m}" / "seed0" for m in (1, 2, 4))
+    for run_dir, mtime in done_before.items():           # finished runs were not touched again
+        assert (run_dir / "metrics.jsonl").stat().st_mtime_ns == mtime
+    for run_dir in _finished(sweep):
+        steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert steps == [0, 1, 2, 3]                      # no duplicated or missing steps
