@@ -1,0 +1,406 @@
+"""Write report.md and report.html for one or more sweeps: what ran, final scores with CIs, figures.
+
+    python -m analysis.report <sweep-dir>... [--out DIR] [--x step|samples|tokens]
+
+The report is assembled as a list of blocks (heading, paragraph, list, table, figure) and rendered
+twice: Markdown with figures linked, and self-contained HTML with the PNGs embedded as base64.
+Every caption is computed from the data. Bad input (missing dir, no runs) raises AnalysisError, which
+the CLI prints as one `error: ...` line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import re
+import sys
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from analysis import aggregate as agg
+from analysis import figures as fig
+from analysis.load import AnalysisError, AnalysisWarning, load_runs, load_statuses, load_sweep_specs
+
+FEW_SEEDS = 5  # below this a percentile-bootstrap CI is too narrow to trust (rliable's advice)
+STATUS_NOTES = {
+    "missing": "missing (declared in sweep.json, no run on disk)",
+    "running": "unfinished (running, or killed before writing summary.json); final scores use the evals so far",
+}
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a figure or caption needs to know about the experiment besides the frame."""
+
+    order: list[str]
+    baseline: str | None
+    knob: str | None
+    x: str
+    metric: str
+    window: int
+
+
+def _num(value: float, digits: int = 1) -> str:
+    """Fixed-point number with a real minus sign, as in a paper."""
+    return f"{value:.{digits}f}".replace("-", "−")
+
+
+def scale_of(metric: str) -> float:
+    """Accuracy-like metrics (fractions) are shown in percent, their differences in points."""
+    return 100.0 if ("accuracy" in metric or "pass@" in metric) else 1.0
+
+
+def format_ci(value: float, low: float, high: float, scale: float = 1.0, sign: bool = False,
+              unit: str = "") -> str:
+    """'+3.1 points [−0.4, 6.5]'; NaN bounds (one seed) read '(no CI: 1 seed)'."""
+    text = ("+" if sign and value > 0 else "") + _num(value * scale) + unit
+    if pd.isna(low) or pd.isna(high):
+        return f"{text} (no CI: 1 seed)"
+    return f"{text} [{_num(low * scale)}, {_num(high * scale)}]"
+
+
+def _arm_text(df: pd.DataFrame, metrics: list[str], ctx: Context, scale: float = 1.0, digits: int = 2,
+              late: bool = True) -> str:
+    """'grpo 0.41, dr_grpo 0.45' (or 'grpo 120 vs 180' for two metrics): per arm, the mean over seeds
+    of each run's mean over its last 10% of steps (late) or over all its training steps."""
+    per_run = agg.late_run_means(df, metrics) if late else agg.run_means(df, metrics)
+    table = agg.across_seeds(per_run, metrics)
+    wide = table.pivot_table(index="arm", columns="metric", values="mean")
+    wide = wide.reindex(columns=metrics).reindex([a for a in ctx.order if a in wide.index])
+    return ", ".join(f"{arm} " + " vs ".join(_num(v * scale, digits) for v in row) for arm, row in wide.iterrows())
+
+
+def caption_final(df: pd.DataFrame, ctx: Context) -> str:
+    """'dr_grpo vs grpo: +3.1 points [−0.4, 6.5], 5 seeds' for every arm against the baseline."""
+    scores = agg.final_scores(df, ctx.metric, ctx.window)
+    scale = scale_of(ctx.metric)
+    if ctx.baseline not in set(scores["arm"]) or scores["arm"].nunique() < 2:
+        summary = agg.summarize_scores(scores).set_index("arm").reindex(ctx.order).dropna(how="all")
+        return f"Final {ctx.metric}: " + ", ".join(f"{arm} {format_ci(r['mean'], r.mean_lo, r.mean_hi, scale)}"
+                                                   for arm, r in summary.iterrows()) + "."
+    diffs = agg.paired_differences(scores, ctx.baseline).set_index("arm").reindex(ctx.order).dropna(how="all")
+    unit = " points" if scale == 100 else ""
+    parts = [f"{arm} vs {ctx.baseline}: {format_ci(r['diff'], r.diff_lo, r.diff_hi, scale, True, unit)}, "
+             f"{int(r.n_pairs)} seed{'s' if r.n_pairs != 1 else ''}" for arm, r in diffs.iterrows()]
+    return "; ".join(parts) + f" (final {ctx.metric}, paired by seed, 95% CI)."
+
+
+def caption_knob(df: pd.DataFrame, ctx: Context) -> str:
+    summary = agg.summarize_scores(agg.final_scores(df, ctx.metric, ctx.window)).sort_values("mean")
+    best, worst, scale = summary.iloc[-1], summary.iloc[0], scale_of(ctx.metric)
+    return (f"Final {ctx.metric} against {ctx.knob}: highest {best.arm} "
+            f"{format_ci(best['mean'], best.mean_lo, best.mean_hi, scale)}, lowest {worst.arm} "
+            f"{format_ci(worst['mean'], worst.mean_lo, worst.mean_hi, scale)}; grey dots are seeds.")
+
+
+def caption_inner(df: pd.DataFrame, ctx: Context) -> str:
+    table = agg.inner_epoch_table(df, ("clip_frac",)).sort_values("epoch").groupby("arm").tail(1)
+    table = table.set_index("arm").reindex([a for a in ctx.order if a in set(table["arm"])])
+    text = ", ".join(f"{arm} {_num(r['mean'] * 100)}% at k={int(r.epoch)}" for arm, r in table.iterrows())
+    return f"Clipped-token fraction at the last inner epoch, mean over training: {text}."
+
+
+def _has(*columns: str) -> Callable[[pd.DataFrame, Context], bool]:
+    return lambda df, ctx: all(c in df.columns and df[c].notna().any() for c in columns)
+
+
+def _knob_varies(df: pd.DataFrame, ctx: Context) -> bool:
+    return ctx.knob is not None and agg.final_scores(df, ctx.metric, ctx.window)["arm"].nunique() >= 2
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """A figure of the report: drawn when `when` holds (absent metrics skip it; that is no error)."""
+
+    name: str
+    title: str
+    when: Callable[[pd.DataFrame, Context], bool]
+    build: Callable[[pd.DataFrame, Context], object]
+    caption: Callable[[pd.DataFrame, Context], str]
+
+
+LATE = "over the last 10% of steps"
+FIGURES = [
+    FigureSpec("eval_curve", "Eval accuracy", _has("eval/accuracy"),
+               lambda df, c: fig.learning_curves(df, "eval/accuracy", c.x, c.order),
+               lambda df, c: caption_final(df, c) if c.metric == "eval/accuracy" else
+               f"eval/accuracy {LATE}: {_arm_text(df, ['eval/accuracy'], c, 100, 1)}%."),
+    FigureSpec("reward_curve", "Training reward", _has("reward/mean"),
+               lambda df, c: fig.learning_curves(df, "reward/mean", c.x, c.order),
+               lambda df, c: f"reward/mean {LATE}: {_arm_text(df, ['reward/mean'], c)}."),
+    FigureSpec("final_vs_knob", "Final score against the ablated knob", _knob_varies,
+               lambda df, c: fig.final_vs_knob(df, c.knob, c.metric, c.window, c.order), caption_knob),
+    FigureSpec("zero_variance", "Zero-variance groups",
+               _has("zero_var/all_correct_frac", "zero_var/all_wrong_frac", "zero_var/expected_frac"),
+               lambda df, c: fig.zero_variance(df, order=c.order),
+               lambda df, c: "Groups with no reward variance (no gradient), measured vs expected "
+               "p^G + (1-p)^G, in %, mean over training: "
+               f"{_arm_text(df, ['zero_var/frac', 'zero_var/expected_frac'], c, 100, 1, late=False)}."),
+    FigureSpec("kl", "KL to the reference policy", _has("kl/k3"),
+               lambda df, c: fig.kl_over_training(df, c.x, c.order),
+               lambda df, c: f"kl/k3 {LATE}: {_arm_text(df, ['kl/k3'], c, digits=4)} "
+               "(curves EMA-smoothed, span 10)."),
+    FigureSpec("inner_epochs", "Inner epochs: clipping and KL from π_old", _has("inner/2/clip_frac"),
+               lambda df, c: fig.inner_epochs(df, c.order), caption_inner),
+    FigureSpec("length", "Completion length, correct vs wrong", _has("len/correct_mean", "len/wrong_mean"),
+               lambda df, c: fig.length_by_correctness(df, c.x, c.order),
+               lambda df, c: f"Mean length in tokens, correct vs wrong, {LATE}: "
+               f"{_arm_text(df, ['len/correct_mean', 'len/wrong_mean'], c, digits=0)} (curves EMA-smoothed)."),
+]
+
+
+# ----- report blocks: ("h", level, text) | ("p", text) | ("ul", [text]) | ("table", header, rows)
+#       | ("fig", title, png, svg, caption) with paths relative to the report; rendered below.
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
+def _context(df: pd.DataFrame, spec: dict, x: str, metric: str, window: int) -> Context:
+    """Arm order of sweep.json (then any extra arms), its baseline and knob."""
+    arms = [str(a) for a in spec.get("arms") or []]
+    order = [a for a in arms if a in set(df["arm"])] + [a for a in agg.arm_order(df) if a not in arms]
+    return Context(order, spec.get("baseline"), spec.get("knob"), x, metric, window)
+
+
+def what_was_run(spec: dict, df: pd.DataFrame, ctx: Context) -> list[tuple]:
+    """The sweep's declaration, and the config fields that differ between arms."""
+    versions = ", ".join(f"{k} {v}" for k, v in (spec.get("versions") or {}).items()) or "not recorded"
+    seeds = sorted(df["seed"].unique().tolist())
+    declared = spec.get("seeds")
+    seeds_text = ", ".join(map(str, seeds)) + (f" (declared: {', '.join(map(str, declared))})"
+                                               if declared and list(declared) != seeds else "")
+    arms = [f"{a} (baseline)" if a == ctx.baseline else a for a in ctx.order]
+    rows = [["arms", ", ".join(arms)], ["seeds", seeds_text],
+            ["budget held fixed", spec.get("budget") or "not recorded (no sweep.json)"],
+            ["ablated knob", ctx.knob or "none"], ["git commit", spec.get("git_commit") or "not recorded"],
+            ["versions", versions], ["created", spec.get("created") or "not recorded"]]
+    blocks = [("h", 3, "What was run"), ("table", ["", ""], rows)]
+    fields = [c for c in df.columns[3:df.columns.get_loc("step")] if df[c].nunique() > 1 or c == ctx.knob]
+    if fields:
+        values = df.groupby("arm")[fields].first().reindex(ctx.order)
+        blocks += [("p", "Config fields that differ between arms:"),
+                   ("table", ["arm", *fields], [[a, *map(str, r)] for a, r in zip(values.index, values.values)])]
+    return blocks
+
+
+def experiment_warnings(df: pd.DataFrame, statuses: pd.DataFrame, ctx: Context) -> list[str]:
+    """Plain-language warnings: failed, missing and unfinished runs; too few seeds; no baseline."""
+    notes = []
+    for row in statuses[statuses["status"] == "failed"].itertuples():
+        done = "?" if pd.isna(row.steps_done) else row.steps_done
+        notes.append(f"{row.arm}/seed{row.seed} failed after {done} steps: {row.error or 'no error recorded'}")
+    others = statuses[~statuses["status"].isin(["finished", "failed"])]
+    for status, runs in others.groupby("status"):
+        names = ", ".join(f"{r.arm}/seed{r.seed}" for r in runs.itertuples())
+        notes.append(f"{len(runs)} run(s) {STATUS_NOTES.get(status, status)}: {names}")
+    scores = agg.final_scores(df, ctx.metric, ctx.window)
+    if scores.empty:
+        notes.append(f"No {ctx.metric} after step 0 yet: no final scores.")
+        return notes
+    counts = scores.groupby("arm").size().reindex(ctx.order).dropna().astype(int)
+    if (counts == 1).all():
+        notes.append("Only one seed per arm: no confidence interval is possible. "
+                     "This is a smoke test, not a result.")
+    elif (counts == 1).any():
+        notes.append("One seed only, so no confidence interval: " + ", ".join(counts.index[counts == 1]) + ".")
+    few = counts[(counts > 1) & (counts < FEW_SEEDS)]
+    if len(few):
+        notes.append(f"Fewer than {FEW_SEEDS} seeds ({', '.join(f'{a}: {n}' for a, n in few.items())}): "
+                     "bootstrap CIs from so few seeds are too narrow; read them as rough.")
+    if ctx.baseline is None:
+        notes.append("No baseline arm declared: no paired differences.")
+    elif ctx.baseline not in set(scores["arm"]):
+        notes.append(f"Baseline arm {ctx.baseline!r} has no final score: no paired differences.")
+    if scores["last_step"].nunique() > 1:
+        notes.append(f"Final scores come from different steps ({scores['last_step'].min()}–"
+                     f"{scores['last_step'].max()}): runs of unequal length are compared.")
+    return notes
+
+
+def scores_section(df: pd.DataFrame, ctx: Context) -> list[tuple]:
+    """The final-score table: mean and IQM with CIs, and the paired difference to the baseline."""
+    scores = agg.final_scores(df, ctx.metric, ctx.window)
+    if scores.empty:
+        return [("h", 3, "Final scores"), ("p", f"No {ctx.metric} recorded after step 0 yet.")]
+    summary = agg.summarize_scores(scores).set_index("arm")
+    has_baseline = ctx.baseline in summary.index
+    diffs = agg.paired_differences(scores, ctx.baseline).set_index("arm") if has_baseline else pd.DataFrame()
+    scale = scale_of(ctx.metric)
+    header = ["arm", "seeds", "mean [95% CI]", "IQM [95% CI]"]
+    header += [f"Δ vs {ctx.baseline} [95% CI]"] if has_baseline else []
+    rows = []
+    for arm in [a for a in ctx.order if a in summary.index]:
+        r = summary.loc[arm]
+        row = [arm, str(int(r.n_seeds)), format_ci(r["mean"], r.mean_lo, r.mean_hi, scale),
+               format_ci(r.iqm, r.iqm_lo, r.iqm_hi, scale)]
+        if has_baseline:
+            d = diffs.loc[arm] if arm in diffs.index else None
+            row.append("baseline" if arm == ctx.baseline else "no shared seeds" if d is None else
+                       format_ci(d["diff"], d.diff_lo, d.diff_hi, scale, sign=True) + f" ({int(d.n_pairs)} pairs)")
+        rows.append(row)
+    unit = " in %, differences in points" if scale == 100 else ""
+    text = (f"Score of a run: {ctx.metric}{unit}, averaged over its last {ctx.window} eval points after step 0 "
+            f"(no smoothing). Mean and IQM (25% trimmed mean) over seeds with 95% percentile-bootstrap CIs "
+            f"({agg.N_RESAMPLES} resamples, seed {agg.BOOTSTRAP_SEED})"
+            + (f"; Δ is the per-seed paired difference to {ctx.baseline}." if has_baseline else "."))
+    return [("h", 3, "Final scores"), ("p", text), ("table", header, rows)]
+
+
+def figures_section(df: pd.DataFrame, ctx: Context, out_dir: Path, prefix: str) -> tuple[list[tuple], list[str]]:
+    """Build, save and caption every figure whose metrics are present; a failing figure becomes a warning."""
+    blocks, problems = [("h", 3, "Figures")], []
+    for spec in FIGURES:
+        if not spec.when(df, ctx):
+            continue
+        try:
+            figure = spec.build(df, ctx)
+            png, svg = fig.save(figure, out_dir / "figures", f"{prefix}{spec.name}")
+            paths = [path.relative_to(out_dir).as_posix() for path in (png, svg)]
+            blocks.append(("fig", spec.title, *paths, spec.caption(df, ctx)))
+        except Exception as err:  # one broken figure must not cost the whole report
+            problems.append(f"figure {spec.name} failed: {type(err).__name__}: {err}")
+    return blocks, problems
+
+
+def status_section(statuses: pd.DataFrame, order: list[str]) -> list[tuple]:
+    rank = {arm: i for i, arm in enumerate(order)}
+    statuses = statuses.assign(rank=statuses["arm"].map(rank).fillna(len(rank))).sort_values(["rank", "seed"])
+    rows = [[r.arm, str(r.seed), r.status, "" if pd.isna(r.steps_done) else str(int(r.steps_done)),
+             "" if pd.isna(r.steps) else str(int(r.steps))] for r in statuses.itertuples()]
+    return [("h", 3, "Runs"), ("table", ["arm", "seed", "status", "steps done", "steps planned"], rows)]
+
+
+def build_blocks(paths: list[Path], out_dir: Path, x: str, metric: str, window: int) -> list[tuple]:
+    """Load everything and assemble the report; loader warnings are collected into the report."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", AnalysisWarning)
+        df = load_runs(paths)
+        statuses = load_statuses(paths)
+        specs = load_sweep_specs(paths)
+    load_notes = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, AnalysisWarning)))
+    for note in load_notes:
+        print(f"warning: {note}", file=sys.stderr)
+    blocks = [("h", 1, "grpo-lab report"),
+              ("p", f"Generated {datetime.now().isoformat(timespec='seconds')} by analysis.report "
+                    f"from {', '.join(str(p.resolve()) for p in paths)}; x axis: {x}.")]
+    if load_notes:
+        blocks += [("h", 2, "Skipped while loading"), ("ul", load_notes)]
+    experiments = list(dict.fromkeys(df["experiment"]))
+    for experiment in experiments:
+        exp_df = df[df["experiment"] == experiment].dropna(axis=1, how="all")
+        ctx = _context(exp_df, specs.get(experiment, {}), x, metric, window)
+        exp_statuses = statuses[statuses["experiment"] == experiment]
+        prefix = f"{_slug(experiment)}_" if len(experiments) > 1 else ""
+        fig_blocks, problems = figures_section(exp_df, ctx, out_dir, prefix)
+        notes = experiment_warnings(exp_df, exp_statuses, ctx) + problems
+        blocks += [("h", 2, f"Experiment: {experiment}"), *what_was_run(specs.get(experiment, {}), exp_df, ctx)]
+        blocks += [("h", 3, "Warnings"), ("ul", notes)] if notes else []
+        blocks += [*scores_section(exp_df, ctx), *fig_blocks, *status_section(exp_statuses, ctx.order)]
+    return blocks
+
+
+def _md_table(header: list, rows: list[list]) -> str:
+    def line(cells: list) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+    return "\n".join(line(r) for r in [header, ["---"] * len(header), *rows])
+
+
+_MARKDOWN = {
+    "h": lambda level, text: "#" * level + " " + text,
+    "p": lambda text: text,
+    "ul": lambda items: "\n".join(f"- {item}" for item in items),
+    "table": _md_table,
+    "fig": lambda title, png, svg, caption: f"#### {title}\n\n![{title}]({png})\n\n{caption} ([SVG]({svg}))",
+}
+
+
+def render_markdown(blocks: list[tuple], out_dir: Path) -> str:
+    """Markdown with figures linked relative to the report (PNG shown, SVG linked)."""
+    return "\n\n".join(_MARKDOWN[kind](*args) for kind, *args in blocks) + "\n"
+
+
+def _html_table(header: list, rows: list[list]) -> str:
+    def line(cells: list, tag: str) -> str:
+        return "<tr>" + "".join(f"<{tag}>{html.escape(str(c))}</{tag}>" for c in cells) + "</tr>"
+
+    return "<table>" + line(header, "th") + "".join(line(r, "td") for r in rows) + "</table>"
+
+
+def _html_figure(out_dir: Path, title: str, png: str, svg: str, caption: str) -> str:
+    data = base64.b64encode((out_dir / png).read_bytes()).decode()  # embedded: the HTML is self-contained
+    return (f"<figure><h4>{html.escape(title)}</h4><img alt='{html.escape(title)}' "
+            f"src='data:image/png;base64,{data}'><figcaption>{html.escape(caption)} "
+            f"(<a href='{html.escape(svg)}'>SVG</a>)</figcaption></figure>")
+
+
+_CSS = ("body{font-family:sans-serif;max-width:52em;margin:2em auto;padding:0 1em;line-height:1.4}"
+        "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.2em .6em;"
+        "text-align:left}img{max-width:100%;width:36em}figcaption{font-size:.9em;color:#333}")
+
+
+def render_html(blocks: list[tuple], out_dir: Path) -> str:
+    """Self-contained HTML: PNGs embedded as base64, SVGs linked."""
+    renderers = {
+        "h": lambda level, text: f"<h{level}>{html.escape(text)}</h{level}>",
+        "p": lambda text: f"<p>{html.escape(text)}</p>",
+        "ul": lambda items: "<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>",
+        "table": _html_table,
+        "fig": lambda *args: _html_figure(out_dir, *args),
+    }
+    body = "\n".join(renderers[kind](*args) for kind, *args in blocks)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>grpo-lab report</title>"
+            f"<style>{_CSS}</style></head><body>\n{body}\n</body></html>\n")
+
+
+def write_report(sweep_dirs, out_dir=None, x: str = "step", metric: str = "eval/accuracy",
+                 window: int = 3) -> Path:
+    """Write report.md, report.html and figures/ for `sweep_dirs`; return the path of report.md.
+
+    out_dir defaults to the first sweep dir. Raises AnalysisError on bad input.
+    """
+    paths = [Path(p) for p in ([sweep_dirs] if isinstance(sweep_dirs, (str, Path)) else sweep_dirs)]
+    if not paths:
+        raise AnalysisError("no sweep directory given")
+    if x not in ("step", "samples", "tokens"):
+        raise AnalysisError(f"x must be step, samples or tokens, not {x!r}")
+    out = Path(out_dir) if out_dir is not None else paths[0]
+    out.mkdir(parents=True, exist_ok=True)
+    out = out.resolve()
+    blocks = build_blocks(paths, out, x, metric, window)
+    (out / "report.html").write_text(render_html(blocks, out))
+    report = out / "report.md"
+    report.write_text(render_markdown(blocks, out))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dirs", nargs="+", type=Path, help="sweep dirs, run dirs, or folders of sweeps")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where to write the report (default: the first sweep dir)")
+    parser.add_argument("--x", choices=["step", "samples", "tokens"], default="step",
+                        help="x axis of the curves; samples/tokens compare arms at matched compute")
+    parser.add_argument("--metric", default="eval/accuracy", help="metric of the final-score table")
+    parser.add_argument("--window", type=int, default=3, help="eval points averaged into a run's final score")
+    args = parser.parse_args(argv)
+    try:
+        report = write_report(args.sweep_dirs, args.out, args.x, args.metric, args.window)
+    except (AnalysisError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"report.html: {report.with_suffix('.html')}")
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""analysis.report end to end on hand-written synthetic sweeps, and the CLI's handling of bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from analysis.report import write_report
+
+REPO = Path(__file__).resolve().parents[1]
+ALL_FIGURES = ["eval_curve", "reward_curve", "zero_variance", "kl", "inner_epochs", "length"]
+
+
+# ----- helpers: a synthetic sweep with every metric the figures use -----
+
+def eval_accuracy(arm, seed, step):
+    """grpo scores 0.25 at step 3 and 0.5 at step 6, dr_grpo 0.125 more; each seed adds 0.125.
+
+    So a run's final score (mean of its eval points after step 0) is 0.375 + 0.125 * seed for grpo:
+    grpo seeds score 37.5, 50, 62.5 (mean 50.0), dr_grpo 62.5 (mean), a paired +12.5 points each.
+    """
+    base = {0: 0.0, 3: 0.25, 6: 0.5}[step] + 0.125 * seed
+    return base + (0.125 if arm == "dr_grpo" and step > 0 else 0.0)
+
+
+def training_record(step, seed):
+    p = 0.3 + 0.05 * step
+    return {"reward/mean": p, "accuracy": p, "zero_var/frac": 0.2, "zero_var/all_correct_frac": 0.05,
+            "zero_var/all_wrong_frac": 0.15, "zero_var/expected_frac": 0.18, "kl/k1": 0.01 * step,
+            "kl/k2": 0.011 * step, "kl/k3": 0.009 * step + 0.001 * seed,
+            "inner/1/clip_frac": 0.0, "inner/1/kl_old": 0.0, "inner/2/clip_frac": 0.03, "inner/2/kl_old": 0.002,
+            "len/correct_mean": 100.0 + step, "len/wrong_mean": 150.0 + 2 * step}
+
+
+def write_sweep(root, arms=("grpo", "dr_grpo"), seeds=(0, 1, 2), steps=6, lean=False, skip=(), statuses=None):
+    """<root>/sweep.json and <root>/<arm>/seed<k>/ for every arm and seed not in `skip`."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "sweep.json").write_text(json.dumps({
+        "experiment": "std_norm", "arms": {a: {"advantage": a} for a in arms}, "seeds": list(seeds),
+        "budget": "prompts per step (2) and steps", "baseline": arms[0], "knob": None,
+        "created": "2025-01-01T00:00:00", "git_commit": "deadbee",
+        "versions": {"torch": "2.13.0", "transformers": "4.57.0", "grpo_lab": "0.1.0"}}))
+    for arm in arms:
+        for seed in seeds:
+            if (arm, seed) in skip:
+                continue
+            run = root / arm / f"seed{seed}"
+            run.mkdir(parents=True)
+            (run / "config.json").write_text(json.dumps({
+                "experiment": "std_norm", "arm": arm, "seed": seed, "advantage": arm, "group_size": 4,
+                "kl_beta": 0.04, "steps": steps, "eval_every": 3, "inner_epochs": 2}))
+            lines = []
+            for step in range(steps + 1):
+                rec = {"step": step, "samples": 8 * step, "tokens": 800 * step, "time/elapsed": float(step)}
+                if step > 0:
+                    rec.update({"reward/mean": 0.3 + 0.05 * step} if lean else training_record(step, seed))
+                if step % 3 == 0:
+                    rec["eval/accuracy"] = eval_accuracy(arm, seed, step)
+                lines.append(json.dumps(rec))
+            (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+            status = (statuses or {}).get((arm, seed), "finished")
+            (run / "summary.json").write_text(json.dumps({
+                "status": status, "steps_done": steps, "final": {},
+                "error": "boom: NaN loss" if status == "failed" else None}))
+    return root
+
+
+def run_cli(*args):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MPLBACKEND": "Agg"}
+    return subprocess.run([sys.executable, "-m", "analysis.report", *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+# ----- tests -----
+
+def test_report_end_to_end_on_a_2_arm_3_seed_sweep(tmp_path):
+    sweep = write_sweep(tmp_path / "sweep")
+    report = write_report([sweep])
+    assert report == (sweep / "report.md").resolve()
+    text = report.read_text()
+    html = (sweep / "report.html").read_text()
+
+    for name in ALL_FIGURES:
+        png, svg = sweep / "figures" / f"{name}.png", sweep / "figures" / f"{name}.svg"
+        assert png.read_bytes()[:4] == b"\x89PNG", name
+        assert "<svg" in svg.read_text()[:2000], name
+        assert f"figures/{name}.png" in text
+    assert html.count("data:image/png;base64,") == len(ALL_FIGURES)
+
+    # What was run.
+    assert "| budget held fixed | prompts per step (2) and steps |" in text
+    assert "deadbee" in text and "torch 2.13.0" in text and "grpo (baseline), dr_grpo" in text
+    # Final table, numbers from eval_accuracy's docstring; IQM of 3 seeds trims nothing.
+    assert "| grpo | 3 | 50.0 [" in text and "| dr_grpo | 3 | 62.5 [" in text
+    assert "+12.5 [12.5, 12.5] (3 pairs)" in text  # every seed differs by exactly 12.5: CI collapses
+    # Data-generated caption.
+    assert "dr_grpo vs grpo: +12.5 points [12.5, 12.5], 3 seeds" in text
+    assert "Fewer than 5 seeds" in text
+
+
+def test_cli_prints_the_report_path_last(tmp_path):
+    sweep = write_sweep(tmp_path / "sweep", lean=True)
+    result = run_cli(sweep, "--out", tmp_path / "out", "--x", "samples")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] == str((tmp_path / "out" / "report.md").resolve())
+    assert any("report.html" in line for line in lines[:-1])
+    assert (tmp_path / "out" / "report.html").is_file()
+    assert "x axis: samples" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_absent_metrics_skip_their_figures(tmp_path):
+    sweep = write_sweep(tmp_path / "sweep", lean=True)  # only reward/mean and eval/accuracy
+    write_report(sweep)
+    assert sorted(p.stem for p in (sweep / "figures").glob("*.png")) == ["eval_curve", "reward_curve"]
+
+
+def test_one_seed_sweep_says_plainly_that_no_ci_is_possible(tmp_path):
+    sweep = write_sweep(tmp_path / "sweep", seeds=(0,), lean=True)
+    text = write_report(sweep).read_text()
+    assert "Only one seed per arm: no confidence interval is possible" in text
+    assert "| grpo | 1 | 37.5 (no CI: 1 seed) |" in text
+    assert "dr_grpo vs grpo: +12.5 points (no CI: 1 seed), 1 seed" in text
+
+
+def test_failed_missing_and_unfinished_runs_are_warned(tmp_path):
+    sweep = write_sweep(tmp_path / "sweep", lean=True, skip={("dr_grpo", 2)},
+                        statuses={("grpo", 1): "failed", ("grpo", 2): "running"})
+    (sweep / "grpo" / "seed0" / "metrics.jsonl").open("a").write('{"step": 7, "sam')
+    text = write_report(sweep).read_text()
+    assert "grpo/seed1 failed after 6 steps: boom: NaN loss" in text
+    assert "1 run(s) missing (declared in sweep.json, no run on disk): dr_grpo/seed2" in text
+    assert "1 run(s) unfinished" in text and "grpo/seed2" in text
+    assert "truncated last line" in text and "grpo/seed0/metrics.jsonl" in text
+    assert "| dr_grpo | 2 | missing |" in text
+
+
+@pytest.mark.parametrize("make_input", [lambda tmp: tmp / "does-not-exist", lambda tmp: tmp])
+def test_cli_bad_input_is_one_error_line_and_exit_2(tmp_path, make_input):
+    result = run_cli(make_input(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_analysis_never_imports_torch():
+    code = "import analysis.report, sys; assert 'torch' not in sys.modules"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
