@@ -246,8 +246,13 @@ def sweep(experiment: Experiment, args: argparse.Namespace, train_args: list[str
         if status != "finished":
             print(f"  {run.arm}/seed{run.seed}: {status}, log {run.log}")
     if not args.no_report:
+        from analysis import AnalysisError
         from analysis.report import write_report
 
-        report = write_report([args.out_dir])
-        print(f"report: {report}")
+        try:
+            report = write_report([args.out_dir])
+            print(f"report: {report}\nreport (html): {report.with_suffix('.html')}")
+        except AnalysisError as err:
+            print(f"{experiment.name}: no report: {err}", file=sys.stderr)
+            return 1
     return 0 if all(s == "finished" for s in statuses.values()) else 1

@@ -12,6 +12,7 @@ import torch
 
 from grpo.rewards import correct_reward, response_text
 from grpo.sampler import decode_completions, encode_prompts
+from grpo.tasks import render_prompt
 
 PASS_AT_K_PROMPTS = 32
 
@@ -28,7 +29,7 @@ def correct_flags(model, sampler, tokenizer, examples, *, max_new_tokens: int, t
     flags = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
-        prompt_ids, prompt_mask = encode_prompts(tokenizer, [e.prompt for e in chunk], device)
+        prompt_ids, prompt_mask = encode_prompts(tokenizer, [render_prompt(e, tokenizer) for e in chunk], device)
         rollout = sampler.generate(model, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens,
                                    temperature=temperature, generator=generator, greedy=greedy,
                                    eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)

@@ -55,16 +55,23 @@ def check_model_dir(model: str) -> Path:
     return path
 
 
-def load_pretrained(model: str, dtype: torch.dtype = torch.float32):
-    """(model, tokenizer) from a local Hugging Face checkpoint directory; remote code stays off."""
+def load_tokenizer(model: str):
+    """The tokenizer of a local checkpoint, left-padding, with a pad token (EOS when it has none)."""
     path = check_model_dir(model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-        policy = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, trust_remote_code=False,
-                                                      dtype=dtype)
     except (OSError, ValueError) as err:
-        raise GrpoError(f"cannot load model directory {model!r}: {str(err).splitlines()[0]}") from None
+        raise GrpoError(f"cannot load the tokenizer of {model!r}: {str(err).splitlines()[0]}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    return policy, tokenizer
+    return tokenizer
+
+
+def load_pretrained(model: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """The model of a local Hugging Face checkpoint directory; remote code stays off."""
+    path = check_model_dir(model)
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, trust_remote_code=False, dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise GrpoError(f"cannot load model directory {model!r}: {str(err).splitlines()[0]}") from None

@@ -100,6 +100,9 @@ def encode_prompts(tokenizer, prompts: list[str], device: torch.device | str = "
 
 
 def decode_completions(tokenizer, completion_ids: Tensor, completion_mask: Tensor) -> list[str]:
-    """Completion texts with special tags kept (rewards parse them), padding dropped."""
-    rows = [ids[: int(n)] for ids, n in zip(completion_ids.tolist(), completion_mask.sum(-1).tolist())]
+    """Completion texts up to (not including) EOS, special tags kept (rewards parse them)."""
+    rows = []
+    for ids, length in zip(completion_ids.tolist(), completion_mask.sum(-1).long().tolist()):
+        ids = ids[:length]
+        rows.append(ids[:-1] if ids and ids[-1] == tokenizer.eos_token_id else ids)
     return tokenizer.batch_decode(rows, skip_special_tokens=False)

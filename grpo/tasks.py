@@ -13,16 +13,37 @@ from typing import Callable, Literal, Protocol
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from grpo import GrpoError
 from grpo.tokenizer import ARITHMETIC_CHARS, SPECIAL_TOKENS, TAG_TOKENS, build_tokenizer, char_tokenizer
 
 TaskName = Literal["arithmetic", "seed_tokens"]
 
 
+SYSTEM_PROMPT = ("Think about the problem inside <think> </think>, then write only the final answer inside "
+                 "<answer> </answer>, like <think>reasoning</think><answer>42</answer>.")
+
+
 @dataclass(frozen=True)
 class Example:
-    prompt: str                 # the text the policy is conditioned on, `<bos>` included
+    prompt: str                 # the text a built-in (character) tokenizer model sees, `<bos>` included
     answer: str                 # the reference answer, compared with the text inside <answer></answer>
     completion_prefix: str = ""  # response text the prompt already opened (seed: "<think>")
+    question: str = ""          # the problem in words, for a real model's chat template
+
+
+def render_prompt(example: Example, tokenizer: PreTrainedTokenizerBase) -> str:
+    """The prompt text for this tokenizer: the raw task text for the built-in character tokenizers; for
+    a real Hugging Face tokenizer, the question in its chat template (when it has one) after a system
+    instruction that asks for <think>...</think><answer>...</answer>. The tags are then plain text."""
+    if getattr(tokenizer, "is_grpo_builtin", False):
+        return example.prompt
+    if not example.question:
+        raise GrpoError("this task has no text form for a real tokenizer; use --task arithmetic or a preset model")
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": example.question}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    bos = tokenizer.bos_token or ""
+    return f"{bos}{SYSTEM_PROMPT}\nQuestion: {example.question}\nAnswer: "
 
 
 class Task(Protocol):
@@ -62,7 +83,7 @@ class Arithmetic:
 
     def _example(self, index: int) -> Example:
         a, b = self.pairs[index]
-        return Example(prompt=f"<bos>{a}+{b}=", answer=str(a + b))
+        return Example(prompt=f"<bos>{a}+{b}=", answer=str(a + b), question=f"What is {a}+{b}?")
 
     def sample(self, generator: torch.Generator, n: int) -> list[Example]:
         picks = torch.randint(len(self.train_index), (n,), generator=generator)
@@ -73,6 +94,7 @@ class Arithmetic:
 
     def demonstration(self, example: Example) -> str:
         a, b = (int(x) for x in example.prompt.removeprefix("<bos>").rstrip("=").split("+"))
+        # Built-in tokenizers end a completion with the literal "<eos>" token; others get their own EOS.
         units = a % 10 + b % 10
         carry = units // 10
         tens = f"{a // 10}+{b // 10}+1={a // 10 + b // 10 + 1}" if carry else f"{a // 10}+{b // 10}={a // 10 + b // 10}"

@@ -39,4 +39,5 @@ def build_tokenizer(vocab_list: list[str]) -> PreTrainedTokenizerFast:
         pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>",
         padding_side="left",
     )
+    tokenizer.is_grpo_builtin = True   # prompts are raw task text, not a chat template (tasks.render_prompt)
     return tokenizer

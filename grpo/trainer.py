@@ -23,12 +23,13 @@ from grpo.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
 from grpo.config import TrainConfig
 from grpo.evaluation import evaluate
 from grpo.losses import policy_loss
+from grpo.models import is_preset, load_tokenizer
 from grpo.metrics import (TokenWeightedMean, advantage_metrics, entropy_metric, gradient_token_metrics,
                           length_metrics, reward_metrics, to_floats, zero_variance_metrics)
 from grpo.policy import completion_logp
 from grpo.rewards import response_text, score
 from grpo.sampler import KVCacheSampler, Rollout, decode_completions, encode_prompts
-from grpo.tasks import TASKS
+from grpo.tasks import TASKS, render_prompt
 from grpo.tracking import RunStore, WandbMirror, progress_bar
 from grpo.warmstart import warm_started_model
 
@@ -58,6 +59,14 @@ class Trainer:
     elapsed: float = 0.0
     timings: dict = field(default_factory=dict)
 
+    def autocast(self):
+        """bf16 autocast for forward passes when --dtype bf16 (log-probs and the loss stay fp32)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.dtype == "bf16")
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        with self.autocast():
+            return evaluate(self.policy, self.sampler, self.tokenizer, self.task, self.cfg, step, self.device)
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -72,16 +81,20 @@ def build_trainer(cfg: TrainConfig, log=print) -> Trainer:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     task = TASKS[cfg.task]()
-    tokenizer = task.tokenizer
+    # A preset model uses the task's character tokenizer; a local checkpoint brings its own.
+    tokenizer = task.tokenizer if is_preset(cfg.model) else load_tokenizer(cfg.model)
+    # The policy keeps fp32 master weights; --dtype bf16 runs its forward passes under autocast.
     policy = warm_started_model(cfg, task, tokenizer, device, log=log)
-    policy.to(DTYPES[cfg.dtype])
     if cfg.gradient_checkpointing:
-        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(policy, "activation_checkpointing_enable"):          # transformers >= 5.2x
+            policy.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         policy.config.use_cache = False
     policy.train()
     reference = None
     if cfg.kl_beta > 0:   # with kl_beta == 0 no reference is ever built
-        reference = copy.deepcopy(policy).eval().requires_grad_(False)
+        reference = copy.deepcopy(policy).to(DTYPES[cfg.dtype]).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rank_seed = cfg.seed * 1000 + dist.rank()
     return Trainer(cfg=cfg, task=task, tokenizer=tokenizer, policy=policy, reference=reference,
@@ -111,12 +124,14 @@ def grpo_step(t: Trainer, step: int) -> tuple[dict, list[dict]]:
 
     # 1. Sample G completions for each of P prompts (each prompt repeated G times, rows p*G .. p*G+G-1).
     examples = t.task.sample(t.data_rng, P)
-    prompt_ids, prompt_mask = encode_prompts(t.tokenizer, [e.prompt for e in examples for _ in range(G)], t.device)
+    prompt_ids, prompt_mask = encode_prompts(t.tokenizer, [render_prompt(e, t.tokenizer) for e in examples for _ in range(G)],
+                                           t.device)
     t.policy.eval()
-    rollout = t.sampler.generate(t.policy, prompt_ids, prompt_mask, max_new_tokens=cfg.max_new_tokens,
-                                 temperature=cfg.temperature, generator=t.sample_rng,
-                                 eos_token_id=t.tokenizer.eos_token_id, pad_token_id=t.tokenizer.pad_token_id,
-                                 min_new_tokens=cfg.min_new_tokens)
+    with t.autocast():
+        rollout = t.sampler.generate(t.policy, prompt_ids, prompt_mask, max_new_tokens=cfg.max_new_tokens,
+                                     temperature=cfg.temperature, generator=t.sample_rng,
+                                     eos_token_id=t.tokenizer.eos_token_id, pad_token_id=t.tokenizer.pad_token_id,
+                                     min_new_tokens=cfg.min_new_tokens)
     t.policy.train()
     mask = rollout.completion_mask                    # [N, T]; 0 = padding after EOS
     tock = time.perf_counter(); t.timings["rollout"] = tock - tick; tick = tock
@@ -136,9 +151,10 @@ def grpo_step(t: Trainer, step: int) -> tuple[dict, list[dict]]:
 
     # 4. Log-probs that stay fixed through the inner epochs: the reference's, and pi_old's unless the
     #    update is exactly on-policy (one epoch, one mini-batch), where pi_old = pi_theta detached.
-    ref_logp = frozen_logp(t.reference, rollout, cfg.micro_batch_size, cfg.temperature) if t.reference else None
     on_policy = cfg.inner_epochs == 1 and cfg.mini_batches == 1
-    old_logp = None if on_policy else frozen_logp(t.policy, rollout, cfg.micro_batch_size, cfg.temperature)
+    with t.autocast():
+        ref_logp = frozen_logp(t.reference, rollout, cfg.micro_batch_size, cfg.temperature) if t.reference else None
+        old_logp = None if on_policy else frozen_logp(t.policy, rollout, cfg.micro_batch_size, cfg.temperature)
     tock = time.perf_counter(); t.timings["reward"] = tock - tick; tick = tock
 
     # 5. Inner epochs x mini-batches (one optimizer step each) x micro-batches (gradient accumulation).
@@ -154,7 +170,8 @@ def grpo_step(t: Trainer, step: int) -> tuple[dict, list[dict]]:
             num_tokens = float(dist.sum_across(mask[mini_batch].sum().cpu()))
             mini_loss = torch.zeros((), device=t.device)
             for rows in mini_batch.split(cfg.micro_batch_size):
-                logp = rollout_logp(t.policy, rollout, rows, cfg.temperature)
+                with t.autocast():
+                    logp = rollout_logp(t.policy, rollout, rows, cfg.temperature)
                 loss, stats = policy_loss(
                     logp, logp.detach() if on_policy else old_logp[rows],
                     None if ref_logp is None else ref_logp[rows], advantages[rows], mask[rows],
@@ -260,7 +277,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
     try:
         if start == 0:
-            record(0, {}, evaluate(t.policy, t.sampler, t.tokenizer, t.task, cfg, 0, t.device) if main else {})
+            record(0, {}, t.evaluate(0) if main else {})
         for step in range(start + 1, cfg.steps + 1):
             tick = time.perf_counter()
             metrics, rows = grpo_step(t, step)
@@ -269,7 +286,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
             metrics.update({f"time/{k}": v for k, v in t.timings.items()}, **{"time/step": step_time})
             eval_metrics = {}
             if main and (step % cfg.eval_every == 0 or step == cfg.steps):
-                eval_metrics = evaluate(t.policy, t.sampler, t.tokenizer, t.task, cfg, step, t.device)
+                eval_metrics = t.evaluate(step)
             out = record(step, metrics, eval_metrics)
             if main and (step % cfg.log_samples_every == 0 or step == 1):
                 for row in rows:

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from grpo import GrpoError
 from grpo.models import MODEL_PRESETS, build_model, is_preset, load_pretrained
+from grpo.tasks import render_prompt
 
 CACHE_VERSION = 1
 
@@ -41,14 +42,15 @@ def initial_model(cfg, task, tokenizer):
     """The un-finetuned policy: a seeded preset or the local checkpoint."""
     if is_preset(cfg.model):
         return build_model(cfg.model, len(tokenizer), seed=cfg.warmstart_seed)
-    model, _ = load_pretrained(cfg.model)
-    return model
+    return load_pretrained(cfg.model)
 
 
 def demonstration_batch(task, tokenizer, examples) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask, loss_mask) for prompt + demonstration; the loss covers the demo only."""
-    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=False)["input_ids"]
-    demos = tokenizer([task.demonstration(e) for e in examples], add_special_tokens=False)["input_ids"]
+    prompts = tokenizer([render_prompt(e, tokenizer) for e in examples], add_special_tokens=False)["input_ids"]
+    # The demonstration's literal "<eos>" becomes this tokenizer's own EOS id.
+    demos = [ids + [tokenizer.eos_token_id] for ids in tokenizer(
+        [task.demonstration(e).removesuffix("<eos>") for e in examples], add_special_tokens=False)["input_ids"]]
     width = max(len(p) + len(d) for p, d in zip(prompts, demos))
     ids = torch.full((len(examples), width), tokenizer.pad_token_id)
     attention = torch.zeros(len(examples), width, dtype=torch.long)

@@ -1,0 +1,66 @@
+"""A local Hugging Face checkpoint directory: its own tokenizer, a chat-template prompt, tags as text."""
+
+from __future__ import annotations
+
+import json
+import string
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from grpo.cli import main
+from grpo.tasks import SYSTEM_PROMPT, Arithmetic, render_prompt
+from grpo.tokenizer import SPECIAL_TOKENS, build_tokenizer
+from grpo.trainer import build_trainer
+
+CHAT_TEMPLATE = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}[assistant] {% endif %}")
+
+
+def save_text_model(path):
+    """A tiny Llama with a printable-ASCII character tokenizer whose tags are NOT single tokens."""
+    tokenizer = build_tokenizer(SPECIAL_TOKENS + list(string.printable[:95]))
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(path)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=512,
+                         pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path)
+    return tokenizer
+
+
+def test_prompt_uses_the_chat_template_with_the_system_instruction(tmp_path):
+    save_text_model(tmp_path / "m")
+    from grpo.models import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tmp_path / "m"))
+    example = Arithmetic().eval_examples()[0]
+    text = render_prompt(example, tokenizer)
+    assert text == f"[system] {SYSTEM_PROMPT}\n[user] {example.question}\n[assistant] "
+    assert "<think>" in text and tokenizer.convert_tokens_to_ids("<think>") == tokenizer.unk_token_id
+
+
+def test_grpo_train_runs_on_a_local_checkpoint(tmp_path, capsys):
+    save_text_model(tmp_path / "m")
+    out = tmp_path / "run"
+    code = main(["train", "--model", str(tmp_path / "m"), "--out-dir", str(out), "--steps", "2",
+                 "--warmstart-steps", "2", "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "6",
+                 "--eval-prompts", "2", "--eval-samples", "2", "--wandb-mode", "disabled", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [0, 1, 2]
+
+
+def test_bf16_and_checkpointing_paths_train(make_cfg, tmp_path):
+    cfg = make_cfg(tmp_path, dtype="bf16", gradient_checkpointing=True, kl_beta=0.04)
+    t = build_trainer(cfg, log=lambda *_: None)
+    assert next(t.reference.parameters()).dtype == torch.bfloat16        # reference kept in the training dtype
+    assert next(t.policy.parameters()).dtype == torch.float32            # fp32 master weights
+    assert not any(p.requires_grad for p in t.reference.parameters())
+    before = [p.detach().clone() for p in t.policy.parameters()]
+    from grpo.trainer import grpo_step
+
+    metrics, _ = grpo_step(t, 1)
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    assert any(not torch.equal(a, b) for a, b in zip(before, t.policy.parameters()))
