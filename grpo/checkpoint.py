@@ -29,8 +29,9 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(_NAME.fullmatch(p.name).group(1)))
 
 
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, rng_states: dict[str, torch.Tensor],
+def save_checkpoint(run_dir: Path, step: int, model, optimizer, rng_states: list[dict[str, torch.Tensor]],
                     extra: dict) -> Path:
+    """rng_states: one dict of generator states per rank."""
     root = run_dir / "checkpoints"
     final = root / f"step_{step:06d}"
     tmp = root / f".tmp_step_{step:06d}"

@@ -59,6 +59,15 @@ def sum_gradients(model: torch.nn.Module) -> None:
         offset += g.numel()
 
 
+def gather_objects(obj) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank."""
+    if not dist.is_initialized():
+        return [obj]
+    gathered = [None] * world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def mean_metrics(metrics: dict[str, float]) -> dict[str, float]:
     """Average scalar metrics over the ranks that have them; `*/max` keys take the maximum."""
     if not dist.is_initialized():

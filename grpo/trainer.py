@@ -196,7 +196,8 @@ def grpo_step(t: Trainer, step: int) -> tuple[dict, list[dict]]:
         per_epoch[f"inner/{epoch}/clip_frac"] = summary["clip/low_frac"] + summary["clip/high_frac"]
         per_epoch[f"inner/{epoch}/ratio_mean"] = summary["ratio/mean"]
         per_epoch[f"inner/{epoch}/kl_old"] = summary["kl_old"]
-        per_epoch[f"inner/{epoch}/loss"] = torch.stack(epoch_losses).mean()
+        # Each rank's loss is its share of the global loss: the sum over ranks is the loss.
+        per_epoch[f"inner/{epoch}/loss"] = dist.sum_across(torch.stack(epoch_losses).mean())
         losses += epoch_losses
     t.timings["optimizer"] = optimizer_time
     t.timings["train"] = time.perf_counter() - tick - optimizer_time
@@ -215,7 +216,7 @@ def grpo_step(t: Trainer, step: int) -> tuple[dict, list[dict]]:
         **{k: v for k, v in policy_stats.items() if k != "kl_old"},
         **per_epoch,
         **gradient_token_metrics(advantages, mask, clipped),
-        "loss": torch.stack(losses).mean(),
+        "loss": dist.sum_across(torch.stack(losses).mean()),
         "grad_norm": torch.stack(grad_norms).float().mean(),
     }
     metrics = dist.mean_metrics(to_floats(metrics))
@@ -229,18 +230,22 @@ def rng_states(t: Trainer) -> dict[str, torch.Tensor]:
     return {"data": t.data_rng.get_state(), "sample": t.sample_rng.get_state().cpu(), "torch": torch.get_rng_state()}
 
 
-def restore(t: Trainer, store: RunStore) -> int:
-    """Load the newest checkpoint, if any; return the step to continue after (0 when starting fresh)."""
-    checkpoints = checkpoint_dirs(store.dir)
+def restore(t: Trainer, store: RunStore | None) -> int:
+    """Load the newest checkpoint, if any, on every rank; return the step to continue after (0: fresh).
+    Only rank 0 (the one with a store) rewrites the logs."""
+    checkpoints = checkpoint_dirs(t.cfg.run_dir)
     if not checkpoints:
-        store.truncate_after(-1)
+        if store:
+            store.truncate_after(-1)
         return 0
     state = load_checkpoint(checkpoints[-1], t.policy, t.optimizer, t.device)
-    t.data_rng.set_state(state["rng"]["data"].cpu())
-    t.sample_rng.set_state(state["rng"]["sample"].cpu())
-    torch.set_rng_state(state["rng"]["torch"].cpu())
+    rng = state["rng"][dist.rank()]        # one entry per rank: each rank resumes its own streams
+    t.data_rng.set_state(rng["data"].cpu())
+    t.sample_rng.set_state(rng["sample"].cpu())
+    torch.set_rng_state(rng["torch"].cpu())
     t.samples, t.tokens, t.elapsed = int(state["samples"]), int(state["tokens"]), float(state["elapsed"])
-    store.truncate_after(state["step"])   # lines after the checkpoint are recomputed identically
+    if store:
+        store.truncate_after(state["step"])   # lines after the checkpoint are recomputed identically
     return state["step"]
 
 
@@ -257,9 +262,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         log(f"{store.dir} already finished {previous['steps_done']} steps; nothing to do")
         return previous
     t = build_trainer(cfg, log=log if main else (lambda *_: None))
-    start = restore(t, store) if main else 0
-    if dist.world_size() > 1:        # the other ranks follow rank 0's checkpoint
-        start = int(dist.sum_across(torch.tensor(start)))
+    start = restore(t, store)
     wandb = WandbMirror(cfg, store.dir, previous.get("wandb_id")) if main else None
     if main:
         store.write_summary(status="running", steps_done=start, error=None, wandb_id=wandb.id)
@@ -292,10 +295,12 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 for row in rows:
                     store.append(store.samples_path, row)
                 wandb.log_samples(step, rows)
-            if main and (step % cfg.save_every == 0 or step == cfg.steps):
-                save_checkpoint(store.dir, step, t.policy, t.optimizer, rng_states(t),
-                                {"samples": t.samples, "tokens": t.tokens, "elapsed": t.elapsed})
-                store.write_summary(steps_done=step)
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                every_rank_rng = dist.gather_objects(rng_states(t))
+                if main:
+                    save_checkpoint(store.dir, step, t.policy, t.optimizer, every_rank_rng,
+                                    {"samples": t.samples, "tokens": t.tokens, "elapsed": t.elapsed})
+                    store.write_summary(steps_done=step)
             bar.set_postfix(reward=f"{out['reward/mean']:.3f}", acc=f"{out['accuracy']:.2f}",
                             **({"kl": f"{out['kl/k3']:.4f}"} if "kl/k3" in out else {}), refresh=False)
             bar.update(1)
