@@ -157,6 +157,8 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise GrpoError(message)
+        if not all(math.isfinite(w) for w in self.reward_weights.values()):
+            raise GrpoError(f"--reward-weights must be finite numbers, got {self.reward_weights}")
         unknown = sorted(set(self.reward_weights) - set(REWARDS))
         if unknown or not self.reward_weights:
             raise GrpoError(f"--reward-weights names unknown reward(s) {unknown}; choose from {sorted(REWARDS)}")

@@ -46,7 +46,11 @@ length
   len/wrong_mean              mean length of wrong completions (absent if none)
   len/truncated_frac          share of completions that hit max_new_tokens without EOS
 timing (seconds)
-  time/rollout, time/reward, time/train, time/step
+  time/rollout                sampling the completions
+  time/reward                 decoding, rewards, advantages, reference (and pi_old) log-probs
+  time/train                  policy forward and backward passes
+  time/optimizer              gradient clipping and AdamW steps
+  time/step                   the whole step
 eval (on evaluation steps: 0, every eval_every, the last)
   eval/accuracy               greedy accuracy on held-out prompts
   eval/pass@1, eval/pass@<G>  unbiased pass@k from n sampled completions per prompt

@@ -93,6 +93,10 @@ class RunStore:
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, path)
 
+    def last_record(self) -> dict:
+        lines = self.metrics_path.read_text().splitlines() if self.metrics_path.exists() else []
+        return json.loads(lines[-1]) if lines else {}
+
     def append(self, path: Path, record: dict) -> None:
         with open(path, "a") as f:
             f.write(json.dumps(record) + "\n")

@@ -23,7 +23,7 @@ from grpo.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
 from grpo.config import TrainConfig
 from grpo.evaluation import evaluate
 from grpo.losses import policy_loss
-from grpo.models import is_preset, load_tokenizer
+from grpo.models import check_model_dir, is_preset, load_tokenizer
 from grpo.metrics import (TokenWeightedMean, advantage_metrics, entropy_metric, gradient_token_metrics,
                           length_metrics, reward_metrics, to_floats, zero_variance_metrics)
 from grpo.policy import completion_logp
@@ -165,7 +165,7 @@ def grpo_step(t: Trainer, step: int) -> tuple[dict, list[dict]]:
     for epoch in range(1, cfg.inner_epochs + 1):
         epoch_stats, epoch_losses = TokenWeightedMean(), []
         order = torch.randperm(num_rows, generator=t.data_rng).to(t.device)
-        for mini_batch in order.chunk(cfg.mini_batches):
+        for mini_batch in order.tensor_split(cfg.mini_batches):   # exactly mini_batches pieces (chunk may give fewer)
             num_seqs = float(dist.sum_across(torch.tensor(float(len(mini_batch)))))
             num_tokens = float(dist.sum_across(mask[mini_batch].sum().cpu()))
             mini_loss = torch.zeros((), device=t.device)
@@ -256,6 +256,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
     if cfg.prompts_per_step % dist.world_size():
         raise GrpoError(f"--prompts-per-step ({cfg.prompts_per_step}) must divide evenly over {dist.world_size()} ranks")
     main = dist.is_main()
+    if not is_preset(cfg.model):
+        check_model_dir(cfg.model)        # before the run directory is claimed by a typo
     store = RunStore(cfg) if main else None
     previous = store.summary() if main else {}
     if main and previous.get("status") == "finished" and previous.get("steps_done", 0) >= cfg.steps:
@@ -315,6 +317,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
         bar.close()
     summary = {}
     if main:
+        if start >= cfg.steps:     # killed after the final checkpoint, before the summary said so
+            out = store.last_record()
         final = {k: v for k, v in out.items() if not k.startswith("time/") or k == "time/elapsed"}
         store.write_summary(status="finished", steps_done=cfg.steps, final=final, error=None)
         wandb.finish()

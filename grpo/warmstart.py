@@ -81,6 +81,7 @@ def supervised_finetune(model, task, tokenizer, *, steps: int, lr: float, batch_
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+    model.zero_grad(set_to_none=True)   # the last SFT gradient must not leak into the first RL step
 
 
 def warm_started_model(cfg, task, tokenizer, device: torch.device, log=print):

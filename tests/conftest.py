@@ -1,0 +1,79 @@
+"""Shared test setup: an isolated warm-start cache, wandb off, and a factory for small configs.
+
+Everything here runs offline on CPU. The warm-start cache lives in a session temp dir, so tests never
+read or write ~/.cache/grpo-lab, and a warm start computed once is reused by every test that asks for
+the same (task, model, warm-start) settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+import torch
+
+from grpo.config import TrainConfig
+
+# Small enough that a full run of a few steps takes about a second on one CPU core. One thread:
+# on a shared 2-core machine, two spinning OpenMP threads per process slow everything down.
+SMALL_CONFIG = dict(
+    task="arithmetic", model="tiny", steps=3, prompts_per_step=4, group_size=4, max_new_tokens=12,
+    warmstart_steps=2, warmstart_batch_size=16, eval_every=100, eval_prompts=8, eval_samples=4,
+    save_every=100, log_samples_every=100, wandb_mode="disabled", quiet=True, threads=1,
+)
+
+# The seed toy with a 10-step warm start: groups come out mixed (some right, some wrong), so
+# advantages, clipping and KL are not trivially zero. Use as make_cfg(tmp_path, **MIXED, ...).
+MIXED = dict(task="seed_tokens", model="seed", warmstart_steps=10, warmstart_batch_size=16)
+
+_ENV = {"WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false", "WANDB_SILENT": "true"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_environment(tmp_path_factory):
+    """GRPO_CACHE in a session temp dir, wandb disabled, tokenizers single-threaded; restored after."""
+    values = {"GRPO_CACHE": str(tmp_path_factory.mktemp("grpo_cache")), **_ENV}
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    yield values
+    for key, old in saved.items():
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """`build_trainer` calls torch.set_num_threads(cfg.threads); keep that from leaking between tests."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def make_cfg():
+    """make_cfg(tmp_path, **overrides) -> a small TrainConfig whose out_dir is tmp_path / "run"."""
+
+    def make(tmp_path, **overrides) -> TrainConfig:
+        values = {**SMALL_CONFIG, "out_dir": str(tmp_path / "run"), **overrides}
+        return TrainConfig(**values)
+
+    return make
+
+
+def cli_args(cfg: TrainConfig) -> list[str]:
+    """`grpo train` flags that reproduce every field of `cfg` that differs from the default."""
+    defaults = TrainConfig()
+    args = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if value == getattr(defaults, f.name):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + flag[2:])
+        else:
+            args += [flag, str(value)]
+    return args

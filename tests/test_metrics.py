@@ -1,0 +1,268 @@
+"""Tests for grpo/metrics.py and grpo/evaluation.py: hand-built tensors with hand-computed values, and
+the catalogue of keys a real (tiny) run writes to metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from grpo.evaluation import pass_at_k
+from grpo.metrics import (TokenWeightedMean, advantage_metrics, entropy_metric, gradient_token_metrics,
+                          length_metrics, reward_metrics, to_floats, zero_variance_metrics)
+from grpo.trainer import train
+
+# ---------------------------------------------------------------- zero-variance groups
+
+# Four groups of G = 4: all correct, all wrong, one of four right (p = 1/4), two of four (p = 1/2).
+CORRECT = torch.tensor([[1.0, 1.0, 1.0, 1.0],
+                        [0.0, 0.0, 0.0, 0.0],
+                        [1.0, 0.0, 0.0, 0.0],
+                        [1.0, 1.0, 0.0, 0.0]])
+
+
+def test_zero_variance_metrics_by_hand():
+    out = zero_variance_metrics(CORRECT.clone(), CORRECT)
+    # constant groups: rows 0 and 1 -> 2/4
+    assert out["zero_var/frac"].item() == 0.5
+    assert out["zero_var/all_correct_frac"].item() == 0.25
+    assert out["zero_var/all_wrong_frac"].item() == 0.25
+    # p^4 + (1-p)^4 per prompt:
+    #   p = 1    -> 1
+    #   p = 0    -> 1
+    #   p = 1/4  -> 1/256 + 81/256 = 82/256 = 0.3203125
+    #   p = 1/2  -> 1/16 + 1/16   = 0.125
+    # mean = (1 + 1 + 0.3203125 + 0.125) / 4 = 2.4453125 / 4 = 0.611328125
+    assert out["zero_var/expected_frac"].item() == pytest.approx(0.611328125, abs=1e-7)
+
+
+def test_zero_variance_uses_total_reward_for_constancy():
+    # All-correct group 0 whose format reward differs: the total is not constant, so the group
+    # still carries signal (zero_var/frac counts only group 1), but it is all correct.
+    total = CORRECT + 0.1 * torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0] * 4, [1.0] * 4, [1.0] * 4])
+    out = zero_variance_metrics(total, CORRECT)
+    assert out["zero_var/frac"].item() == 0.25
+    assert out["zero_var/all_correct_frac"].item() == 0.25
+    assert out["zero_var/all_wrong_frac"].item() == 0.25
+
+
+def test_reward_metrics_by_hand():
+    total = CORRECT + 0.1
+    parts = {"correct": CORRECT, "format": torch.ones(4, 4)}
+    out = reward_metrics(total, parts, CORRECT)
+    # 7 of 16 correct: accuracy 7/16 = 0.4375; total mean 0.4375 + 0.1 = 0.5375
+    assert out["accuracy"].item() == 0.4375
+    assert out["reward/mean"].item() == pytest.approx(0.5375, abs=1e-6)
+    assert out["reward/correct/mean"].item() == 0.4375
+    assert out["reward/format/mean"].item() == 1.0
+    # unbiased std of 7 ones and 9 zeros: sqrt(16/15 * 7/16 * 9/16) = sqrt(63/240)
+    assert out["reward/std"].item() == pytest.approx(math.sqrt(63 / 240), abs=1e-6)
+
+
+# ---------------------------------------------------------------- advantages, lengths, entropy
+
+def test_advantage_metrics_by_hand():
+    out = advantage_metrics(torch.tensor([1.0, -1.0, 0.0, 0.0, 2.0, -2.0]))
+    # mean 0; squares 1+1+0+0+4+4 = 10, unbiased variance 10/5 = 2; |A| mean 6/6 = 1; 2 of 6 zero
+    assert out["adv/mean"].item() == 0.0
+    assert out["adv/std"].item() == pytest.approx(math.sqrt(2.0), abs=1e-6)
+    assert out["adv/abs_mean"].item() == 1.0
+    assert out["adv/zero_frac"].item() == pytest.approx(1 / 3, abs=1e-7)
+
+
+def test_length_metrics_by_hand():
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0],     # 3 tokens, correct
+                         [1.0, 0.0, 0.0, 0.0],     # 1 token, wrong
+                         [1.0, 1.0, 1.0, 1.0],     # 4 tokens, correct, truncated
+                         [1.0, 1.0, 0.0, 0.0]])    # 2 tokens, wrong
+    out = length_metrics(mask, torch.tensor([False, False, True, False]), torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    assert out["len/mean"].item() == 2.5              # (3 + 1 + 4 + 2) / 4
+    assert out["len/max"].item() == 4.0
+    assert out["len/truncated_frac"].item() == 0.25
+    assert out["len/correct_mean"].item() == 3.5      # (3 + 4) / 2
+    assert out["len/wrong_mean"].item() == 1.5        # (1 + 2) / 2
+
+
+def test_length_metrics_leave_out_an_empty_class():
+    mask = torch.ones(2, 3)
+    out = length_metrics(mask, torch.tensor([True, True]), torch.tensor([1.0, 1.0]))
+    assert "len/wrong_mean" not in out and out["len/correct_mean"].item() == 3.0
+    out = length_metrics(mask, torch.tensor([True, True]), torch.tensor([0.0, 0.0]))
+    assert "len/correct_mean" not in out and out["len/wrong_mean"].item() == 3.0
+
+
+def test_entropy_metric_is_a_mean_over_completion_tokens():
+    entropy = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    # (1 + 2 + 4) / 3 tokens
+    assert entropy_metric(entropy, mask)["entropy"].item() == pytest.approx(7 / 3, abs=1e-6)
+    assert entropy_metric(entropy, torch.zeros(2, 3))["entropy"].item() == 0.0   # no tokens: 0, not NaN
+
+
+def test_gradient_token_metrics_by_hand_and_add_to_one():
+    advantages = torch.tensor([0.0, 1.0, -1.0])
+    mask = torch.tensor([[1.0, 1.0, 0.0, 0.0, 0.0],    # 2 tokens, A = 0
+                         [1.0, 1.0, 1.0, 0.0, 0.0],    # 3 tokens
+                         [1.0, 1.0, 1.0, 1.0, 1.0]])   # 5 tokens
+    out = gradient_token_metrics(advantages, mask, torch.tensor(0.3))
+    # 10 tokens: zero-advantage share 2/10; clipped 0.3 given; active 1 - 0.2 - 0.3 - 0 = 0.5
+    assert out["grad_tokens/zero_adv_frac"].item() == pytest.approx(0.2, abs=1e-7)
+    assert out["grad_tokens/clipped_frac"].item() == pytest.approx(0.3, abs=1e-7)
+    assert out["grad_tokens/truncated_frac"].item() == 0.0
+    assert out["grad_tokens/active_frac"].item() == pytest.approx(0.5, abs=1e-7)
+    assert sum(v.item() for v in out.values()) == pytest.approx(1.0, abs=1e-6)
+
+
+# ---------------------------------------------------------------- accumulation and the logging boundary
+
+def test_token_weighted_mean_weights_by_tokens_and_keeps_maxima():
+    acc = TokenWeightedMean()
+    acc.add({"ratio/mean": torch.tensor(1.0), "ratio/max": torch.tensor(2.0), "tokens": torch.tensor(1.0)},
+            torch.tensor(1.0))
+    acc.add({"ratio/mean": torch.tensor(4.0), "ratio/max": torch.tensor(1.5), "tokens": torch.tensor(3.0)},
+            torch.tensor(3.0))
+    out = acc.result()
+    assert out["ratio/mean"].item() == 3.25            # (1 * 1 + 4 * 3) / (1 + 3) = 13 / 4
+    assert out["ratio/max"].item() == 2.0              # a maximum, not a mean
+    assert "tokens" not in out
+
+
+def test_to_floats_drops_non_finite_values():
+    out = to_floats({"a": torch.tensor(1.5), "b": torch.tensor(float("nan")), "c": float("inf"),
+                     "d": 3, "e": torch.tensor(float("-inf")), "f": 0.25})
+    assert out == {"a": 1.5, "d": 3, "f": 0.25}
+    assert isinstance(out["a"], float)
+
+
+# ---------------------------------------------------------------- pass@k
+
+@pytest.mark.parametrize(("n", "c", "k", "expected"), [
+    (4, 1, 2, 0.5),        # 1 - C(3,2)/C(4,2) = 1 - 3/6
+    (4, 0, 2, 0.0),        # no correct sample: 1 - C(4,2)/C(4,2)
+    (4, 3, 2, 1.0),        # n - c = 1 < k: every k-subset holds a correct one
+    (4, 4, 1, 1.0),
+    (4, 1, 1, 0.25),       # pass@1 = c / n
+    (16, 4, 4, 1 - 495 / 1820),   # 1 - C(12,4)/C(16,4)
+    (4, 1, 4, 1.0),        # n - c = 3 < 4
+])
+def test_pass_at_k_by_hand(n, c, k, expected):
+    assert pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
+
+
+# ---------------------------------------------------------------- a real run's catalogue
+
+# Every key the grpo/metrics.py docstring lists for a training step (G = 4, mu = 1, kl_beta > 0);
+# len/correct_mean and len/wrong_mean may be absent.
+STEP_KEYS = {
+    "step", "samples", "tokens", "time/elapsed",
+    "reward/mean", "reward/std", "reward/correct/mean", "reward/format/mean", "accuracy",
+    "adv/mean", "adv/std", "adv/abs_mean", "adv/zero_frac",
+    "zero_var/frac", "zero_var/all_correct_frac", "zero_var/all_wrong_frac", "zero_var/expected_frac",
+    "kl/k1", "kl/k2", "kl/k3",
+    "clip/low_frac", "clip/high_frac", "ratio/mean", "ratio/max", "entropy", "loss", "grad_norm",
+    "inner/1/clip_frac", "inner/1/ratio_mean", "inner/1/kl_old", "inner/1/loss",
+    "grad_tokens/active_frac", "grad_tokens/zero_adv_frac", "grad_tokens/clipped_frac", "grad_tokens/truncated_frac",
+    "len/mean", "len/max", "len/truncated_frac",
+    "time/rollout", "time/reward", "time/train", "time/optimizer", "time/step",
+}
+OPTIONAL_KEYS = {"len/correct_mean", "len/wrong_mean"}
+EVAL_KEYS = {"eval/accuracy", "eval/pass@1", "eval/pass@4"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """3 steps, G = 4, one inner epoch and mini-batch, eval at 0, 2 and 3, wandb offline; mixed groups."""
+    from conftest import MIXED, SMALL_CONFIG
+    from grpo.config import TrainConfig
+
+    run_dir = tmp_path_factory.mktemp("metrics_run") / "run"
+    cfg = TrainConfig(**{**SMALL_CONFIG, **MIXED, "steps": 3, "eval_every": 2, "inner_epochs": 1, "mini_batches": 1,
+                         "kl_beta": 0.04, "wandb_mode": "offline", "out_dir": str(run_dir)})
+    summary = train(cfg, log=lambda *_: None)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return run_dir, summary, records
+
+
+def test_run_logs_one_record_per_step(tiny_run):
+    _, summary, records = tiny_run
+    assert [r["step"] for r in records] == [0, 1, 2, 3]
+    assert summary["status"] == "finished" and summary["steps_done"] == 3
+    # 4 prompts x 4 completions = 16 per step
+    assert [r["samples"] for r in records] == [0, 16, 32, 48]
+    tokens = [r["tokens"] for r in records]
+    assert tokens[0] == 0 and all(b > a for a, b in zip(tokens, tokens[1:]))
+
+
+def test_run_logs_every_catalogue_key_and_only_finite_values(tiny_run):
+    _, _, records = tiny_run
+    for record in records[1:]:
+        missing = STEP_KEYS - set(record)
+        assert not missing, f"step {record['step']} lacks {sorted(missing)}"
+        for key, value in record.items():
+            assert isinstance(value, (int, float)) and math.isfinite(value), (key, value)
+
+
+def test_run_logs_no_key_outside_the_catalogue(tiny_run):
+    """metrics.py: 'Keys are a contract' -- a logged key the catalogue does not define is undocumented."""
+    _, _, records = tiny_run
+    for record in records:
+        extra = set(record) - STEP_KEYS - OPTIONAL_KEYS - EVAL_KEYS
+        assert not extra, f"step {record['step']} logs keys the metrics.py catalogue does not list: {sorted(extra)}"
+
+
+def test_on_policy_step_clips_nothing(tiny_run):
+    _, _, records = tiny_run
+    for record in records[1:]:
+        # mu = 1 with one mini-batch: pi_old is pi_theta, the ratio is exactly 1
+        assert record["inner/1/clip_frac"] == 0.0
+        assert record["clip/low_frac"] == 0.0 and record["clip/high_frac"] == 0.0
+        assert record["ratio/mean"] == 1.0 and record["ratio/max"] == 1.0
+        assert record["inner/1/kl_old"] == 0.0
+        assert record["grad_tokens/clipped_frac"] == 0.0
+        assert record["loss"] == pytest.approx(record["inner/1/loss"], abs=1e-7)
+
+
+def test_run_fractions_are_consistent(tiny_run):
+    _, _, records = tiny_run
+    for r in records[1:]:
+        shares = [r[f"grad_tokens/{k}"] for k in ("active_frac", "zero_adv_frac", "clipped_frac", "truncated_frac")]
+        assert sum(shares) == pytest.approx(1.0, abs=1e-5)
+        # (an all-wrong group may still vary in its format reward, so zero_var/frac can be smaller)
+        assert r["zero_var/all_correct_frac"] + r["zero_var/all_wrong_frac"] <= 1.0
+        assert 0.0 <= r["zero_var/frac"] <= 1.0
+        assert 0.0 <= r["accuracy"] <= 1.0 and 1.0 <= r["len/mean"] <= r["len/max"] <= 12
+        assert r["kl/k3"] >= 0.0 and r["kl/k2"] >= 0.0
+    # the warm start leaves accuracy partial: some step has a learning signal
+    assert any(r["adv/abs_mean"] > 0 for r in records[1:])
+
+
+def test_eval_keys_at_step_zero_every_eval_and_the_last_step(tiny_run):
+    _, _, records = tiny_run
+    with_eval = [r["step"] for r in records if EVAL_KEYS <= set(r)]
+    without_eval = [r["step"] for r in records if not set(r) & EVAL_KEYS]
+    assert with_eval == [0, 2, 3] and without_eval == [1]
+    assert set(records[0]) == {"step", "samples", "tokens", "time/elapsed"} | EVAL_KEYS
+    for r in records:
+        if r["step"] in with_eval:
+            assert all(0.0 <= r[k] <= 1.0 for k in EVAL_KEYS)
+            assert r["eval/pass@1"] <= r["eval/pass@4"]
+
+
+def test_offline_wandb_writes_inside_the_run_dir(tiny_run):
+    run_dir, summary, _ = tiny_run
+    assert (run_dir / "wandb").is_dir()
+    assert any(p.name.startswith("offline-run-") for p in (run_dir / "wandb").iterdir())
+    assert summary["wandb_id"]
+
+
+def test_run_dir_layout(tiny_run):
+    run_dir, summary, records = tiny_run
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["steps"] == 3 and saved["group_size"] == 4 and saved["out_dir"] == str(run_dir)
+    assert (run_dir / "checkpoints" / "step_000003" / "model.safetensors").is_file()
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    # step 1 is always logged: SAMPLE_ROWS = 2 prompts x G = 4 completions
+    assert len(samples) == 8 and {s["step"] for s in samples} == {1}
+    assert summary["final"]["step"] == 3 and "time/step" not in summary["final"]

@@ -1,0 +1,264 @@
+"""Tests for grpo/policy.py (the causal shift, padding) and grpo/sampler.py (masks, KV-cached decoding).
+
+The reference implementations here run the model on each row's unpadded prefix alone, without a
+cache, so they share nothing with the batched, left-padded, cached code under test.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from grpo.losses import policy_loss
+from grpo.models import build_model
+from grpo.policy import completion_logp
+from grpo.sampler import KVCacheSampler, completion_mask, sample_next
+
+VOCAB = 21
+PAD, EOS = 0, 2
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model("tiny", VOCAB, seed=0).eval()
+
+
+def left_pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) [N, L] with each row right-aligned, pad id 0 on the left."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), PAD)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row)
+        mask[i, width - len(row):] = 1
+    return ids, mask
+
+
+# Prompts of lengths 3, 7 and 5 (arithmetic ids: <bos>=1, digits 8-17, '+'=18, '='=19).
+PROMPTS = [[1, 9, 19], [1, 9, 10, 18, 11, 12, 19], [1, 17, 18, 8, 19]]
+# Completions of T = 5; row 1 ends at EOS (id 2) in position 2, rows 0 and 2 have no EOS.
+COMPLETIONS = [[4, 12, 13, 5, 6], [4, 14, EOS, 7, 7], [15, 16, 20, 9, 3]]
+
+
+@torch.no_grad()
+def reference_logp(model, prompts, completions, temperature: float, shift: int = 1) -> torch.Tensor:
+    """log pi(c_j | prompt, c_<j) by running the model on the unpadded prefix alone.
+
+    shift=1 is the right causal shift (the last logits of the prefix score the next token); shift=0
+    scores c_j with the logits at its own position, the seed's off-by-one.
+    """
+    out = torch.zeros(len(prompts), len(completions[0]))
+    for i, (prompt, completion) in enumerate(zip(prompts, completions)):
+        for j, token in enumerate(completion):
+            prefix = torch.tensor([prompt + completion[:j + 1 - shift]])
+            logits = model(input_ids=prefix).logits[0, -1].float() / temperature
+            out[i, j] = torch.log_softmax(logits, -1)[token]
+    return out
+
+
+def test_completion_logp_matches_unpadded_prefix_forward(model):
+    prompt_ids, prompt_mask = left_pad(PROMPTS)
+    completion_ids = torch.tensor(COMPLETIONS)
+    with torch.no_grad():
+        logp = completion_logp(model, prompt_ids, prompt_mask, completion_ids, temperature=0.7)
+    expected = reference_logp(model, PROMPTS, COMPLETIONS, temperature=0.7)
+    assert logp.shape == (3, 5) and logp.dtype == torch.float32
+    torch.testing.assert_close(logp, expected, atol=1e-4, rtol=0)
+
+
+def test_reference_discriminates_a_wrong_shift(model):
+    """Scoring c_j with the logits at its own position (no shift) is far from the right answer."""
+    prompt_ids, prompt_mask = left_pad(PROMPTS)
+    with torch.no_grad():
+        logp = completion_logp(model, prompt_ids, prompt_mask, torch.tensor(COMPLETIONS), temperature=0.7)
+    unshifted = reference_logp(model, PROMPTS, COMPLETIONS, temperature=0.7, shift=0)
+    assert (logp - unshifted).abs().max() > 1e-2
+
+
+def test_completion_logp_is_invariant_to_left_padding_width_and_pad_ids(model):
+    prompt_ids, prompt_mask = left_pad(PROMPTS)
+    completion_ids = torch.tensor(COMPLETIONS)
+    wider_ids = torch.cat([torch.full((3, 4), 13), prompt_ids], dim=1)   # 4 more pad slots, junk ids in them
+    wider_mask = torch.cat([torch.zeros(3, 4, dtype=torch.long), prompt_mask], dim=1)
+    with torch.no_grad():
+        narrow = completion_logp(model, prompt_ids, prompt_mask, completion_ids, temperature=1.0)
+        wide = completion_logp(model, wider_ids, wider_mask, completion_ids, temperature=1.0)
+    torch.testing.assert_close(wide, narrow, atol=1e-5, rtol=0)
+
+
+def _loss_and_grads(model, reference, completion_ids, advantages):
+    prompt_ids, prompt_mask = left_pad(PROMPTS)
+    mask = completion_mask(completion_ids, EOS)
+    model.zero_grad(set_to_none=True)
+    logp = completion_logp(model, prompt_ids, prompt_mask, completion_ids, temperature=1.0)
+    with torch.no_grad():
+        ref_logp = completion_logp(reference, prompt_ids, prompt_mask, completion_ids, temperature=1.0)
+    # old_logp shifted by a constant so the ratio is not 1 and the clip is active on some tokens
+    loss, _ = policy_loss(logp, logp.detach() + 0.3, ref_logp, advantages, mask, kl_beta=0.04,
+                          aggregation="seq_mean_token_mean")
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("after_eos", [[9, 9], [PAD, PAD], [EOS, 17]])
+def test_tokens_after_eos_change_neither_loss_nor_gradients(after_eos):
+    model = build_model("tiny", VOCAB, seed=0).train()
+    reference = build_model("tiny", VOCAB, seed=1).eval()
+    advantages = torch.tensor([1.0, -0.5, 2.0])
+    base = torch.tensor(COMPLETIONS)
+    changed = base.clone()
+    changed[1, 3:] = torch.tensor(after_eos)          # row 1: EOS at position 2, positions 3-4 are padding
+    loss_a, grads_a = _loss_and_grads(model, reference, base, advantages)
+    loss_b, grads_b = _loss_and_grads(model, reference, changed, advantages)
+    torch.testing.assert_close(loss_b, loss_a, atol=1e-6, rtol=0)
+    for ga, gb in zip(grads_a, grads_b):
+        torch.testing.assert_close(gb, ga, atol=1e-6, rtol=1e-5)
+
+
+def test_tokens_before_eos_do_change_the_loss():
+    """The counterpart that shows the test above can fail: position 1 of row 1 is scored."""
+    model = build_model("tiny", VOCAB, seed=0).train()
+    reference = build_model("tiny", VOCAB, seed=1).eval()
+    advantages = torch.tensor([1.0, -0.5, 2.0])
+    base = torch.tensor(COMPLETIONS)
+    changed = base.clone()
+    changed[1, 1] = 9
+    loss_a, grads_a = _loss_and_grads(model, reference, base, advantages)
+    loss_b, grads_b = _loss_and_grads(model, reference, changed, advantages)
+    # The ratio term is exp(-0.3) * A whatever logp is, so the loss moves only through the KL term
+    # (beta = 0.04, a small change); the gradient moves through every scored token.
+    assert (loss_a - loss_b).abs() > 1e-5
+    assert max((ga - gb).abs().max() for ga, gb in zip(grads_a, grads_b)) > 1e-4
+
+
+# ---------------------------------------------------------------- completion mask
+
+@pytest.mark.parametrize(("ids", "expected"), [
+    ([5, 6, EOS, 7, 7], [1, 1, 1, 0, 0]),      # EOS in the middle: EOS itself counts
+    ([EOS, 5, 6, 7, 7], [1, 0, 0, 0, 0]),      # EOS first: a completion of one token
+    ([5, 6, 7, 8, 9], [1, 1, 1, 1, 1]),        # no EOS: every token counts (truncated)
+    ([5, 6, 7, 8, EOS], [1, 1, 1, 1, 1]),      # EOS last
+    ([5, EOS, EOS, 6, EOS], [1, 1, 0, 0, 0]),  # only the first EOS ends the completion
+    ([PAD, EOS, 5, 5, 5], [1, 1, 0, 0, 0]),    # a pad id before EOS is a token like any other
+])
+def test_completion_mask_by_hand(ids, expected):
+    mask = completion_mask(torch.tensor([ids]), EOS)
+    assert mask.dtype == torch.float32
+    assert mask.tolist() == [[float(v) for v in expected]]
+
+
+def test_completion_mask_is_row_wise():
+    ids = torch.tensor([[5, EOS, 7], [EOS, 5, 7], [5, 6, 7]])
+    assert completion_mask(ids, EOS).tolist() == [[1, 1, 0], [1, 0, 0], [1, 1, 1]]
+
+
+# ---------------------------------------------------------------- KV-cached generation
+
+@torch.no_grad()
+def greedy_no_cache(model, prompt: list[int], max_new_tokens: int, eos: int) -> list[int]:
+    """Greedy decoding that re-runs the whole unpadded sequence every step; pads after EOS."""
+    sequence, out = list(prompt), []
+    for _ in range(max_new_tokens):
+        if eos in out:
+            out.append(PAD)
+            continue
+        token = int(model(input_ids=torch.tensor([sequence])).logits[0, -1].argmax())
+        out.append(token)
+        sequence.append(token)
+    return out
+
+
+def _generate(model, prompts, eos, max_new_tokens=10, **kwargs):
+    prompt_ids, prompt_mask = left_pad(prompts)
+    kwargs = {"temperature": 1.0, "generator": None, "greedy": True, **kwargs}
+    return KVCacheSampler().generate(model, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens,
+                                     eos_token_id=eos, pad_token_id=PAD, **kwargs)
+
+
+def test_greedy_kv_cache_equals_full_recompute_without_eos(model):
+    rollout = _generate(model, PROMPTS, eos=-1)    # an id that never occurs: every row runs 10 tokens
+    expected = [greedy_no_cache(model, p, 10, eos=-1) for p in PROMPTS]
+    assert rollout.completion_ids.tolist() == expected
+    assert rollout.truncated.tolist() == [True, True, True]
+    assert rollout.completion_mask.tolist() == [[1.0] * 10] * 3
+    assert rollout.entropy.shape == (3, 10)
+
+
+def test_greedy_kv_cache_equals_full_recompute_with_eos(model):
+    free_run = [greedy_no_cache(model, p, 10, eos=-1) for p in PROMPTS]
+    # Call row 0's 4th greedy token "EOS": row 0 stops there; the others stop wherever that id
+    # first occurs in their own free run, or run to the end (truncated).
+    eos = free_run[0][3]
+    expected = [greedy_no_cache(model, p, 10, eos=eos) for p in PROMPTS]
+    rollout = _generate(model, PROMPTS, eos=eos)
+    width = rollout.completion_ids.shape[1]
+    # The sampler may stop early when every row is done; what it returns must match the reference.
+    assert rollout.completion_ids.tolist() == [row[:width] for row in expected]
+    assert all(all(t == PAD for t in row[width:]) for row in expected)
+    lengths = [row.index(eos) + 1 if eos in row else 10 for row in expected]
+    assert rollout.completion_mask.sum(-1).tolist() == [float(n) for n in lengths]
+    assert lengths[0] <= 4
+    assert rollout.truncated.tolist() == [eos not in row for row in expected]
+
+
+def test_generation_stops_when_every_row_has_ended(model):
+    # The same prompt three times, with its first greedy token called EOS: all rows end at step 1.
+    eos = greedy_no_cache(model, PROMPTS[0], 1, eos=-1)[0]
+    rollout = _generate(model, [PROMPTS[0]] * 3, eos=eos)
+    assert rollout.completion_ids.tolist() == [[eos]] * 3
+    assert rollout.completion_mask.tolist() == [[1.0]] * 3
+    assert rollout.truncated.tolist() == [False, False, False]
+
+
+def test_min_new_tokens_suppresses_eos(model):
+    free_run = greedy_no_cache(model, PROMPTS[1], 10, eos=-1)
+    eos = free_run[0]                   # greedy would end at once
+    rollout = _generate(model, [PROMPTS[1]], eos=eos, min_new_tokens=3)
+    assert eos not in rollout.completion_ids[0, :3].tolist()
+    assert rollout.completion_mask.sum() >= 4
+
+
+def test_sampling_with_the_same_seed_is_reproducible(model):
+    def sample(seed):
+        return _generate(model, PROMPTS, eos=EOS, greedy=False, temperature=1.3,
+                         generator=torch.Generator().manual_seed(seed)).completion_ids
+
+    first, again, other = sample(11), sample(11), sample(12)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
+def test_sampling_does_not_touch_the_global_rng(model):
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    _generate(model, PROMPTS, eos=EOS, greedy=False, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+# ---------------------------------------------------------------- sample_next
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0])
+def test_entropy_of_uniform_logits_is_log_vocab(temperature):
+    _, entropy = sample_next(torch.zeros(2, VOCAB), temperature, None, greedy=True)
+    torch.testing.assert_close(entropy, torch.full((2,), math.log(VOCAB)))
+
+
+def test_entropy_of_a_banned_token_is_finite():
+    # one token at -inf (EOS suppressed): the other 20 are uniform, entropy log 20, not NaN
+    logits = torch.zeros(1, VOCAB)
+    logits[0, EOS] = float("-inf")
+    token, entropy = sample_next(logits, 1.0, torch.Generator().manual_seed(0), greedy=False)
+    torch.testing.assert_close(entropy, torch.tensor([math.log(20)]))
+    assert token.item() != EOS
+
+
+def test_sample_next_greedy_is_argmax_and_temperature_sharpens():
+    logits = torch.tensor([[0.0, 2.0, 1.0]])
+    token, entropy_t1 = sample_next(logits, 1.0, None, greedy=True)
+    assert token.tolist() == [1]
+    _, entropy_cold = sample_next(logits, 0.25, None, greedy=True)
+    _, entropy_hot = sample_next(logits, 4.0, None, greedy=True)
+    assert entropy_cold < entropy_t1 < entropy_hot < math.log(3)
