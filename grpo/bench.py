@@ -50,6 +50,8 @@ class BenchConfig:
     """Device to run on."""
     dtype: Literal["fp32", "bf16"] = "fp32"
     """Compute dtype."""
+    sampler: Literal["auto", "hf"] = "auto"
+    """Rollout implementation (see grpo train --help)."""
     peak_gflops: float = 196.0
     """Machine's fp32 GEMM peak (GFLOP/s) for the floor; 196 was measured on the 2-core CI machine."""
     json_out: str = ""
@@ -62,7 +64,7 @@ def workload_config(b: BenchConfig) -> TrainConfig:
         max_new_tokens=b.completion_len, min_new_tokens=b.completion_len, temperature=1.0,
         kl_beta=0.04, kl_estimator="k3", inner_epochs=1, mini_batches=1, micro_batch_size=8 * b.group_size,
         lr=1e-4, max_grad_norm=1.0, warmstart_steps=0, warmstart_seed=0, seed=0, threads=b.threads,
-        device=b.device, dtype=b.dtype, wandb_mode="disabled", quiet=True)
+        device=b.device, dtype=b.dtype, sampler=b.sampler, wandb_mode="disabled", quiet=True)
 
 
 def step_flops(model: str, num_seqs: int, completion_len: int) -> dict[str, float]:

@@ -33,7 +33,7 @@ class TrainConfig:
     """RL seed: prompt order, sampling, shuffling. The warm start has its own seed."""
 
     # --- rollout
-    steps: int = 150
+    steps: int = 250
     """Total number of GRPO steps (a resumed run continues up to this number)."""
     prompts_per_step: int = 16
     """Prompts P drawn per step; each gets group-size completions."""
@@ -127,6 +127,8 @@ class TrainConfig:
     """Weights/compute dtype; log-probs, ratios, KL and the loss reduction stay in fp32."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
+    sampler: Literal["auto", "hf"] = "auto"
+    """auto: the lean static-cache decode loop for Llama-family models, else the model's own forward; hf: always the latter."""
 
     def __post_init__(self) -> None:
         checks = [

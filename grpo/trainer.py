@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from grpo import GrpoError, distributed as dist
+from grpo import GrpoError, distributed as dist, fast_sampler
 from grpo.advantages import compute_advantages
 from grpo.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
 from grpo.config import TrainConfig
@@ -98,9 +98,15 @@ def build_trainer(cfg: TrainConfig, log=print) -> Trainer:
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rank_seed = cfg.seed * 1000 + dist.rank()
     return Trainer(cfg=cfg, task=task, tokenizer=tokenizer, policy=policy, reference=reference,
-                   optimizer=optimizer, sampler=KVCacheSampler(), device=device,
+                   optimizer=optimizer, sampler=make_sampler(cfg, policy), device=device,
                    data_rng=torch.Generator().manual_seed(rank_seed),
                    sample_rng=torch.Generator(device=device).manual_seed(rank_seed + 1))
+
+
+def make_sampler(cfg: TrainConfig, policy):
+    if cfg.sampler == "auto" and fast_sampler.supports(policy):
+        return fast_sampler.StaticCacheSampler()
+    return KVCacheSampler()
 
 
 def rollout_logp(model, rollout: Rollout, rows: torch.Tensor, temperature: float) -> torch.Tensor:

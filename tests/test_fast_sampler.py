@@ -1,0 +1,59 @@
+"""The hand-written decode loop computes what the model's own forward computes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from grpo.fast_sampler import StaticCacheSampler, supports
+from grpo.sampler import KVCacheSampler
+
+SMALL = dict(vocab_size=21, hidden_size=64, intermediate_size=96, num_hidden_layers=2, max_position_embeddings=128,
+             pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+
+def llama(kv_heads: int):
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(num_attention_heads=4, num_key_value_heads=kv_heads, **SMALL)).eval()
+
+
+def qwen2():
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(num_attention_heads=4, num_key_value_heads=2, **SMALL)).eval()
+    with torch.no_grad():                     # non-zero q/k/v biases, so a dropped bias would show
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)
+    return model
+
+
+def left_padded_prompts():
+    # Rows of different lengths: 2, 5 and 7 real tokens, left-padded with 0.
+    ids = torch.tensor([[0, 0, 0, 0, 0, 1, 9], [0, 0, 1, 9, 10, 18, 11], [1, 12, 13, 18, 14, 15, 19]])
+    return ids, (ids != 0).long()
+
+
+@pytest.mark.parametrize("build", [lambda: llama(4), lambda: llama(2), qwen2], ids=["llama", "llama_gqa", "qwen2"])
+def test_fast_decode_matches_the_model_forward(build):
+    model = build()
+    assert supports(model)
+    ids, mask = left_padded_prompts()
+    kwargs = dict(max_new_tokens=16, min_new_tokens=16, temperature=0.7, eos_token_id=2, pad_token_id=0)
+    slow = KVCacheSampler().generate(model, ids, mask, generator=None, greedy=True, **kwargs)
+    fast = StaticCacheSampler().generate(model, ids, mask, generator=None, greedy=True, **kwargs)
+    assert torch.equal(slow.completion_ids, fast.completion_ids)
+    torch.testing.assert_close(slow.entropy, fast.entropy, atol=1e-4, rtol=1e-4)   # same distributions
+    sampled = [s.generate(model, ids, mask, generator=torch.Generator().manual_seed(3), **kwargs)
+               for s in (KVCacheSampler(), StaticCacheSampler())]
+    torch.testing.assert_close(sampled[0].entropy[:, 0], sampled[1].entropy[:, 0])
+
+
+def test_fast_decode_stops_rows_at_eos_like_the_reference():
+    model = llama(4)
+    ids, mask = left_padded_prompts()
+    kwargs = dict(max_new_tokens=40, temperature=1.0, eos_token_id=2, pad_token_id=0)
+    slow = KVCacheSampler().generate(model, ids, mask, generator=torch.Generator().manual_seed(5), **kwargs)
+    fast = StaticCacheSampler().generate(model, ids, mask, generator=torch.Generator().manual_seed(5), **kwargs)
+    assert torch.equal(slow.completion_mask, fast.completion_mask)
+    assert torch.equal(slow.truncated, fast.truncated)
