@@ -23,7 +23,9 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
+# The slow end-to-end tests include the Ray executor, so this target also installs the ray extra.
 test-slow: install
+	$(PY) -m pip install -q -e ".[dev,ray]"
 	$(PY) -m pytest -q -m slow
 
 bench: install

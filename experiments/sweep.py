@@ -89,6 +89,8 @@ def plan_runs(experiment: Experiment, out_dir: Path, seeds: list[int], overrides
     threads = max(1, (os.cpu_count() or 1) // parallel)
     runs = []
     for arm, arm_config in experiment.arms.items():
+        if overrides.get("arms") and arm not in overrides["arms"]:
+            continue
         if overrides["quick"]:
             arm_config = dataclasses.replace(arm_config, **experiment.quick)
         if overrides["steps"]:
@@ -203,10 +205,15 @@ def parse_args(experiment: Experiment, argv: list[str]) -> tuple[argparse.Namesp
     parser.add_argument("--dry-run", action="store_true", help="print the grpo train commands, run nothing")
     parser.add_argument("--executor", choices=["local", "ray"], default="local",
                         help="local subprocesses, or Ray tasks on a cluster (ray extra; RAY_ADDRESS)")
+    parser.add_argument("--arms", type=lambda text: text.split(","), default=None,
+                        help=f"comma-separated subset of the arms ({','.join(experiment.arms)})")
     parser.add_argument("--no-report", action="store_true", help="do not write the analysis report at the end")
     args, train_args = parser.parse_known_args(argv)
     if args.seeds < 1 or args.parallel < 1 or (args.steps is not None and args.steps < 1):
         parser.error("--seeds, --parallel and --steps must be >= 1")
+    unknown = sorted(set(args.arms or ()) - set(experiment.arms))
+    if unknown:
+        parser.error(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(experiment.arms)}")
     return args, train_args
 
 
@@ -222,7 +229,8 @@ def main(experiment: Experiment, argv: list[str] | None = None) -> int:
 def sweep(experiment: Experiment, args: argparse.Namespace, train_args: list[str]) -> int:
     seeds = list(range(args.seeds))
     runs = plan_runs(experiment, args.out_dir, seeds,
-                     {"quick": args.quick, "steps": args.steps, "train_args": train_args}, args.parallel)
+                     {"quick": args.quick, "steps": args.steps, "train_args": train_args, "arms": args.arms},
+                     args.parallel)
     if args.dry_run:
         for run in runs:
             print(shlex.join(["grpo", "train", *config_args(run.config)]))

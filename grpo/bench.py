@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import resource
 import statistics
-import sys
+import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -34,8 +34,8 @@ VOCAB = 21
 class BenchConfig:
     """Time GRPO steps on a fixed workload; prints one JSON object."""
 
-    workload: Literal["tiny", "small"] = "tiny"
-    """W1 = tiny (1.06M params), W2 = small (33.6M params)."""
+    workload: Literal["tiny", "small", "qwen2_0.5b"] = "tiny"
+    """W1 = tiny (1.06M params), W2 = small (33.6M params); qwen2_0.5b is Qwen2-0.5B's shape (for GPUs)."""
     steps: int = 20
     """Timed steps."""
     warmup: int = 2
@@ -72,7 +72,8 @@ def step_flops(model: str, num_seqs: int, completion_len: int) -> dict[str, floa
     plus the attention products QK^T and AV (4 * hidden per attended position per layer)."""
     p = MODEL_PRESETS[model]
     h, layers, inter = p["hidden_size"], p["num_hidden_layers"], p["intermediate_size"]
-    weights = layers * (4 * h * h + 3 * h * inter) + h * VOCAB
+    kv = h * p["num_key_value_heads"] // p["num_attention_heads"]      # k and v width under GQA
+    weights = layers * (2 * h * h + 2 * h * kv + 3 * h * inter) + h * VOCAB
     seq = PROMPT_LEN + completion_len
 
     def forward(positions: int) -> float:
@@ -92,15 +93,23 @@ def run_bench(b: BenchConfig) -> dict:
     cfg = workload_config(b)
     t = build_trainer(cfg, log=lambda *_: None)
     times, phases = [], []
-    for step in range(1, b.warmup + b.steps + 1):
-        tick = time.perf_counter()
-        grpo_step(t, step)
-        if t.device.type == "cuda":
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - tick
-        if step > b.warmup:
-            times.append(elapsed)
-            phases.append(dict(t.timings))
+    with tempfile.TemporaryDirectory() as tmp:
+        log_path = Path(tmp) / "metrics.jsonl"
+        for step in range(1, b.warmup + b.steps + 1):
+            tick = time.perf_counter()
+            metrics, _ = grpo_step(t, step)
+            if t.device.type == "cuda":
+                torch.cuda.synchronize()
+            # The trainer's local store: one JSON line appended and flushed per step.
+            tock = time.perf_counter()
+            with open(log_path, "a") as f:
+                f.write(json.dumps({"step": step, **metrics}) + "\n")
+                f.flush()
+            t.timings["jsonl"] = time.perf_counter() - tock
+            elapsed = time.perf_counter() - tick
+            if step > b.warmup:
+                times.append(elapsed)
+                phases.append(dict(t.timings))
     median = statistics.median(times)
     flops = step_flops(b.workload, cfg.num_completions, b.completion_len)
     floor = sum(flops.values()) / (b.peak_gflops * 1e9)
@@ -111,6 +120,7 @@ def run_bench(b: BenchConfig) -> dict:
         "completion_tokens_per_s": cfg.num_completions * b.completion_len / median,
         "peak_rss_mib": peak_rss_mib(),
         "phases_s": {k: statistics.median(p[k] for p in phases) for k in phases[0]},
+        "logging_share": statistics.median((p["metrics"] + p["jsonl"]) / s for p, s in zip(phases, times)),
         "flops_per_step": sum(flops.values()), "floor_s_per_step": floor, "ratio_to_floor": median / floor,
         "torch": torch.__version__,
     }

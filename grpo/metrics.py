@@ -50,6 +50,7 @@ timing (seconds)
   time/reward                 decoding, rewards, advantages, reference (and pi_old) log-probs
   time/train                  policy forward and backward passes
   time/optimizer              gradient clipping and AdamW steps
+  time/metrics                computing this catalogue for the step
   time/step                   the whole step
 eval (on evaluation steps: 0, every eval_every, the last)
   eval/accuracy               greedy accuracy on held-out prompts

@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel,
+                          Qwen2Config, Qwen2ForCausalLM)
 
 from grpo import GrpoError
 
@@ -22,6 +23,9 @@ MODEL_PRESETS: dict[str, dict] = {
     # The seed notebook's toy Llama (its vocabulary of 32 comes from the seed_tokens task).
     "seed": dict(hidden_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
                  intermediate_size=512),
+    # The shape of Qwen2-0.5B (GQA, q/k/v biases), random init: for GPU benchmarks, nothing downloaded.
+    "qwen2_0.5b": dict(model_type="qwen2", hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
+                       num_key_value_heads=2, intermediate_size=4864, rope_theta=1_000_000.0),
 }
 
 
@@ -29,11 +33,15 @@ def is_preset(model: str) -> bool:
     return model in MODEL_PRESETS
 
 
-def preset_config(model: str, vocab_size: int) -> LlamaConfig:
-    return LlamaConfig(
+ARCHITECTURES = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
+
+
+def preset_config(model: str, vocab_size: int):
+    sizes = dict(MODEL_PRESETS[model])
+    config_class, _ = ARCHITECTURES[sizes.pop("model_type", "llama")]
+    return config_class(
         vocab_size=vocab_size, max_position_embeddings=256, tie_word_embeddings=False,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2, attn_implementation="sdpa",
-        **MODEL_PRESETS[model],
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, attn_implementation="sdpa", **sizes,
     )
 
 
@@ -41,9 +49,11 @@ def build_model(model: str, vocab_size: int, seed: int) -> PreTrainedModel:
     """A randomly initialised preset model (same seed => same weights), in fp32."""
     if not is_preset(model):
         raise GrpoError(f"unknown model preset {model!r}; choose from {sorted(MODEL_PRESETS)} or a local directory")
+    config = preset_config(model, vocab_size)
+    _, model_class = ARCHITECTURES[config.model_type]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return LlamaForCausalLM(preset_config(model, vocab_size))
+        return model_class(config)
 
 
 def check_model_dir(model: str) -> Path:

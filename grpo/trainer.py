@@ -11,7 +11,6 @@ policy (not a second random model); the advantage epsilon is a fixed positive co
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -209,6 +208,7 @@ def grpo_step(t: Trainer, step: int) -> tuple[dict, list[dict]]:
     t.timings["train"] = time.perf_counter() - tick - optimizer_time
 
     # 6. Metrics: pure functions of tensors already at hand, one .item() each at the boundary.
+    tick = time.perf_counter()
     t.samples += int(dist.sum_across(torch.tensor(num_rows)))
     t.tokens += int(dist.sum_across(mask.sum().long().cpu()))
     policy_stats = totals.result()
@@ -226,6 +226,7 @@ def grpo_step(t: Trainer, step: int) -> tuple[dict, list[dict]]:
         "grad_norm": torch.stack(grad_norms).float().mean(),
     }
     metrics = dist.mean_metrics(to_floats(metrics))
+    t.timings["metrics"] = time.perf_counter() - tick
     rows = [{"step": step, "prompt": examples[i // G].prompt, "completion": texts[i],
              "reward": float(rewards.flatten()[i]), "advantage": float(advantages[i])}
             for i in range(min(SAMPLE_ROWS, P) * G)]

@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from grpo import GrpoError
 from grpo.models import MODEL_PRESETS, build_model, is_preset, load_pretrained
 from grpo.tasks import render_prompt
 

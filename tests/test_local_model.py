@@ -64,3 +64,12 @@ def test_bf16_and_checkpointing_paths_train(make_cfg, tmp_path):
     metrics, _ = grpo_step(t, 1)
     assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
     assert any(not torch.equal(a, b) for a, b in zip(before, t.policy.parameters()))
+
+
+def test_qwen2_preset_has_the_half_billion_parameter_shape():
+    from grpo.models import preset_config
+
+    config = preset_config("qwen2_0.5b", vocab_size=21)
+    assert config.model_type == "qwen2"
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads,
+            config.intermediate_size) == (896, 24, 14, 2, 4864)

@@ -165,7 +165,7 @@ STEP_KEYS = {
     "inner/1/clip_frac", "inner/1/ratio_mean", "inner/1/kl_old", "inner/1/loss",
     "grad_tokens/active_frac", "grad_tokens/zero_adv_frac", "grad_tokens/clipped_frac", "grad_tokens/truncated_frac",
     "len/mean", "len/max", "len/truncated_frac",
-    "time/rollout", "time/reward", "time/train", "time/optimizer", "time/step",
+    "time/rollout", "time/reward", "time/train", "time/optimizer", "time/metrics", "time/step",
 }
 OPTIONAL_KEYS = {"len/correct_mean", "len/wrong_mean"}
 EVAL_KEYS = {"eval/accuracy", "eval/pass@1", "eval/pass@4"}

@@ -88,3 +88,15 @@ def test_killed_sweep_restarts_without_rerunning_finished_runs(tmp_path):
     for run_dir in _finished(sweep):
         steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         assert steps == [0, 1, 2, 3]                      # no duplicated or missing steps
+
+
+@pytest.mark.slow
+def test_ray_executor_runs_a_two_run_sweep(tmp_path):
+    """`--executor ray` on a local Ray (ray.init() on this machine): same run-dir layout, both finish."""
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "GRPO_CACHE": str(tmp_path / "cache"), "RAY_ADDRESS": "local"}
+    out = subprocess.run([sys.executable, "-m", "experiments.kl_beta", "--executor", "ray", "--arms", "beta0,beta0.01",
+                          "--out-dir", str(sweep), "--seeds", "1", "--steps", "2", "--no-report", *TINY],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert sorted(_finished(sweep)) == [sweep / "beta0" / "seed0", sweep / "beta0.01" / "seed0"]

@@ -1,0 +1,81 @@
+"""wandb as a mirror: the user's WANDB_MODE wins over our default, and an absent or failing wandb
+never stops a run (the local store is the source of truth)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from grpo.cli import main
+from grpo.tracking import WandbMirror
+from grpo.trainer import train
+
+
+def steps_logged(run_dir) -> list[int]:
+    return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("flag, env, expected", [(None, None, "offline"), (None, "disabled", "disabled"),
+                                                 ("offline", "disabled", "offline"), ("disabled", "offline", "disabled")])
+def test_mode_default_is_offline_and_the_environment_wins_over_the_default(flag, env, expected, make_cfg,
+                                                                          tmp_path, monkeypatch):
+    seen = {}
+
+    class FakeWandb:
+        Settings = staticmethod(lambda **kw: kw)
+
+        @staticmethod
+        def init(**kwargs):
+            seen.update(kwargs)
+            raise RuntimeError("stop here")
+
+    monkeypatch.setitem(sys.modules, "wandb", FakeWandb)
+    if env is None:
+        monkeypatch.delenv("WANDB_MODE", raising=False)
+    else:
+        monkeypatch.setenv("WANDB_MODE", env)
+    cfg = make_cfg(tmp_path, wandb_mode=flag)
+    with pytest.warns(UserWarning) if expected != "disabled" else _no_warning():
+        WandbMirror(cfg, tmp_path, None)
+    assert seen.get("mode") == (None if expected == "disabled" else expected)
+
+
+class _no_warning:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_failing_wandb_init_warns_once_and_the_run_finishes(make_cfg, tmp_path, monkeypatch):
+    import wandb
+
+    def broken_init(**kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(wandb, "init", broken_init)
+    cfg = make_cfg(tmp_path, wandb_mode="online", steps=2)
+    with pytest.warns(UserWarning, match="wandb unavailable"):
+        summary = train(cfg, log=lambda *_: None)
+    assert summary["status"] == "finished"
+    assert steps_logged(cfg.run_dir) == [0, 1, 2]
+
+
+def test_absent_wandb_does_not_stop_a_run(make_cfg, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)          # `import wandb` now raises ImportError
+    cfg = make_cfg(tmp_path, wandb_mode="offline", steps=2)
+    with pytest.warns(UserWarning, match="wandb unavailable"):
+        summary = train(cfg, log=lambda *_: None)
+    assert summary["status"] == "finished" and steps_logged(cfg.run_dir) == [0, 1, 2]
+
+
+def test_sync_finds_the_offline_runs_of_a_run_dir(make_cfg, tmp_path, capsys):
+    cfg = make_cfg(tmp_path, wandb_mode="offline", steps=1)
+    train(cfg, log=lambda *_: None)
+    assert main(["sync", "--dry-run", str(cfg.run_dir)]) == 0
+    listed = capsys.readouterr().out.split()
+    assert len(listed) == 1 and "offline-run-" in listed[0] and listed[0].startswith(str(cfg.run_dir / "wandb"))
+    assert main(["sync", str(tmp_path / "nowhere")]) == 2
