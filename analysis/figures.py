@@ -136,10 +136,13 @@ def zero_variance(df: pd.DataFrame, by: str = "group_size", order: list[str] | N
     parts = ["zero_var/all_wrong_frac", "zero_var/all_correct_frac", "zero_var/expected_frac"]
     table = agg.across_seeds(agg.run_means(df, parts), parts)
     means = table.pivot_table(index="arm", columns="metric", values="mean")
-    if by in df.columns and _is_numeric(agg.arm_values(df, by)[by]):
-        values = agg.arm_values(df, by).set_index("arm")[by]
+    values = agg.arm_values(df, by).set_index("arm")[by] if by in df.columns else None
+    if values is not None and _is_numeric(values) and values.reindex(means.index).is_unique:
         arms = sorted(means.index, key=lambda a: values[a])
         labels = [f"{by.replace('group_size', 'G')}={values[a]:g}" for a in arms]
+    elif values is not None and _is_numeric(values):      # several arms share a G: name the arm too
+        arms = [a for a in _order(df, order) if a in means.index]
+        labels = [f"{a}\n({by.replace('group_size', 'G')}={values[a]:g})" for a in arms]
     else:
         arms = [a for a in _order(df, order) if a in means.index]
         labels = arms
