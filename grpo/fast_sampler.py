@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import DynamicCache
 
-from grpo.sampler import Rollout, completion_mask, prompt_positions, sample_next
+from grpo.sampler import Rollout, TokenStream, prompt_positions
 
 SUPPORTED = {"llama", "qwen2", "mistral"}
 
@@ -91,17 +91,12 @@ class StaticCacheSampler:
         cos_table, sin_table = body.rotary_emb(keys[0], table[None])                # [1, P, D]
         cos_table, sin_table = cos_table[0], sin_table[0]
 
-        tokens, entropies = [], []
-        finished = torch.zeros(num_rows, dtype=torch.bool, device=prompt_ids.device)
+        stream = TokenStream(num_rows, prompt_ids.device, max_new_tokens=max_new_tokens,
+                             min_new_tokens=min_new_tokens, temperature=temperature, generator=generator,
+                             greedy=greedy, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
         for step in range(max_new_tokens):
-            if step < min_new_tokens:
-                logits[:, eos_token_id] = float("-inf")
-            token, entropy = sample_next(logits, temperature, generator, greedy)
-            token = torch.where(finished, torch.full_like(token, pad_token_id), token)
-            tokens.append(token)
-            entropies.append(entropy)
-            finished = finished | (token == eos_token_id)
-            if bool(finished.all()) or step == max_new_tokens - 1:
+            token, done = stream.push(logits)
+            if done:
                 break
             slot = prompt_len + step
             cos, sin = cos_table[position][:, None, None], sin_table[position][:, None, None]   # [N, 1, 1, D]
@@ -127,6 +122,4 @@ class StaticCacheSampler:
             x = _rms_norm(x, body.norm.weight, eps)
             logits = model.lm_head(x[:, 0])
             position = position + 1
-        completion_ids = torch.stack(tokens, dim=1)
-        return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask(completion_ids, eos_token_id),
-                       truncated=~finished, entropy=torch.stack(entropies, dim=1))
+        return stream.rollout(prompt_ids, prompt_mask)

@@ -57,33 +57,54 @@ class KVCacheSampler:
     def generate(self, model, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int,
                  temperature: float, generator: torch.Generator | None, eos_token_id: int,
                  pad_token_id: int, min_new_tokens: int = 0, greedy: bool = False) -> Rollout:
-        num_rows = prompt_ids.shape[0]
-        device = prompt_ids.device
+        num_rows, device = prompt_ids.shape[0], prompt_ids.device
         attention = prompt_mask.long()
         positions = prompt_positions(prompt_mask)
         cache = DynamicCache()
         logits = model(input_ids=prompt_ids, attention_mask=attention, position_ids=positions,
                        cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
         next_position = positions[:, -1:] + 1
-        tokens, entropies = [], []
-        finished = torch.zeros(num_rows, dtype=torch.bool, device=device)
-        for step in range(max_new_tokens):
-            if step < min_new_tokens:
-                logits[:, eos_token_id] = float("-inf")
-            token, entropy = sample_next(logits, temperature, generator, greedy)
-            token = torch.where(finished, torch.full_like(token, pad_token_id), token)
-            tokens.append(token)
-            entropies.append(entropy)
-            finished = finished | (token == eos_token_id)
-            if bool(finished.all()) or step == max_new_tokens - 1:
-                break
+        stream = TokenStream(num_rows, device, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                             temperature=temperature, generator=generator, greedy=greedy,
+                             eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+        while True:
+            token, done = stream.push(logits)
+            if done:
+                return stream.rollout(prompt_ids, prompt_mask)
             attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
             logits = model(input_ids=token[:, None], attention_mask=attention, position_ids=next_position,
                            cache=cache, use_cache=True).logits[:, -1]
             next_position = next_position + 1
-        completion_ids = torch.stack(tokens, dim=1)
-        return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask(completion_ids, eos_token_id),
-                       truncated=~finished, entropy=torch.stack(entropies, dim=1))
+
+
+class TokenStream:
+    """What every sampler does with each new position's logits: forbid EOS before min_new_tokens,
+    sample, write padding after a row's EOS, and say when all rows are done."""
+
+    def __init__(self, num_rows: int, device, *, max_new_tokens: int, min_new_tokens: int, temperature: float,
+                 generator: torch.Generator | None, greedy: bool, eos_token_id: int, pad_token_id: int) -> None:
+        self.max_new_tokens, self.min_new_tokens = max_new_tokens, min_new_tokens
+        self.temperature, self.generator, self.greedy = temperature, generator, greedy
+        self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id
+        self.tokens: list[Tensor] = []
+        self.entropies: list[Tensor] = []
+        self.finished = torch.zeros(num_rows, dtype=torch.bool, device=device)
+
+    def push(self, logits: Tensor) -> tuple[Tensor, bool]:
+        """Sample the next token of every row from logits [N, V]; (tokens [N], whether to stop)."""
+        if len(self.tokens) < self.min_new_tokens:
+            logits[:, self.eos_token_id] = float("-inf")
+        token, entropy = sample_next(logits, self.temperature, self.generator, self.greedy)
+        token = torch.where(self.finished, torch.full_like(token, self.pad_token_id), token)
+        self.tokens.append(token)
+        self.entropies.append(entropy)
+        self.finished = self.finished | (token == self.eos_token_id)
+        return token, len(self.tokens) == self.max_new_tokens or bool(self.finished.all())
+
+    def rollout(self, prompt_ids: Tensor, prompt_mask: Tensor) -> Rollout:
+        completion_ids = torch.stack(self.tokens, dim=1)
+        return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask(completion_ids, self.eos_token_id),
+                       truncated=~self.finished, entropy=torch.stack(self.entropies, dim=1))
 
 
 def completion_mask(completion_ids: Tensor, eos_token_id: int) -> Tensor:

@@ -65,7 +65,24 @@ def _split(num_items: int, num_eval: int, seed: int) -> tuple[torch.Tensor, torc
     return order[num_eval:], order[:num_eval]
 
 
-class Arithmetic:
+class SplitTask:
+    """Examples by index, with a fixed held-out split: subclasses set the indices and `_example`."""
+
+    train_index: torch.Tensor
+    eval_index: torch.Tensor
+
+    def _example(self, index: int) -> Example:
+        raise NotImplementedError
+
+    def sample(self, generator: torch.Generator, n: int) -> list[Example]:
+        picks = torch.randint(len(self.train_index), (n,), generator=generator)
+        return [self._example(int(self.train_index[i])) for i in picks]
+
+    def eval_examples(self) -> list[Example]:
+        return [self._example(int(i)) for i in self.eval_index]
+
+
+class Arithmetic(SplitTask):
     """`a+b=` with two-digit a, b; the completion is `<think>scratchpad</think><answer>a+b</answer>`.
 
     The demonstrations' scratchpad adds digit by digit and writes the carry only when there is one
@@ -85,13 +102,6 @@ class Arithmetic:
         a, b = self.pairs[index]
         return Example(prompt=f"<bos>{a}+{b}=", answer=str(a + b), question=f"What is {a}+{b}?")
 
-    def sample(self, generator: torch.Generator, n: int) -> list[Example]:
-        picks = torch.randint(len(self.train_index), (n,), generator=generator)
-        return [self._example(int(self.train_index[i])) for i in picks]
-
-    def eval_examples(self) -> list[Example]:
-        return [self._example(int(i)) for i in self.eval_index]
-
     def demonstration(self, example: Example) -> str:
         a, b = (int(x) for x in example.prompt.removeprefix("<bos>").rstrip("=").split("+"))
         # Built-in tokenizers end a completion with the literal "<eos>" token; others get their own EOS.
@@ -104,7 +114,7 @@ class Arithmetic:
 SEED_LETTERS = list("abcdefghijklmnopqrstuvwx")   # 24 plain tokens: ids 4-24 and 29-31
 
 
-class SeedTokens:
+class SeedTokens(SplitTask):
     """The seed notebook's toy, without its bugs.
 
     Vocabulary of 32 ids with `<think>`, `</think>`, `<answer>`, `</answer>` at 25-28 as in the seed.
@@ -131,13 +141,6 @@ class SeedTokens:
         question = self.questions[index]
         return Example(prompt=f"<bos>{self.in_context}{question}<think>", answer=max(question),
                        completion_prefix="<think>")
-
-    def sample(self, generator: torch.Generator, n: int) -> list[Example]:
-        picks = torch.randint(len(self.train_index), (n,), generator=generator)
-        return [self._example(int(self.train_index[i])) for i in picks]
-
-    def eval_examples(self) -> list[Example]:
-        return [self._example(int(i)) for i in self.eval_index]
 
     def demonstration(self, example: Example) -> str:
         question = example.prompt[-self.question_len - len("<think>"):-len("<think>")]
