@@ -53,8 +53,38 @@ class _Layer:
         self.norm1, self.norm2 = layer.input_layernorm, layer.post_attention_layernorm
 
 
+def next_logits(model, layers: list[_Layer], token: Tensor, keys: list[Tensor], values: list[Tensor], slot: int,
+                cos: Tensor, sin: Tensor, slot_bias: Tensor, dims: tuple[int, int, int, float]) -> Tensor:
+    """Run `token` [N] at cache slot `slot` through every layer; its K/V go into the cache; logits [N, V]."""
+    heads, kv_heads, head_dim, eps = dims
+    num_rows, group, scale = token.shape[0], heads // kv_heads, head_dim ** -0.5
+    x = model.model.embed_tokens(token)[:, None]                                 # [N, 1, H]
+    for i, layer in enumerate(layers):
+        h = _rms_norm(x, layer.norm1.weight, eps)
+        qkv = F.linear(h, layer.qkv_weight, layer.qkv_bias)
+        q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
+        # Query heads grouped under their kv head: [N, kv_heads, group, D] (one query position).
+        q = q.view(num_rows, kv_heads, group, head_dim)
+        k = k.view(num_rows, kv_heads, 1, head_dim)
+        q = (q * cos + _rotate_half(q) * sin) * scale
+        keys[i][:, :, slot] = (k * cos + _rotate_half(k) * sin)[:, :, 0]
+        values[i][:, :, slot] = v.view(num_rows, kv_heads, head_dim)
+        # Attention for a single query position: two small matmuls beat the fused kernel's setup cost.
+        scores = torch.matmul(q, keys[i][:, :, : slot + 1].transpose(-1, -2)) + slot_bias
+        attn = torch.matmul(scores.softmax(-1), values[i][:, :, : slot + 1])         # [N, kv, group, D]
+        x = x + layer.o_proj(attn.reshape(num_rows, 1, heads * head_dim))
+        h = _rms_norm(x, layer.norm2.weight, eps)
+        gate, up = F.linear(h, layer.gate_up_weight).chunk(2, dim=-1)
+        x = x + layer.down(F.silu(gate) * up)
+    return model.lm_head(_rms_norm(x, model.model.norm.weight, eps)[:, 0])
+
+
 class StaticCacheSampler:
-    """`Sampler` for Llama-family models with a preallocated KV cache; same interface and outputs."""
+    """`Sampler` for Llama-family models with a preallocated KV cache; same interface and outputs.
+
+    (torch.compile of `next_logits` was tried: the growing cache length recompiles it at every
+    position, 100 s of compilation for no gain on W1, so the loop stays eager.)
+    """
 
     @torch.inference_mode()
     def generate(self, model, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int,
@@ -84,8 +114,7 @@ class StaticCacheSampler:
         attend = torch.cat([prompt_mask.bool(), prompt_mask.new_ones(num_rows, max_new_tokens, dtype=torch.bool)], 1)
         bias = torch.zeros(attend.shape, dtype=keys[0].dtype, device=attend.device).masked_fill(~attend, float("-inf"))
         bias = bias[:, None, None]                                                  # [N, 1, 1, total]
-        group = heads // kv_heads                                                   # query heads per kv head
-        scale = head_dim ** -0.5
+        dims = (heads, kv_heads, head_dim, eps)
         position = positions[:, -1] + 1                                             # [N]
         table = torch.arange(int(position.max()) + max_new_tokens + 1, device=prompt_ids.device)
         cos_table, sin_table = body.rotary_emb(keys[0], table[None])                # [1, P, D]
@@ -100,26 +129,6 @@ class StaticCacheSampler:
                 break
             slot = prompt_len + step
             cos, sin = cos_table[position][:, None, None], sin_table[position][:, None, None]   # [N, 1, 1, D]
-            slot_bias = bias[..., : slot + 1]
-            x = body.embed_tokens(token)[:, None]                                   # [N, 1, H]
-            for i, layer in enumerate(layers):
-                h = _rms_norm(x, layer.norm1.weight, eps)
-                qkv = F.linear(h, layer.qkv_weight, layer.qkv_bias)
-                q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
-                # Query heads grouped under their kv head: [N, kv_heads, group, D] (one query position).
-                q = q.view(num_rows, kv_heads, group, head_dim)
-                k = k.view(num_rows, kv_heads, 1, head_dim)
-                q = (q * cos + _rotate_half(q) * sin) * scale
-                keys[i][:, :, slot] = (k * cos + _rotate_half(k) * sin)[:, :, 0]
-                values[i][:, :, slot] = v.view(num_rows, kv_heads, head_dim)
-                # Attention for a single query position: two small matmuls beat the fused kernel's setup cost.
-                scores = torch.matmul(q, keys[i][:, :, : slot + 1].transpose(-1, -2)) + slot_bias
-                attn = torch.matmul(scores.softmax(-1), values[i][:, :, : slot + 1])       # [N, kv, group, D]
-                x = x + layer.o_proj(attn.reshape(num_rows, 1, heads * head_dim))
-                h = _rms_norm(x, layer.norm2.weight, eps)
-                gate, up = F.linear(h, layer.gate_up_weight).chunk(2, dim=-1)
-                x = x + layer.down(F.silu(gate) * up)
-            x = _rms_norm(x, body.norm.weight, eps)
-            logits = model.lm_head(x[:, 0])
+            logits = next_logits(model, layers, token, keys, values, slot, cos, sin, bias[..., : slot + 1], dims)
             position = position + 1
         return stream.rollout(prompt_ids, prompt_mask)
