@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from grpo import GrpoError
-from grpo.config import TrainConfig
+from grpo.config import TrainConfig, config_mismatch
 
 # Measured on the 2-core machine (3 x 250-step tiny runs): two 1-thread runs side by side took 205 s for
 # both, one 2-thread run 114 s alone, so two at a time finish a sweep ~10% sooner.
@@ -102,11 +102,22 @@ def plan_runs(experiment: Experiment, out_dir: Path, seeds: list[int], overrides
                 arm_config, seed=seed, experiment=experiment.name, arm=arm, quiet=True,
                 threads=arm_config.threads or threads, out_dir=str(out_dir / arm / f"seed{seed}"),
                 wandb_dir=str(out_dir), wandb_group=arm_config.wandb_group or experiment.name)
+            if tyro.cli(TrainConfig, args=config_args(config)) != config:
+                raise GrpoError(f"arm {arm!r} cannot be written as grpo train flags (e.g. a reward dropped from "
+                                f"reward_weights: give it weight 0 instead)")
             runs.append(Run(arm, seed, config))
     return runs
 
 
 def run_status(run: Run) -> str:
+    """finished / failed / unfinished / missing, or conflict: the directory holds another config's run
+    (a sweep re-run with other flags must not count old results as the new arm's)."""
+    try:
+        saved = json.loads((run.dir / "config.json").read_text())
+        if config_mismatch(saved, run.config):
+            return "conflict"
+    except (OSError, ValueError):
+        pass
     try:
         summary = json.loads((run.dir / "summary.json").read_text())
     except (OSError, ValueError):
@@ -236,6 +247,11 @@ def sweep(experiment: Experiment, args: argparse.Namespace, train_args: list[str
             print(shlex.join(["grpo", "train", *config_args(run.config)]))
         return 0
     write_sweep_json(experiment, args.out_dir, runs, seeds)
+    conflicts = [r for r in runs if run_status(r) == "conflict"]
+    if conflicts:
+        raise GrpoError(f"{len(conflicts)} run dir(s) hold runs of another config, e.g. {conflicts[0].dir} "
+                        f"(differs in: {', '.join(config_mismatch(json.loads((conflicts[0].dir / 'config.json').read_text()), conflicts[0].config))}); "
+                        "use another --out-dir")
     todo = [r for r in runs if run_status(r) != "finished"]
     print(f"{experiment.name}: {len(runs)} runs ({len(runs) - len(todo)} already finished) in {args.out_dir}; "
           f"{args.parallel} at a time, logs in <run>/train.log", flush=True)

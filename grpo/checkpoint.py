@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model, save_model
 
 from grpo import GrpoError
 
@@ -35,9 +35,12 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, rng_states: list
     root = run_dir / "checkpoints"
     final = root / f"step_{step:06d}"
     tmp = root / f".tmp_step_{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".tmp_step_*"):          # left behind by a kill in the middle of a save
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp.mkdir()
+    # save_model stores tied tensors (embedding = lm_head) once; save_file refuses shared memory.
+    save_model(model, str(tmp / "model.safetensors"))
     torch.save({"step": step, "optimizer": optimizer.state_dict(), "rng": rng_states, **extra}, tmp / "state.pt")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -52,9 +55,8 @@ def load_checkpoint(path: Path, model, optimizer, device) -> dict:
     Raises GrpoError naming the checkpoint when a file is missing, truncated or not ours.
     """
     try:
-        weights = load_file(path / "model.safetensors", device=str(device))
         state = torch.load(path / "state.pt", map_location=device, weights_only=True)
-        missing, unexpected = model.load_state_dict(weights, strict=False)
+        missing, unexpected = load_model(model, path / "model.safetensors", strict=False, device=str(device))
         if missing or unexpected:
             raise ValueError(f"weights do not match the model (missing {len(missing)}, unexpected {len(unexpected)})")
         optimizer.load_state_dict(state["optimizer"])

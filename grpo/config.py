@@ -18,6 +18,7 @@ from grpo.advantages import ADVANTAGES, AdvantageName
 from grpo.kl import KLName
 from grpo.losses import AggregationName
 from grpo.rewards import REWARDS
+from grpo.tasks import TASKS
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class TrainConfig:
     task: Literal["arithmetic", "seed_tokens"] = "arithmetic"
     """Task registry key: the prompts, answers and demonstrations."""
     model: str = "tiny"
-    """Model preset (tiny, small, seed) built from a config, or a local Hugging Face model directory."""
+    """Model preset (tiny, small, seed, qwen2_0.5b) built from a config, or a local Hugging Face model directory."""
     seed: int = 0
     """RL seed: prompt order, sampling, shuffling. The warm start has its own seed."""
 
@@ -79,8 +80,8 @@ class TrainConfig:
     """Gradient-norm clip per optimizer step."""
 
     # --- warm start
-    warmstart_steps: int = 150
-    """Supervised steps on demonstrations before RL (cached); stopped early on purpose so accuracy is partial."""
+    warmstart_steps: int | None = None
+    """Supervised steps on demonstrations before RL (cached), stopped early on purpose so accuracy is partial; unset: the task's own (arithmetic 150, seed_tokens 15)."""
     warmstart_lr: float = 1e-3
     """Learning rate of the warm start."""
     warmstart_batch_size: int = 64
@@ -147,7 +148,8 @@ class TrainConfig:
             (math.isfinite(self.lr) and self.lr > 0, f"--lr must be > 0, got {self.lr}"),
             (self.adv_eps > 0, f"--adv-eps must be > 0, got {self.adv_eps}"),
             (self.max_grad_norm > 0, f"--max-grad-norm must be > 0, got {self.max_grad_norm}"),
-            (self.warmstart_steps >= 0, f"--warmstart-steps must be >= 0, got {self.warmstart_steps}"),
+            (self.warmstart_steps is None or self.warmstart_steps >= 0,
+             f"--warmstart-steps must be >= 0, got {self.warmstart_steps}"),
             (min(self.eval_every, self.save_every, self.log_samples_every, self.eval_prompts) >= 1,
              "--eval-every, --save-every, --log-samples-every and --eval-prompts must be >= 1"),
             (self.eval_samples >= 2, f"--eval-samples must be >= 2, got {self.eval_samples}"),
@@ -171,6 +173,11 @@ class TrainConfig:
     def num_completions(self) -> int:
         """N = P * G completions per step."""
         return self.prompts_per_step * self.group_size
+
+    @property
+    def num_warmstart_steps(self) -> int:
+        """--warmstart-steps, or the task's default: enough for partial accuracy on that task."""
+        return TASKS[self.task].warmstart_steps if self.warmstart_steps is None else self.warmstart_steps
 
     @property
     def run_dir(self) -> Path:

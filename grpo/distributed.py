@@ -27,10 +27,23 @@ def is_main() -> bool:
     return rank() == 0
 
 
+_comm_device = torch.device("cpu")     # where collectives run: nccl only reduces CUDA tensors
+
+
+def local_device(device: torch.device) -> torch.device:
+    """Under torchrun each rank takes the GPU of its LOCAL_RANK (not every rank on GPU 0)."""
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    return device
+
+
 def init_from_env(device: torch.device) -> None:
     """Join the process group torchrun describes in the environment, once."""
+    global _comm_device
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        _comm_device = device
 
 
 def shutdown() -> None:
@@ -41,9 +54,14 @@ def shutdown() -> None:
 
 def sum_across(value: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
-        value = value.clone()
+        value = value.to(_comm_device, copy=True)
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value
+
+
+def any_across(flag: bool) -> bool:
+    """True on every rank when it is true on any (so all ranks stop together, none left waiting)."""
+    return bool(sum_across(torch.tensor(float(flag))) > 0)
 
 
 def sum_gradients(model: torch.nn.Module) -> None:

@@ -79,7 +79,7 @@ def policy_loss(
                                      (A < 0 and ratio < 1 - eps_low; A > 0 and ratio > 1 + eps_high);
                                      those tokens get zero policy gradient
       ratio/mean, ratio/max          importance ratio pi_theta / pi_old
-      kl_old                         k3 estimate of KL(pi_theta || pi_old)
+      kl_old                         k3 estimate of KL(pi_old || pi_theta) (tokens come from pi_old)
       kl/k1, kl/k2, kl/k3            KL to the reference (only when ref_logp is given)
       tokens                         number of completion tokens the means are over
     """
@@ -121,7 +121,8 @@ def policy_loss(
             "clip/high_frac": _masked_mean(high, mask, denom),
             "ratio/mean": _masked_mean(ratio, mask, denom),
             "ratio/max": torch.where(active, ratio, torch.zeros_like(ratio)).max(),
-            "kl_old": _masked_mean(kl_k3(logp, old_logp), mask, denom),
+            # The tokens were sampled from pi_old, so pi_old plays the sampling policy in k3.
+            "kl_old": _masked_mean(kl_k3(old_logp, logp), mask, denom),
             "tokens": num_active,
         }
         if ref_logp is not None:

@@ -33,7 +33,7 @@ policy (means over all inner epochs and micro-batches, token-weighted)
 per inner epoch k = 1..mu
   inner/<k>/clip_frac         clip/low_frac + clip/high_frac in epoch k (0 at k = 1 with one mini-batch)
   inner/<k>/ratio_mean        mean ratio in epoch k
-  inner/<k>/kl_old            k3 estimate of KL(pi_theta || pi_old) in epoch k
+  inner/<k>/kl_old            k3 estimate of KL(pi_old || pi_theta) in epoch k (tokens sampled from pi_old)
   inner/<k>/loss              loss in epoch k (sum over its mini-batches / number of mini-batches)
 effective gradient (shares of completion tokens, over all inner epochs; they add up to 1)
   grad_tokens/active_frac     tokens whose policy-gradient term is non-zero

@@ -92,6 +92,7 @@ class Arithmetic(SplitTask):
 
     name = "arithmetic"
     num_eval = 500
+    warmstart_steps = 150     # greedy held-out accuracy ~29% after it: room for RL
 
     def __init__(self) -> None:
         self.tokenizer = char_tokenizer(ARITHMETIC_CHARS)
@@ -124,6 +125,7 @@ class SeedTokens(SplitTask):
     """
 
     name = "seed_tokens"
+    warmstart_steps = 15      # greedy held-out accuracy ~50% after it (the task is easy)
     question_len = 10
     in_context = "<think>bcd</think><answer>g</answer>"
     num_eval = 256

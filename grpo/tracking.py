@@ -38,6 +38,13 @@ def git_commit() -> str | None:
         return None
 
 
+def read_summary(run_dir: Path) -> dict:
+    try:
+        return json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 class RunStore:
     """The run directory. Refuses a directory that holds a run of another config."""
 
@@ -69,10 +76,7 @@ class RunStore:
         _write_json(config_path, config.to_dict())
 
     def summary(self) -> dict:
-        try:
-            return json.loads(self.summary_path.read_text())
-        except (OSError, ValueError):
-            return {}
+        return read_summary(self.dir)
 
     def write_summary(self, **fields) -> None:
         _write_json(self.summary_path, {**self.summary(), **fields})

@@ -29,10 +29,9 @@ from grpo.policy import completion_logp
 from grpo.rewards import response_text, score
 from grpo.sampler import KVCacheSampler, Rollout, decode_completions, encode_prompts
 from grpo.tasks import TASKS, render_prompt
-from grpo.tracking import RunStore, WandbMirror, progress_bar
+from grpo.tracking import RunStore, WandbMirror, progress_bar, read_summary
 from grpo.warmstart import warm_started_model
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SAMPLE_ROWS = 2          # prompts (with all their completions) written to samples.jsonl
 
 
@@ -68,11 +67,11 @@ class Trainer:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise GrpoError("--device cuda was asked for, but torch sees no CUDA device")
-    return torch.device(name)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return dist.local_device(torch.device(name))
 
 
 def build_trainer(cfg: TrainConfig, log=print) -> Trainer:
@@ -93,7 +92,9 @@ def build_trainer(cfg: TrainConfig, log=print) -> Trainer:
     policy.train()
     reference = None
     if cfg.kl_beta > 0:   # with kl_beta == 0 no reference is ever built
-        reference = copy.deepcopy(policy).to(DTYPES[cfg.dtype]).eval().requires_grad_(False)
+        # An exact copy (fp32 like the policy's master weights; bf16 runs it under autocast too), so
+        # the KL is exactly 0 at the first step.
+        reference = copy.deepcopy(policy).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rank_seed = cfg.seed * 1000 + dist.rank()
     return Trainer(cfg=cfg, task=task, tokenizer=tokenizer, policy=policy, reference=reference,
@@ -147,7 +148,7 @@ def grpo_step(t: Trainer, step: int) -> tuple[dict, list[dict]]:
     parts = {name: torch.tensor(values).view(P, G)
              for name, values in score(responses, [examples[i // G] for i in range(P * G)], cfg.reward_weights).items()}
     rewards = sum(cfg.reward_weights[name] * values for name, values in parts.items())
-    if not torch.isfinite(rewards).all():
+    if dist.any_across(not bool(torch.isfinite(rewards).all())):
         raise TrainingDiverged(f"non-finite reward at step {step}")
     correct = parts["correct"] if "correct" in parts else rewards.new_zeros(P, G)
 
@@ -188,7 +189,7 @@ def grpo_step(t: Trainer, step: int) -> tuple[dict, list[dict]]:
                 epoch_stats.add(stats, stats["tokens"])
                 # KL to the reference is reported for the rollout policy (epoch 1), not averaged over drift.
                 totals.add({k: v for k, v in stats.items() if epoch == 1 or not k.startswith("kl/")}, stats["tokens"])
-            if not torch.isfinite(mini_loss):
+            if dist.any_across(not bool(torch.isfinite(mini_loss))):
                 raise TrainingDiverged(f"non-finite loss at step {step} (inner epoch {epoch})")
             tock = time.perf_counter()
             dist.sum_gradients(t.policy)
@@ -246,6 +247,11 @@ def restore(t: Trainer, store: RunStore | None) -> int:
             store.truncate_after(-1)
         return 0
     state = load_checkpoint(checkpoints[-1], t.policy, t.optimizer, t.device)
+    if state["step"] > t.cfg.steps:
+        raise GrpoError(f"{t.cfg.run_dir} already has a checkpoint at step {state['step']}, past --steps {t.cfg.steps}")
+    if len(state["rng"]) != dist.world_size():
+        raise GrpoError(f"{checkpoints[-1]} was written by {len(state['rng'])} rank(s); resume it with as many, "
+                        f"not {dist.world_size()}")
     rng = state["rng"][dist.rank()]        # one entry per rank: each rank resumes its own streams
     t.data_rng.set_state(rng["data"].cpu())
     t.sample_rng.set_state(rng["sample"].cpu())
@@ -262,13 +268,17 @@ def train(cfg: TrainConfig, log=print) -> dict:
     dist.init_from_env(device)
     if cfg.prompts_per_step % dist.world_size():
         raise GrpoError(f"--prompts-per-step ({cfg.prompts_per_step}) must divide evenly over {dist.world_size()} ranks")
+    if cfg.num_completions // dist.world_size() < cfg.mini_batches:
+        raise GrpoError(f"--mini-batches ({cfg.mini_batches}) exceeds the completions each of "
+                        f"{dist.world_size()} ranks holds ({cfg.num_completions // dist.world_size()})")
     main = dist.is_main()
     if not is_preset(cfg.model):
         check_model_dir(cfg.model)        # before the run directory is claimed by a typo
     store = RunStore(cfg) if main else None
-    previous = store.summary() if main else {}
-    if main and previous.get("status") == "finished" and previous.get("steps_done", 0) >= cfg.steps:
-        log(f"{store.dir} already finished {previous['steps_done']} steps; nothing to do")
+    previous = read_summary(cfg.run_dir)          # every rank reads it, so every rank decides alike
+    if previous.get("status") == "finished" and previous.get("steps_done", 0) >= cfg.steps:
+        if main:
+            log(f"{store.dir} already finished {previous['steps_done']} steps; nothing to do")
         return previous
     t = build_trainer(cfg, log=log if main else (lambda *_: None))
     start = restore(t, store)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model, save_model
 
 from grpo.models import MODEL_PRESETS, build_model, is_preset, load_pretrained
 from grpo.tasks import render_prompt
@@ -29,10 +29,18 @@ def cache_root() -> Path:
     return Path(os.environ.get("GRPO_CACHE", Path.home() / ".cache" / "grpo-lab"))
 
 
+def model_identity(model: str):
+    """What the warm start depends on: a preset's sizes, or a checkpoint's path and its files' sizes
+    and modification times (new weights at the same path must not reuse a stale warm start)."""
+    if is_preset(model):
+        return MODEL_PRESETS[model]
+    path = Path(model).resolve()
+    return [str(path)] + sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file())
+
+
 def warmstart_key(cfg, vocab_size: int) -> str:
-    model_id = MODEL_PRESETS[cfg.model] if is_preset(cfg.model) else str(Path(cfg.model).resolve())
-    spec = {"version": CACHE_VERSION, "task": cfg.task, "model": model_id, "vocab_size": vocab_size,
-            "steps": cfg.warmstart_steps, "lr": cfg.warmstart_lr, "batch": cfg.warmstart_batch_size,
+    spec = {"version": CACHE_VERSION, "task": cfg.task, "model": model_identity(cfg.model), "vocab_size": vocab_size,
+            "steps": cfg.num_warmstart_steps, "lr": cfg.warmstart_lr, "batch": cfg.warmstart_batch_size,
             "seed": cfg.warmstart_seed}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -86,7 +94,7 @@ def supervised_finetune(model, task, tokenizer, *, steps: int, lr: float, batch_
 def warm_started_model(cfg, task, tokenizer, device: torch.device, log=print):
     """The warm-started policy (fp32, on `device`), from the cache or trained now and cached."""
     model = initial_model(cfg, task, tokenizer).to(device)
-    if cfg.warmstart_steps == 0:
+    if cfg.num_warmstart_steps == 0:
         return model
     entry = cache_root() / "warmstart" / warmstart_key(cfg, len(tokenizer))
     entry.mkdir(parents=True, exist_ok=True)
@@ -95,14 +103,15 @@ def warm_started_model(cfg, task, tokenizer, device: torch.device, log=print):
         fcntl.flock(lock, fcntl.LOCK_EX)        # a parallel run with the same key waits here
         if weights.exists():
             try:
-                model.load_state_dict({k: v.to(device) for k, v in load_file(weights).items()})
+                load_model(model, weights, device=str(device))
                 return model
-            except Exception as err:  # a half-written or foreign file: rebuild it
+            except Exception as err:  # a foreign or damaged file: rebuild from a fresh initial model
                 log(f"warm start cache {weights} unreadable ({err}); rebuilding it")
-        log(f"warm start: {cfg.warmstart_steps} supervised steps on {cfg.task} demonstrations (cached in {entry})")
-        supervised_finetune(model, task, tokenizer, steps=cfg.warmstart_steps, lr=cfg.warmstart_lr,
+                model = initial_model(cfg, task, tokenizer).to(device)
+        log(f"warm start: {cfg.num_warmstart_steps} supervised steps on {cfg.task} demonstrations (cached in {entry})")
+        supervised_finetune(model, task, tokenizer, steps=cfg.num_warmstart_steps, lr=cfg.warmstart_lr,
                             batch_size=cfg.warmstart_batch_size, seed=cfg.warmstart_seed, device=device)
-        tmp = entry / "model.safetensors.tmp"
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp)
+        tmp = entry / "model.tmp.safetensors"
+        save_model(model, str(tmp))
         os.replace(tmp, weights)
     return model

@@ -53,16 +53,19 @@ def test_grpo_train_runs_on_a_local_checkpoint(tmp_path, capsys):
 
 
 def test_bf16_and_checkpointing_paths_train(make_cfg, tmp_path):
-    cfg = make_cfg(tmp_path, dtype="bf16", gradient_checkpointing=True, kl_beta=0.04)
+    from conftest import MIXED      # mixed groups: non-zero advantages, so the step moves the weights
+
+    cfg = make_cfg(tmp_path, dtype="bf16", gradient_checkpointing=True, kl_beta=0.04, **MIXED)
     t = build_trainer(cfg, log=lambda *_: None)
-    assert next(t.reference.parameters()).dtype == torch.bfloat16        # reference kept in the training dtype
     assert next(t.policy.parameters()).dtype == torch.float32            # fp32 master weights
+    assert next(t.reference.parameters()).dtype == torch.float32         # an exact copy of the policy
     assert not any(p.requires_grad for p in t.reference.parameters())
     before = [p.detach().clone() for p in t.policy.parameters()]
     from grpo.trainer import grpo_step
 
     metrics, _ = grpo_step(t, 1)
     assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    assert metrics["kl/k3"] == 0.0          # policy and reference are identical before the first update
     assert any(not torch.equal(a, b) for a, b in zip(before, t.policy.parameters()))
 
 
@@ -73,3 +76,33 @@ def test_qwen2_preset_has_the_half_billion_parameter_shape():
     assert config.model_type == "qwen2"
     assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads,
             config.intermediate_size) == (896, 24, 14, 2, 4864)
+
+
+def test_tied_embedding_checkpoints_round_trip_on_cpu(tmp_path):
+    """Real small checkpoints (Qwen2-0.5B, Llama-3.2) tie lm_head to the embedding: saving must cope."""
+    from grpo.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=21, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, tie_word_embeddings=True)
+    model = LlamaForCausalLM(config)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    optimizer = torch.optim.AdamW(model.parameters())
+    path = save_checkpoint(tmp_path, 1, model, optimizer, [{}], {})
+    fresh = LlamaForCausalLM(config)
+    load_checkpoint(path, fresh, torch.optim.AdamW(fresh.parameters()), "cpu")
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+    assert fresh.lm_head.weight.data_ptr() == fresh.model.embed_tokens.weight.data_ptr()
+
+
+def test_warm_start_key_changes_when_the_checkpoint_files_change(tmp_path):
+    from grpo.config import TrainConfig
+    from grpo.warmstart import warmstart_key
+
+    save_text_model(tmp_path / "m")
+    cfg = TrainConfig(model=str(tmp_path / "m"))
+    before = warmstart_key(cfg, 100)
+    with open(tmp_path / "m" / "config.json", "a") as f:
+        f.write("\n")                                   # new files at the same path
+    assert warmstart_key(cfg, 100) != before

@@ -148,14 +148,14 @@ def test_case2_statistics():
     #   kl/k1           (-ln2 + 0 + ln2 + 0 - ln2) / 5 = -ln2/5           = -0.1386294
     #   kl/k2           3 * (ln2)^2 / 2 / 5 = 0.3 (ln2)^2                 =  0.1441359
     #   kl/k3           ((1-ln2) + 0 + (ln2-1/2) + 0 + (1-ln2)) / 5 = (1.5 - ln2)/5 = 0.1613706
-    #   kl_old          k3 with d = -log ratio: 1/r + ln r - 1 per token:
-    #                   r=1.1: 0.9090909 + 0.0953102 - 1 = 0.0044011;  r=1.5: 0.6666667 + 0.4054651 - 1
-    #                   = 0.0721318;  r=0.5: 2 - ln2 - 1 = 0.3068528;  r=1: 0
-    #                   (0.0044011 + 0.0721318 + 0.3068528 + 0.0721318 + 0) / 5 = 0.0911035
+    #   kl_old          k3 of KL(pi_old || pi_theta) from tokens sampled from pi_old: r - 1 - ln r per token:
+    #                   r=1.1: 0.1 - 0.0953102 = 0.0046898;  r=1.5: 0.5 - 0.4054651 = 0.0945349;
+    #                   r=0.5: -0.5 + ln2 = 0.1931472;  r=1: 0
+    #                   (0.0046898 + 0.0945349 + 0.1931472 + 0.0945349 + 0) / 5 = 0.0773814
     #   tokens          5
     logp, old_logp, ref_logp, adv, mask = _case2()
     _, stats = policy_loss(logp, old_logp, ref_logp, adv, mask, kl_beta=0.1)
-    kl_old = (1 / 1.1 + math.log(1.1) - 1 + 2 * (1 / 1.5 + math.log(1.5) - 1) + 1 - LN2) / 5
+    kl_old = (0.1 - math.log(1.1) + 2 * (0.5 - math.log(1.5)) - 0.5 + LN2) / 5
     expected = {
         "clip/high_frac": 0.2, "clip/low_frac": 0.2, "ratio/mean": 1.12, "ratio/max": 1.5,
         "kl/k1": -LN2 / 5, "kl/k2": 0.3 * LN2 ** 2, "kl/k3": (1.5 - LN2) / 5, "kl_old": kl_old,
@@ -166,7 +166,7 @@ def test_case2_statistics():
         assert stats[key].dim() == 0, key
         torch.testing.assert_close(stats[key].double(), torch.tensor(value, dtype=F64), rtol=0, atol=1e-12,
                                    msg=key)
-    torch.testing.assert_close(stats["kl_old"].double(), torch.tensor(0.0911035, dtype=F64), rtol=0, atol=1e-6)
+    torch.testing.assert_close(stats["kl_old"].double(), torch.tensor(0.0773814, dtype=F64), rtol=0, atol=1e-6)
 
 
 # ---------------------------------------------------------------- clipping

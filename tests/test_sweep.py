@@ -100,3 +100,17 @@ def test_ray_executor_runs_a_two_run_sweep(tmp_path):
                          capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     assert sorted(_finished(sweep)) == [sweep / "beta0" / "seed0", sweep / "beta0.01" / "seed0"]
+
+
+def test_a_run_dir_of_another_config_is_not_counted_as_finished(tmp_path):
+    sweep = tmp_path / "sweep"
+    run_dir = sweep / "beta0" / "seed0"
+    run_dir.mkdir(parents=True)
+    [run] = plan_runs(kl_beta.EXPERIMENT, sweep, [0], {"quick": False, "steps": None, "train_args": [],
+                                                       "arms": ["beta0"]}, 1)
+    (run_dir / "config.json").write_text(json.dumps({**run.config.to_dict(), "lr": 0.5}))
+    (run_dir / "summary.json").write_text(json.dumps({"status": "finished", "steps_done": 10_000}))
+    out = subprocess.run([sys.executable, "-m", "experiments.kl_beta", "--out-dir", str(sweep), "--arms", "beta0",
+                          "--seeds", "1", "--parallel", "1", "--no-report"], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "another config" in out.stderr and "lr" in out.stderr and "Traceback" not in out.stderr

@@ -398,3 +398,17 @@ def test_arithmetic_defaults_raise_eval_accuracy(tmp_path):
     first, last = records[0], records[-1]
     assert first["step"] == 0 and last["step"] == 150
     assert last["eval/accuracy"] - first["eval/accuracy"] >= 0.15, (first["eval/accuracy"], last["eval/accuracy"])
+
+
+def test_resume_with_fewer_steps_than_the_checkpoint_is_refused(make_cfg, tmp_path):
+    import dataclasses
+
+    from grpo import GrpoError
+    from grpo.trainer import train
+
+    cfg = make_cfg(tmp_path, steps=3, save_every=1)
+    train(cfg, log=lambda *_: None)
+    summary = json.loads((cfg.run_dir / "summary.json").read_text())
+    (cfg.run_dir / "summary.json").write_text(json.dumps({**summary, "status": "running"}))   # as if killed
+    with pytest.raises(GrpoError, match="past --steps 2"):
+        train(dataclasses.replace(cfg, steps=2), log=lambda *_: None)
