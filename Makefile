@@ -23,9 +23,9 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
-# The slow end-to-end tests include the Ray executor, so this target also installs the ray extra.
+# The slow end-to-end tests include the Ray executor and reasoning-gym, so this target installs those extras.
 test-slow: install
-	$(PY) -m pip install -q -e ".[dev,ray]"
+	$(PY) -m pip install -q -e ".[dev,ray,reasoning-gym]"
 	$(PY) -m pytest -q -m slow
 
 bench: install

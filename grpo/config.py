@@ -18,7 +18,8 @@ from grpo.advantages import ADVANTAGES, AdvantageName
 from grpo.kl import KLName
 from grpo.losses import AggregationName
 from grpo.rewards import REWARDS
-from grpo.tasks import TASKS
+from grpo.models import is_preset
+from grpo.tasks import TASKS, TaskName
 
 
 @dataclass(frozen=True)
@@ -26,8 +27,10 @@ class TrainConfig:
     """Train a policy with GRPO; writes a run directory (config, metrics.jsonl, summary, checkpoints)."""
 
     # --- what to train
-    task: Literal["arithmetic", "seed_tokens"] = "arithmetic"
-    """Task registry key: the prompts, answers and demonstrations."""
+    task: TaskName = "arithmetic"
+    """Task registry key: the prompts, answers and demonstrations (reasoning_gym needs a local --model)."""
+    rg_dataset: str = "basic_arithmetic"
+    """reasoning-gym dataset name, for --task reasoning_gym (the reasoning-gym extra)."""
     model: str = "tiny"
     """Model preset (tiny, small, seed, qwen2_0.5b) built from a config, or a local Hugging Face model directory."""
     seed: int = 0
@@ -163,6 +166,8 @@ class TrainConfig:
                 raise GrpoError(message)
         if not all(math.isfinite(w) for w in self.reward_weights.values()):
             raise GrpoError(f"--reward-weights must be finite numbers, got {self.reward_weights}")
+        if self.task == "reasoning_gym" and is_preset(self.model):
+            raise GrpoError("--task reasoning_gym is text for a real tokenizer: pass --model <local HF model dir>")
         unknown = sorted(set(self.reward_weights) - set(REWARDS))
         if unknown or not self.reward_weights:
             raise GrpoError(f"--reward-weights names unknown reward(s) {unknown}; choose from {sorted(REWARDS)}")

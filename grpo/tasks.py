@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerBase
 from grpo import GrpoError
 from grpo.tokenizer import ARITHMETIC_CHARS, SPECIAL_TOKENS, TAG_TOKENS, build_tokenizer, char_tokenizer
 
-TaskName = Literal["arithmetic", "seed_tokens"]
+TaskName = Literal["arithmetic", "seed_tokens", "reasoning_gym"]
 
 
 SYSTEM_PROMPT = ("Think about the problem inside <think> </think>, then write only the final answer inside "
@@ -150,7 +150,45 @@ class SeedTokens(SplitTask):
         return f"{top3}</think><answer>{example.answer}</answer><eos>"
 
 
+class ReasoningGym(SplitTask):
+    """A procedural dataset of the reasoning-gym package (the `reasoning-gym` extra), for real models:
+    questions go through the model's chat template, and `correct` compares the text in <answer> with
+    the dataset's reference answer. No demonstrations are written, so the warm start is off by default.
+    """
+
+    name = "reasoning_gym"
+    warmstart_steps = 0
+    size = 5000
+    num_eval = 500
+
+    def __init__(self, dataset: str = "basic_arithmetic") -> None:
+        try:
+            import reasoning_gym
+        except ImportError:
+            raise GrpoError("--task reasoning_gym needs the extra: pip install 'grpo-lab[reasoning-gym]'") from None
+        try:
+            self.data = reasoning_gym.create_dataset(dataset, size=self.size, seed=1234)
+        except Exception as err:     # the package raises its own error types for unknown names
+            raise GrpoError(f"reasoning-gym has no dataset {dataset!r} ({err})") from None
+        self.tokenizer = None        # a real model's tokenizer is used
+        self.train_index, self.eval_index = _split(self.size, self.num_eval, seed=1234)
+
+    def _example(self, index: int) -> Example:
+        entry = self.data[index]
+        return Example(prompt="", answer=str(entry["answer"]).strip(), question=entry["question"])
+
+    def demonstration(self, example: Example) -> str:
+        return f"<think></think><answer>{example.answer}</answer><eos>"
+
+
 TASKS: dict[str, Callable[[], Task]] = {
     "arithmetic": Arithmetic,
     "seed_tokens": SeedTokens,
+    "reasoning_gym": ReasoningGym,
 }
+
+
+def make_task(cfg) -> Task:
+    """The task `cfg` names; options that only one task takes are passed to it by keyword."""
+    options = {"dataset": cfg.rg_dataset} if cfg.task == "reasoning_gym" else {}
+    return TASKS[cfg.task](**options)

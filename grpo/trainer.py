@@ -28,7 +28,7 @@ from grpo.metrics import (TokenWeightedMean, advantage_metrics, entropy_metric, 
 from grpo.policy import completion_logp
 from grpo.rewards import response_text, score
 from grpo.sampler import KVCacheSampler, Rollout, decode_completions, encode_prompts
-from grpo.tasks import TASKS, render_prompt
+from grpo.tasks import make_task, render_prompt
 from grpo.tracking import RunStore, WandbMirror, progress_bar, read_summary
 from grpo.warmstart import warm_started_model
 
@@ -78,7 +78,7 @@ def build_trainer(cfg: TrainConfig, log=print) -> Trainer:
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    task = TASKS[cfg.task]()
+    task = make_task(cfg)
     # A preset model uses the task's character tokenizer; a local checkpoint brings its own.
     tokenizer = task.tokenizer if is_preset(cfg.model) else load_tokenizer(cfg.model)
     # The policy keeps fp32 master weights; --dtype bf16 runs its forward passes under autocast.
