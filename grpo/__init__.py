@@ -17,3 +17,5 @@ __version__ = "0.1.0"
 
 class GrpoError(Exception):
     """A problem with the user's input or files, reported as one line without a traceback."""
+
+    exit_code = 2

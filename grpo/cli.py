@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             return sync_main(rest)
         return _fail(f"unknown command {command!r}; choose from train, bench, sync")
     except GrpoError as err:
-        return _fail(str(err), 1 if type(err).__name__ == "TrainingDiverged" else 2)
+        return _fail(str(err), err.exit_code)
     except KeyboardInterrupt:
         return _fail("interrupted; run the same command again to resume from the last checkpoint", 130)
 

@@ -38,6 +38,8 @@ SAMPLE_ROWS = 2          # prompts (with all their completions) written to sampl
 class TrainingDiverged(GrpoError):
     """A non-finite loss or reward: the run stops, keeping its last good checkpoint."""
 
+    exit_code = 1     # not bad input: the run itself failed
+
 
 @dataclass
 class Trainer:
