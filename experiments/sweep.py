@@ -261,11 +261,10 @@ def sweep(experiment: Experiment, args: argparse.Namespace, train_args: list[str
         word = "finished" if code == 0 else f"FAILED (exit {code}), see {run.log}"
         print(f"  [{time.perf_counter() - started:6.0f}s] {run.arm}/seed{run.seed} {word}", flush=True)
 
-    if args.executor == "ray":
-        run_ray(todo, progress)
-    else:
-        run_local(todo, args.parallel, progress)
-    statuses = {r: run_status(r) for r in runs}
+    codes = run_ray(todo, progress) if args.executor == "ray" else run_local(todo, args.parallel, progress)
+    # A run that exited non-zero is failed even if it died before writing its summary.
+    statuses = {r: "failed" if codes.get(str(r.dir), 0) != 0 and run_status(r) != "finished" else run_status(r)
+                for r in runs}
     print(f"{experiment.name}: " + ", ".join(f"{sum(s == k for s in statuses.values())} {k}"
                                             for k in ("finished", "failed", "unfinished", "missing")))
     for run, status in statuses.items():

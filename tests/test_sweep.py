@@ -114,3 +114,16 @@ def test_a_run_dir_of_another_config_is_not_counted_as_finished(tmp_path):
                           "--seeds", "1", "--parallel", "1", "--no-report"], capture_output=True, text=True)
     assert out.returncode == 2
     assert "another config" in out.stderr and "lr" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_failed_runs_are_reported_with_their_logs_and_fail_the_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    out = subprocess.run([sys.executable, "-m", "experiments.kl_beta", "--out-dir", str(sweep), "--arms", "beta0,beta0.1",
+                          "--seeds", "1", "--model", str(tmp_path / "no_such_model"), *TINY],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stdout + out.stderr
+    for arm in ("beta0", "beta0.1"):
+        log = sweep / arm / "seed0" / "train.log"
+        assert f"{arm}/seed0 FAILED (exit 2), see {log}" in out.stdout       # both ran; neither stopped the other
+        assert "no_such_model" in log.read_text()
+    assert "kl_beta: 0 finished, 2 failed, 0 unfinished, 0 missing" in out.stdout
