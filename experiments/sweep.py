@@ -249,9 +249,10 @@ def sweep(experiment: Experiment, args: argparse.Namespace, train_args: list[str
     write_sweep_json(experiment, args.out_dir, runs, seeds)
     conflicts = [r for r in runs if run_status(r) == "conflict"]
     if conflicts:
-        raise GrpoError(f"{len(conflicts)} run dir(s) hold runs of another config, e.g. {conflicts[0].dir} "
-                        f"(differs in: {', '.join(config_mismatch(json.loads((conflicts[0].dir / 'config.json').read_text()), conflicts[0].config))}); "
-                        "use another --out-dir")
+        first = conflicts[0]
+        differ = config_mismatch(json.loads((first.dir / "config.json").read_text()), first.config)
+        raise GrpoError(f"{len(conflicts)} run dir(s) hold runs of another config, e.g. {first.dir} "
+                        f"(differs in: {', '.join(differ)}); use another --out-dir")
     todo = [r for r in runs if run_status(r) != "finished"]
     print(f"{experiment.name}: {len(runs)} runs ({len(runs) - len(todo)} already finished) in {args.out_dir}; "
           f"{args.parallel} at a time, logs in <run>/train.log", flush=True)

@@ -307,7 +307,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
             metrics, rows = grpo_step(t, step)
             step_time = time.perf_counter() - tick
             t.elapsed += step_time
-            metrics.update({f"time/{k}": v for k, v in t.timings.items()}, **{"time/step": step_time})
+            metrics.update({f"time/{k}": v for k, v in t.timings.items()})
+            metrics["time/step"] = step_time
             eval_metrics = {}
             if main and (step % cfg.eval_every == 0 or step == cfg.steps):
                 eval_metrics = t.evaluate(step)
