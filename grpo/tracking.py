@@ -144,7 +144,9 @@ class WandbMirror:
     def log(self, record: dict) -> None:
         if self.run is not None:
             try:
-                self.run.log(record)
+                # An explicit step: after a resume, wandb drops the steps it already holds (they are
+                # recomputed identically from the checkpoint) instead of appending duplicate rows.
+                self.run.log(record, step=int(record["step"]))
             except Exception as err:
                 warnings.warn(f"wandb log failed ({err}); continuing with the local store only")
                 self.run = None
@@ -157,7 +159,7 @@ class WandbMirror:
 
             columns = list(rows[0])
             table = wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in rows])
-            self.run.log({"samples": table, "step": step})
+            self.run.log({"samples": table}, step=step)
         except Exception as err:
             warnings.warn(f"wandb table failed ({err})")
 
