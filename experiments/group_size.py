@@ -16,7 +16,6 @@ EXPERIMENT = Experiment(
     budget=f"completions per step ({COMPLETIONS_PER_STEP} = prompts x G) and steps",
     baseline="G8",
     knob="group_size",
-    quick={"steps": 40, "eval_every": 10, "save_every": 10},
 )
 
 if __name__ == "__main__":

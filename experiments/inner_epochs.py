@@ -16,7 +16,6 @@ EXPERIMENT = Experiment(
     budget=f"rollouts: prompts per step ({base.prompts_per_step}), group size ({base.group_size}) and steps",
     baseline="mu1",
     knob="inner_epochs",
-    quick={"steps": 40, "eval_every": 10, "save_every": 10},
 )
 
 if __name__ == "__main__":

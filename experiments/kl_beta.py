@@ -16,7 +16,6 @@ EXPERIMENT = Experiment(
     budget=f"prompts per step ({base.prompts_per_step}), group size ({base.group_size}) and steps",
     baseline="beta0",
     knob="kl_beta",
-    quick={"steps": 40, "eval_every": 10, "save_every": 10},
 )
 
 if __name__ == "__main__":

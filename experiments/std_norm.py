@@ -21,7 +21,6 @@ EXPERIMENT = Experiment(
     },
     budget=f"prompts per step ({base.prompts_per_step}), group size ({base.group_size}) and steps",
     baseline="grpo",
-    quick={"steps": 40, "eval_every": 10, "save_every": 10},
 )
 
 if __name__ == "__main__":

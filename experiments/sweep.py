@@ -33,6 +33,9 @@ from grpo.config import TrainConfig, config_mismatch
 DEFAULT_PARALLEL = 2
 
 
+QUICK = {"steps": 40, "eval_every": 10, "save_every": 10}   # the --quick budget unless an experiment sets its own
+
+
 @dataclass(frozen=True)
 class Experiment:
     name: str
@@ -42,7 +45,7 @@ class Experiment:
     baseline: str                    # the arm the others are compared with
     knob: str | None = None          # the config field the ablation varies (for final-score-vs-knob plots)
     seeds: int = 3
-    quick: dict = field(default_factory=dict)   # overrides applied to every arm by --quick
+    quick: dict = field(default_factory=lambda: dict(QUICK))   # overrides applied to every arm by --quick
 
 
 @dataclass(eq=False)     # identity hash: runs are dict keys while they execute
