@@ -14,17 +14,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import DynamicCache
-
-from grpo.sampler import Rollout, TokenStream, prompt_positions
+from grpo.sampler import Rollout, TokenStream, prefill, prompt_positions
 
 SUPPORTED = {"llama", "qwen2", "mistral"}
 
 
 def supports(model) -> bool:
+    """Llama-family models whose every layer attends to the whole cache: no sliding window (Qwen2
+    turns it on with `use_sliding_window`, Mistral with a non-null `sliding_window`), SiLU MLP, no MLP bias."""
     config = getattr(model, "config", None)
+    sliding = getattr(config, "use_sliding_window", False) if getattr(config, "model_type", None) == "qwen2" \
+        else getattr(config, "sliding_window", None) is not None
     return (getattr(config, "model_type", None) in SUPPORTED and getattr(config, "hidden_act", "") == "silu"
-            and not getattr(config, "use_sliding_window", False) and not getattr(config, "mlp_bias", False))
+            and not sliding and not getattr(config, "mlp_bias", False))
 
 
 def _rotate_half(x: Tensor) -> Tensor:
@@ -99,9 +101,7 @@ class StaticCacheSampler:
 
         # Prefill: the model's own forward over the prompt fills a cache we then copy.
         positions = prompt_positions(prompt_mask)
-        cache = DynamicCache()
-        logits = model(input_ids=prompt_ids, attention_mask=prompt_mask.long(), position_ids=positions,
-                       cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        logits, cache = prefill(model, prompt_ids, prompt_mask, positions)
         total = prompt_len + max_new_tokens
         keys, values = [], []
         for entry in cache.layers:

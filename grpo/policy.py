@@ -25,8 +25,10 @@ def sequence_inputs(prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Ten
 
 
 def completion_logp(model, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
-                    temperature: float) -> Tensor:
-    """log pi(completion token j | prompt, tokens < j) [B, T], in fp32, at the sampling temperature."""
+                    temperature: float, *, eos_token_id: int | None = None, min_new_tokens: int = 0) -> Tensor:
+    """log pi(completion token j | prompt, tokens < j) [B, T], in fp32, under the distribution the
+    sampler drew from: at the sampling temperature, with EOS banned at positions j < min_new_tokens
+    (exactly as `sampler.TokenStream` bans it), so the ratio compares like with like."""
     input_ids, attention_mask, position_ids = sequence_inputs(prompt_ids, prompt_mask, completion_ids)
     num_completion = completion_ids.shape[1]
     # Keep the logits of the last T + 1 positions and drop the final one: positions L-1 .. L+T-2.
@@ -34,6 +36,10 @@ def completion_logp(model, prompt_ids: Tensor, prompt_mask: Tensor, completion_i
                    logits_to_keep=num_completion + 1).logits[:, :-1].float()
     if temperature != 1.0:
         logits = logits / temperature
+    if min_new_tokens > 0:     # out of place: the logits may be the model's output, needed by autograd
+        banned = torch.zeros(logits.shape[1:], dtype=torch.bool, device=logits.device)
+        banned[:min_new_tokens, eos_token_id] = True
+        logits = logits.masked_fill(banned, float("-inf"))
     # gather - logsumexp avoids materialising a second [B, T, V] log-softmax tensor.
     chosen = logits.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
     return chosen - torch.logsumexp(logits, dim=-1)

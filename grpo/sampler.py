@@ -6,16 +6,23 @@ under `torch.inference_mode()`: rollouts never build an autograd graph.
 
 Completion mask convention: 1 for every generated token up to and including the first EOS; 0 for
 the padding written after it. A row without EOS after max_new_tokens is `truncated`.
+
+The sampler also returns the log-prob of each token it drew under the distribution it drew from
+(temperature applied, EOS banned before min_new_tokens): `policy.completion_logp` applies the same
+processing, so pi_old and the ratio refer to the distribution that was actually sampled.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from torch import Tensor
 from transformers import DynamicCache
+
+from grpo import GrpoError
 
 
 @dataclass
@@ -26,6 +33,7 @@ class Rollout:
     completion_mask: Tensor   # [N, T] float, 1 up to and including the first EOS
     truncated: Tensor         # [N] bool, no EOS within max_new_tokens
     entropy: Tensor           # [N, T] entropy of the sampling distribution at each position
+    logp: Tensor              # [N, T] log-prob of each drawn token under the sampling distribution (0 on padding)
 
 
 class Sampler(Protocol):
@@ -40,14 +48,42 @@ def prompt_positions(prompt_mask: Tensor) -> Tensor:
     return (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def cache_argument(model) -> str:
+    """The keyword the model's forward takes its KV cache under: `cache` from transformers 5.24 on,
+    `past_key_values` before. A wrong name would vanish into **kwargs and leave the cache empty."""
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def prefill(model, prompt_ids: Tensor, prompt_mask: Tensor, positions: Tensor) -> tuple[Tensor, DynamicCache]:
+    """Run the prompt through the model once: (last-position logits [N, V], the filled KV cache).
+
+    Raises GrpoError when the cache does not hold the prompt afterwards: decoding from it would
+    silently attend to nothing, and on-policy training would hide it (the ratio is still 1).
+    """
+    cache = DynamicCache()
+    logits = model(input_ids=prompt_ids, attention_mask=prompt_mask.long(), position_ids=positions,
+                   use_cache=True, logits_to_keep=1, **{cache_argument(model): cache}).logits[:, -1]
+    if cache.get_seq_length() != prompt_ids.shape[1]:
+        raise GrpoError(f"the KV cache holds {cache.get_seq_length()} positions after a prefill of "
+                        f"{prompt_ids.shape[1]}: this transformers version ignores the cache argument "
+                        f"{cache_argument(model)!r} of {type(model).__name__}")
+    return logits, cache
+
+
 def sample_next(logits: Tensor, temperature: float, generator: torch.Generator | None,
-                greedy: bool) -> tuple[Tensor, Tensor]:
-    """(next token ids [N], entropy [N]) from last-position logits [N, V] at the given temperature."""
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
+                greedy: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(next token ids [N], entropy [N], log-prob of the chosen ids [N]) from last-position logits
+    [N, V] at the given temperature. Greedy picks the argmax; its log-prob is still the tempered one."""
+    scaled = logits.float() / temperature
+    probs = torch.softmax(scaled, dim=-1)
     entropy = torch.special.entr(probs).sum(-1)        # -p log p, with 0 log 0 = 0 for banned tokens
     if greedy:
-        return logits.argmax(-1), entropy
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1), entropy
+        token = logits.argmax(-1)
+    else:
+        token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    logp = scaled.gather(-1, token[:, None]).squeeze(-1) - torch.logsumexp(scaled, dim=-1)
+    return token, entropy, logp
 
 
 class KVCacheSampler:
@@ -60,9 +96,8 @@ class KVCacheSampler:
         num_rows, device = prompt_ids.shape[0], prompt_ids.device
         attention = prompt_mask.long()
         positions = prompt_positions(prompt_mask)
-        cache = DynamicCache()
-        logits = model(input_ids=prompt_ids, attention_mask=attention, position_ids=positions,
-                       cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        logits, cache = prefill(model, prompt_ids, prompt_mask, positions)
+        cache_kwarg = {cache_argument(model): cache}
         next_position = positions[:, -1:] + 1
         stream = TokenStream(num_rows, device, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                              temperature=temperature, generator=generator, greedy=greedy,
@@ -73,13 +108,13 @@ class KVCacheSampler:
                 return stream.rollout(prompt_ids, prompt_mask)
             attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
             logits = model(input_ids=token[:, None], attention_mask=attention, position_ids=next_position,
-                           cache=cache, use_cache=True).logits[:, -1]
+                           use_cache=True, **cache_kwarg).logits[:, -1]
             next_position = next_position + 1
 
 
 class TokenStream:
     """What every sampler does with each new position's logits: forbid EOS before min_new_tokens,
-    sample, write padding after a row's EOS, and say when all rows are done."""
+    sample, write padding (log-prob 0) after a row's EOS, and say when all rows are done."""
 
     def __init__(self, num_rows: int, device, *, max_new_tokens: int, min_new_tokens: int, temperature: float,
                  generator: torch.Generator | None, greedy: bool, eos_token_id: int, pad_token_id: int) -> None:
@@ -88,23 +123,26 @@ class TokenStream:
         self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id
         self.tokens: list[Tensor] = []
         self.entropies: list[Tensor] = []
+        self.logps: list[Tensor] = []
         self.finished = torch.zeros(num_rows, dtype=torch.bool, device=device)
 
     def push(self, logits: Tensor) -> tuple[Tensor, bool]:
         """Sample the next token of every row from logits [N, V]; (tokens [N], whether to stop)."""
         if len(self.tokens) < self.min_new_tokens:
             logits[:, self.eos_token_id] = float("-inf")
-        token, entropy = sample_next(logits, self.temperature, self.generator, self.greedy)
+        token, entropy, logp = sample_next(logits, self.temperature, self.generator, self.greedy)
         token = torch.where(self.finished, torch.full_like(token, self.pad_token_id), token)
         self.tokens.append(token)
         self.entropies.append(entropy)
+        self.logps.append(torch.where(self.finished, torch.zeros_like(logp), logp))
         self.finished = self.finished | (token == self.eos_token_id)
         return token, len(self.tokens) == self.max_new_tokens or bool(self.finished.all())
 
     def rollout(self, prompt_ids: Tensor, prompt_mask: Tensor) -> Rollout:
         completion_ids = torch.stack(self.tokens, dim=1)
         return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask(completion_ids, self.eos_token_id),
-                       truncated=~self.finished, entropy=torch.stack(self.entropies, dim=1))
+                       truncated=~self.finished, entropy=torch.stack(self.entropies, dim=1),
+                       logp=torch.stack(self.logps, dim=1))
 
 
 def completion_mask(completion_ids: Tensor, eos_token_id: int) -> Tensor:

@@ -57,3 +57,45 @@ def test_fast_decode_stops_rows_at_eos_like_the_reference():
     fast = StaticCacheSampler().generate(model, ids, mask, generator=torch.Generator().manual_seed(5), **kwargs)
     assert torch.equal(slow.completion_mask, fast.completion_mask)
     assert torch.equal(slow.truncated, fast.truncated)
+
+
+def test_supports_refuses_sliding_window_attention_of_either_family():
+    """Qwen2 turns a sliding window on with use_sliding_window; Mistral with a non-null sliding_window."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    def mistral(window):
+        torch.manual_seed(0)
+        return MistralForCausalLM(MistralConfig(num_attention_heads=4, num_key_value_heads=2, sliding_window=window,
+                                                **SMALL))
+
+    assert not supports(mistral(16))
+    assert supports(mistral(None))
+    qwen = qwen2()
+    assert supports(qwen)                       # Qwen2Config carries sliding_window too, but it is off
+    qwen.config.use_sliding_window = True
+    assert not supports(qwen)
+
+
+def test_stage_timer_synchronises_cuda_before_reading_the_clock(monkeypatch):
+    """On a GPU the clock must not stop before the queued kernels finish: sync, read, ..., sync, read."""
+    import time
+
+    from grpo.timing import StageTimer
+
+    events = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append("sync"))
+    clock = iter([10.0, 12.5])
+    monkeypatch.setattr(time, "perf_counter", lambda: events.append("clock") or next(clock))
+    timer = StageTimer(torch.device("cuda"))
+    with timer("rollout"):
+        events.append("work")
+    assert events == ["sync", "clock", "work", "sync", "clock"]
+    assert timer.seconds == {"rollout": 2.5}
+    cpu = StageTimer(torch.device("cpu"))
+    events.clear()
+    monkeypatch.setattr(time, "perf_counter", iter([1.0, 2.0, 3.0, 3.5]).__next__)
+    with cpu("train"):
+        pass
+    with cpu("train"):                          # a stage entered twice accumulates
+        pass
+    assert events == [] and cpu.seconds == {"train": 1.5}

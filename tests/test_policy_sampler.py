@@ -6,11 +6,15 @@ cache, so they share nothing with the batched, left-padded, cached code under te
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
 import torch
+from transformers import LlamaForCausalLM
 
+from grpo import GrpoError
+from grpo.fast_sampler import StaticCacheSampler
 from grpo.losses import policy_loss
 from grpo.models import build_model
 from grpo.policy import completion_logp
@@ -242,7 +246,7 @@ def test_sampling_does_not_touch_the_global_rng(model):
 
 @pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0])
 def test_entropy_of_uniform_logits_is_log_vocab(temperature):
-    _, entropy = sample_next(torch.zeros(2, VOCAB), temperature, None, greedy=True)
+    _, entropy, _ = sample_next(torch.zeros(2, VOCAB), temperature, None, greedy=True)
     torch.testing.assert_close(entropy, torch.full((2,), math.log(VOCAB)))
 
 
@@ -250,15 +254,91 @@ def test_entropy_of_a_banned_token_is_finite():
     # one token at -inf (EOS suppressed): the other 20 are uniform, entropy log 20, not NaN
     logits = torch.zeros(1, VOCAB)
     logits[0, EOS] = float("-inf")
-    token, entropy = sample_next(logits, 1.0, torch.Generator().manual_seed(0), greedy=False)
+    token, entropy, _ = sample_next(logits, 1.0, torch.Generator().manual_seed(0), greedy=False)
     torch.testing.assert_close(entropy, torch.tensor([math.log(20)]))
     assert token.item() != EOS
 
 
 def test_sample_next_greedy_is_argmax_and_temperature_sharpens():
     logits = torch.tensor([[0.0, 2.0, 1.0]])
-    token, entropy_t1 = sample_next(logits, 1.0, None, greedy=True)
+    token, entropy_t1, _ = sample_next(logits, 1.0, None, greedy=True)
     assert token.tolist() == [1]
-    _, entropy_cold = sample_next(logits, 0.25, None, greedy=True)
-    _, entropy_hot = sample_next(logits, 4.0, None, greedy=True)
+    _, entropy_cold, _ = sample_next(logits, 0.25, None, greedy=True)
+    _, entropy_hot, _ = sample_next(logits, 4.0, None, greedy=True)
     assert entropy_cold < entropy_t1 < entropy_hot < math.log(3)
+
+
+# ---------------------------------------------------------------- the cache argument and the sampler's log-probs
+
+# What the installed transformers calls the cache (`cache` from 5.24 on, `past_key_values` before).
+INSTALLED_CACHE_NAME = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters \
+    else "past_key_values"
+
+
+class PastKeyValuesLlama(LlamaForCausalLM):
+    """A model with the forward of transformers < 5.24, which took the KV cache as `past_key_values`
+    and let any other keyword (such as `cache=`) vanish into **kwargs."""
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                use_cache=None, logits_to_keep=0, **ignored):
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               use_cache=use_cache, logits_to_keep=logits_to_keep,
+                               **{INSTALLED_CACHE_NAME: past_key_values})
+
+
+class CachelessLlama(LlamaForCausalLM):
+    """A model whose forward takes no cache under any name the samplers know."""
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, use_cache=None,
+                logits_to_keep=0, **ignored):
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               use_cache=False, logits_to_keep=logits_to_keep)
+
+
+def _same_weights(model_class, model):
+    other = model_class(model.config).eval()
+    other.load_state_dict(model.state_dict())
+    return other
+
+
+@pytest.mark.parametrize("sampler", [KVCacheSampler, StaticCacheSampler], ids=["kv_cache", "static_cache"])
+@pytest.mark.parametrize("model_class", [LlamaForCausalLM, PastKeyValuesLlama], ids=["cache_kwarg", "past_key_values"])
+def test_greedy_decoding_equals_full_recompute_whatever_the_cache_keyword(model, sampler, model_class):
+    """Both samplers, token for token against a no-cache recompute, on a model of today's transformers
+    and one with the older `past_key_values` forward (a cache passed under the wrong name is lost)."""
+    model = _same_weights(model_class, model)
+    prompt_ids, prompt_mask = left_pad(PROMPTS)
+    rollout = sampler().generate(model, prompt_ids, prompt_mask, max_new_tokens=10, temperature=1.0, generator=None,
+                                 greedy=True, eos_token_id=-1, pad_token_id=PAD)
+    assert rollout.completion_ids.tolist() == [greedy_no_cache(model, p, 10, eos=-1) for p in PROMPTS]
+
+
+@pytest.mark.parametrize("sampler", [KVCacheSampler, StaticCacheSampler], ids=["kv_cache", "static_cache"])
+def test_a_cache_the_model_ignores_is_a_clear_error(model, sampler):
+    model = _same_weights(CachelessLlama, model)
+    prompt_ids, prompt_mask = left_pad(PROMPTS)
+    with pytest.raises(GrpoError, match="KV cache holds 0 positions after a prefill of 7"):
+        sampler().generate(model, prompt_ids, prompt_mask, max_new_tokens=4, temperature=1.0, generator=None,
+                           greedy=True, eos_token_id=EOS, pad_token_id=PAD)
+
+
+@pytest.mark.parametrize("sampler", [KVCacheSampler, StaticCacheSampler], ids=["kv_cache", "static_cache"])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("min_new_tokens", [0, 4])
+@pytest.mark.parametrize("greedy", [False, True])
+def test_sampler_logp_equals_the_learners_logp(model, sampler, temperature, min_new_tokens, greedy):
+    """pi_old as the sampler drew from it (temperature, EOS banned before min_new_tokens) is what
+    completion_logp scores, on every completion token; padding after EOS carries log-prob 0."""
+    prompt_ids, prompt_mask = left_pad(PROMPTS * 4)
+    rollout = sampler().generate(model, prompt_ids, prompt_mask, max_new_tokens=12, temperature=temperature,
+                                 generator=torch.Generator().manual_seed(7), greedy=greedy, eos_token_id=EOS,
+                                 pad_token_id=PAD, min_new_tokens=min_new_tokens)
+    with torch.no_grad():
+        learner = completion_logp(model, prompt_ids, prompt_mask, rollout.completion_ids, temperature,
+                                  eos_token_id=EOS, min_new_tokens=min_new_tokens)
+    mask = rollout.completion_mask
+    assert (mask == 0).any() or greedy, "precondition: some row ends early, so padding is exercised"
+    torch.testing.assert_close(rollout.logp * mask, learner * mask, atol=1e-5, rtol=0)
+    assert torch.equal(rollout.logp * (1 - mask), torch.zeros_like(mask))
+    if min_new_tokens:
+        assert not (rollout.completion_ids[:, :min_new_tokens] == EOS).any()
