@@ -19,3 +19,9 @@ class GrpoError(Exception):
     """A problem with the user's input or files, reported as one line without a traceback."""
 
     exit_code = 2
+
+
+class TrainingDiverged(GrpoError):
+    """A non-finite loss, gradient, reward or metric: the run stops, keeping its last good checkpoint."""
+
+    exit_code = 1     # not bad input: the run itself failed

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
             import tyro
 
             from grpo.config import TrainConfig
-            from grpo.trainer import train
+            from grpo.runner import train
 
             config = tyro.cli(TrainConfig, args=rest, prog="grpo train")
             summary = train(config)

@@ -1,9 +1,12 @@
 """Data parallelism over torch.distributed (torchrun): gloo on CPU, nccl on GPU.
 
-Each rank samples its share of the step's prompts. Loss normalisers (sequences, tokens) are summed
-over ranks, so each rank's loss is its share of the global loss and summing the ranks' gradients
-(all-reduce SUM) gives exactly the single-process gradient of the whole batch. Every rank then
-takes the same optimizer step. Metrics are averaged over ranks; only rank 0 writes files and wandb.
+Each rank samples its share of the step's prompts. Rewards are gathered, so advantages (batch_std's
+batch statistics included) are computed on the whole step's [P, G] matrix. Loss normalisers
+(sequences, tokens) are summed over ranks, so each rank's loss is its share of the global loss and
+summing the ranks' gradients (all-reduce SUM) gives exactly the single-process gradient of the whole
+batch. Every rank then takes the same optimizer step. Every metric is the global value: per-row
+quantities are gathered, token-weighted sums and their weights are summed over ranks. Rank 0's
+weights are broadcast once after the model is built. Only rank 0 writes files and wandb.
 Without torchrun (WORLD_SIZE unset) everything here is a no-op.
 """
 
@@ -59,6 +62,40 @@ def sum_across(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+def max_across(value: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        value = value.to(_comm_device, copy=True)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value
+
+
+def cat_across(value: torch.Tensor) -> torch.Tensor:
+    """Every rank's `value` (same shape on each) concatenated along dim 0 in rank order, on every rank."""
+    if not dist.is_initialized():
+        return value
+    local = value.to(_comm_device).contiguous()
+    parts = [torch.empty_like(local) for _ in range(world_size())]
+    dist.all_gather(parts, local)
+    return torch.cat(parts).to(value.device)
+
+
+def rank_rows(num_rows: int) -> slice:
+    """This rank's rows of a dim-0 concatenation made by `cat_across` of num_rows // world_size() each."""
+    share = num_rows // world_size()
+    return slice(rank() * share, (rank() + 1) * share)
+
+
+def broadcast_parameters(model: torch.nn.Module) -> None:
+    """Make every rank hold rank 0's weights (warm starts cached per node need not be bit-identical)."""
+    if not dist.is_initialized():
+        return
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            staged = tensor.detach().to(_comm_device, copy=True)
+            dist.broadcast(staged, src=0)
+            tensor.copy_(staged.to(tensor.device))
+
+
 def any_across(flag: bool) -> bool:
     """True on every rank when it is true on any (so all ranks stop together, none left waiting)."""
     return bool(sum_across(torch.tensor(float(flag))) > 0)
@@ -84,16 +121,3 @@ def gather_objects(obj) -> list:
     gathered = [None] * world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
-
-
-def mean_metrics(metrics: dict[str, float]) -> dict[str, float]:
-    """Average scalar metrics over the ranks that have them; `*/max` keys take the maximum."""
-    if not dist.is_initialized():
-        return metrics
-    gathered: list[dict[str, float]] = [None] * world_size()
-    dist.all_gather_object(gathered, metrics)
-    out = {}
-    for key in sorted(set().union(*gathered)):
-        values = [m[key] for m in gathered if key in m]
-        out[key] = max(values) if key.endswith("/max") else sum(values) / len(values)
-    return out

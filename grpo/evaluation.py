@@ -2,6 +2,10 @@
 
 pass@k = 1 - C(n - c, k) / C(n, k) per prompt (Chen et al. 2021, "Evaluating Large Language Models
 Trained on Code"), averaged over prompts; c = number of correct completions among n.
+
+The prompts are cut into fixed blocks, each decoded as one batch with its own generator seeded by
+(seed, step, block). Under data parallelism the blocks are dealt round-robin to the ranks, so every
+rank works and the result does not depend on the number of ranks; resuming re-evaluates identically.
 """
 
 from __future__ import annotations
@@ -10,11 +14,14 @@ from math import comb
 
 import torch
 
+from grpo import distributed as dist
 from grpo.rewards import correct_reward, response_text
 from grpo.sampler import decode_completions, encode_prompts
 from grpo.tasks import render_prompt
 
 PASS_AT_K_PROMPTS = 32
+GREEDY_BLOCK = 128       # prompts per greedy batch
+SAMPLED_BLOCK = 8        # prompts per sampled batch (each repeated n times)
 
 
 def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
@@ -25,17 +32,22 @@ def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
 
 
 def correct_flags(model, sampler, tokenizer, examples, *, max_new_tokens: int, temperature: float,
-                  generator, greedy: bool, device, batch_size: int = 256) -> list[float]:
-    flags = []
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
-        prompt_ids, prompt_mask = encode_prompts(tokenizer, [render_prompt(e, tokenizer) for e in chunk], device)
-        rollout = sampler.generate(model, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens,
-                                   temperature=temperature, generator=generator, greedy=greedy,
-                                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-        texts = decode_completions(tokenizer, rollout.completion_ids, rollout.completion_mask)
-        flags += [correct_reward(response_text(t, e), e) for t, e in zip(texts, chunk)]
-    return flags
+                  generator, greedy: bool, device) -> list[float]:
+    """1.0 / 0.0 per example: is its one completion (decoded as one batch) correct?"""
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, [render_prompt(e, tokenizer) for e in examples], device)
+    rollout = sampler.generate(model, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens,
+                               temperature=temperature, generator=generator, greedy=greedy,
+                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    texts = decode_completions(tokenizer, rollout.completion_ids, rollout.completion_mask)
+    return [correct_reward(response_text(t, e), e) for t, e in zip(texts, examples)]
+
+
+def blockwise(examples: list, block: int, run) -> list[float]:
+    """run(block_index, examples of the block) for this rank's blocks; every block's flags, in order."""
+    blocks = [examples[i:i + block] for i in range(0, len(examples), block)]
+    mine = {i: run(i, blocks[i]) for i in range(dist.rank(), len(blocks), dist.world_size())}
+    every = {i: flags for part in dist.gather_objects(mine) for i, flags in part.items()}
+    return [flag for i in range(len(blocks)) for flag in every[i]]
 
 
 def evaluate(model, sampler, tokenizer, task, cfg, step: int, device) -> dict[str, float]:
@@ -43,14 +55,18 @@ def evaluate(model, sampler, tokenizer, task, cfg, step: int, device) -> dict[st
     was_training = model.training
     model.eval()
     examples = task.eval_examples()[: cfg.eval_prompts]
-    greedy = correct_flags(model, sampler, tokenizer, examples, max_new_tokens=cfg.max_new_tokens,
-                           temperature=1.0, generator=None, greedy=True, device=device)
-    # Sampling uses its own generator seeded by (seed, step): resuming a run re-evaluates identically.
-    generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
+    common = dict(max_new_tokens=cfg.max_new_tokens, device=device)
+    greedy = blockwise(examples, GREEDY_BLOCK, lambda i, chunk: correct_flags(
+        model, sampler, tokenizer, chunk, temperature=1.0, generator=None, greedy=True, **common))
     num_samples = max(cfg.eval_samples, cfg.group_size)
-    repeated = [e for e in examples[:PASS_AT_K_PROMPTS] for _ in range(num_samples)]
-    sampled = correct_flags(model, sampler, tokenizer, repeated, max_new_tokens=cfg.max_new_tokens,
-                            temperature=cfg.temperature, generator=generator, greedy=False, device=device)
+
+    def sampled_block(index: int, chunk: list) -> list[float]:
+        generator = torch.Generator(device=device).manual_seed((cfg.seed * 1_000_003 + step) * 1_000 + index)
+        repeated = [e for e in chunk for _ in range(num_samples)]
+        return correct_flags(model, sampler, tokenizer, repeated, temperature=cfg.temperature,
+                             generator=generator, greedy=False, **common)
+
+    sampled = blockwise(examples[:PASS_AT_K_PROMPTS], SAMPLED_BLOCK, sampled_block)
     counts = torch.tensor(sampled).view(-1, num_samples).sum(-1).long().tolist()
     model.train(was_training)
     metrics = {"eval/accuracy": sum(greedy) / len(greedy)}

@@ -11,16 +11,22 @@ axes
 reward
   reward/mean, reward/std     total (weighted) reward over the step's completions
   reward/<fn>/mean            mean of each reward function, unweighted
-  accuracy                    share of completions the `correct` reward calls right
+  accuracy                    share of completions the `correct` reward calls right (absent without it)
 advantage
   adv/mean, adv/std           over completions
   adv/abs_mean                mean |A|: the scale of the policy gradient
   adv/zero_frac               share of completions with A = 0 exactly
-zero-variance groups
+zero-variance groups (the correctness keys only when a `correct` reward exists)
   zero_var/frac               share of groups whose total reward is constant (no signal)
-  zero_var/all_correct_frac   share of groups where every completion is correct
-  zero_var/all_wrong_frac     share of groups where every completion is wrong
-  zero_var/expected_frac      mean over prompts of p^G + (1-p)^G, p = the prompt's observed solve rate
+  zero_var/all_correct_frac   share of groups that are zero-variance and all correct
+  zero_var/all_wrong_frac     share of groups that are zero-variance and all wrong
+                              (the two sum to at most zero_var/frac)
+  accuracy/constant_group_frac share of groups whose completions are all correct or all wrong, whatever
+                              their other rewards do (no correctness signal)
+  zero_var/expected_frac      pbar^G + (1-pbar)^G, pbar = the step's accuracy: the share of groups with
+                              constant correctness if every prompt had the same solve rate. By Jensen the
+                              measured accuracy/constant_group_frac exceeds it (in expectation) exactly
+                              when prompts differ in difficulty
 KL to the reference (only when a reference exists, kl_beta > 0), over completion tokens, inner epoch 1
   kl/k1, kl/k2, kl/k3         Schulman's three estimators of KL(pi_theta || pi_ref)
 policy (means over all inner epochs and micro-batches, token-weighted)
@@ -39,7 +45,6 @@ effective gradient (shares of completion tokens, over all inner epochs; they add
   grad_tokens/active_frac     tokens whose policy-gradient term is non-zero
   grad_tokens/zero_adv_frac   tokens of completions with A = 0
   grad_tokens/clipped_frac    tokens with A != 0 whose clip bound is active
-  grad_tokens/truncated_frac  tokens of truncated completions (always 0 here: they are trained on)
 length
   len/mean, len/max           completion length in tokens (EOS included)
   len/correct_mean            mean length of correct completions (absent if none)
@@ -60,15 +65,19 @@ eval (on evaluation steps: 0, every eval_every, the last)
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import Tensor
 
+from grpo import TrainingDiverged
 
-def reward_metrics(total: Tensor, parts: dict[str, Tensor], correct: Tensor) -> dict[str, Tensor]:
-    """total, parts[*], correct: [P, G] (correct as float 0/1)."""
-    out = {"reward/mean": total.mean(), "reward/std": total.std() if total.numel() > 1 else total.new_zeros(()),
-           "accuracy": correct.mean()}
+
+def reward_metrics(total: Tensor, parts: dict[str, Tensor], correct: Tensor | None) -> dict[str, Tensor]:
+    """total, parts[*], correct: [P, G] (correct as float 0/1, None when no `correct` reward exists)."""
+    out = {"reward/mean": total.mean(), "reward/std": total.std() if total.numel() > 1 else total.new_zeros(())}
+    if correct is not None:
+        out["accuracy"] = correct.mean()
     for name, values in parts.items():
         out[f"reward/{name}/mean"] = values.mean()
     return out
@@ -80,23 +89,34 @@ def advantage_metrics(advantages: Tensor) -> dict[str, Tensor]:
             "adv/abs_mean": flat.abs().mean(), "adv/zero_frac": (flat == 0).float().mean()}
 
 
-def zero_variance_metrics(total: Tensor, correct: Tensor) -> dict[str, Tensor]:
-    """Groups without signal, split by cause, beside the i.i.d. expectation p^G + (1-p)^G."""
+def zero_variance_metrics(total: Tensor, correct: Tensor | None) -> dict[str, Tensor]:
+    """Groups without signal, split by correctness, beside the i.i.d.-difficulty theory.
+
+    total, correct: [P, G]. A zero-variance group counts as all-correct or all-wrong only when its
+    correctness is constant too, so the split never exceeds zero_var/frac.
+    """
     group_size = total.shape[-1]
-    constant = (total.amax(-1) == total.amin(-1)).float()
-    solve_rate = correct.mean(-1)
-    return {
-        "zero_var/frac": constant.mean(),
-        "zero_var/all_correct_frac": (correct.amin(-1) == 1).float().mean(),
-        "zero_var/all_wrong_frac": (correct.amax(-1) == 0).float().mean(),
-        "zero_var/expected_frac": (solve_rate ** group_size + (1 - solve_rate) ** group_size).mean(),
-    }
+    constant = total.amax(-1) == total.amin(-1)
+    out = {"zero_var/frac": constant.float().mean()}
+    if correct is None:
+        return out
+    all_correct, all_wrong = correct.amin(-1) == 1, correct.amax(-1) == 0
+    accuracy = correct.mean()
+    out.update({
+        "zero_var/all_correct_frac": (constant & all_correct).float().mean(),
+        "zero_var/all_wrong_frac": (constant & all_wrong).float().mean(),
+        "accuracy/constant_group_frac": (all_correct | all_wrong).float().mean(),
+        "zero_var/expected_frac": accuracy ** group_size + (1 - accuracy) ** group_size,
+    })
+    return out
 
 
-def length_metrics(completion_mask: Tensor, truncated: Tensor, correct: Tensor) -> dict[str, Tensor]:
-    """completion_mask [N, T]; truncated, correct [N]."""
-    lengths = completion_mask.sum(-1)
+def length_metrics(lengths: Tensor, truncated: Tensor, correct: Tensor | None) -> dict[str, Tensor]:
+    """lengths (completion tokens, EOS included), truncated (0/1), correct (0/1 or None): [N]."""
+    lengths = lengths.float()
     out = {"len/mean": lengths.mean(), "len/max": lengths.max(), "len/truncated_frac": truncated.float().mean()}
+    if correct is None:
+        return out
     is_correct = correct.bool()
     if is_correct.any():
         out["len/correct_mean"] = lengths[is_correct].mean()
@@ -105,51 +125,59 @@ def length_metrics(completion_mask: Tensor, truncated: Tensor, correct: Tensor) 
     return out
 
 
-def entropy_metric(entropy: Tensor, completion_mask: Tensor) -> dict[str, Tensor]:
-    return {"entropy": (entropy * completion_mask).sum() / completion_mask.sum().clamp(min=1)}
+def entropy_metric(entropy_sums: Tensor, lengths: Tensor) -> dict[str, Tensor]:
+    """entropy_sums: per completion, the sampling entropy summed over its tokens; lengths: its tokens [N]."""
+    return {"entropy": entropy_sums.sum() / lengths.sum().clamp(min=1)}
 
 
-def gradient_token_metrics(advantages: Tensor, completion_mask: Tensor, clipped_frac: Tensor) -> dict[str, Tensor]:
-    """advantages [N], completion_mask [N, T]; clipped_frac = token share clipped (A != 0 by definition)."""
-    num_tokens = completion_mask.sum().clamp(min=1)
-    zero_adv = (completion_mask * (advantages == 0).float().unsqueeze(-1)).sum() / num_tokens
-    truncated = zero_adv.new_zeros(())
+def gradient_token_metrics(advantages: Tensor, lengths: Tensor, clipped_frac: Tensor) -> dict[str, Tensor]:
+    """advantages, lengths: [N]; clipped_frac = token share clipped (A != 0 by definition)."""
+    lengths = lengths.float()
+    zero_adv = (lengths * (advantages == 0).float()).sum() / lengths.sum().clamp(min=1)
     return {"grad_tokens/zero_adv_frac": zero_adv, "grad_tokens/clipped_frac": clipped_frac,
-            "grad_tokens/truncated_frac": truncated,
-            "grad_tokens/active_frac": (1 - zero_adv - clipped_frac - truncated).clamp(min=0)}
+            "grad_tokens/active_frac": (1 - zero_adv - clipped_frac).clamp(min=0)}
 
 
 class TokenWeightedMean:
-    """Accumulates 0-dim statistics weighted by token counts (micro-batches differ in size)."""
+    """Accumulates 0-dim statistics weighted by token counts (micro-batches differ in size).
+
+    `result` takes the reductions that combine the sums of several processes (data parallel), so
+    the means are over every rank's tokens; `*/max` keys take the maximum.
+    """
 
     def __init__(self) -> None:
         self.sums: dict[str, Tensor] = {}
         self.weight: dict[str, Tensor] = {}
         self.maxima: dict[str, Tensor] = {}
 
-    def add(self, stats: dict[str, Tensor], weight: Tensor, prefix: str = "") -> None:
+    def add(self, stats: dict[str, Tensor], weight: Tensor) -> None:
         for key, value in stats.items():
             if key == "tokens":
                 continue
-            key = prefix + key
             if key.endswith("/max"):
                 self.maxima[key] = torch.maximum(self.maxima[key], value) if key in self.maxima else value
                 continue
             self.sums[key] = self.sums.get(key, 0) + value * weight
             self.weight[key] = self.weight.get(key, 0) + weight
 
-    def result(self) -> dict[str, Tensor]:
-        out = {k: self.sums[k] / self.weight[k].clamp(min=1) for k in self.sums}
-        out.update(self.maxima)
+    def result(self, sum_fn: Callable[[Tensor], Tensor] = lambda x: x,
+               max_fn: Callable[[Tensor], Tensor] = lambda x: x) -> dict[str, Tensor]:
+        keys, peaks = sorted(self.sums), sorted(self.maxima)
+        out = {}
+        if keys:
+            sums = sum_fn(torch.stack([torch.as_tensor(self.sums[k]).float() for k in keys]))
+            weights = sum_fn(torch.stack([torch.as_tensor(self.weight[k]).float() for k in keys]))
+            out = dict(zip(keys, sums / weights.clamp(min=1)))
+        if peaks:
+            out.update(zip(peaks, max_fn(torch.stack([self.maxima[k].float() for k in peaks]))))
         return out
 
 
 def to_floats(metrics: dict[str, Tensor | float | int]) -> dict[str, float]:
-    """The logging boundary: one `.item()` per value; non-finite values are dropped, never logged."""
-    out = {}
-    for key, value in metrics.items():
-        number = value.item() if isinstance(value, Tensor) else value
-        if isinstance(number, float) and not math.isfinite(number):
-            continue
-        out[key] = number
+    """The logging boundary: one `.item()` per value. Every key must be finite: a NaN or inf means
+    the step went wrong, so it stops the run (TrainingDiverged) instead of being dropped."""
+    out = {key: value.item() if isinstance(value, Tensor) else value for key, value in metrics.items()}
+    bad = sorted(key for key, number in out.items() if isinstance(number, float) and not math.isfinite(number))
+    if bad:
+        raise TrainingDiverged(f"non-finite metric(s) {', '.join(bad)}")
     return out

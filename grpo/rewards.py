@@ -7,11 +7,9 @@ the response as the model wrote it, never the prompt.
 from __future__ import annotations
 
 import re
-from typing import Callable, Literal
+from typing import Callable
 
 from grpo.tasks import Example
-
-RewardName = Literal["correct", "format"]
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _WELL_FORMED = re.compile(r"<think>(?:(?!<think>|</think>|<answer>|</answer>).)*</think>"

@@ -188,7 +188,23 @@ TASKS: dict[str, Callable[[], Task]] = {
 }
 
 
+# The config fields a task takes, as {the task's keyword: config field}. Everything that changes a
+# task's data must be listed here: the task's identity (the warm-start cache key) is built from it.
+TASK_OPTIONS: dict[str, dict[str, str]] = {
+    "reasoning_gym": {"dataset": "rg_dataset"},
+}
+
+
+def task_options(cfg) -> dict:
+    """The keyword arguments `cfg` gives its task."""
+    return {keyword: getattr(cfg, name) for keyword, name in TASK_OPTIONS.get(cfg.task, {}).items()}
+
+
+def task_identity(cfg) -> dict:
+    """The task's name and every option that changes its data."""
+    return {"task": cfg.task, **task_options(cfg)}
+
+
 def make_task(cfg) -> Task:
-    """The task `cfg` names; options that only one task takes are passed to it by keyword."""
-    options = {"dataset": cfg.rg_dataset} if cfg.task == "reasoning_gym" else {}
-    return TASKS[cfg.task](**options)
+    """The task `cfg` names, built with its options."""
+    return TASKS[cfg.task](**task_options(cfg))

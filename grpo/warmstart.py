@@ -2,7 +2,7 @@
 
 A random model never earns a reward, so RL starts from a model fine-tuned on demonstrations and
 stopped early on purpose: accuracy is partial, so groups of every kind (all right, all wrong, mixed)
-occur. The result is cached under a key of (task, model, warm-start settings), so every arm and seed
+occur. The result is cached under a key of (task with its options, model, warm-start settings), so every arm and seed
 of an ablation starts from the same weights and they are computed once; a file lock makes parallel
 runs wait for the first one instead of training it twice.
 """
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 
 from grpo.models import MODEL_PRESETS, build_model, is_preset, load_pretrained
-from grpo.tasks import render_prompt
+from grpo.tasks import render_prompt, task_identity
 
 CACHE_VERSION = 1
 
@@ -39,7 +39,7 @@ def model_identity(model: str):
 
 
 def warmstart_key(cfg, vocab_size: int) -> str:
-    spec = {"version": CACHE_VERSION, "task": cfg.task, "model": model_identity(cfg.model), "vocab_size": vocab_size,
+    spec = {"version": CACHE_VERSION, **task_identity(cfg), "model": model_identity(cfg.model), "vocab_size": vocab_size,
             "steps": cfg.num_warmstart_steps, "lr": cfg.warmstart_lr, "batch": cfg.warmstart_batch_size,
             "seed": cfg.warmstart_seed}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]

@@ -12,7 +12,7 @@ import torch
 from grpo.evaluation import pass_at_k
 from grpo.metrics import (TokenWeightedMean, advantage_metrics, entropy_metric, gradient_token_metrics,
                           length_metrics, reward_metrics, to_floats, zero_variance_metrics)
-from grpo.trainer import train
+from grpo.runner import train
 
 # ---------------------------------------------------------------- zero-variance groups
 
@@ -25,27 +25,55 @@ CORRECT = torch.tensor([[1.0, 1.0, 1.0, 1.0],
 
 def test_zero_variance_metrics_by_hand():
     out = zero_variance_metrics(CORRECT.clone(), CORRECT)
-    # constant groups: rows 0 and 1 -> 2/4
+    # constant groups: rows 0 and 1 -> 2/4; row 0 all correct, row 1 all wrong
     assert out["zero_var/frac"].item() == 0.5
     assert out["zero_var/all_correct_frac"].item() == 0.25
     assert out["zero_var/all_wrong_frac"].item() == 0.25
-    # p^4 + (1-p)^4 per prompt:
-    #   p = 1    -> 1
-    #   p = 0    -> 1
-    #   p = 1/4  -> 1/256 + 81/256 = 82/256 = 0.3203125
-    #   p = 1/2  -> 1/16 + 1/16   = 0.125
-    # mean = (1 + 1 + 0.3203125 + 0.125) / 4 = 2.4453125 / 4 = 0.611328125
-    assert out["zero_var/expected_frac"].item() == pytest.approx(0.611328125, abs=1e-7)
+    assert out["accuracy/constant_group_frac"].item() == 0.5
+    # equal-difficulty theory from the step's accuracy pbar = 7/16:
+    #   (7/16)^4 + (9/16)^4 = (2401 + 6561) / 65536 = 8962 / 65536
+    assert out["zero_var/expected_frac"].item() == pytest.approx(8962 / 65536, abs=1e-7)
 
 
-def test_zero_variance_uses_total_reward_for_constancy():
-    # All-correct group 0 whose format reward differs: the total is not constant, so the group
-    # still carries signal (zero_var/frac counts only group 1), but it is all correct.
+def test_expected_frac_can_fall_below_the_measured_share():
+    """The old definition (mean over prompts of p^G + (1-p)^G with p from the same G samples) was 1 for
+    every constant group and so never below the measured share. Two prompts, one always solved and one
+    never: measured constant share 1, equal-difficulty theory at pbar = 1/2 gives 2 * (1/2)^4 = 1/8."""
+    correct = torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    out = zero_variance_metrics(correct, correct)
+    assert out["accuracy/constant_group_frac"].item() == 1.0
+    assert out["zero_var/expected_frac"].item() == 0.125
+
+
+def test_zero_variance_split_is_a_split_of_zero_var_frac():
+    # All-correct group 0 whose format reward differs: the total is not constant, so the group still
+    # carries signal and is not a zero-variance group of any kind; its correctness is constant, though.
     total = CORRECT + 0.1 * torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0] * 4, [1.0] * 4, [1.0] * 4])
     out = zero_variance_metrics(total, CORRECT)
-    assert out["zero_var/frac"].item() == 0.25
-    assert out["zero_var/all_correct_frac"].item() == 0.25
+    assert out["zero_var/frac"].item() == 0.25                      # only row 1
+    assert out["zero_var/all_correct_frac"].item() == 0.0
     assert out["zero_var/all_wrong_frac"].item() == 0.25
+    assert out["accuracy/constant_group_frac"].item() == 0.5        # rows 0 and 1
+
+
+def test_all_wrong_groups_with_varying_format_are_not_zero_variance():
+    """The reviewed case: every completion wrong, format rewards differ -> signal, not a zero-variance group."""
+    correct = torch.zeros(4, 4)
+    total = 0.1 * torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0], [0.0] * 4, [1.0] * 4])
+    out = zero_variance_metrics(total, correct)
+    assert out["zero_var/frac"].item() == 0.5
+    assert out["zero_var/all_wrong_frac"].item() == 0.5
+    assert out["zero_var/all_correct_frac"] + out["zero_var/all_wrong_frac"] <= out["zero_var/frac"]
+    assert out["accuracy/constant_group_frac"].item() == 1.0
+
+
+def test_without_a_correct_reward_the_correctness_keys_are_absent():
+    total = torch.tensor([[1.0, 1.0], [0.0, 1.0]])
+    assert set(zero_variance_metrics(total, None)) == {"zero_var/frac"}
+    out = reward_metrics(total, {"format": total}, None)
+    assert "accuracy" not in out and out["reward/mean"].item() == 0.75
+    lengths = length_metrics(torch.tensor([3.0, 4.0]), torch.tensor([0.0, 1.0]), None)
+    assert set(lengths) == {"len/mean", "len/max", "len/truncated_frac"}
 
 
 def test_reward_metrics_by_hand():
@@ -73,11 +101,8 @@ def test_advantage_metrics_by_hand():
 
 
 def test_length_metrics_by_hand():
-    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0],     # 3 tokens, correct
-                         [1.0, 0.0, 0.0, 0.0],     # 1 token, wrong
-                         [1.0, 1.0, 1.0, 1.0],     # 4 tokens, correct, truncated
-                         [1.0, 1.0, 0.0, 0.0]])    # 2 tokens, wrong
-    out = length_metrics(mask, torch.tensor([False, False, True, False]), torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    lengths = torch.tensor([3.0, 1.0, 4.0, 2.0])       # correct, wrong, correct (truncated), wrong
+    out = length_metrics(lengths, torch.tensor([0.0, 0.0, 1.0, 0.0]), torch.tensor([1.0, 0.0, 1.0, 0.0]))
     assert out["len/mean"].item() == 2.5              # (3 + 1 + 4 + 2) / 4
     assert out["len/max"].item() == 4.0
     assert out["len/truncated_frac"].item() == 0.25
@@ -86,32 +111,29 @@ def test_length_metrics_by_hand():
 
 
 def test_length_metrics_leave_out_an_empty_class():
-    mask = torch.ones(2, 3)
-    out = length_metrics(mask, torch.tensor([True, True]), torch.tensor([1.0, 1.0]))
+    lengths = torch.tensor([3.0, 3.0])
+    out = length_metrics(lengths, torch.tensor([1.0, 1.0]), torch.tensor([1.0, 1.0]))
     assert "len/wrong_mean" not in out and out["len/correct_mean"].item() == 3.0
-    out = length_metrics(mask, torch.tensor([True, True]), torch.tensor([0.0, 0.0]))
+    out = length_metrics(lengths, torch.tensor([1.0, 1.0]), torch.tensor([0.0, 0.0]))
     assert "len/correct_mean" not in out and out["len/wrong_mean"].item() == 3.0
 
 
 def test_entropy_metric_is_a_mean_over_completion_tokens():
-    entropy = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
-    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
-    # (1 + 2 + 4) / 3 tokens
-    assert entropy_metric(entropy, mask)["entropy"].item() == pytest.approx(7 / 3, abs=1e-6)
-    assert entropy_metric(entropy, torch.zeros(2, 3))["entropy"].item() == 0.0   # no tokens: 0, not NaN
+    # row 0: tokens with entropy 1 and 2; row 1: one token with entropy 4 -> (1 + 2 + 4) / 3 tokens
+    assert entropy_metric(torch.tensor([3.0, 4.0]), torch.tensor([2.0, 1.0]))["entropy"].item() == \
+        pytest.approx(7 / 3, abs=1e-6)
+    assert entropy_metric(torch.zeros(2), torch.zeros(2))["entropy"].item() == 0.0   # no tokens: 0, not NaN
 
 
 def test_gradient_token_metrics_by_hand_and_add_to_one():
     advantages = torch.tensor([0.0, 1.0, -1.0])
-    mask = torch.tensor([[1.0, 1.0, 0.0, 0.0, 0.0],    # 2 tokens, A = 0
-                         [1.0, 1.0, 1.0, 0.0, 0.0],    # 3 tokens
-                         [1.0, 1.0, 1.0, 1.0, 1.0]])   # 5 tokens
-    out = gradient_token_metrics(advantages, mask, torch.tensor(0.3))
-    # 10 tokens: zero-advantage share 2/10; clipped 0.3 given; active 1 - 0.2 - 0.3 - 0 = 0.5
+    lengths = torch.tensor([2.0, 3.0, 5.0])
+    out = gradient_token_metrics(advantages, lengths, torch.tensor(0.3))
+    # 10 tokens: zero-advantage share 2/10; clipped 0.3 given; active 1 - 0.2 - 0.3 = 0.5
     assert out["grad_tokens/zero_adv_frac"].item() == pytest.approx(0.2, abs=1e-7)
     assert out["grad_tokens/clipped_frac"].item() == pytest.approx(0.3, abs=1e-7)
-    assert out["grad_tokens/truncated_frac"].item() == 0.0
     assert out["grad_tokens/active_frac"].item() == pytest.approx(0.5, abs=1e-7)
+    assert "grad_tokens/truncated_frac" not in out      # never a placeholder (no truncation masking)
     assert sum(v.item() for v in out.values()) == pytest.approx(1.0, abs=1e-6)
 
 
@@ -129,11 +151,30 @@ def test_token_weighted_mean_weights_by_tokens_and_keeps_maxima():
     assert "tokens" not in out
 
 
-def test_to_floats_drops_non_finite_values():
-    out = to_floats({"a": torch.tensor(1.5), "b": torch.tensor(float("nan")), "c": float("inf"),
-                     "d": 3, "e": torch.tensor(float("-inf")), "f": 0.25})
-    assert out == {"a": 1.5, "d": 3, "f": 0.25}
-    assert isinstance(out["a"], float)
+def test_token_weighted_mean_combines_sums_across_processes():
+    """What data parallelism does: another rank's sums are added before dividing, maxima are maxed.
+    This rank: ratio 1 over 1 token; the other rank (simulated): ratio 5 over 3 tokens, max 9."""
+    acc = TokenWeightedMean()
+    acc.add({"ratio/mean": torch.tensor(1.0), "ratio/max": torch.tensor(2.0)}, torch.tensor(1.0))
+    other_rank = {"sums": torch.tensor([15.0]), "weights": torch.tensor([3.0]), "max": torch.tensor([9.0])}
+    calls = []
+
+    def sum_fn(values):
+        calls.append(values.clone())
+        return values + (other_rank["sums"] if len(calls) == 1 else other_rank["weights"])
+
+    out = acc.result(sum_fn, lambda peaks: torch.maximum(peaks, other_rank["max"]))
+    assert out["ratio/mean"].item() == 4.0             # (1 + 15) / (1 + 3), not the mean of 1 and 5
+    assert out["ratio/max"].item() == 9.0
+
+
+def test_to_floats_refuses_non_finite_values():
+    from grpo import TrainingDiverged
+
+    assert to_floats({"a": torch.tensor(1.5), "d": 3}) == {"a": 1.5, "d": 3}
+    with pytest.raises(TrainingDiverged, match="b, c, e"):
+        to_floats({"a": torch.tensor(1.5), "b": torch.tensor(float("nan")), "c": float("inf"),
+                   "d": 3, "e": torch.tensor(float("-inf"))})
 
 
 # ---------------------------------------------------------------- pass@k
@@ -160,10 +201,11 @@ STEP_KEYS = {
     "reward/mean", "reward/std", "reward/correct/mean", "reward/format/mean", "accuracy",
     "adv/mean", "adv/std", "adv/abs_mean", "adv/zero_frac",
     "zero_var/frac", "zero_var/all_correct_frac", "zero_var/all_wrong_frac", "zero_var/expected_frac",
+    "accuracy/constant_group_frac",
     "kl/k1", "kl/k2", "kl/k3",
     "clip/low_frac", "clip/high_frac", "ratio/mean", "ratio/max", "entropy", "loss", "grad_norm",
     "inner/1/clip_frac", "inner/1/ratio_mean", "inner/1/kl_old", "inner/1/loss",
-    "grad_tokens/active_frac", "grad_tokens/zero_adv_frac", "grad_tokens/clipped_frac", "grad_tokens/truncated_frac",
+    "grad_tokens/active_frac", "grad_tokens/zero_adv_frac", "grad_tokens/clipped_frac",
     "len/mean", "len/max", "len/truncated_frac",
     "time/rollout", "time/reward", "time/train", "time/optimizer", "time/metrics", "time/step",
 }
@@ -227,10 +269,10 @@ def test_on_policy_step_clips_nothing(tiny_run):
 def test_run_fractions_are_consistent(tiny_run):
     _, _, records = tiny_run
     for r in records[1:]:
-        shares = [r[f"grad_tokens/{k}"] for k in ("active_frac", "zero_adv_frac", "clipped_frac", "truncated_frac")]
+        shares = [r[f"grad_tokens/{k}"] for k in ("active_frac", "zero_adv_frac", "clipped_frac")]
         assert sum(shares) == pytest.approx(1.0, abs=1e-5)
-        # (an all-wrong group may still vary in its format reward, so zero_var/frac can be smaller)
-        assert r["zero_var/all_correct_frac"] + r["zero_var/all_wrong_frac"] <= 1.0
+        assert r["zero_var/all_correct_frac"] + r["zero_var/all_wrong_frac"] <= r["zero_var/frac"] + 1e-7
+        assert 0.0 <= r["accuracy/constant_group_frac"] <= 1.0
         assert 0.0 <= r["zero_var/frac"] <= 1.0
         assert 0.0 <= r["accuracy"] <= 1.0 and 1.0 <= r["len/mean"] <= r["len/max"] <= 12
         assert r["kl/k3"] >= 0.0 and r["kl/k2"] >= 0.0

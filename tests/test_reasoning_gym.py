@@ -67,3 +67,16 @@ def test_the_real_package_drives_a_run(tmp_path, capsys):
     """With the reasoning-gym extra installed (make test-slow installs it)."""
     records = _train_on_local_model(tmp_path, capsys)
     assert [r["step"] for r in records] == [0, 1, 2]
+
+
+def test_warm_start_cache_key_includes_the_dataset(tmp_path):
+    """--rg-dataset A then B must not reuse A's warm-started weights: the key covers the task's options."""
+    from grpo.warmstart import warmstart_key
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    common = dict(task="reasoning_gym", model=str(tmp_path / "model"), warmstart_steps=5)
+    first = warmstart_key(TrainConfig(**common, rg_dataset="basic_arithmetic"), 100)
+    second = warmstart_key(TrainConfig(**common, rg_dataset="chain_sum"), 100)
+    again = warmstart_key(TrainConfig(**common, rg_dataset="basic_arithmetic", seed=3), 100)   # RL seed: same key
+    assert first != second and first == again

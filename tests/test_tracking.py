@@ -10,7 +10,7 @@ import pytest
 
 from grpo.cli import main
 from grpo.tracking import WandbMirror
-from grpo.trainer import train
+from grpo.runner import train
 
 
 def steps_logged(run_dir) -> list[int]:

@@ -21,13 +21,14 @@ import pytest
 import torch
 
 from conftest import MIXED, cli_args
-import grpo.trainer as trainer_module
+import grpo.runner as runner_module
 from grpo import cli
 from grpo.checkpoint import checkpoint_dirs, load_checkpoint
 from grpo.config import TrainConfig
 from grpo.rewards import REWARDS
 from grpo.tasks import TASKS
-from grpo.trainer import Trainer, TrainingDiverged, build_trainer, grpo_step, train
+from grpo.runner import train
+from grpo.trainer import Trainer, TrainingDiverged, build_trainer, grpo_step
 from grpo.warmstart import warm_started_model
 
 AGGREGATIONS = ["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"]
@@ -51,14 +52,18 @@ def clone_trainer(t: Trainer, cfg) -> Trainer:
     return dataclasses.replace(
         t, cfg=cfg, policy=policy, reference=copy.deepcopy(t.reference),
         optimizer=torch.optim.SGD(policy.parameters(), lr=cfg.lr),
-        data_rng=torch.Generator().manual_seed(0), sample_rng=torch.Generator().manual_seed(0),
-        timings={},
+        prompt_rng=torch.Generator().manual_seed(0), shuffle_rng=torch.Generator().manual_seed(0),
+        sample_rng=torch.Generator().manual_seed(0), timer=None,
     )
 
 
-def set_rng(t: Trainer, data_state, sample_state) -> None:
-    t.data_rng.set_state(data_state)
-    t.sample_rng.set_state(sample_state)
+def set_rng(t: Trainer, states: dict) -> None:
+    for name, state in states.items():
+        getattr(t, name).set_state(state)
+
+
+def rng_of(t: Trainer) -> dict:
+    return {name: getattr(t, name).get_state() for name in ("prompt_rng", "shuffle_rng", "sample_rng")}
 
 
 def without_time(record: dict) -> dict:
@@ -85,12 +90,12 @@ def test_micro_batch_split_changes_nothing(make_cfg, tmp_path, aggregation, inne
     warm_cache(whole_cfg)
     base = build_trainer(whole_cfg, **QUIET)
     base.policy.zero_grad(set_to_none=True)
-    data_state, sample_state = base.data_rng.get_state(), base.sample_rng.get_state()
+    states = rng_of(base)
     before = [p.detach().clone() for p in base.policy.parameters()]
 
     whole, split = clone_trainer(base, whole_cfg), clone_trainer(base, split_cfg)
-    set_rng(whole, data_state, sample_state)
-    set_rng(split, data_state, sample_state)
+    set_rng(whole, states)
+    set_rng(split, states)
     whole_metrics, whole_rows = grpo_step(whole, 1)
     split_metrics, split_rows = grpo_step(split, 1)
 
@@ -119,6 +124,59 @@ def test_mini_batches_is_the_number_of_optimizer_steps(make_cfg, tmp_path, mini_
     grpo_step(t, 1)
     steps = {int(state["step"]) for state in t.optimizer.state.values()}
     assert steps == {2 * mini_batches}          # inner_epochs x mini_batches optimizer steps
+
+
+# ---------------------------------------------------------------- arms are paired by seed
+
+def recorded_prompts(t: Trainer, steps: int) -> list[list[str]]:
+    """The prompts `t` draws in its first `steps` steps."""
+    drawn, sample = [], t.task.sample
+
+    def recording(generator, n):
+        examples = sample(generator, n)
+        drawn.append([e.prompt for e in examples])
+        return examples
+
+    t.task.sample = recording
+    for step in range(1, steps + 1):
+        grpo_step(t, step)
+    return drawn
+
+
+def test_arms_differing_in_inner_epochs_draw_the_same_prompts(make_cfg, tmp_path):
+    """Paired differences assume the same prompts per seed in every arm. mu = 2 with 2 mini-batches
+    shuffles four times a step where mu = 1 shuffles once; the prompt stream must not notice."""
+    one = make_cfg(tmp_path, **MIXED)
+    two = dataclasses.replace(one, inner_epochs=2, mini_batches=2)
+    warm_cache(one)
+    assert recorded_prompts(build_trainer(one, **QUIET), 3) == recorded_prompts(build_trainer(two, **QUIET), 3)
+    other_seed = dataclasses.replace(one, seed=1)
+    assert recorded_prompts(build_trainer(other_seed, **QUIET), 1) != recorded_prompts(build_trainer(one, **QUIET), 1)
+
+
+# ---------------------------------------------------------------- guards
+
+def test_non_finite_gradient_stops_before_the_optimizer_step(make_cfg, tmp_path):
+    """The loss is finite but one gradient is NaN: the step raises before AdamW touches the weights."""
+    cfg = make_cfg(tmp_path, **MIXED)
+    warm_cache(cfg)
+    t = build_trainer(cfg, **QUIET)
+    before = [p.detach().clone() for p in t.policy.parameters()]
+    t.policy.lm_head.weight.register_hook(lambda grad: grad * float("nan"))
+    with pytest.raises(TrainingDiverged, match="non-finite gradient norm at step 1"):
+        grpo_step(t, 1)
+    assert all(torch.equal(a, b) for a, b in zip(before, t.policy.parameters()))
+    assert not t.optimizer.state                      # AdamW never stepped
+
+
+def test_without_a_correct_reward_accuracy_is_absent(make_cfg, tmp_path):
+    """The catalogue: a key that cannot be computed is absent (it used to be logged as 0)."""
+    cfg = make_cfg(tmp_path, **MIXED, reward_weights={"format": 1.0})
+    warm_cache(cfg)
+    metrics, _ = grpo_step(build_trainer(cfg, **QUIET), 1)
+    assert "accuracy" not in metrics and "reward/format/mean" in metrics
+    assert not [k for k in metrics if k.startswith(("zero_var/all_", "accuracy/", "len/correct", "len/wrong"))]
+    assert "zero_var/frac" in metrics
 
 
 # ---------------------------------------------------------------- the warm start hands over a clean model
@@ -272,7 +330,7 @@ def test_interrupt_right_after_the_final_checkpoint_then_rerun(make_cfg, tmp_pat
     """Ctrl-C (or a kill) after the last checkpoint is written but before the run is marked finished:
     the same command again must finish the run (nothing is left to train), not crash."""
     cfg = make_cfg(tmp_path, steps=2, save_every=1)
-    save_checkpoint = trainer_module.save_checkpoint
+    save_checkpoint = runner_module.save_checkpoint
 
     def save_then_interrupt(run_dir, step, *args, **kwargs):
         path = save_checkpoint(run_dir, step, *args, **kwargs)
@@ -280,7 +338,7 @@ def test_interrupt_right_after_the_final_checkpoint_then_rerun(make_cfg, tmp_pat
             raise KeyboardInterrupt
         return path
 
-    monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_interrupt)
+    monkeypatch.setattr(runner_module, "save_checkpoint", save_then_interrupt)
     try:
         train(cfg, **QUIET)
         pytest.fail("the patched save_checkpoint should have interrupted the run")
@@ -290,7 +348,7 @@ def test_interrupt_right_after_the_final_checkpoint_then_rerun(make_cfg, tmp_pat
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
     assert checkpoint_dirs(run_dir)[-1].name == "step_000002"
 
-    monkeypatch.setattr(trainer_module, "save_checkpoint", save_checkpoint)
+    monkeypatch.setattr(runner_module, "save_checkpoint", save_checkpoint)
     summary = train(cfg, **QUIET)
     assert summary["status"] == "finished" and summary["steps_done"] == 2
     assert [r["step"] for r in read_metrics(run_dir)] == [0, 1, 2]
@@ -405,7 +463,7 @@ def test_resume_with_fewer_steps_than_the_checkpoint_is_refused(make_cfg, tmp_pa
     import dataclasses
 
     from grpo import GrpoError
-    from grpo.trainer import train
+    from grpo.runner import train
 
     cfg = make_cfg(tmp_path, steps=3, save_every=1)
     train(cfg, log=lambda *_: None)

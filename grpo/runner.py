@@ -1,0 +1,161 @@
+"""The run around the algorithm: start or resume, evaluation and checkpoint cadence, the local store
+and its wandb mirror, the progress bar, and the summary a failure leaves behind.
+
+`train(cfg)` is what `grpo train` calls. Resuming loads the newest readable checkpoint (a corrupt one
+is skipped with a warning naming it), truncates metrics.jsonl to its step and recomputes the rest,
+which reproduces the same lines: the RNG streams of every rank travel in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+
+from grpo import GrpoError, distributed as dist
+from grpo.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
+from grpo.config import TrainConfig
+from grpo.models import check_model_dir, is_preset
+from grpo.tracking import RunStore, WandbMirror, progress_bar, read_summary
+from grpo.trainer import Trainer, build_trainer, grpo_step, resolve_device
+
+RNG_STREAMS = ("prompt", "shuffle", "sample")
+
+
+def warn(message: str) -> None:
+    """One line on stderr, beside the CLI's `grpo: error:` lines."""
+    print(f"grpo: warning: {message}", file=sys.stderr, flush=True)
+
+
+def rng_states(t: Trainer) -> dict[str, torch.Tensor]:
+    return {"prompt": t.prompt_rng.get_state(), "shuffle": t.shuffle_rng.get_state(),
+            "sample": t.sample_rng.get_state().cpu(), "torch": torch.get_rng_state()}
+
+
+def load_newest_good(t: Trainer, warn) -> tuple[dict, object] | tuple[None, None]:
+    """(state, path) of the newest checkpoint that loads; a corrupt newer one is skipped with a warning.
+
+    (None, None) when there is no checkpoint at all. GrpoError when every checkpoint is corrupt.
+    """
+    checkpoints = checkpoint_dirs(t.cfg.run_dir)
+    for path in reversed(checkpoints):
+        try:
+            return load_checkpoint(path, t.policy, t.optimizer, t.device), path
+        except GrpoError as err:
+            warn(f"{err}; falling back to the checkpoint before it")
+    if checkpoints:
+        raise GrpoError(f"no readable checkpoint in {t.cfg.run_dir / 'checkpoints'} "
+                        f"({len(checkpoints)} corrupt); delete them to start over")
+    return None, None
+
+
+def restore(t: Trainer, store: RunStore | None, warn=lambda message: None) -> int:
+    """Load the newest good checkpoint, if any, on every rank; return the step to continue after
+    (0: fresh). Only rank 0 (the one with a store) rewrites the logs."""
+    state, path = load_newest_good(t, warn)
+    if state is None:
+        if store:
+            store.truncate_after(-1)
+        return 0
+    if state["step"] > t.cfg.steps:
+        raise GrpoError(f"{t.cfg.run_dir} already has a checkpoint at step {state['step']}, past --steps {t.cfg.steps}")
+    if len(state["rng"]) != dist.world_size():
+        raise GrpoError(f"{path} was written by {len(state['rng'])} rank(s); resume it with as many, "
+                        f"not {dist.world_size()}")
+    rng = state["rng"][dist.rank()]        # one entry per rank: each rank resumes its own streams
+    if not set(RNG_STREAMS) <= set(rng):
+        raise GrpoError(f"{path} was written by an older grpo-lab (RNG streams {sorted(rng)}); start a new run")
+    t.prompt_rng.set_state(rng["prompt"].cpu())
+    t.shuffle_rng.set_state(rng["shuffle"].cpu())
+    t.sample_rng.set_state(rng["sample"].cpu())
+    torch.set_rng_state(rng["torch"].cpu())
+    t.samples, t.tokens, t.elapsed = int(state["samples"]), int(state["tokens"]), float(state["elapsed"])
+    if store:
+        store.truncate_after(state["step"])   # lines after the checkpoint are recomputed identically
+    return state["step"]
+
+
+def train(cfg: TrainConfig, log=print) -> dict:
+    """Run (or resume) GRPO training as `cfg` says; returns the run summary."""
+    device = resolve_device(cfg.device)
+    dist.init_from_env(device)
+    if cfg.prompts_per_step % dist.world_size():
+        raise GrpoError(f"--prompts-per-step ({cfg.prompts_per_step}) must divide evenly over {dist.world_size()} ranks")
+    if cfg.num_completions // dist.world_size() < cfg.mini_batches:
+        raise GrpoError(f"--mini-batches ({cfg.mini_batches}) exceeds the completions each of "
+                        f"{dist.world_size()} ranks holds ({cfg.num_completions // dist.world_size()})")
+    main = dist.is_main()
+    quiet_log = log if main else (lambda *_: None)
+    if not is_preset(cfg.model):
+        check_model_dir(cfg.model)        # before the run directory is claimed by a typo
+    store = RunStore(cfg) if main else None
+    previous = read_summary(cfg.run_dir)          # every rank reads it, so every rank decides alike
+    if previous.get("status") == "finished" and previous.get("steps_done", 0) >= cfg.steps:
+        if main:
+            log(f"{store.dir} already finished {previous['steps_done']} steps; nothing to do")
+        return previous
+    t = build_trainer(cfg, log=quiet_log)
+    start = restore(t, store, warn=warn if main else (lambda message: None))
+    wandb = WandbMirror(cfg, store.dir, previous.get("wandb_id")) if main else None
+    if main:
+        store.write_summary(status="running", steps_done=start, error=None, wandb_id=wandb.id)
+        if start > 0:
+            log(f"resuming {store.dir} from step {start}")
+    bar = progress_bar(cfg.steps, start, quiet=cfg.quiet or not main)
+
+    def record(step: int, metrics: dict, eval_metrics: dict) -> dict:
+        out = {"step": step, "samples": t.samples, "tokens": t.tokens, "time/elapsed": round(t.elapsed, 3),
+               **metrics, **eval_metrics}
+        if main:
+            store.append(store.metrics_path, out)
+            wandb.log(out)
+        return out
+
+    try:
+        if start == 0:
+            record(0, {}, t.evaluate(0))
+        for step in range(start + 1, cfg.steps + 1):
+            tick = time.perf_counter()
+            metrics, rows = grpo_step(t, step)
+            step_time = time.perf_counter() - tick
+            t.elapsed += step_time
+            metrics.update({f"time/{k}": v for k, v in t.timer.seconds.items()})
+            metrics["time/step"] = step_time
+            # Every rank evaluates its share of the held-out prompts (no rank idles at a barrier).
+            eval_metrics = t.evaluate(step) if step % cfg.eval_every == 0 or step == cfg.steps else {}
+            out = record(step, metrics, eval_metrics)
+            if main and (step % cfg.log_samples_every == 0 or step == 1):
+                for row in rows:
+                    store.append(store.samples_path, row)
+                wandb.log_samples(step, rows)
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                every_rank_rng = dist.gather_objects(rng_states(t))
+                if main:
+                    save_checkpoint(store.dir, step, t.policy, t.optimizer, every_rank_rng,
+                                    {"samples": t.samples, "tokens": t.tokens, "elapsed": t.elapsed})
+                    store.write_summary(steps_done=step)
+            postfix = {"reward": f"{out['reward/mean']:.3f}"}
+            postfix.update({"acc": f"{out['accuracy']:.2f}"} if "accuracy" in out else {})
+            postfix.update({"kl": f"{out['kl/k3']:.4f}"} if "kl/k3" in out else {})
+            bar.set_postfix(**postfix, refresh=False)
+            bar.update(1)
+    except BaseException as err:
+        if main:
+            reason = str(err) if isinstance(err, GrpoError) else f"{type(err).__name__}: {err}"
+            store.write_summary(status="failed" if not isinstance(err, KeyboardInterrupt) else "interrupted",
+                                error=reason)
+            wandb.finish()
+        raise
+    finally:
+        bar.close()
+    summary = {}
+    if main:
+        if start >= cfg.steps:     # killed after the final checkpoint, before the summary said so
+            out = store.last_record()
+        final = {k: v for k, v in out.items() if not k.startswith("time/") or k == "time/elapsed"}
+        store.write_summary(status="finished", steps_done=cfg.steps, final=final, error=None)
+        wandb.finish()
+        summary = store.summary()
+    dist.shutdown()
+    return summary
