@@ -187,6 +187,12 @@ def run_ray(runs: list[Run], progress) -> dict[str, int]:
 
 
 def write_sweep_json(experiment: Experiment, out_dir: Path, runs: list[Run], seeds: list[int]) -> None:
+    """Declare the sweep in <out-dir>/sweep.json, merged with what an earlier invocation declared.
+
+    `--arms a,b` or fewer `--seeds` add to the declaration instead of shrinking it (the report then still
+    lists the other arms); the first invocation's provenance (created, git commit, versions) is kept and
+    every invocation is appended to `invocations`.
+    """
     import torch
     import transformers
 
@@ -197,12 +203,27 @@ def write_sweep_json(experiment: Experiment, out_dir: Path, runs: list[Run], see
     arms = {arm: {k: v for k, v in dataclasses.asdict(cfg).items()
                   if k not in ("out_dir", "seed", "experiment", "arm") and v != getattr(base, k)}
             for arm, cfg in {r.arm: r.config for r in runs}.items()}
-    info = {"experiment": experiment.name, "arms": arms, "seeds": seeds, "budget": experiment.budget,
+    now = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_commit": git_commit(),
+           "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "grpo_lab": __version__},
+           "arms": list(arms), "seeds": seeds}
+    path = out_dir / "sweep.json"
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):
+        previous = {}
+    declared = {**previous.get("arms", {}), **arms}
+    info = {"experiment": experiment.name,
+            "arms": {a: declared[a] for a in [*experiment.arms, *declared] if a in declared},
+            "seeds": sorted(set(previous.get("seeds", [])) | set(seeds)), "budget": experiment.budget,
             "baseline": experiment.baseline, "knob": experiment.knob,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_commit": git_commit(),
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "grpo_lab": __version__}}
+            "created": previous.get("created", now["at"]),
+            "git_commit": previous.get("git_commit", now["git_commit"]),
+            "versions": previous.get("versions", now["versions"]),
+            "invocations": [*previous.get("invocations", []), now]}
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "sweep.json").write_text(json.dumps(info, indent=2) + "\n")
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def parse_args(experiment: Experiment, argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -249,13 +270,13 @@ def sweep(experiment: Experiment, args: argparse.Namespace, train_args: list[str
         for run in runs:
             print(shlex.join(["grpo", "train", *config_args(run.config)]))
         return 0
-    write_sweep_json(experiment, args.out_dir, runs, seeds)
     conflicts = [r for r in runs if run_status(r) == "conflict"]
-    if conflicts:
+    if conflicts:     # refused before anything is written: sweep.json still describes the runs on disk
         first = conflicts[0]
         differ = config_mismatch(json.loads((first.dir / "config.json").read_text()), first.config)
         raise GrpoError(f"{len(conflicts)} run dir(s) hold runs of another config, e.g. {first.dir} "
                         f"(differs in: {', '.join(differ)}); use another --out-dir")
+    write_sweep_json(experiment, args.out_dir, runs, seeds)
     todo = [r for r in runs if run_status(r) != "finished"]
     print(f"{experiment.name}: {len(runs)} runs ({len(runs) - len(todo)} already finished) in {args.out_dir}; "
           f"{args.parallel} at a time, logs in <run>/train.log", flush=True)

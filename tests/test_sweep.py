@@ -127,3 +127,40 @@ def test_failed_runs_are_reported_with_their_logs_and_fail_the_sweep(tmp_path):
         assert f"{arm}/seed0 FAILED (exit 2), see {log}" in out.stdout       # both ran; neither stopped the other
         assert "no_such_model" in log.read_text()
     assert "kl_beta: 0 finished, 2 failed, 0 unfinished, 0 missing" in out.stdout
+
+
+def test_a_refused_sweep_leaves_sweep_json_untouched(tmp_path):
+    sweep = tmp_path / "sweep"
+    run_dir = sweep / "beta0" / "seed0"
+    run_dir.mkdir(parents=True)
+    [run] = plan_runs(kl_beta.EXPERIMENT, sweep, [0], {"quick": False, "steps": None, "train_args": [],
+                                                       "arms": ["beta0"]}, 1)
+    (run_dir / "config.json").write_text(json.dumps({**run.config.to_dict(), "lr": 0.5}))
+    declared = '{"experiment": "kl_beta", "arms": {"beta0": {"lr": 0.5}}, "seeds": [0]}'
+    (sweep / "sweep.json").write_text(declared)
+    out = subprocess.run([sys.executable, "-m", "experiments.kl_beta", "--out-dir", str(sweep), "--arms", "beta0",
+                          "--seeds", "1", "--parallel", "1", "--no-report"], capture_output=True, text=True)
+    assert out.returncode == 2 and "another config" in out.stderr
+    assert (sweep / "sweep.json").read_text() == declared
+
+
+def test_sweep_json_merges_arms_and_seeds_of_every_invocation(tmp_path):
+    from experiments.sweep import write_sweep_json
+
+    sweep = tmp_path / "sweep"
+
+    def invoke(arms: list[str], seeds: list[int]) -> dict:
+        runs = plan_runs(kl_beta.EXPERIMENT, sweep, seeds, {"quick": True, "steps": None, "train_args": [],
+                                                            "arms": arms}, 1)
+        write_sweep_json(kl_beta.EXPERIMENT, sweep, runs, seeds)
+        return json.loads((sweep / "sweep.json").read_text())
+
+    first = invoke(["beta0", "beta0.001", "beta0.01", "beta0.1"], [0, 1, 2])
+    second = invoke(["beta0", "beta0.1"], [0])                # a narrower re-run must not shrink it
+    assert list(second["arms"]) == ["beta0", "beta0.001", "beta0.01", "beta0.1"]
+    assert second["seeds"] == [0, 1, 2]
+    assert second["created"] == first["created"] and second["git_commit"] == first["git_commit"]
+    assert [i["arms"] for i in second["invocations"]] == [["beta0", "beta0.001", "beta0.01", "beta0.1"],
+                                                          ["beta0", "beta0.1"]]
+    third = invoke(["beta0"], [3])
+    assert third["seeds"] == [0, 1, 2, 3]
