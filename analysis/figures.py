@@ -54,14 +54,20 @@ def _order(df: pd.DataFrame, order: list[str] | None) -> list[str]:
 
 
 def _format_x(ax, x: str) -> None:
+    """Steps are whole numbers: integer ticks, plain labels. Samples and tokens: 20000 -> 20k."""
     ax.set_xlabel(X_LABELS.get(x, x))
-    ax.xaxis.set_major_formatter(ticker.EngFormatter(sep=""))  # 20000 -> 20k, axis stays readable
+    if x == "step":
+        # The default locator puts ticks at 0.5 on a short run, which EngFormatter writes as "500m".
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        ax.xaxis.set_major_formatter(ticker.StrMethodFormatter("{x:.0f}"))
+    else:
+        ax.xaxis.set_major_formatter(ticker.EngFormatter(sep=""))
 
 
-def _legend_below(fig: Figure, handles: list, labels: list[str]) -> None:
-    """Legend under the axes, so it never covers a curve."""
+def _legend_below(fig: Figure, handles: list, labels: list[str], ncols: int = 4) -> None:
+    """Legend under the axes, so it never covers a curve; at most `ncols` entries per row."""
     if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), frameon=False,
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), ncols), frameon=False,
                    handlelength=1.5, columnspacing=1.0)
 
 
@@ -74,7 +80,7 @@ def _plot_band(ax, data: pd.DataFrame, x: str, color, label: str | None, linesty
 def learning_curves(df: pd.DataFrame, metric: str = "eval/accuracy", x: agg.Axis = "step",
                     order: list[str] | None = None, smoothing: str | None = None, window: int = 10,
                     ylabel: str | None = None) -> Figure:
-    """Mean of `metric` per arm over `x`, with a 95% bootstrap band across seeds."""
+    """Mean of `metric` per arm over `x`, with a 95% t-interval band across seeds."""
     data = agg.curves(df, metric, x, smoothing=smoothing, window=window)
     arms = _order(df, order)
     palette = colors(arms)
@@ -130,38 +136,63 @@ def final_vs_knob(df: pd.DataFrame, knob: str, metric: str = "eval/accuracy", wi
     return fig
 
 
-def zero_variance(df: pd.DataFrame, by: str = "group_size", order: list[str] | None = None) -> Figure:
-    """Share of groups with all-equal rewards per arm: measured all-correct and all-wrong stacked,
-    against the p^G + (1-p)^G expected from the batch accuracy (`zero_var/expected_frac`)."""
-    parts = ["zero_var/all_wrong_frac", "zero_var/all_correct_frac", "zero_var/expected_frac"]
-    table = agg.across_seeds(agg.run_means(df, parts), parts)
-    means = table.pivot_table(index="arm", columns="metric", values="mean")
+ZERO_VAR_BARS = {  # stacked from the bottom; "other" is what is left of zero_var/frac
+    "zero_var/all_wrong_frac": "zero var., all wrong",
+    "zero_var/all_correct_frac": "zero var., all correct",
+    "other": "zero var., mixed",
+}
+ZERO_VAR_MARKERS = {  # key: (marker, size, label); drawn where logged (older runs lack the first)
+    "accuracy/constant_group_frac": ("D", 4, "all correct or all wrong"),
+    "zero_var/expected_frac": ("_", 14, r"theory $\bar p^G+(1-\bar p)^G$"),
+}
+
+
+def _group_labels(df: pd.DataFrame, arms: list[str], by: str, order: list[str] | None) -> tuple[list, list]:
+    """(arms, tick labels): sorted by `by` (G=4, G=8) when it is a number, else in arm order."""
     values = agg.arm_values(df, by).set_index("arm")[by] if by in df.columns else None
-    if values is not None and _is_numeric(values) and values.reindex(means.index).is_unique:
-        arms = sorted(means.index, key=lambda a: values[a])
-        labels = [f"{by.replace('group_size', 'G')}={values[a]:g}" for a in arms]
-    elif values is not None and _is_numeric(values):      # several arms share a G: name the arm too
-        arms = [a for a in _order(df, order) if a in means.index]
-        labels = [f"{a}\n({by.replace('group_size', 'G')}={values[a]:g})" for a in arms]
-    else:
-        arms = [a for a in _order(df, order) if a in means.index]
-        labels = arms
-    means = means.reindex(arms)
+    short = by.replace("group_size", "G")
+    if values is not None and _is_numeric(values) and values.reindex(arms).is_unique:
+        arms = sorted(arms, key=lambda a: values[a])
+        return arms, [f"{short}={values[a]:g}" for a in arms]
+    arms = [a for a in _order(df, order) if a in arms]
+    if values is not None and _is_numeric(values):      # several arms share a G: name the arm too
+        return arms, [f"{a}\n({short}={values[a]:g})" for a in arms]
+    return arms, arms
+
+
+def zero_variance(df: pd.DataFrame, by: str = "group_size", order: list[str] | None = None) -> Figure:
+    """Share of groups without signal per arm, mean over training steps and seeds.
+
+    Bars: zero reward variance (zero_var/frac), split into all wrong, all correct and the rest
+    (correctness mixed but total reward equal; clipped at 0 against rounding). Markers: groups with
+    constant correctness (accuracy/constant_group_frac) against pbar^G + (1-pbar)^G, the share expected
+    if every prompt had the step's solve rate (zero_var/expected_frac); by Jensen, measured exceeds
+    theory (in expectation) exactly when prompts differ in difficulty. A marker not logged is left out.
+    """
+    frac, wrong, correct = "zero_var/frac", "zero_var/all_wrong_frac", "zero_var/all_correct_frac"
+    keys = [frac, wrong, correct, *ZERO_VAR_MARKERS]
+    table = agg.across_seeds(agg.run_means(df, keys), keys)
+    means = table.pivot_table(index="arm", columns="metric", values="mean")
+    arms, labels = _group_labels(df, list(means.index), by, order)
+    means = means.reindex(index=arms, columns=keys).fillna({frac: 0.0, wrong: 0.0, correct: 0.0})
+    means["other"] = (means[frac] - means[wrong] - means[correct]).clip(lower=0)
     positions = np.arange(len(arms))
-    wrong = means.get(parts[0], pd.Series(0.0, index=arms)).fillna(0).to_numpy()
-    correct = means.get(parts[1], pd.Series(0.0, index=arms)).fillna(0).to_numpy()
+    palette = sns.color_palette("colorblind")
     with _style():
-        fig, (ax,) = _figure()
-        ax.bar(positions, wrong, width=0.6, color=sns.color_palette("colorblind")[3], label="all wrong")
-        ax.bar(positions, correct, width=0.6, bottom=wrong, color=sns.color_palette("colorblind")[2],
-               label="all correct")
-        if parts[2] in means:
-            ax.plot(positions, means[parts[2]], "k--o", markersize=3, label="expected $p^G+(1-p)^G$")
+        fig, (ax,) = _figure(height=2.8)
+        bottom, handles = np.zeros(len(arms)), []
+        for (key, label), color in zip(ZERO_VAR_BARS.items(), (palette[3], palette[2], palette[7])):
+            handles.append(ax.bar(positions, means[key], width=0.6, bottom=bottom, color=color, label=label))
+            bottom = bottom + means[key].to_numpy()
+        handles.reverse()  # legend rows in the order the bars stack, top first
+        for key, (marker, size, label) in ZERO_VAR_MARKERS.items():
+            if means[key].notna().any():
+                handles += ax.plot(positions, means[key], linestyle="none", marker=marker, markersize=size,
+                                   color="k", markeredgewidth=1.5, label=label)
         ax.set_xticks(positions, labels)
-        ax.set_ylabel("zero-variance groups")
+        ax.set_ylabel("share of groups")
         ax.yaxis.set_major_formatter(ticker.PercentFormatter(1.0))
-        handles, names = ax.get_legend_handles_labels()
-        _legend_below(fig, handles, names)
+        _legend_below(fig, handles, [h.get_label() for h in handles], ncols=2)
     return fig
 
 

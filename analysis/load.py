@@ -26,7 +26,6 @@ import pandas as pd
 
 ID_COLUMNS = ("experiment", "arm", "seed")
 AXES = ("step", "samples", "tokens")
-STATUSES = ("finished", "running", "failed", "missing")  # the contract's; summary.json may add others
 CACHE_NAME = "metrics.cache.parquet"
 _CACHE_KEY = b"grpo_lab_analysis"
 _CACHE_VERSION = 1
@@ -328,10 +327,10 @@ def _status_row(run_dir: Path, identity: dict, config: dict | None) -> dict:
 
 def load_statuses(paths) -> pd.DataFrame:
     """One row per run, expected (sweep.json arms x seeds) or found: experiment, arm, seed, status,
-    steps_done, steps, error, run_dir. Status is one of STATUSES; expected runs absent on disk are
-    `missing` (only for sweep dirs given, not the sweep around a run dir given alone); a run dir
-    without summary.json counts as `running` (it may also have been killed). Any other status in a
-    summary.json (the trainer writes `interrupted` on Ctrl-C) is kept as written.
+    steps_done, steps, error, run_dir. Status is summary.json's as written (`finished`, `failed`, and
+    `interrupted` on Ctrl-C); expected runs absent on disk are `missing` (only for sweep dirs given,
+    not the sweep around a run dir given alone); a run dir without summary.json counts as `running`
+    (it may also have been killed).
     """
     rows = {}
     runs, specs = _discover(paths)

@@ -22,87 +22,19 @@ from typing import Callable
 import pandas as pd
 
 from analysis import aggregate as agg
+from analysis import captions as cap
 from analysis import figures as fig
+from analysis.captions import Context
 from analysis.render import render_html, render_markdown
 from analysis.load import AnalysisError, AnalysisWarning, load_runs, load_statuses, load_sweep_specs
 
-FEW_SEEDS = 5  # below this a percentile-bootstrap CI is too narrow to trust (rliable's advice)
+# Below this many seeds the t quantile is large (t_{0.975,n-1} >= 3.18, against 1.96 for many seeds):
+# the intervals keep their coverage but are wide, and lean on the scores being roughly normal.
+FEW_SEEDS = 5
 STATUS_NOTES = {
     "missing": "missing (declared in sweep.json, no run on disk)",
     "running": "unfinished (running, or killed before writing summary.json); final scores use the evals so far",
 }
-
-
-@dataclass(frozen=True)
-class Context:
-    """What a figure or caption needs to know about the experiment besides the frame."""
-
-    order: list[str]
-    baseline: str | None
-    knob: str | None
-    x: str
-    metric: str
-    window: int
-
-
-def _num(value: float, digits: int = 1) -> str:
-    """Fixed-point number with a real minus sign, as in a paper."""
-    return f"{value:.{digits}f}".replace("-", "−")
-
-
-def scale_of(metric: str) -> float:
-    """Accuracy-like metrics (fractions) are shown in percent, their differences in points."""
-    return 100.0 if ("accuracy" in metric or "pass@" in metric) else 1.0
-
-
-def format_ci(value: float, low: float, high: float, scale: float = 1.0, sign: bool = False,
-              unit: str = "") -> str:
-    """'+3.1 points [−0.4, 6.5]'; NaN bounds (one seed) read '(no CI: 1 seed)'."""
-    text = ("+" if sign and value > 0 else "") + _num(value * scale) + unit
-    if pd.isna(low) or pd.isna(high):
-        return f"{text} (no CI: 1 seed)"
-    return f"{text} [{_num(low * scale)}, {_num(high * scale)}]"
-
-
-def _arm_text(df: pd.DataFrame, metrics: list[str], ctx: Context, scale: float = 1.0, digits: int = 2,
-              late: bool = True) -> str:
-    """'grpo 0.41, dr_grpo 0.45' (or 'grpo 120 vs 180' for two metrics): per arm, the mean over seeds
-    of each run's mean over its last 10% of steps (late) or over all its training steps."""
-    per_run = agg.late_run_means(df, metrics) if late else agg.run_means(df, metrics)
-    table = agg.across_seeds(per_run, metrics)
-    wide = table.pivot_table(index="arm", columns="metric", values="mean")
-    wide = wide.reindex(columns=metrics).reindex([a for a in ctx.order if a in wide.index])
-    return ", ".join(f"{arm} " + " vs ".join(_num(v * scale, digits) for v in row) for arm, row in wide.iterrows())
-
-
-def caption_final(df: pd.DataFrame, ctx: Context) -> str:
-    """'dr_grpo vs grpo: +3.1 points [−0.4, 6.5], 5 seeds' for every arm against the baseline."""
-    scores = agg.final_scores(df, ctx.metric, ctx.window)
-    scale = scale_of(ctx.metric)
-    if ctx.baseline not in set(scores["arm"]) or scores["arm"].nunique() < 2:
-        summary = agg.summarize_scores(scores).set_index("arm").reindex(ctx.order).dropna(how="all")
-        return f"Final {ctx.metric}: " + ", ".join(f"{arm} {format_ci(r['mean'], r.mean_lo, r.mean_hi, scale)}"
-                                                   for arm, r in summary.iterrows()) + "."
-    diffs = agg.paired_differences(scores, ctx.baseline).set_index("arm").reindex(ctx.order).dropna(how="all")
-    unit = " points" if scale == 100 else ""
-    parts = [f"{arm} vs {ctx.baseline}: {format_ci(r['diff'], r.diff_lo, r.diff_hi, scale, True, unit)}, "
-             f"{int(r.n_pairs)} seed{'s' if r.n_pairs != 1 else ''}" for arm, r in diffs.iterrows()]
-    return "; ".join(parts) + f" (final {ctx.metric}, paired by seed, 95% CI)."
-
-
-def caption_knob(df: pd.DataFrame, ctx: Context) -> str:
-    summary = agg.summarize_scores(agg.final_scores(df, ctx.metric, ctx.window)).sort_values("mean")
-    best, worst, scale = summary.iloc[-1], summary.iloc[0], scale_of(ctx.metric)
-    return (f"Final {ctx.metric} against {ctx.knob}: highest {best.arm} "
-            f"{format_ci(best['mean'], best.mean_lo, best.mean_hi, scale)}, lowest {worst.arm} "
-            f"{format_ci(worst['mean'], worst.mean_lo, worst.mean_hi, scale)}; grey dots are seeds.")
-
-
-def caption_inner(df: pd.DataFrame, ctx: Context) -> str:
-    table = agg.inner_epoch_table(df, ("clip_frac",)).sort_values("epoch").groupby("arm").tail(1)
-    table = table.set_index("arm").reindex([a for a in ctx.order if a in set(table["arm"])])
-    text = ", ".join(f"{arm} {_num(r['mean'] * 100)}% at k={int(r.epoch)}" for arm, r in table.iterrows())
-    return f"Clipped-token fraction at the last inner epoch, mean over training: {text}."
 
 
 def _has(*columns: str) -> Callable[[pd.DataFrame, Context], bool]:
@@ -128,29 +60,26 @@ LATE = "over the last 10% of steps"
 FIGURES = [
     FigureSpec("eval_curve", "Eval accuracy", _has("eval/accuracy"),
                lambda df, c: fig.learning_curves(df, "eval/accuracy", c.x, c.order),
-               lambda df, c: caption_final(df, c) if c.metric == "eval/accuracy" else
-               f"eval/accuracy {LATE}: {_arm_text(df, ['eval/accuracy'], c, 100, 1)}%."),
+               lambda df, c: cap.caption_final(df, c) if c.metric == "eval/accuracy" else
+               f"eval/accuracy {LATE}: {cap.arm_text(df, ['eval/accuracy'], c, 100, 1)}%."),
     FigureSpec("reward_curve", "Training reward", _has("reward/mean"),
                lambda df, c: fig.learning_curves(df, "reward/mean", c.x, c.order),
-               lambda df, c: f"reward/mean {LATE}: {_arm_text(df, ['reward/mean'], c)}."),
+               lambda df, c: f"reward/mean {LATE}: {cap.arm_text(df, ['reward/mean'], c)}."),
     FigureSpec("final_vs_knob", "Final score against the ablated knob", _knob_varies,
-               lambda df, c: fig.final_vs_knob(df, c.knob, c.metric, c.window, c.order), caption_knob),
-    FigureSpec("zero_variance", "Zero-variance groups",
-               _has("zero_var/all_correct_frac", "zero_var/all_wrong_frac", "zero_var/expected_frac"),
-               lambda df, c: fig.zero_variance(df, order=c.order),
-               lambda df, c: "Groups with no reward variance (no gradient), measured vs expected "
-               "p^G + (1-p)^G, in %, mean over training: "
-               f"{_arm_text(df, ['zero_var/frac', 'zero_var/expected_frac'], c, 100, 1, late=False)}."),
+               lambda df, c: fig.final_vs_knob(df, c.knob, c.metric, c.window, c.order), cap.caption_knob),
+    FigureSpec("zero_variance", "Groups without signal",  # the bars; the two markers are optional
+               _has("zero_var/frac", "zero_var/all_correct_frac", "zero_var/all_wrong_frac"),
+               lambda df, c: fig.zero_variance(df, order=c.order), cap.caption_zero_variance),
     FigureSpec("kl", "KL to the reference policy", _has("kl/k3"),
                lambda df, c: fig.kl_over_training(df, c.x, c.order),
-               lambda df, c: f"kl/k3 {LATE}: {_arm_text(df, ['kl/k3'], c, digits=4)} "
+               lambda df, c: f"kl/k3 {LATE}: {cap.arm_text(df, ['kl/k3'], c, digits=4)} "
                "(curves EMA-smoothed, span 10)."),
     FigureSpec("inner_epochs", "Inner epochs: clipping and KL from π_old", _has("inner/2/clip_frac"),
-               lambda df, c: fig.inner_epochs(df, c.order), caption_inner),
+               lambda df, c: fig.inner_epochs(df, c.order), cap.caption_inner),
     FigureSpec("length", "Completion length, correct vs wrong", _has("len/correct_mean", "len/wrong_mean"),
                lambda df, c: fig.length_by_correctness(df, c.x, c.order),
                lambda df, c: f"Mean length in tokens, correct vs wrong, {LATE}: "
-               f"{_arm_text(df, ['len/correct_mean', 'len/wrong_mean'], c, digits=0)} (curves EMA-smoothed)."),
+               f"{cap.arm_text(df, ['len/correct_mean', 'len/wrong_mean'], c, digits=0)} (curves EMA-smoothed)."),
 ]
 
 
@@ -213,7 +142,8 @@ def experiment_warnings(df: pd.DataFrame, statuses: pd.DataFrame, ctx: Context) 
     few = counts[(counts > 1) & (counts < FEW_SEEDS)]
     if len(few):
         notes.append(f"Fewer than {FEW_SEEDS} seeds ({', '.join(f'{a}: {n}' for a, n in few.items())}): "
-                     "bootstrap CIs from so few seeds are too narrow; read them as rough.")
+                     "the t-intervals are valid but wide (at 2 seeds ±6.4 times the gap between them), "
+                     f"so a real difference smaller than its half-width will read '{cap.NOT_DETECTED}'.")
     if ctx.baseline is None:
         notes.append("No baseline arm declared: no paired differences.")
     elif ctx.baseline not in set(scores["arm"]):
@@ -225,31 +155,35 @@ def experiment_warnings(df: pd.DataFrame, statuses: pd.DataFrame, ctx: Context) 
 
 
 def scores_section(df: pd.DataFrame, ctx: Context) -> list[tuple]:
-    """The final-score table: mean and IQM with CIs, and the paired difference to the baseline."""
+    """The final-score table: mean with CI, IQM (from 4 seeds), paired difference to the baseline."""
     scores = agg.final_scores(df, ctx.metric, ctx.window)
     if scores.empty:
         return [("h", 3, "Final scores"), ("p", f"No {ctx.metric} recorded after step 0 yet.")]
     summary = agg.summarize_scores(scores).set_index("arm")
     has_baseline = ctx.baseline in summary.index
     diffs = agg.paired_differences(scores, ctx.baseline).set_index("arm") if has_baseline else pd.DataFrame()
-    scale = scale_of(ctx.metric)
-    header = ["arm", "seeds", "mean [95% CI]", "IQM [95% CI]"]
+    scale = cap.scale_of(ctx.metric)
+    header = ["arm", "seeds", "mean [95% CI]", "IQM (no CI)"]
     header += [f"Δ vs {ctx.baseline} [95% CI]"] if has_baseline else []
     rows = []
     for arm in [a for a in ctx.order if a in summary.index]:
         r = summary.loc[arm]
-        row = [arm, str(int(r.n_seeds)), format_ci(r["mean"], r.mean_lo, r.mean_hi, scale),
-               format_ci(r.iqm, r.iqm_lo, r.iqm_hi, scale)]
+        iqm = cap.IQM_EQUALS_MEAN if pd.isna(r.iqm) else cap.format_number(r.iqm * scale)
+        row = [arm, str(int(r.n_seeds)), cap.format_ci(r["mean"], r.mean_lo, r.mean_hi, scale), iqm]
         if has_baseline:
             d = diffs.loc[arm] if arm in diffs.index else None
+            pairs = "" if d is None else f" ({int(d.n_pairs)} pairs)"
             row.append("baseline" if arm == ctx.baseline else "no shared seeds" if d is None else
-                       format_ci(d["diff"], d.diff_lo, d.diff_hi, scale, sign=True) + f" ({int(d.n_pairs)} pairs)")
+                       cap.format_difference(d["diff"], d.diff_lo, d.diff_hi, scale, pairs=pairs))
         rows.append(row)
     unit = " in %, differences in points" if scale == 100 else ""
     text = (f"Score of a run: {ctx.metric}{unit}, averaged over its last {ctx.window} eval points after step 0 "
-            f"(no smoothing). Mean and IQM (25% trimmed mean) over seeds with 95% percentile-bootstrap CIs "
-            f"({agg.N_RESAMPLES} resamples, seed {agg.BOOTSTRAP_SEED})"
-            + (f"; Δ is the per-seed paired difference to {ctx.baseline}." if has_baseline else "."))
+            "(no smoothing). Mean over seeds with a 95% Student-t interval, mean ± t·s/√n: valid at few seeds "
+            f"but wide. IQM (25% trimmed mean) only from {agg.IQM_MIN_SEEDS} seeds on, where it trims "
+            "something, and without a CI: no interval for it has known coverage at so few seeds."
+            + (f" Δ is the per-seed paired difference to {ctx.baseline}, with its t-interval; one that covers 0 "
+               f"is {cap.NOT_DETECTED}: these seeds cannot tell the arms apart, which does not show that "
+               "they are equal." if has_baseline else ""))
     return [("h", 3, "Final scores"), ("p", text), ("table", header, rows)]
 
 

@@ -5,8 +5,15 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from analysis import aggregate as agg
+
+# Student-t quantiles t_{0.975, df}, closed forms: df=1 is Cauchy, tan(pi * (0.975 - 1/2)); df=2 is
+# (2p - 1) * sqrt(2 / (4p(1 - p))) = 0.95 * sqrt(2 / 0.0975). df=4 from a printed table.
+T1 = math.tan(math.pi * 0.475)  # 12.7062
+T2 = 0.95 * math.sqrt(2 / 0.0975)  # 4.30265
+T4 = 2.776445
 
 
 def frame(rows):
@@ -41,30 +48,60 @@ def test_iqm_is_the_mean_of_the_middle_half():
     assert agg.iqm(np.array([1, 2, 3, 100.0])) == pytest.approx(2.5)  # mean(2, 3)
 
 
-def test_summary_mean_and_iqm_with_cis():
+def test_t_interval_by_hand():
+    # [1, 2, 3]: mean 2, sample std 1 (squares 1 + 0 + 1 over n - 1 = 2), half-width t_{0.975,2} / sqrt(3).
+    low, high = agg.t_interval([1.0, 2.0, 3.0])
+    assert (low, high) == pytest.approx((2 - T2 / math.sqrt(3), 2 + T2 / math.sqrt(3)))  # (-0.484, 4.484)
+    # [0, 1]: mean 0.5, std sqrt(0.5), half-width t_{0.975,1} * sqrt(0.5) / sqrt(2) = T1 / 2: very wide.
+    assert agg.t_interval([0.0, 1.0]) == pytest.approx((0.5 - T1 / 2, 0.5 + T1 / 2))  # (-5.85, 6.85)
+    assert agg.t_interval([1.0, np.nan, 3.0]) == pytest.approx((2 - T1, 2 + T1))  # NaN dropped: n = 2
+    # A 90% interval uses t_{0.95,2} = 0.9 * sqrt(2 / 0.19) = 2.91999 instead.
+    t90 = 0.9 * math.sqrt(2 / 0.19)
+    assert agg.t_interval([1.0, 2.0, 3.0], 0.9) == pytest.approx((2 - t90 / math.sqrt(3), 2 + t90 / math.sqrt(3)))
+
+
+def test_band_matches_scipy_one_sample_t_interval_column_by_column():
+    rng = np.random.default_rng(1)
+    matrix = rng.normal(size=(5, 6))
+    matrix[[0, 3], 1] = np.nan  # 3 seeds present
+    matrix[:4, 2] = np.nan  # 1 seed: no interval
+    matrix[:, 3] = np.nan  # no seed: no mean either
+    matrix[:, 4] = 0.3  # constant: the value itself, not a rounding-sized interval around it
+    result = agg.band(matrix)
+    assert result["n_seeds"].tolist() == [5, 3, 1, 0, 5, 5]
+    for column in (0, 1, 5):
+        values = matrix[~np.isnan(matrix[:, column]), column]
+        interval = stats.ttest_1samp(values, 0.0).confidence_interval(0.95)
+        assert result.loc[column, "mean"] == pytest.approx(values.mean())
+        assert (result.loc[column, "lo"], result.loc[column, "hi"]) == pytest.approx((interval.low, interval.high))
+    assert result.loc[2, "mean"] == matrix[4, 2] and result.loc[2, ["lo", "hi"]].isna().all()
+    assert result.loc[3, ["mean", "lo", "hi"]].isna().all()
+    assert result.loc[4, ["mean", "lo", "hi"]].tolist() == [0.3, 0.3, 0.3]
+
+
+def test_summary_mean_with_t_interval_and_iqm_only_from_4_seeds():
     summary = agg.summarize_scores(scores({"a": [1, 2, 3, 4, 10]})).iloc[0]
     assert summary["n_seeds"] == 5
     assert summary["mean"] == pytest.approx(4.0)  # 20 / 5
+    # Squares of (-3, -2, -1, 0, 6) add to 50, s = sqrt(50 / 4) = 3.5355, s / sqrt(5) = 1.5811.
+    assert summary["mean_lo"] == pytest.approx(4.0 - T4 * 1.58114, rel=1e-5)  # -0.390
+    assert summary["mean_hi"] == pytest.approx(4.0 + T4 * 1.58114, rel=1e-5)  # 8.390
     assert summary["iqm"] == pytest.approx(3.0)  # trim int(0.25 * 5) = 1 from each end: mean(2, 3, 4)
-    assert 1 <= summary["mean_lo"] < 4.0 < summary["mean_hi"] <= 10
-    assert 1 <= summary["iqm_lo"] <= 3.0 <= summary["iqm_hi"] <= 10
-    again = agg.summarize_scores(scores({"a": [1, 2, 3, 4, 10]})).iloc[0]
-    assert again["mean_lo"] == summary["mean_lo"]  # fixed bootstrap seed: reproducible
-
-
-def test_bootstrap_ci_of_the_mean_matches_the_normal_approximation():
-    values = np.arange(20.0)  # mean 9.5, population sd 5.766, se = 5.766 / sqrt(20) = 1.289
-    low, high = agg.bootstrap_ci(values)
-    assert low == pytest.approx(9.5 - 1.96 * 1.289, abs=0.3)  # 6.97
-    assert high == pytest.approx(9.5 + 1.96 * 1.289, abs=0.3)  # 12.03
+    assert "iqm_lo" not in summary.index  # no interval is claimed for the IQM
+    four = agg.summarize_scores(scores({"a": [1, 2, 3, 100]})).iloc[0]
+    assert four["iqm"] == pytest.approx(2.5)  # 4 seeds trim one from each end: mean(2, 3)
+    # 3 seeds: trim_mean would cut int(0.75) = 0 values and return the mean (11); not reported as an IQM.
+    three = agg.summarize_scores(scores({"a": [1, 2, 30]})).iloc[0]
+    assert three["mean"] == pytest.approx(11.0) and math.isnan(three["iqm"])
 
 
 def test_one_seed_gives_nan_bounds_and_constant_data_collapses():
     one = agg.summarize_scores(scores({"a": [0.7]})).iloc[0]
-    assert one["mean"] == pytest.approx(0.7) and one["iqm"] == pytest.approx(0.7)
-    assert math.isnan(one["mean_lo"]) and math.isnan(one["mean_hi"]) and math.isnan(one["iqm_hi"])
-    constant = agg.summarize_scores(scores({"a": [0.5, 0.5, 0.5]})).iloc[0]
-    assert (constant["mean_lo"], constant["mean_hi"], constant["iqm_lo"]) == (0.5, 0.5, 0.5)
+    assert one["mean"] == pytest.approx(0.7) and math.isnan(one["iqm"])
+    assert math.isnan(one["mean_lo"]) and math.isnan(one["mean_hi"])
+    constant = agg.summarize_scores(scores({"a": [0.1, 0.1, 0.1]})).iloc[0]
+    assert constant["mean"] == pytest.approx(0.1)
+    assert (constant["mean_lo"], constant["mean_hi"]) == (0.1, 0.1)  # exactly, no rounding-sized interval
     diff = agg.paired_differences(scores({"base": [0.5], "a": [0.7]}), "base").iloc[0]
     assert diff["diff"] == pytest.approx(0.2) and diff["n_pairs"] == 1 and math.isnan(diff["diff_lo"])
 
@@ -76,9 +113,31 @@ def test_paired_difference_pairs_by_seed_and_drops_unpaired_seeds():
     row = diff.iloc[0]
     assert row["n_pairs"] == 3
     assert row["diff"] == pytest.approx(0.1)  # mean of (0.1, 0.0, 0.2)
-    # A resample is all 0.0 (or all 0.2) with probability (1/3)^3 = 3.7%, more than the 2.5% in
-    # each tail, so the percentile CI is exactly [0.0, 0.2].
-    assert (row["diff_lo"], row["diff_hi"]) == pytest.approx((0.0, 0.2))
+    # Sample std of (0.1, 0.0, 0.2) is 0.1, so the half-width is t_{0.975,2} * 0.1 / sqrt(3) = 0.2484.
+    # (The percentile bootstrap gave exactly [0.0, 0.2]: it cannot reach past the values it resamples.)
+    assert (row["diff_lo"], row["diff_hi"]) == pytest.approx((0.1 - T2 * 0.1 / math.sqrt(3),
+                                                              0.1 + T2 * 0.1 / math.sqrt(3)))
+
+
+def null_sweep(rng, seeds=3, steps=(10, 20, 30)):
+    """Tidy frame of a null ablation: both arms' eval accuracies i.i.d. normal(0.5, 0.1), nothing shared."""
+    rows = [("base", seed, step) for seed in range(seeds) for step in steps]
+    rows += [("ablation", seed, step) for seed in range(seeds) for step in steps]
+    return frame([(arm, seed, step, {"eval/accuracy": v})
+                  for (arm, seed, step), v in zip(rows, rng.normal(0.5, 0.1, len(rows)))])
+
+
+def test_null_ablation_with_3_seeds_finds_an_effect_about_5_percent_of_the_time():
+    # The percentile bootstrap excluded 0 whenever the 3 paired differences shared a sign:
+    # 2 * (1/2)^3 = 25% of null sweeps. A 95% interval with coverage should do so ~5% of the time;
+    # with 300 repetitions the share has standard error sqrt(0.05 * 0.95 / 300) = 1.3 points.
+    rng = np.random.default_rng(0)
+    excluded = []
+    for _ in range(300):
+        diff = agg.paired_differences(agg.final_scores(null_sweep(rng)), "base").iloc[0]
+        assert diff["n_pairs"] == 3
+        excluded.append(diff["diff_lo"] > 0 or diff["diff_hi"] < 0)
+    assert 0.02 <= np.mean(excluded) <= 0.09
 
 
 def test_curves_on_samples_interpolate_each_seed_onto_one_grid():
@@ -95,14 +154,14 @@ def test_curves_on_samples_interpolate_each_seed_onto_one_grid():
     assert result[["lo", "hi"]].iloc[3:].isna().all().all()  # one seed: no band
 
 
-def test_curves_on_steps_average_seeds_with_a_two_point_bootstrap_band():
+def test_curves_on_steps_average_seeds_with_a_two_seed_t_band():
     rows = [("a", 0, 1, {"m": 0.0}), ("a", 1, 1, {"m": 1.0}), ("a", 0, 2, {"m": 2.0})]
     result = agg.curves(frame(rows), "m", x="step")
     assert result["step"].tolist() == [1, 2]
     assert result["mean"].tolist() == pytest.approx([0.5, 2.0])
-    # Resampling two values: means 0, 0.5, 1 with probability 1/4, 1/2, 1/4, so the 2.5th and
-    # 97.5th percentiles are 0 and 1.
-    assert (result["lo"].iloc[0], result["hi"].iloc[0]) == pytest.approx((0.0, 1.0))
+    # Two seeds 0 and 1: s = sqrt(0.5), half-width t_{0.975,1} * sqrt(0.5) / sqrt(2) = 12.71 / 2.
+    assert (result["lo"].iloc[0], result["hi"].iloc[0]) == pytest.approx((0.5 - T1 / 2, 0.5 + T1 / 2))
+    assert result[["lo", "hi"]].iloc[1].isna().all()  # one seed at step 2
     assert result["n_seeds"].tolist() == [2, 1]
 
 

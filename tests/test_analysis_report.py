@@ -28,15 +28,18 @@ def eval_accuracy(arm, seed, step):
 
 def training_record(step, seed):
     p = 0.3 + 0.05 * step
-    return {"reward/mean": p, "accuracy": p, "zero_var/frac": 0.2, "zero_var/all_correct_frac": 0.05,
-            "zero_var/all_wrong_frac": 0.15, "zero_var/expected_frac": 0.18, "kl/k1": 0.01 * step,
+    return {"reward/mean": p, "accuracy": p, "zero_var/frac": 0.25, "zero_var/all_correct_frac": 0.05,
+            "zero_var/all_wrong_frac": 0.15, "accuracy/constant_group_frac": 0.3,
+            "zero_var/expected_frac": 0.18, "kl/k1": 0.01 * step,
             "kl/k2": 0.011 * step, "kl/k3": 0.009 * step + 0.001 * seed,
             "inner/1/clip_frac": 0.0, "inner/1/kl_old": 0.0, "inner/2/clip_frac": 0.03, "inner/2/kl_old": 0.002,
             "len/correct_mean": 100.0 + step, "len/wrong_mean": 150.0 + 2 * step}
 
 
-def write_sweep(root, arms=("grpo", "dr_grpo"), seeds=(0, 1, 2), steps=6, lean=False, skip=(), statuses=None):
-    """<root>/sweep.json and <root>/<arm>/seed<k>/ for every arm and seed not in `skip`."""
+def write_sweep(root, arms=("grpo", "dr_grpo"), seeds=(0, 1, 2), steps=6, lean=False, skip=(), statuses=None,
+                drop=()):
+    """<root>/sweep.json and <root>/<arm>/seed<k>/ for every arm and seed not in `skip`; metrics in
+    `drop` are left out of the training records (as a run from before they existed)."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "sweep.json").write_text(json.dumps({
         "experiment": "std_norm", "arms": {a: {"advantage": a} for a in arms}, "seeds": list(seeds),
@@ -57,6 +60,7 @@ def write_sweep(root, arms=("grpo", "dr_grpo"), seeds=(0, 1, 2), steps=6, lean=F
                 rec = {"step": step, "samples": 8 * step, "tokens": 800 * step, "time/elapsed": float(step)}
                 if step > 0:
                     rec.update({"reward/mean": 0.3 + 0.05 * step} if lean else training_record(step, seed))
+                    rec = {k: v for k, v in rec.items() if k not in drop}
                 if step % 3 == 0:
                     rec["eval/accuracy"] = eval_accuracy(arm, seed, step)
                 lines.append(json.dumps(rec))
@@ -93,12 +97,20 @@ def test_report_end_to_end_on_a_2_arm_3_seed_sweep(tmp_path):
     # What was run.
     assert "| budget held fixed | prompts per step (2) and steps |" in text
     assert "deadbee" in text and "torch 2.13.0" in text and "grpo (baseline), dr_grpo" in text
-    # Final table, numbers from eval_accuracy's docstring; IQM of 3 seeds trims nothing.
-    assert "| grpo | 3 | 50.0 [" in text and "| dr_grpo | 3 | 62.5 [" in text
-    assert "+12.5 [12.5, 12.5] (3 pairs)" in text  # every seed differs by exactly 12.5: CI collapses
-    # Data-generated caption.
-    assert "dr_grpo vs grpo: +12.5 points [12.5, 12.5], 3 seeds" in text
-    assert "Fewer than 5 seeds" in text
+    # Final table, numbers from eval_accuracy's docstring. grpo: 37.5, 50, 62.5 have s = 12.5, so the
+    # half-width is t_{0.975,2} * 12.5 / sqrt(3) = 4.3027 * 7.217 = 31.05. IQM of 3 seeds trims nothing.
+    assert "| grpo | 3 | 50.0 [18.9, 81.1] | = mean (n < 4 trims nothing) | baseline |" in text
+    assert "| dr_grpo | 3 | 62.5 [31.4, 93.6] |" in text
+    # Every seed differs by exactly 12.5: the CI collapses and excludes 0, so it is a difference.
+    assert "+12.5 [12.5, 12.5] (3 pairs): higher |" in text
+    # Data-generated captions.
+    assert "dr_grpo vs grpo: +12.5 points [12.5, 12.5], 3 seeds: higher" in text
+    assert ("All correct or all wrong (accuracy/constant_group_frac) vs the share expected if every prompt "
+            "had the step's solve rate pbar, pbar^G + (1-pbar)^G (zero_var/expected_frac): "
+            "grpo 30.0 vs 18.0, dr_grpo 30.0 vs 18.0") in text
+    assert "Zero reward variance, no gradient (zero_var/frac): grpo 25.0, dr_grpo 25.0." in text
+    assert "Fewer than 5 seeds (grpo: 3, dr_grpo: 3): the t-intervals are valid but wide" in text
+    assert "too narrow" not in text and "bootstrap" not in text
 
 
 def test_cli_prints_the_report_path_last(tmp_path):
@@ -151,3 +163,24 @@ def test_analysis_never_imports_torch():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_iqm_is_reported_from_4_seeds_without_a_ci(tmp_path):
+    # grpo seeds 0, 1, 2, 5 score 37.5, 50, 62.5, 100 (eval_accuracy): mean 62.5; the IQM trims one
+    # from each end, mean(50, 62.5) = 56.25, shown as 56.2 (round half to even).
+    sweep = write_sweep(tmp_path / "sweep", seeds=(0, 1, 2, 5), lean=True)
+    text = write_report(sweep).read_text()
+    assert "| arm | seeds | mean [95% CI] | IQM (no CI) |" in text
+    assert "| grpo | 4 | 62.5 [" in text and "] | 56.2 | baseline |" in text
+    assert "trims nothing" not in text and "Fewer than 5 seeds (grpo: 4, dr_grpo: 4)" in text
+
+
+def test_zero_variance_figure_and_caption_without_constant_group_frac(tmp_path):
+    # A run from before accuracy/constant_group_frac: the figure is still drawn, the caption says why
+    # there is no comparison with the theory.
+    sweep = write_sweep(tmp_path / "sweep", drop={"accuracy/constant_group_frac"})
+    text = write_report(sweep).read_text()
+    assert (sweep / "figures" / "zero_variance.png").is_file()
+    assert "No comparison with theory: accuracy/constant_group_frac not logged" in text
+    assert "Zero reward variance, no gradient (zero_var/frac): grpo 25.0, dr_grpo 25.0." in text
+    assert "figure zero_variance failed" not in text
