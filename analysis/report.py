@@ -80,6 +80,18 @@ FIGURES = [
                lambda df, c: fig.length_by_correctness(df, c.x, c.order),
                lambda df, c: f"Mean length in tokens, correct vs wrong, {LATE}: "
                f"{cap.arm_text(df, ['len/correct_mean', 'len/wrong_mean'], c, digits=0)} (curves EMA-smoothed)."),
+    FigureSpec("entropy", "Sampling entropy over generated samples", _has("entropy"),
+               lambda df, c: fig.learning_curves(df, "entropy", "samples", c.order, smoothing="ema",
+                                                 ylabel="entropy per token (nats)"),
+               lambda df, c: "Entropy of the sampling distribution per completion token (nats), mean over "
+               f"training: {cap.arm_text(df, ['entropy'], c, late=False)}; {LATE}: "
+               f"{cap.arm_text(df, ['entropy'], c)} (curves EMA-smoothed)."),
+    FigureSpec("dynamic", "Dynamic sampling: zero-variance groups dropped per step", _has("dynamic/dropped_groups"),
+               lambda df, c: fig.learning_curves(df, "dynamic/dropped_groups", "step", c.order, smoothing="ema",
+                                                 ylabel="groups dropped per step"),
+               lambda df, c: "Zero-variance groups generated and dropped per step, mean over training: "
+               f"{cap.arm_text(df, ['dynamic/dropped_groups'], c, digits=1, late=False)}; kept anyway because "
+               f"the round limit was hit: {cap.arm_text(df, ['dynamic/filled_groups'], c, digits=2, late=False)}."),
 ]
 
 

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from grpo import GrpoError
+from grpo.cli import parse_flags
 from grpo.config import TrainConfig, config_mismatch
 
 # Measured on the 2-core machine (3 x 250-step tiny runs): two 1-thread runs side by side took 205 s for
@@ -46,6 +47,7 @@ class Experiment:
     knob: str | None = None          # the config field the ablation varies (for final-score-vs-knob plots)
     seeds: int = 3
     quick: dict = field(default_factory=lambda: dict(QUICK))   # overrides applied to every arm by --quick
+    report_x: str = "step"           # x axis of the report's curves (samples: arms that generate more per step)
 
 
 @dataclass(eq=False)     # identity hash: runs are dict keys while they execute
@@ -99,7 +101,7 @@ def plan_runs(experiment: Experiment, out_dir: Path, seeds: list[int], overrides
         if overrides["steps"]:
             arm_config = dataclasses.replace(arm_config, steps=overrides["steps"])
         # Any grpo train flag given to the sweep applies to every arm, on top of the arm's own values.
-        arm_config = tyro.cli(TrainConfig, args=overrides["train_args"], default=arm_config, prog="sweep overrides")
+        arm_config = parse_flags(TrainConfig, overrides["train_args"], "sweep overrides", default=arm_config)
         for seed in seeds:
             config = dataclasses.replace(
                 arm_config, seed=seed, experiment=experiment.name, arm=arm, quiet=True,
@@ -300,7 +302,7 @@ def sweep(experiment: Experiment, args: argparse.Namespace, train_args: list[str
         from analysis.report import write_report
 
         try:
-            report = write_report([args.out_dir])
+            report = write_report([args.out_dir], x=experiment.report_x)
             print(f"report: {report}\nreport (html): {report.with_suffix('.html')}")
         except AnalysisError as err:
             print(f"{experiment.name}: no report: {err}", file=sys.stderr)

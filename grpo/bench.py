@@ -129,9 +129,9 @@ def run_bench(b: BenchConfig) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    import tyro
+    from grpo.cli import parse_flags
 
-    b = tyro.cli(BenchConfig, args=argv, prog="grpo bench")
+    b = parse_flags(BenchConfig, argv, "grpo bench")
     result = run_bench(b)
     text = json.dumps(result, indent=2)
     print(text)

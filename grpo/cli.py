@@ -17,6 +17,35 @@ USAGE = """usage: grpo {train,bench,sync} [--help] ...
 """
 
 
+def parse_flags(cls, args: list[str], prog: str, **kwargs):
+    """tyro.cli, with a parse error turned into one GrpoError line instead of tyro's boxed message
+    (--help still prints in full)."""
+    import contextlib
+    import io
+    import re
+
+    import tyro
+
+    from grpo import GrpoError
+
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return tyro.cli(cls, args=args, prog=prog, **kwargs)
+    except SystemExit as exit_info:
+        if not exit_info.code:
+            raise
+        # The box's first section is the message: its lines up to the first rule, borders stripped.
+        lines = []
+        for line in captured.getvalue().splitlines()[1:]:
+            text = line.strip().strip("│").strip()
+            if not text or set(text) <= set("─╰╯"):
+                break
+            lines.append(text)
+        message = re.sub(r"\s+", " ", " ".join(lines)) or captured.getvalue().strip() or "bad arguments"
+        raise GrpoError(message) from None
+
+
 def _fail(message: str, code: int = 2) -> int:
     print(f"grpo: error: {message}", file=sys.stderr)
     return code
@@ -33,12 +62,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if command == "train":
-            import tyro
-
             from grpo.config import TrainConfig
             from grpo.runner import train
 
-            config = tyro.cli(TrainConfig, args=rest, prog="grpo train")
+            config = parse_flags(TrainConfig, rest, "grpo train")
             summary = train(config)
             if summary.get("status") == "finished":
                 print(f"run finished: {config.run_dir}")

@@ -17,6 +17,7 @@ from grpo import GrpoError
 from grpo.advantages import ADVANTAGES, AdvantageName
 from grpo.kl import KLName
 from grpo.losses import AggregationName
+from grpo.objectives import ObjectiveName
 from grpo.rewards import REWARDS
 from grpo.models import is_preset
 from grpo.tasks import TASKS, TaskName
@@ -51,6 +52,16 @@ class TrainConfig:
     """Suppress EOS until this many tokens (benchmarks use it to fix the completion length)."""
     reward_weights: dict[str, float] = field(default_factory=lambda: {"correct": 1.0, "format": 0.1})
     """Weight of each reward function (registry keys: correct, format) in the total reward."""
+    mask_truncated: bool = False
+    """DAPO's overlong filtering: completions that hit max-new-tokens without EOS carry no loss (policy or KL)."""
+    overlong_buffer: int = 0
+    """DAPO's soft overlong punishment: within the last this-many tokens before max-new-tokens the reward falls linearly to -overlong-penalty; 0 is off."""
+    overlong_penalty: float = 1.0
+    """DAPO's soft overlong punishment: the reward at max-new-tokens (logged as reward/overlong/mean)."""
+    dynamic_sampling: bool = False
+    """DAPO's dynamic sampling: keep drawing prompts (G completions each) and drop zero-variance groups until prompts-per-step groups have signal, or max-resample-rounds."""
+    max_resample_rounds: int = 4
+    """Dynamic sampling: rounds of generation at most per step; after the last, zero-variance groups fill the batch (logged as dynamic/filled_groups)."""
 
     # --- objective
     advantage: AdvantageName = "grpo"
@@ -59,14 +70,40 @@ class TrainConfig:
     """Added to the std in std-normalised advantages."""
     aggregation: AggregationName = "seq_mean_token_mean"
     """Token-loss aggregation: seq_mean_token_mean (GRPO), token_mean (DAPO), seq_mean_token_sum_norm (Dr. GRPO)."""
+    objective: ObjectiveName = "clip"
+    """Policy objective (grpo/objectives.py): clip (PPO/GRPO), gspo (Zheng et al. 2025), cispo (MiniMax-M1), sapo (Gao et al. 2025), gmpo (Zhao et al. 2025), gpg (Chu et al. 2025), kl_cov and clip_cov (Cui et al. 2025)."""
     kl_beta: float = 0.04
     """Weight of the KL penalty to the frozen reference; 0 builds no reference model."""
     kl_estimator: KLName = "k3"
-    """Per-token KL estimator in the loss (k1, k2, k3); all three are logged regardless."""
+    """Per-token KL estimator in the loss: k1, k2, k3 (Schulman 2020), k3_is (k3 times the ratio pi/pi_old, TRL's bias correction); all are logged."""
+    kl_placement: Literal["loss", "reward"] = "loss"
+    """loss: kl_beta * KL per token in the loss (GRPO); reward: subtract kl_beta * sum_t k1 from each completion's reward before the advantage (PPO / REINFORCE++)."""
     clip_eps_low: float = 0.2
-    """Lower clip range: the ratio is clipped below at 1 - clip_eps_low."""
+    """Lower clip range: the ratio is clipped below at 1 - clip_eps_low (gmpo: a log-space bound, paper 0.4; gspo: ~3e-4)."""
     clip_eps_high: float = 0.2
-    """Upper clip range: the ratio is clipped above at 1 + clip_eps_high (DAPO raises it)."""
+    """Upper clip range: the ratio is clipped above at 1 + clip_eps_high (DAPO's clip-higher: 0.28; gspo: ~4e-4)."""
+    dual_clip: float | None = None
+    """clip: dual-clip constant c > 1 (Ye et al. 2020; verl's clip_ratio_c): for A < 0 the loss is capped at -c*A."""
+    delta: float | None = None
+    """clip: two-sided clipping (INTELLECT-2): the unclipped branch uses min(ratio, delta); delta > 1 + clip-eps-high (the paper: 4)."""
+    sapo_tau_pos: float = 1.0
+    """sapo: gate temperature for A > 0 (Gao et al. 2025)."""
+    sapo_tau_neg: float = 1.05
+    """sapo: gate temperature for A <= 0 (Gao et al. 2025)."""
+    kl_cov_ratio: float = 0.002
+    """kl_cov: share of tokens, those with the largest Cov(A, logp), that get the |log ratio| penalty (Cui et al. 2025)."""
+    kl_cov_coef: float = 1.0
+    """kl_cov: coefficient of the |log ratio| penalty."""
+    clip_cov_ratio: float = 0.0002
+    """clip_cov: share of tokens detached, drawn among those with Cov(A, logp) in (clip_cov_lb, clip_cov_ub) (Cui et al. 2025)."""
+    clip_cov_lb: float = 1.0
+    """clip_cov: lower covariance bound of the candidates."""
+    clip_cov_ub: float = 5.0
+    """clip_cov: upper covariance bound of the candidates."""
+    entropy_coef: float = 0.0
+    """Entropy bonus: adds -coef * (learner's token entropy) to the token loss (with token_mean: -coef * mean entropy)."""
+    top_entropy_quantile: float = 1.0
+    """Keep the policy term only on the top rho share of tokens by sampling entropy (Wang et al. 2025, "Beyond the 80/20 Rule"; they use 0.2); 1 keeps all."""
 
     # --- optimisation
     inner_epochs: int = 1
@@ -157,6 +194,23 @@ class TrainConfig:
              "--eval-every, --save-every, --log-samples-every and --eval-prompts must be >= 1"),
             (self.eval_samples >= 2, f"--eval-samples must be >= 2, got {self.eval_samples}"),
             (self.threads >= 0, f"--threads must be >= 0, got {self.threads}"),
+            (self.dual_clip is None or self.dual_clip > 1, f"--dual-clip must be > 1, got {self.dual_clip}"),
+            (self.delta is None or self.delta > 1 + self.clip_eps_high,
+             f"--delta must be > 1 + --clip-eps-high ({1 + self.clip_eps_high:g}), got {self.delta}"),
+            (self.sapo_tau_pos > 0 and self.sapo_tau_neg > 0,
+             f"--sapo-tau-pos and --sapo-tau-neg must be > 0, got {self.sapo_tau_pos}, {self.sapo_tau_neg}"),
+            (0 < self.kl_cov_ratio <= 1, f"--kl-cov-ratio must be in (0, 1], got {self.kl_cov_ratio}"),
+            (0 < self.clip_cov_ratio <= 1, f"--clip-cov-ratio must be in (0, 1], got {self.clip_cov_ratio}"),
+            (self.clip_cov_lb < self.clip_cov_ub,
+             f"--clip-cov-lb ({self.clip_cov_lb}) must be below --clip-cov-ub ({self.clip_cov_ub})"),
+            (math.isfinite(self.entropy_coef), f"--entropy-coef must be finite, got {self.entropy_coef}"),
+            (0 < self.top_entropy_quantile <= 1,
+             f"--top-entropy-quantile must be in (0, 1], got {self.top_entropy_quantile}"),
+            (0 <= self.overlong_buffer < self.max_new_tokens,
+             f"--overlong-buffer must be in [0, --max-new-tokens), got {self.overlong_buffer}"),
+            (math.isfinite(self.overlong_penalty) and self.overlong_penalty >= 0,
+             f"--overlong-penalty must be >= 0, got {self.overlong_penalty}"),
+            (self.max_resample_rounds >= 1, f"--max-resample-rounds must be >= 1, got {self.max_resample_rounds}"),
             (self.num_completions >= self.mini_batches,
              f"--mini-batches ({self.mini_batches}) exceeds the completions per step "
              f"(prompts-per-step x group-size = {self.num_completions})"),
@@ -173,6 +227,17 @@ class TrainConfig:
             raise GrpoError(f"--reward-weights names unknown reward(s) {unknown}; choose from {sorted(REWARDS)}")
         if self.advantage not in ADVANTAGES:
             raise GrpoError(f"unknown --advantage {self.advantage!r}")
+
+    def warnings(self) -> list[str]:
+        """Settings that are legal but probably not what was meant (printed when a run starts)."""
+        notes = []
+        if self.objective == "gspo" and max(self.clip_eps_low, self.clip_eps_high) > 0.1:
+            notes.append(f"--objective gspo clips a sequence ratio, which moves far less than a token's: the "
+                         f"paper's eps are ~3e-4 / 4e-4, not {self.clip_eps_low} / {self.clip_eps_high}")
+        if self.kl_placement == "reward" and self.kl_estimator != "k3":
+            notes.append(f"--kl-placement reward always uses k1 in the reward; --kl-estimator {self.kl_estimator} "
+                         f"is only logged")
+        return notes
 
     @property
     def num_completions(self) -> int:

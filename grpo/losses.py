@@ -1,8 +1,12 @@
-"""The GRPO policy loss: clipped importance ratio times advantage, plus a KL penalty to a reference.
+"""The policy loss: a policy objective per token, a KL penalty to a reference, an entropy bonus, and
+one aggregation over the tokens.
 
-Per completion token t of completion i (GRPO paper, eq. 3; PPO-clip with asymmetric bounds as in DAPO):
-    ratio    = exp(logp - old_logp)
-    loss_t   = -min(ratio * A_i, clip(ratio, 1 - clip_eps_low, 1 + clip_eps_high) * A_i) + kl_beta * KL_t
+Per completion token t of completion i (GRPO paper, eq. 3, with the objective a registry entry of
+grpo/objectives.py; the default `clip` is PPO-clip with asymmetric bounds as in DAPO):
+    loss_t = keep_t * objective_t + kl_beta * KL_t - entropy_coef * H_t
+where keep_t = 1 unless --top-entropy-quantile rho < 1 keeps the policy term only on the top-rho share
+of tokens by sampling entropy (Wang et al. 2025; the KL term stays on every token), and H_t is the
+learner's entropy at t (differentiable). With token_mean the bonus is exactly -coef * mean entropy.
 
 Aggregations over the [B, T] token losses (|o_i| = number of completion tokens of row i):
     seq_mean_token_mean      sum_i [sum_t loss * mask / |o_i|] / num_seqs        (GRPO paper, seed)
@@ -21,6 +25,7 @@ from torch import Tensor
 
 from grpo import GrpoError
 from grpo.kl import KL_ESTIMATORS, kl_k3, kl_per_token
+from grpo.objectives import OBJECTIVES, SELECTIONS, ObjectiveParams, masked_mean, token_covariance, top_entropy_keep
 
 AggregationName = Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"]
 
@@ -49,10 +54,6 @@ AGGREGATIONS: dict[str, Callable[..., Tensor]] = {
 }
 
 
-def _masked_mean(values: Tensor, mask: Tensor, num_active: Tensor) -> Tensor:
-    return (values * mask).sum() / num_active
-
-
 def policy_loss(
     logp: Tensor,
     old_logp: Tensor,
@@ -68,29 +69,58 @@ def policy_loss(
     num_seqs: float | None = None,
     num_tokens: float | None = None,
     max_len: float | None = None,
+    objective: str = "clip",
+    dual_clip: float | None = None,
+    delta: float | None = None,
+    sapo_tau_pos: float = 1.0,
+    sapo_tau_neg: float = 1.05,
+    kl_cov_ratio: float = 0.002,
+    kl_cov_coef: float = 1.0,
+    clip_cov_ratio: float = 0.0002,
+    clip_cov_lb: float = 1.0,
+    clip_cov_ub: float = 5.0,
+    generator: torch.Generator | None = None,
+    cov_selected: Tensor | None = None,
+    entropy_coef: float = 0.0,
+    entropy: Tensor | None = None,
+    top_entropy_quantile: float = 1.0,
+    sampling_entropy: Tensor | None = None,
+    entropy_keep: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Scalar loss and detached statistics for one (micro-)batch.
 
-    logp, old_logp, ref_logp, mask: [B, T]; advantages: [B]. ref_logp may be None when kl_beta == 0.
-    num_seqs / num_tokens / max_len default to this batch's B, mask.sum() and T.
+    logp, old_logp, ref_logp, mask: [B, T]; advantages: [B] (one per completion) or [B, T].
+    ref_logp may be None when kl_beta == 0. num_seqs / num_tokens / max_len default to this batch's
+    B, mask.sum() and T. The objective's keyword parameters are read by the objectives that use them.
 
-    Statistics (0-dim tensors, means over this batch's completion tokens):
-      clip/low_frac, clip/high_frac  share of tokens whose clip bound is active for the sign of A
-                                     (A < 0 and ratio < 1 - eps_low; A > 0 and ratio > 1 + eps_high);
-                                     those tokens get zero policy gradient
-      ratio/mean, ratio/max          importance ratio pi_theta / pi_old
-      kl_old                         k3 estimate of KL(pi_old || pi_theta) (tokens come from pi_old)
-      kl/k1, kl/k2, kl/k3            KL to the reference (only when ref_logp is given)
-      tokens                         number of completion tokens the means are over
+    Batch-level selections: kl_cov / clip_cov pick tokens by Cov(A, logp) and --top-entropy-quantile by
+    sampling entropy. A caller that splits a batch into micro-batches passes the whole batch's choice
+    (cov_selected, entropy_keep: [B, T] bool rows of it); otherwise they are made on this batch
+    (cov from logp detached, clip_cov's draw with `generator`; the quantile of `sampling_entropy`).
+    entropy: the learner's per-token entropy [B, T], needed when entropy_coef > 0.
+
+    Statistics (0-dim tensors, means over this batch's completion tokens unless named in
+    objectives.SEQUENCE_STATS): the objective's own (clip/low_frac, clip/high_frac, ...), and
+      grad/cut_frac            share of tokens with A != 0 whose policy term gets no gradient (clip
+                               bound, detached, or outside the entropy selection)
+      ratio/mean, ratio/max    importance ratio pi_theta / pi_old
+      kl_old                   k3 estimate of KL(pi_old || pi_theta) (tokens come from pi_old)
+      kl/k1, kl/k2, kl/k3, kl/k3_is   KL to the reference (only when ref_logp is given)
+      entropy/kept_frac        share of tokens the entropy selection keeps (only when rho < 1)
+      tokens, seqs             completion tokens and non-empty completions the means are over
     """
     if aggregation not in AGGREGATIONS:
         raise GrpoError(f"unknown aggregation {aggregation!r}; choose from {sorted(AGGREGATIONS)}")
     if kl_estimator not in KL_ESTIMATORS:
         raise GrpoError(f"unknown KL estimator {kl_estimator!r}; choose from {sorted(KL_ESTIMATORS)}")
+    if objective not in OBJECTIVES:
+        raise GrpoError(f"unknown objective {objective!r}; choose from {sorted(OBJECTIVES)}")
     if not kl_beta >= 0.0:
         raise GrpoError(f"kl_beta must be >= 0, got {kl_beta}")
     if kl_beta != 0.0 and ref_logp is None:
         raise GrpoError("kl_beta > 0 needs reference log-probs (ref_logp is None)")
+    if entropy_coef != 0.0 and entropy is None:
+        raise GrpoError("entropy_coef != 0 needs the learner's token entropy (entropy is None)")
     # Zero every log-prob outside the mask before any exp: padding may hold anything (even -inf),
     # and inf * 0 would be NaN. torch.where also sends those positions exactly zero gradient.
     active = mask > 0
@@ -102,30 +132,45 @@ def policy_loss(
     num_tokens = mask.sum().clamp(min=1) if num_tokens is None else max(num_tokens, 1)
     max_len = logp.shape[1] if max_len is None else max_len
 
-    adv = advantages.to(logp.dtype).unsqueeze(-1)                        # [B, 1]
-    ratio = torch.exp(logp - old_logp)
-    clipped_ratio = ratio.clamp(1.0 - clip_eps_low, 1.0 + clip_eps_high)
-    tok_loss = -torch.minimum(ratio * adv, clipped_ratio * adv)
+    adv = advantages.to(logp.dtype)
+    adv = (adv.unsqueeze(-1) if adv.dim() == 1 else adv).expand_as(logp)       # [B, T]
+    params = ObjectiveParams(clip_eps_low, clip_eps_high, dual_clip, delta, sapo_tau_pos, sapo_tau_neg,
+                             kl_cov_ratio, kl_cov_coef, clip_cov_ratio, clip_cov_lb, clip_cov_ub)
+    if top_entropy_quantile < 1.0 and entropy_keep is None:
+        if sampling_entropy is None:
+            raise GrpoError("top_entropy_quantile < 1 needs the sampling entropy (or a precomputed entropy_keep)")
+        entropy_keep = top_entropy_keep(sampling_entropy, mask, top_entropy_quantile)
+    if objective in SELECTIONS and cov_selected is None:
+        cov_selected = SELECTIONS[objective](token_covariance(adv, logp, mask), mask, params, generator)
+    # The policy term covers the kept tokens: a token-level objective's loss is zeroed elsewhere, a
+    # sequence-level one (gmpo) forms its sequence value from the kept tokens only.
+    tok_loss, cut, objective_stats, per_sequence = OBJECTIVES[objective](logp, old_logp, adv, mask, params,
+                                                                         cov_selected, entropy_keep)
+    if entropy_keep is not None:
+        tok_loss = tok_loss if per_sequence else tok_loss * entropy_keep.to(tok_loss.dtype)
+        cut = cut | ~entropy_keep
     if kl_beta != 0.0:
-        tok_loss = tok_loss + kl_beta * kl_per_token(logp, ref_logp, kl_estimator)
+        tok_loss = tok_loss + kl_beta * kl_per_token(logp, ref_logp, kl_estimator, old_logp)
+    if entropy_coef != 0.0:
+        tok_loss = tok_loss - entropy_coef * torch.where(active, entropy, 0.0)
     loss = AGGREGATIONS[aggregation](tok_loss, mask, num_seqs=num_seqs, num_tokens=num_tokens,
                                      max_len=max_len)
 
     with torch.no_grad():
-        num_active = mask.sum()
-        denom = num_active.clamp(min=1)
-        low = ((ratio < 1.0 - clip_eps_low) & (adv < 0)).to(mask.dtype)
-        high = ((ratio > 1.0 + clip_eps_high) & (adv > 0)).to(mask.dtype)
+        ratio = torch.exp(logp - old_logp)
         stats = {
-            "clip/low_frac": _masked_mean(low, mask, denom),
-            "clip/high_frac": _masked_mean(high, mask, denom),
-            "ratio/mean": _masked_mean(ratio, mask, denom),
+            **objective_stats,
+            "grad/cut_frac": masked_mean((cut & (adv != 0)).to(mask.dtype), mask),
+            "ratio/mean": masked_mean(ratio, mask),
             "ratio/max": torch.where(active, ratio, torch.zeros_like(ratio)).max(),
             # The tokens were sampled from pi_old, so pi_old plays the sampling policy in k3.
-            "kl_old": _masked_mean(kl_k3(old_logp, logp), mask, denom),
-            "tokens": num_active,
+            "kl_old": masked_mean(kl_k3(old_logp, logp), mask),
+            "tokens": mask.sum(),
+            "seqs": (mask.sum(-1) > 0).sum().to(mask.dtype),
         }
+        if entropy_keep is not None:
+            stats["entropy/kept_frac"] = masked_mean(entropy_keep.to(mask.dtype), mask)
         if ref_logp is not None:
             for name, estimator in KL_ESTIMATORS.items():
-                stats[f"kl/{name}"] = _masked_mean(estimator(logp, ref_logp), mask, denom)
+                stats[f"kl/{name}"] = masked_mean(estimator(logp, ref_logp, old_logp), mask)
     return loss, stats

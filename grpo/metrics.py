@@ -10,7 +10,10 @@ axes
   time/elapsed                seconds of training so far (continues across resumes)
 reward
   reward/mean, reward/std     total (weighted) reward over the step's completions
-  reward/<fn>/mean            mean of each reward function, unweighted
+  reward/<fn>/mean            mean of each reward function, unweighted (overlong: DAPO's soft overlong
+                              punishment, only with --overlong-buffer)
+  reward/kl_penalty/mean      kl_beta * sum_t k1 taken from each completion's reward before the
+                              advantage (only with --kl-placement reward)
   accuracy                    share of completions the `correct` reward calls right (absent without it)
 advantage
   adv/mean, adv/std           over completions
@@ -29,27 +32,46 @@ zero-variance groups (the correctness keys only when a `correct` reward exists)
                               when prompts differ in difficulty
 KL to the reference (only when a reference exists, kl_beta > 0), over completion tokens, inner epoch 1
   kl/k1, kl/k2, kl/k3         Schulman's three estimators of KL(pi_theta || pi_ref)
-policy (means over all inner epochs and micro-batches, token-weighted)
-  clip/low_frac               share of tokens with A < 0 and ratio < 1 - clip_eps_low (no gradient)
-  clip/high_frac              share of tokens with A > 0 and ratio > 1 + clip_eps_high (no gradient)
+  kl/k3_is                    k3 times the ratio pi_theta / pi_old (equals k3 when on-policy)
+policy (means over all inner epochs and micro-batches, token-weighted; over the tokens the loss covers)
+  clip/low_frac               clip, clip_cov: share of tokens with A < 0 and ratio < 1 - clip_eps_low
+  clip/high_frac              clip, clip_cov: share of tokens with A > 0 and ratio > 1 + clip_eps_high
+  clip/dual_frac              clip with --dual-clip: share of tokens whose loss the cap -c*A replaces
+  clip/delta_frac             clip with --delta: share of tokens (A < 0) the delta cap freezes
+  ratio/seq_mean              gspo, gmpo: mean over completions of the sequence ratio (gspo: exp of the
+                              mean log-ratio; gmpo: the clipped geometric mean)
+  clip/seq_frac               gspo, gmpo: share of completions with a clipped ratio (gspo: the sequence
+                              ratio; gmpo: at least one token)
+  is_weight/clip_frac         cispo: share of tokens whose importance weight is clipped (they keep a gradient)
+  sapo/gate_mean              sapo: mean gradient weight 4 s (1 - s) of the soft gate (1 on-policy)
+  cov/selected_frac           kl_cov, clip_cov: share of tokens selected by Cov(A, logp)
+  entropy/kept_frac           share of tokens the top-entropy selection keeps (--top-entropy-quantile < 1)
   ratio/mean, ratio/max       importance ratio pi_theta / pi_old
   entropy                     entropy of the sampling distribution (at the temperature), per completion token
   loss                        policy loss, mean over optimizer steps
   grad_norm                   gradient norm before clipping, mean over optimizer steps
 per inner epoch k = 1..mu
-  inner/<k>/clip_frac         clip/low_frac + clip/high_frac in epoch k (0 at k = 1 with one mini-batch)
+  inner/<k>/clip_frac         share of tokens with A != 0 whose policy gradient the objective cuts in
+                              epoch k (clip bounds, detached or unselected tokens); for clip it is
+                              clip/low_frac + clip/high_frac (0 at k = 1 with one mini-batch)
   inner/<k>/ratio_mean        mean ratio in epoch k
   inner/<k>/kl_old            k3 estimate of KL(pi_old || pi_theta) in epoch k (tokens sampled from pi_old)
   inner/<k>/loss              loss in epoch k (sum over its mini-batches / number of mini-batches)
 effective gradient (shares of completion tokens, over all inner epochs; they add up to 1)
   grad_tokens/active_frac     tokens whose policy-gradient term is non-zero
   grad_tokens/zero_adv_frac   tokens of completions with A = 0
-  grad_tokens/clipped_frac    tokens with A != 0 whose clip bound is active
+  grad_tokens/clipped_frac    tokens with A != 0 whose policy gradient the objective cuts
+  grad_tokens/truncated_frac  tokens of truncated completions, out of the loss (only with --mask-truncated)
 length
   len/mean, len/max           completion length in tokens (EOS included)
   len/correct_mean            mean length of correct completions (absent if none)
   len/wrong_mean              mean length of wrong completions (absent if none)
   len/truncated_frac          share of completions that hit max_new_tokens without EOS
+dynamic sampling (only with --dynamic-sampling; summed over ranks, rounds: the most any rank needed)
+  dynamic/rounds              generation rounds this step needed
+  dynamic/dropped_groups      zero-variance groups generated and dropped (their completions count in
+                              samples and tokens)
+  dynamic/filled_groups       zero-variance groups kept because the round limit was hit
 timing (seconds)
   time/rollout                sampling the completions
   time/reward                 decoding, rewards, advantages, reference (and pi_old) log-probs
@@ -71,6 +93,7 @@ import torch
 from torch import Tensor
 
 from grpo import TrainingDiverged
+from grpo.objectives import SEQUENCE_STATS
 
 
 def reward_metrics(total: Tensor, parts: dict[str, Tensor], correct: Tensor | None) -> dict[str, Tensor]:
@@ -130,12 +153,24 @@ def entropy_metric(entropy_sums: Tensor, lengths: Tensor) -> dict[str, Tensor]:
     return {"entropy": entropy_sums.sum() / lengths.sum().clamp(min=1)}
 
 
-def gradient_token_metrics(advantages: Tensor, lengths: Tensor, clipped_frac: Tensor) -> dict[str, Tensor]:
-    """advantages, lengths: [N]; clipped_frac = token share clipped (A != 0 by definition)."""
-    lengths = lengths.float()
-    zero_adv = (lengths * (advantages == 0).float()).sum() / lengths.sum().clamp(min=1)
-    return {"grad_tokens/zero_adv_frac": zero_adv, "grad_tokens/clipped_frac": clipped_frac,
-            "grad_tokens/active_frac": (1 - zero_adv - clipped_frac).clamp(min=0)}
+def gradient_token_metrics(advantages: Tensor, lengths: Tensor, loss_lengths: Tensor, cut_frac: Tensor,
+                           masked_truncated: bool) -> dict[str, Tensor]:
+    """Where the completion tokens' policy gradient goes, as shares of all completion tokens.
+
+    advantages, lengths (tokens), loss_lengths (tokens the loss covers: 0 for a completion that
+    --mask-truncated drops): [N]. cut_frac: the share of loss tokens with A != 0 whose policy term the
+    objective gives no gradient. truncated_frac is only a key when truncated completions were masked.
+    """
+    lengths, loss_lengths = lengths.float(), loss_lengths.float()
+    total, in_loss = lengths.sum().clamp(min=1), loss_lengths.sum()
+    zero_adv = (loss_lengths * (advantages == 0).float()).sum() / total
+    clipped = cut_frac * in_loss / total
+    out = {"grad_tokens/zero_adv_frac": zero_adv, "grad_tokens/clipped_frac": clipped}
+    truncated = (lengths.sum() - in_loss) / total
+    if masked_truncated:
+        out["grad_tokens/truncated_frac"] = truncated
+    out["grad_tokens/active_frac"] = (1 - zero_adv - clipped - truncated).clamp(min=0)
+    return out
 
 
 class TokenWeightedMean:
@@ -150,15 +185,17 @@ class TokenWeightedMean:
         self.weight: dict[str, Tensor] = {}
         self.maxima: dict[str, Tensor] = {}
 
-    def add(self, stats: dict[str, Tensor], weight: Tensor) -> None:
+    def add(self, stats: dict[str, Tensor], weight: Tensor, seq_weight: Tensor | None = None) -> None:
+        """weight: tokens behind the means; seq_weight: sequences behind the keys in SEQUENCE_STATS."""
         for key, value in stats.items():
-            if key == "tokens":
+            if key in ("tokens", "seqs"):
                 continue
             if key.endswith("/max"):
                 self.maxima[key] = torch.maximum(self.maxima[key], value) if key in self.maxima else value
                 continue
-            self.sums[key] = self.sums.get(key, 0) + value * weight
-            self.weight[key] = self.weight.get(key, 0) + weight
+            w = seq_weight if key in SEQUENCE_STATS else weight
+            self.sums[key] = self.sums.get(key, 0) + value * w
+            self.weight[key] = self.weight.get(key, 0) + w
 
     def result(self, sum_fn: Callable[[Tensor], Tensor] = lambda x: x,
                max_fn: Callable[[Tensor], Tensor] = lambda x: x) -> dict[str, Tensor]:

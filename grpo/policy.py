@@ -25,10 +25,15 @@ def sequence_inputs(prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Ten
 
 
 def completion_logp(model, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
-                    temperature: float, *, eos_token_id: int | None = None, min_new_tokens: int = 0) -> Tensor:
+                    temperature: float, *, eos_token_id: int | None = None, min_new_tokens: int = 0,
+                    with_entropy: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """log pi(completion token j | prompt, tokens < j) [B, T], in fp32, under the distribution the
     sampler drew from: at the sampling temperature, with EOS banned at positions j < min_new_tokens
-    (exactly as `sampler.TokenStream` bans it), so the ratio compares like with like."""
+    (exactly as `sampler.TokenStream` bans it), so the ratio compares like with like.
+
+    with_entropy: also the entropy of that distribution at each position [B, T], differentiable (it
+    materialises a [B, T, V] log-softmax, so it is only computed when asked for).
+    """
     input_ids, attention_mask, position_ids = sequence_inputs(prompt_ids, prompt_mask, completion_ids)
     num_completion = completion_ids.shape[1]
     # Keep the logits of the last T + 1 positions and drop the final one: positions L-1 .. L+T-2.
@@ -42,4 +47,10 @@ def completion_logp(model, prompt_ids: Tensor, prompt_mask: Tensor, completion_i
         logits = logits.masked_fill(banned, float("-inf"))
     # gather - logsumexp avoids materialising a second [B, T, V] log-softmax tensor.
     chosen = logits.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
-    return chosen - torch.logsumexp(logits, dim=-1)
+    logp = chosen - torch.logsumexp(logits, dim=-1)
+    if not with_entropy:
+        return logp
+    log_probs = torch.log_softmax(logits, dim=-1)
+    # -sum p log p, with 0 log 0 = 0 where a token is banned (p = 0, log p = -inf).
+    entropy = -(log_probs.exp() * log_probs.masked_fill(torch.isinf(log_probs), 0.0)).sum(-1)
+    return logp, entropy

@@ -1,4 +1,5 @@
-"""Rule rewards: pure functions of (completion text, example) -> float, in a registry.
+"""Rule rewards: pure functions of (completion text, example) -> float, in a registry, and DAPO's
+length shaping, a function of completion lengths.
 
 The text a reward sees is `example.completion_prefix + completion`, with `<eos>`/`<pad>` removed:
 the response as the model wrote it, never the prompt.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import re
 from typing import Callable
+
+import torch
 
 from grpo.tasks import Example
 
@@ -41,3 +44,11 @@ def response_text(completion: str, example: Example) -> str:
 def score(responses: list[str], examples: list[Example], weights: dict[str, float]) -> dict[str, list[float]]:
     """Each weighted reward function's values, one per response (weights not yet applied)."""
     return {name: [REWARDS[name](text, ex) for text, ex in zip(responses, examples)] for name in weights}
+
+
+def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int, penalty: float) -> torch.Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), scaled to reach -penalty at max_len:
+    0 for |o| <= max_len - buffer, then linear down to -penalty at |o| = max_len (lengths in tokens,
+    EOS included; a truncated completion has length max_len). Any shape."""
+    start = max_len - buffer
+    return -penalty * ((lengths.float() - start) / buffer).clamp(min=0.0, max=1.0)

@@ -20,7 +20,7 @@ from grpo.models import check_model_dir, is_preset
 from grpo.tracking import RunStore, WandbMirror, progress_bar, read_summary
 from grpo.trainer import Trainer, build_trainer, grpo_step, resolve_device
 
-RNG_STREAMS = ("prompt", "shuffle", "sample")
+RNG_STREAMS = ("prompt", "shuffle", "sample", "resample")
 
 
 def warn(message: str) -> None:
@@ -30,7 +30,8 @@ def warn(message: str) -> None:
 
 def rng_states(t: Trainer) -> dict[str, torch.Tensor]:
     return {"prompt": t.prompt_rng.get_state(), "shuffle": t.shuffle_rng.get_state(),
-            "sample": t.sample_rng.get_state().cpu(), "torch": torch.get_rng_state()}
+            "sample": t.sample_rng.get_state().cpu(), "resample": t.resample_rng.get_state(),
+            "torch": torch.get_rng_state()}
 
 
 def load_newest_good(t: Trainer, warn) -> tuple[dict, object] | tuple[None, None]:
@@ -69,6 +70,7 @@ def restore(t: Trainer, store: RunStore | None, warn=lambda message: None) -> in
     t.prompt_rng.set_state(rng["prompt"].cpu())
     t.shuffle_rng.set_state(rng["shuffle"].cpu())
     t.sample_rng.set_state(rng["sample"].cpu())
+    t.resample_rng.set_state(rng["resample"].cpu())
     torch.set_rng_state(rng["torch"].cpu())
     t.samples, t.tokens, t.elapsed = int(state["samples"]), int(state["tokens"]), float(state["elapsed"])
     if store:
@@ -97,6 +99,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
         return previous
     t = build_trainer(cfg, log=quiet_log)
     start = restore(t, store, warn=warn if main else (lambda message: None))
+    for note in cfg.warnings() if main else []:
+        warn(note)
     wandb = WandbMirror(cfg, store.dir, previous.get("wandb_id")) if main else None
     if main:
         store.write_summary(status="running", steps_done=start, error=None, wandb_id=wandb.id)

@@ -14,11 +14,13 @@ processing, so pi_old and the ratio refer to the distribution that was actually 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from transformers import DynamicCache
 
@@ -143,6 +145,31 @@ class TokenStream:
         return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask(completion_ids, self.eos_token_id),
                        truncated=~self.finished, entropy=torch.stack(self.entropies, dim=1),
                        logp=torch.stack(self.logps, dim=1))
+
+
+def select_rows(rollout: Rollout, rows) -> Rollout:
+    """The rollout of the given rows (an index tensor, list or slice)."""
+    return Rollout(*(getattr(rollout, f.name)[rows] for f in dataclasses.fields(Rollout)))
+
+
+def concat_rollouts(rollouts: list[Rollout], pad_token_id: int) -> Rollout:
+    """One rollout from several (rows stacked in order): prompts left-padded, completions right-padded to
+    the widest; padding is masked (prompt mask 0, completion mask 0, entropy and log-prob 0)."""
+    prompt_len = max(r.prompt_ids.shape[1] for r in rollouts)
+    completion_len = max(r.completion_ids.shape[1] for r in rollouts)
+
+    def pad(x: Tensor, width: int, value, left: bool) -> Tensor:
+        extra = width - x.shape[1]
+        return F.pad(x, (extra, 0) if left else (0, extra), value=value)
+
+    return Rollout(
+        prompt_ids=torch.cat([pad(r.prompt_ids, prompt_len, pad_token_id, True) for r in rollouts]),
+        prompt_mask=torch.cat([pad(r.prompt_mask, prompt_len, 0, True) for r in rollouts]),
+        completion_ids=torch.cat([pad(r.completion_ids, completion_len, pad_token_id, False) for r in rollouts]),
+        completion_mask=torch.cat([pad(r.completion_mask, completion_len, 0.0, False) for r in rollouts]),
+        truncated=torch.cat([r.truncated for r in rollouts]),
+        entropy=torch.cat([pad(r.entropy, completion_len, 0.0, False) for r in rollouts]),
+        logp=torch.cat([pad(r.logp, completion_len, 0.0, False) for r in rollouts]))
 
 
 def completion_mask(completion_ids: Tensor, eos_token_id: int) -> Tensor:

@@ -13,6 +13,7 @@ positive constant.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -21,14 +22,16 @@ from grpo import GrpoError, TrainingDiverged, distributed as dist, fast_sampler
 from grpo.advantages import compute_advantages
 from grpo.config import TrainConfig
 from grpo.evaluation import evaluate
+from grpo.batch import collect_batch, total_reward
+from grpo.kl import kl_k1
 from grpo.losses import policy_loss
 from grpo.metrics import (TokenWeightedMean, advantage_metrics, entropy_metric, gradient_token_metrics,
                           length_metrics, reward_metrics, to_floats, zero_variance_metrics)
 from grpo.models import is_preset, load_tokenizer
+from grpo.objectives import SELECTIONS, ObjectiveParams, token_covariance, top_entropy_keep
 from grpo.policy import completion_logp
-from grpo.rewards import response_text, score
-from grpo.sampler import KVCacheSampler, Rollout, decode_completions, encode_prompts
-from grpo.tasks import make_task, render_prompt
+from grpo.sampler import KVCacheSampler, Rollout
+from grpo.tasks import make_task
 from grpo.timing import StageTimer
 from grpo.warmstart import warm_started_model
 
@@ -51,9 +54,10 @@ class Trainer:
     device: torch.device
     # Separate streams, so that arms differing in inner epochs or mini-batches (which shuffle more
     # often) still draw the same prompts for the same seed: the report's pairing by seed relies on it.
-    prompt_rng: torch.Generator      # prompt draws
+    prompt_rng: torch.Generator      # prompt draws (the first round of each step)
     shuffle_rng: torch.Generator     # mini-batch shuffles
     sample_rng: torch.Generator      # token sampling
+    resample_rng: torch.Generator    # dynamic sampling's extra rounds: the first round stays paired
     timer: StageTimer = field(default=None)
     samples: int = 0                 # completions generated so far (all ranks)
     tokens: int = 0                  # completion tokens generated so far (all ranks)
@@ -108,7 +112,8 @@ def build_trainer(cfg: TrainConfig, log=print) -> Trainer:
                    optimizer=optimizer, sampler=make_sampler(cfg, policy), device=device,
                    prompt_rng=torch.Generator().manual_seed(rank_seed),
                    shuffle_rng=torch.Generator().manual_seed(rank_seed + 2),
-                   sample_rng=torch.Generator(device=device).manual_seed(rank_seed + 1))
+                   sample_rng=torch.Generator(device=device).manual_seed(rank_seed + 1),
+                   resample_rng=torch.Generator().manual_seed(rank_seed + 3))
 
 
 def make_sampler(cfg: TrainConfig, policy):
@@ -117,11 +122,12 @@ def make_sampler(cfg: TrainConfig, policy):
     return KVCacheSampler()
 
 
-def rollout_logp(t: Trainer, model, rollout: Rollout, rows: torch.Tensor) -> torch.Tensor:
-    """Log-probs [B, T] of the rollout's rows under `model`, scored as the sampler drew them."""
+def rollout_logp(t: Trainer, model, rollout: Rollout, rows: torch.Tensor, with_entropy: bool = False):
+    """Log-probs [B, T] of the rollout's rows under `model`, scored as the sampler drew them
+    (and the learner's entropy [B, T] with them, when asked)."""
     return completion_logp(model, rollout.prompt_ids[rows], rollout.prompt_mask[rows], rollout.completion_ids[rows],
                            t.cfg.temperature, eos_token_id=t.tokenizer.eos_token_id,
-                           min_new_tokens=t.cfg.min_new_tokens)
+                           min_new_tokens=t.cfg.min_new_tokens, with_entropy=with_entropy)
 
 
 @torch.no_grad()
@@ -132,27 +138,21 @@ def frozen_logp(t: Trainer, model, rollout: Rollout) -> torch.Tensor:
         return torch.cat([rollout_logp(t, model, rollout, r) for r in rows.split(t.cfg.micro_batch_size)])
 
 
-def generate(t: Trainer, prompts: list[str]) -> Rollout:
-    cfg = t.cfg
-    prompt_ids, prompt_mask = encode_prompts(t.tokenizer, prompts, t.device)
-    t.policy.eval()
-    with t.autocast():
-        rollout = t.sampler.generate(t.policy, prompt_ids, prompt_mask, max_new_tokens=cfg.max_new_tokens,
-                                     temperature=cfg.temperature, generator=t.sample_rng,
-                                     eos_token_id=t.tokenizer.eos_token_id, pad_token_id=t.tokenizer.pad_token_id,
-                                     min_new_tokens=cfg.min_new_tokens)
-    t.policy.train()
-    return rollout
+def loss_kwargs(cfg: TrainConfig) -> dict:
+    """policy_loss's keyword arguments that `cfg` sets (the KL term moves to the reward with
+    --kl-placement reward, so the loss then carries none)."""
+    return dict(clip_eps_low=cfg.clip_eps_low, clip_eps_high=cfg.clip_eps_high,
+                kl_beta=cfg.kl_beta if cfg.kl_placement == "loss" else 0.0, kl_estimator=cfg.kl_estimator,
+                aggregation=cfg.aggregation, objective=cfg.objective, dual_clip=cfg.dual_clip, delta=cfg.delta,
+                sapo_tau_pos=cfg.sapo_tau_pos, sapo_tau_neg=cfg.sapo_tau_neg, kl_cov_ratio=cfg.kl_cov_ratio,
+                kl_cov_coef=cfg.kl_cov_coef, clip_cov_ratio=cfg.clip_cov_ratio, clip_cov_lb=cfg.clip_cov_lb,
+                clip_cov_ub=cfg.clip_cov_ub, entropy_coef=cfg.entropy_coef,
+                top_entropy_quantile=cfg.top_entropy_quantile)
 
 
-def score_rollout(t: Trainer, rollout: Rollout, examples: list) -> tuple[list[str], dict[str, torch.Tensor]]:
-    """(completion texts, each reward function's values [P, G] over every rank's prompts)."""
-    G = t.cfg.group_size
-    texts = decode_completions(t.tokenizer, rollout.completion_ids, rollout.completion_mask)
-    owners = [examples[i // G] for i in range(len(texts))]
-    values = score([response_text(text, e) for text, e in zip(texts, owners)], owners, t.cfg.reward_weights)
-    return texts, {name: dist.cat_across(torch.tensor(v, dtype=torch.float32).view(-1, G))
-                   for name, v in values.items()}
+def objective_params(cfg: TrainConfig) -> ObjectiveParams:
+    kwargs = loss_kwargs(cfg)
+    return ObjectiveParams(**{f.name: kwargs[f.name] for f in dataclasses.fields(ObjectiveParams)})
 
 
 def optimizer_step(t: Trainer, step: int, epoch: int) -> torch.Tensor:
@@ -167,51 +167,67 @@ def optimizer_step(t: Trainer, step: int, epoch: int) -> torch.Tensor:
     return grad_norm
 
 
-def update_policy(t: Trainer, step: int, rollout: Rollout, advantages: torch.Tensor, ref_logp, old_logp) -> dict:
+def update_policy(t: Trainer, step: int, rollout: Rollout, advantages: torch.Tensor, loss_mask: torch.Tensor,
+                  ref_logp, old_logp) -> dict:
     """Inner epochs x mini-batches (one optimizer step each) x micro-batches (gradient accumulation).
 
-    Normalisers are the whole mini-batch's (over all ranks), so micro-batch losses add up exactly.
-    old_logp None means exactly on-policy (one epoch, one mini-batch): pi_old = pi_theta detached.
-    Returns the policy statistics over all epochs plus the per-epoch keys, loss and grad_norm.
+    Normalisers are the whole mini-batch's (over all ranks), so micro-batch losses add up exactly; the
+    token selections (kl_cov / clip_cov per mini-batch from pi_old's log-probs, the top-entropy quantile
+    over the step) are made before the split for the same reason. old_logp None means exactly
+    on-policy (one epoch, one mini-batch): pi_old = pi_theta detached. Returns the policy statistics
+    over all epochs plus the per-epoch keys, loss and grad_norm.
     """
-    cfg, mask = t.cfg, rollout.completion_mask
+    cfg = t.cfg
+    kwargs = loss_kwargs(cfg)
+    selection_logp = rollout.logp if old_logp is None else old_logp     # pi_old's (the sampler's) log-probs
+    # clip_cov's draw: a generator of the (seed, step) alone, so resuming repeats it.
+    selection_rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    entropy_keep = (top_entropy_keep(rollout.entropy, loss_mask, cfg.top_entropy_quantile)
+                    if cfg.top_entropy_quantile < 1 else None)
+    cov_selected = torch.zeros_like(loss_mask, dtype=torch.bool)
     totals, out, losses, grad_norms = TokenWeightedMean(), {}, [], []
     for epoch in range(1, cfg.inner_epochs + 1):
         epoch_stats, epoch_losses = TokenWeightedMean(), []
-        order = torch.randperm(mask.shape[0], generator=t.shuffle_rng).to(t.device)
+        order = torch.randperm(loss_mask.shape[0], generator=t.shuffle_rng).to(t.device)
         for mini_batch in order.tensor_split(cfg.mini_batches):   # exactly mini_batches pieces (chunk may give fewer)
             with t.timer("train"):
                 num_seqs = float(dist.sum_across(torch.tensor(float(len(mini_batch)))))
-                num_tokens = float(dist.sum_across(mask[mini_batch].sum().cpu()))
+                num_tokens = float(dist.sum_across(loss_mask[mini_batch].sum().cpu()))
+                if cfg.objective in SELECTIONS:
+                    cov = token_covariance(advantages[mini_batch, None], selection_logp[mini_batch], loss_mask[mini_batch])
+                    cov_selected[mini_batch] = SELECTIONS[cfg.objective](
+                        cov, loss_mask[mini_batch], objective_params(cfg), selection_rng)
                 mini_loss = torch.zeros((), device=t.device)
                 for rows in mini_batch.split(cfg.micro_batch_size):
                     with t.autocast():
-                        logp = rollout_logp(t, t.policy, rollout, rows)
+                        learner = rollout_logp(t, t.policy, rollout, rows, with_entropy=cfg.entropy_coef != 0)
+                    logp, entropy = learner if cfg.entropy_coef != 0 else (learner, None)
                     loss, stats = policy_loss(
                         logp, logp.detach() if old_logp is None else old_logp[rows],
-                        None if ref_logp is None else ref_logp[rows], advantages[rows], mask[rows],
-                        clip_eps_low=cfg.clip_eps_low, clip_eps_high=cfg.clip_eps_high, kl_beta=cfg.kl_beta,
-                        kl_estimator=cfg.kl_estimator, aggregation=cfg.aggregation,
-                        num_seqs=num_seqs, num_tokens=num_tokens, max_len=cfg.max_new_tokens)
+                        None if ref_logp is None else ref_logp[rows], advantages[rows], loss_mask[rows],
+                        num_seqs=num_seqs, num_tokens=num_tokens, max_len=cfg.max_new_tokens,
+                        cov_selected=cov_selected[rows] if cfg.objective in SELECTIONS else None,
+                        entropy=entropy, entropy_keep=None if entropy_keep is None else entropy_keep[rows],
+                        **kwargs)
                     loss.backward()
                     mini_loss += loss.detach()
-                    epoch_stats.add(stats, stats["tokens"])
+                    epoch_stats.add(stats, stats["tokens"], stats["seqs"])
                     # KL to the reference is reported for the rollout policy (epoch 1), not averaged over drift.
                     totals.add({k: v for k, v in stats.items() if epoch == 1 or not k.startswith("kl/")},
-                               stats["tokens"])
+                               stats["tokens"], stats["seqs"])
             if dist.any_across(not bool(torch.isfinite(mini_loss))):
                 raise TrainingDiverged(f"non-finite loss at step {step} (inner epoch {epoch})")
             with t.timer("optimizer"):
                 grad_norms.append(optimizer_step(t, step, epoch))
             epoch_losses.append(mini_loss)
         summary = epoch_stats.result(dist.sum_across, dist.max_across)
-        out[f"inner/{epoch}/clip_frac"] = summary["clip/low_frac"] + summary["clip/high_frac"]
+        out[f"inner/{epoch}/clip_frac"] = summary["grad/cut_frac"]
         out[f"inner/{epoch}/ratio_mean"] = summary["ratio/mean"]
         out[f"inner/{epoch}/kl_old"] = summary["kl_old"]
         # Each rank's loss is its share of the global loss: the sum over ranks is the loss.
         out[f"inner/{epoch}/loss"] = dist.sum_across(torch.stack(epoch_losses).mean())
         losses += epoch_losses
-    policy_stats = {k: v for k, v in totals.result(dist.sum_across, dist.max_across).items() if k != "kl_old"}
+    policy_stats = totals.result(dist.sum_across, dist.max_across)
     return {**policy_stats, **out, "loss": dist.sum_across(torch.stack(losses).mean()),
             "grad_norm": torch.stack(grad_norms).float().mean()}
 
@@ -222,56 +238,66 @@ def grpo_step(t: Trainer, step: int) -> tuple[dict, list[dict]]:
     P = cfg.prompts_per_step // dist.world_size()     # this rank's prompts
     t.timer.reset()
 
-    # 1. Sample G completions for each of P prompts (rows p*G .. p*G+G-1 belong to prompt p).
+    # 1. Sample G completions for each of P prompts (rows p*G .. p*G+G-1 belong to prompt p), and score
+    #    them; with --dynamic-sampling, zero-variance groups are replaced (grpo/batch.py).
     with t.timer("rollout"):
-        examples = t.task.sample(t.prompt_rng, P)
-        rollout = generate(t, [render_prompt(e, t.tokenizer) for e in examples for _ in range(G)])
-    mask = rollout.completion_mask                    # [N, T]; 0 = padding after EOS
+        batch = collect_batch(t, P)
+    rollout, mask = batch.rollout, batch.rollout.completion_mask    # [N, T]; 0 = padding after EOS
+    # DAPO's overlong filtering: a truncated completion carries no loss at all.
+    loss_mask = mask * (~rollout.truncated).to(mask.dtype)[:, None] if cfg.mask_truncated else mask
 
     with t.timer("reward"):
-        # 2. Rule rewards on the decoded completions: [P, G] over every rank's prompts.
-        texts, parts = score_rollout(t, rollout, examples)
-        rewards = sum(cfg.reward_weights[name] * values for name, values in parts.items())
+        # 2. Rewards [P, G] over every rank's prompts.
+        parts = {name: dist.cat_across(values) for name, values in batch.parts.items()}
+        rewards = total_reward(parts, cfg.reward_weights)
         if not bool(torch.isfinite(rewards).all()):
             raise TrainingDiverged(f"non-finite reward at step {step}")
-        # 3. Group-relative advantages on the whole step's reward matrix (batch statistics span all
-        #    ranks), then this rank's rows: one advantage per completion, [N].
-        all_advantages = compute_advantages(rewards, cfg.advantage, eps=cfg.adv_eps)
-        advantages = all_advantages[dist.rank_rows(cfg.prompts_per_step)].flatten().to(t.device)
-        # 4. Log-probs that stay fixed through the inner epochs: the reference's, and pi_old's unless the
-        #    update is exactly on-policy (one epoch, one mini-batch), where pi_old = pi_theta detached.
-        on_policy = cfg.inner_epochs == 1 and cfg.mini_batches == 1
+        lengths = dist.cat_across(mask.sum(-1).cpu().view(P, G))
+        # 3. The reference's log-probs; with --kl-placement reward, beta * sum_t k1 leaves the reward.
         ref_logp = frozen_logp(t, t.reference, rollout) if t.reference else None
+        shaped, extra = rewards, {}
+        if cfg.kl_placement == "reward" and ref_logp is not None:
+            penalty = dist.cat_across((cfg.kl_beta * (kl_k1(rollout.logp, ref_logp) * mask).sum(-1)).cpu().view(P, G))
+            shaped, extra["reward/kl_penalty/mean"] = rewards - penalty, penalty.mean()
+        # 4. Group-relative advantages on the whole step's reward matrix (batch statistics span all
+        #    ranks), then this rank's rows: one advantage per completion, [N].
+        all_advantages = compute_advantages(shaped, cfg.advantage, eps=cfg.adv_eps, lengths=lengths)
+        advantages = all_advantages[dist.rank_rows(cfg.prompts_per_step)].flatten().to(t.device)
+        # 5. pi_old's log-probs stay fixed through the inner epochs, unless the update is exactly
+        #    on-policy (one epoch, one mini-batch), where pi_old = pi_theta detached.
+        on_policy = cfg.inner_epochs == 1 and cfg.mini_batches == 1
         old_logp = None if on_policy else frozen_logp(t, t.policy, rollout)
 
-    # 5. Inner epochs of clipped updates.
-    policy_stats = update_policy(t, step, rollout, advantages, ref_logp, old_logp)
+    # 6. Inner epochs of clipped updates.
+    policy_stats = update_policy(t, step, rollout, advantages, loss_mask, ref_logp, old_logp)
 
-    # 6. Metrics over the whole step's batch: pure functions of tensors at hand, one .item() each.
+    # 7. Metrics over the whole step's batch: pure functions of tensors at hand, one .item() each.
     with t.timer("metrics"):
-        lengths = mask.sum(-1)
-        row_values = dist.cat_across(torch.stack([lengths, rollout.truncated.float(),
-                                                  (rollout.entropy * mask).sum(-1)], dim=1).cpu())
-        all_lengths, truncated, entropy_sums = row_values.unbind(1)
+        row_values = dist.cat_across(torch.stack([mask.sum(-1), rollout.truncated.float(),
+                                                  (rollout.entropy * mask).sum(-1), loss_mask.sum(-1)], 1).cpu())
+        all_lengths, truncated, entropy_sums, loss_lengths = row_values.unbind(1)
         correct = parts.get("correct")
-        t.samples += len(all_lengths)
-        t.tokens += int(all_lengths.sum())
+        t.samples += int(dist.sum_across(torch.tensor(batch.generated)))
+        t.tokens += int(dist.sum_across(torch.tensor(batch.generated_tokens)))
+        dynamic = {k: (dist.max_across if k == "dynamic/rounds" else dist.sum_across)(v)
+                   for k, v in batch.dynamic.items()}
         metrics = {
-            **reward_metrics(rewards, parts, correct),
+            **reward_metrics(rewards, parts, correct), **extra,
             **advantage_metrics(all_advantages),
             **zero_variance_metrics(rewards, correct),
             **length_metrics(all_lengths, truncated, None if correct is None else correct.flatten()),
             **entropy_metric(entropy_sums, all_lengths),
-            **policy_stats,
-            **gradient_token_metrics(all_advantages.flatten(), all_lengths,
-                                     policy_stats["clip/low_frac"] + policy_stats["clip/high_frac"]),
+            **{k: v for k, v in policy_stats.items() if k not in ("kl_old", "grad/cut_frac")},
+            **gradient_token_metrics(all_advantages.flatten(), all_lengths, loss_lengths,
+                                     policy_stats["grad/cut_frac"], cfg.mask_truncated),
+            **dynamic,
         }
         try:
             metrics = to_floats(metrics)
         except TrainingDiverged as err:
             raise TrainingDiverged(f"{err} at step {step}") from None
     local_rewards = rewards[dist.rank_rows(cfg.prompts_per_step)].flatten()
-    rows = [{"step": step, "prompt": examples[i // G].prompt, "completion": texts[i],
+    rows = [{"step": step, "prompt": batch.examples[i // G].prompt, "completion": batch.texts[i],
              "reward": float(local_rewards[i]), "advantage": float(advantages[i])}
             for i in range(min(SAMPLE_ROWS, P) * G)]
     return metrics, rows

@@ -3,19 +3,31 @@
 from __future__ import annotations
 
 import math
+from typing import get_args
 
 import pytest
 import torch
 
 from grpo import GrpoError
-from grpo.advantages import ADVANTAGES, compute_advantages
+from grpo.advantages import ADVANTAGES, AdvantageName, compute_advantages
 
-ESTIMATORS = ["grpo", "dr_grpo", "batch_std", "rloo"]
+ESTIMATORS = ["grpo", "dr_grpo", "batch_std", "rloo", "reinforce_pp", "opo", "gpg"]
 EPS = 1e-4
+
+
+def _lengths(rewards: torch.Tensor) -> torch.Tensor:
+    """Unequal completion lengths 1..7 for rewards [P, G], so opo's weighting is not a plain mean."""
+    num_prompts, group_size = rewards.shape
+    return (torch.arange(num_prompts * group_size) % 7 + 1).view(num_prompts, group_size).float()
 
 
 def test_registry_holds_exactly_the_documented_estimators():
     assert set(ADVANTAGES) == set(ESTIMATORS)
+
+
+def test_advantage_name_literal_lists_the_registry_keys():
+    # The Literal's values are the CLI choices: a registry entry missing from it cannot be picked.
+    assert sorted(get_args(AdvantageName)) == sorted(ADVANTAGES)
 
 
 # ---------------------------------------------------------------- grpo
@@ -147,6 +159,174 @@ def test_rloo_equals_g_over_g_minus_one_times_centred_reward():
                                1.2 * compute_advantages(rewards, "dr_grpo", eps=EPS))
 
 
+# ---------------------------------------------------------------- reinforce_pp
+
+
+def test_reinforce_pp_hand_values_with_a_constant_group():
+    # rewards [[1,1],[0,2],[0,4]] -> group-centred c = [[0,0],[-1,1],[-2,2]]; mean(c) = 0.
+    # squares 0+0+1+1+4+4 = 10 over N-1 = 5: unbiased var 2, std sqrt(2) = 1.4142136; + eps = 1.4143136.
+    # Row 0 constant -> exactly 0 (its zeros still count in the std).
+    # Row 1: ±1 / 1.4143136 = ±0.7070568;  row 2: ±2 / 1.4143136 = ±1.4141136.
+    rewards = torch.tensor([[1.0, 1.0], [0.0, 2.0], [0.0, 4.0]])
+    adv = compute_advantages(rewards, "reinforce_pp", eps=EPS)
+    assert torch.equal(adv[0], torch.zeros(2))
+    expected = torch.tensor([[-1.0, 1.0], [-2.0, 2.0]]) / (math.sqrt(2) + EPS)
+    torch.testing.assert_close(adv[1:], expected, rtol=0, atol=1e-6)
+    rounded = torch.tensor([[-0.7070568, 0.7070568], [-1.4141136, 1.4141136]])
+    torch.testing.assert_close(adv[1:], rounded, rtol=0, atol=1e-6)
+
+
+def test_reinforce_pp_whitens_centred_rewards_not_raw_rewards():
+    # rewards [[0,2],[2,4]]: c = [[-1,1],[-1,1]], squares 4 over N-1 = 3: std(c) = sqrt(4/3) = 1.1547005,
+    # A = ±1 / 1.1548005 = ±0.8659504. batch_std divides by the std of the raw rewards {0,2,2,4},
+    # sqrt(8/3) = 1.6329932, giving ±0.6123349: the group means' spread (1 vs 3) inflates it.
+    rewards = torch.tensor([[0.0, 2.0], [2.0, 4.0]])
+    adv = compute_advantages(rewards, "reinforce_pp", eps=EPS)
+    torch.testing.assert_close(adv, torch.tensor([[-0.8659504, 0.8659504], [-0.8659504, 0.8659504]]),
+                               rtol=0, atol=1e-6)
+    assert not torch.allclose(adv, compute_advantages(rewards, "batch_std", eps=EPS), atol=1e-2)
+
+
+def test_reinforce_pp_output_has_unit_std():
+    # No constant group: every completion has signal, and the whitened batch has mean 0, std 1.
+    gen = torch.Generator().manual_seed(5)
+    rewards = torch.rand(6, 6, generator=gen) * 4 - 1
+    adv = compute_advantages(rewards, "reinforce_pp", eps=1e-8)
+    assert abs(float(adv.std()) - 1.0) < 1e-5
+    assert abs(float(adv.mean())) < 1e-6
+    # Two constant groups added (N = 48, 36 of them in groups with signal): the std is taken over all
+    # N values, zeros included, so the whole batch still has std 1 ...
+    with_constant = torch.cat([rewards, torch.full((2, 6), 0.3)])
+    adv = compute_advantages(with_constant, "reinforce_pp", eps=1e-8)
+    assert torch.equal(adv[6:], torch.zeros(2, 6))
+    assert abs(float(adv.std()) - 1.0) < 1e-5
+    # ... and the 36 non-constant values carry the whole sum of squares, 47: their unbiased std is
+    # sqrt(47 / 35) = 1.1588171, not 1.
+    assert abs(float(adv[:6].std()) - math.sqrt(47 / 35)) < 1e-5
+
+
+@pytest.mark.parametrize("scale", [0.5, 3.0, 10.0])
+def test_reinforce_pp_is_scale_invariant_up_to_eps(scale):
+    # c and std(c) both scale by `scale`; only eps does not (relative change <= eps * |1 - 1/scale| / std(c)).
+    gen = torch.Generator().manual_seed(9)
+    rewards = torch.rand(5, 4, generator=gen)
+    base = compute_advantages(rewards, "reinforce_pp", eps=EPS)
+    torch.testing.assert_close(compute_advantages(rewards * scale, "reinforce_pp", eps=EPS), base,
+                               rtol=1e-3, atol=1e-5)
+
+
+# ---------------------------------------------------------------- opo
+
+
+def test_opo_hand_values():
+    # Row 0: r = [1,0,0], |o| = [2,4,4]: b = (2*1 + 4*0 + 4*0) / 10 = 0.2 -> A = [0.8, -0.2, -0.2]
+    #        (dr_grpo's plain mean 1/3 would give [0.667, -0.333, -0.333]).
+    # Row 1: r = [0,1,1], |o| = [1,3,6]: b = (0 + 3 + 6) / 10 = 0.9 -> A = [-0.9, 0.1, 0.1].
+    # Row 2: r = [0.5,0.5,0.5] constant -> exactly 0 whatever the lengths.
+    rewards = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0], [0.5, 0.5, 0.5]])
+    lengths = torch.tensor([[2, 4, 4], [1, 3, 6], [1, 2, 3]])
+    adv = compute_advantages(rewards, "opo", eps=EPS, lengths=lengths)
+    torch.testing.assert_close(adv[:2], torch.tensor([[0.8, -0.2, -0.2], [-0.9, 0.1, 0.1]]), rtol=0, atol=1e-6)
+    assert torch.equal(adv[2], torch.zeros(3))
+
+
+def _opo_literal_loop(rewards: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """r_i - sum_j |o_j| r_j / sum_j |o_j|, one element at a time (float64)."""
+    num_prompts, group_size = rewards.shape
+    out = torch.zeros(num_prompts, group_size, dtype=torch.float64)
+    for p in range(num_prompts):
+        total = sum(float(lengths[p, j]) for j in range(group_size))
+        baseline = sum(float(lengths[p, j]) * float(rewards[p, j]) for j in range(group_size)) / total
+        for i in range(group_size):
+            out[p, i] = float(rewards[p, i]) - baseline
+    return out
+
+
+@pytest.mark.parametrize("group_size", [2, 3, 8])
+def test_opo_matches_literal_weighted_baseline_loop(group_size):
+    gen = torch.Generator().manual_seed(21)
+    rewards = torch.rand(5, group_size, generator=gen) * 3 - 1
+    lengths = torch.randint(1, 50, (5, group_size), generator=gen)
+    adv = compute_advantages(rewards, "opo", eps=EPS, lengths=lengths)
+    torch.testing.assert_close(adv.double(), _opo_literal_loop(rewards, lengths), rtol=1e-5, atol=1e-6)
+
+
+def test_opo_length_weighted_advantages_sum_to_zero():
+    # sum_i |o_i| (r_i - b) = sum_i |o_i| r_i - b sum_i |o_i| = 0 by the definition of b.
+    gen = torch.Generator().manual_seed(13)
+    rewards = torch.randn(5, 6, generator=gen)
+    lengths = torch.randint(1, 30, (5, 6), generator=gen).float()
+    adv = compute_advantages(rewards, "opo", eps=EPS, lengths=lengths)
+    torch.testing.assert_close((lengths * adv).sum(-1), torch.zeros(5), rtol=0, atol=1e-4)
+    assert (adv.sum(-1).abs() > 1e-3).any()           # ... while the plain sum is not 0
+
+
+def test_opo_with_equal_lengths_is_dr_grpo_and_ignores_a_common_length_scale():
+    gen = torch.Generator().manual_seed(17)
+    rewards = torch.rand(4, 5, generator=gen)
+    # Equal lengths in a group: b = |o| sum r / (G |o|) = group mean, as in dr_grpo.
+    equal = torch.full((4, 5), 7.0)
+    torch.testing.assert_close(compute_advantages(rewards, "opo", eps=EPS, lengths=equal),
+                               compute_advantages(rewards, "dr_grpo", eps=EPS), rtol=1e-5, atol=1e-6)
+    # Multiplying every length of a group by the same factor cancels in b.
+    lengths = torch.randint(1, 20, (4, 5), generator=gen).float()
+    factor = torch.tensor([[1.0], [3.0], [0.5], [10.0]])
+    torch.testing.assert_close(compute_advantages(rewards, "opo", eps=EPS, lengths=lengths * factor),
+                               compute_advantages(rewards, "opo", eps=EPS, lengths=lengths), rtol=1e-5, atol=1e-6)
+
+
+def test_opo_zero_lengths_do_not_divide_by_zero():
+    # Row 0: |o| = [0,2,2], r = [1,0,0]: the empty completion weighs 0, b = 0 / 4 = 0 -> A = [1, 0, 0].
+    # Row 1: all |o| = 0: numerator 0, denominator clamped from 0 to 1 -> b = 0, A = r = [1, 0, 0.5],
+    #        finite (and those completions have no token for the advantage to act on).
+    # Row 2: constant with all |o| = 0 -> exactly 0, with eps = 0.
+    rewards = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.5], [0.7, 0.7, 0.7]])
+    lengths = torch.tensor([[0, 2, 2], [0, 0, 0], [0, 0, 0]])
+    adv = compute_advantages(rewards, "opo", eps=0.0, lengths=lengths)
+    assert torch.isfinite(adv).all()
+    torch.testing.assert_close(adv[:2], torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.5]]), rtol=0, atol=0)
+    assert torch.equal(adv[2], torch.zeros(3))
+
+
+def test_opo_without_lengths_raises():
+    with pytest.raises(GrpoError, match="lengths"):
+        compute_advantages(torch.tensor([[1.0, 0.0]]), "opo", eps=EPS)
+
+
+# ---------------------------------------------------------------- gpg
+
+
+def test_gpg_hand_values():
+    # P = 3 groups, row 1 constant -> P_valid = 2, scale P / P_valid = 3/2
+    # (= B / (B - M) = 12 / (12 - 4) with B = 12 completions, M = 4 of them in the constant group).
+    # Row 0 [1,0,0,0]: mean 1/4, centred [0.75, -0.25, -0.25, -0.25] * 1.5 = [1.125, -0.375, -0.375, -0.375].
+    # Row 1 [1,1,1,1]: exactly 0.
+    # Row 2 [0,1,1,0]: mean 1/2, centred [-0.5, 0.5, 0.5, -0.5] * 1.5 = [-0.75, 0.75, 0.75, -0.75].
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.0, 1.0, 1.0, 0.0]])
+    adv = compute_advantages(rewards, "gpg", eps=EPS)
+    expected = torch.tensor([[1.125, -0.375, -0.375, -0.375], [0.0, 0.0, 0.0, 0.0], [-0.75, 0.75, 0.75, -0.75]])
+    torch.testing.assert_close(adv, expected, rtol=0, atol=1e-7)
+    assert torch.equal(adv[1], torch.zeros(4))
+
+
+@pytest.mark.parametrize("num_constant", [0, 1, 4])
+def test_gpg_is_dr_grpo_scaled_by_total_over_valid_groups(num_constant):
+    # 4 groups with signal plus num_constant constant ones: P = 4 + k, P_valid = 4,
+    # so A = (4 + k) / 4 * dr_grpo on the first 4 rows (k = 0: exactly dr_grpo), 0 on the rest.
+    gen = torch.Generator().manual_seed(19)
+    varied = torch.rand(4, 5, generator=gen)
+    rewards = torch.cat([varied, torch.full((num_constant, 5), 1.0)])
+    adv = compute_advantages(rewards, "gpg", eps=EPS)
+    torch.testing.assert_close(adv[:4], (4 + num_constant) / 4 * compute_advantages(varied, "dr_grpo", eps=EPS))
+    assert torch.equal(adv[4:], torch.zeros(num_constant, 5))
+
+
+def test_gpg_batch_of_only_constant_groups_is_zero():
+    # P_valid = 0 is clamped to 1: no division by zero, and every centred value is 0 anyway.
+    rewards = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [0.3, 0.3, 0.3]])
+    assert torch.equal(compute_advantages(rewards, "gpg", eps=0.0), torch.zeros(3, 3))
+
+
 # ---------------------------------------------------------------- constant groups
 
 
@@ -157,19 +337,34 @@ def test_constant_group_gets_exactly_zero(estimator, value, group_size):
     # Next to a non-constant group (so batch_std's std is > 0) and alone (batch std == 0).
     constant = torch.full((group_size,), value)
     varied = torch.arange(group_size, dtype=torch.float32)
-    mixed = compute_advantages(torch.stack([constant, varied]), estimator, eps=EPS)
+    lengths = _lengths(torch.zeros(2, group_size))
+    mixed = compute_advantages(torch.stack([constant, varied]), estimator, eps=EPS, lengths=lengths)
     assert torch.equal(mixed[0], torch.zeros(group_size))            # exactly zero, never NaN
     assert torch.isfinite(mixed).all()
     assert (mixed[1] != 0).any()
-    alone = compute_advantages(torch.stack([constant, constant]), estimator, eps=EPS)
+    alone = compute_advantages(torch.stack([constant, constant]), estimator, eps=EPS, lengths=lengths)
     assert torch.equal(alone, torch.zeros(2, group_size))
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_constant_group_in_float64_input_gets_exactly_zero(estimator):
     rewards = torch.tensor([[0.1] * 5, [0.0, 1.0, 0.0, 1.0, 1.0]], dtype=torch.float64)
-    adv = compute_advantages(rewards, estimator, eps=EPS)
+    adv = compute_advantages(rewards, estimator, eps=EPS, lengths=_lengths(rewards))
     assert torch.equal(adv[0], torch.zeros(5, dtype=adv.dtype))
+
+
+@pytest.mark.parametrize("estimator", list(ADVANTAGES))
+def test_every_estimator_takes_lengths_and_zeroes_a_constant_group_with_eps_zero(estimator):
+    # Straight from the registry with the shared signature: eps = 0 would turn any 0/0 into NaN.
+    rewards = torch.tensor([[0.1, 0.1, 0.1, 0.1], [0.0, 1.0, 0.0, 3.0]])
+    lengths = torch.tensor([[5, 1, 3, 2], [4, 4, 1, 6]])
+    adv = ADVANTAGES[estimator](rewards, eps=0.0, lengths=lengths)
+    assert adv.shape == rewards.shape
+    assert torch.equal(adv[0], torch.zeros(4))
+    assert torch.isfinite(adv).all() and (adv[1] != 0).any()
+    # A batch of only constant groups (batch-wide stds and P_valid are 0) is all exactly 0 too.
+    alone = ADVANTAGES[estimator](rewards[:1].expand(2, 4), eps=0.0, lengths=lengths)
+    assert torch.equal(alone, torch.zeros(2, 4))
 
 
 def test_integer_and_bool_rewards_are_accepted():
@@ -191,13 +386,15 @@ def test_reward_shift_changes_no_advantage(estimator, shift):
     continuous = torch.rand(6, 5, generator=gen)
     binary = (torch.rand(6, 5, generator=gen) < 0.5).float()
     binary[0] = 1.0                                   # make sure a constant group is in there
+    lengths = _lengths(continuous)         # all > 0: opo's baseline is a weighted mean, so it shifts too
     for rewards in (continuous, binary):
-        base = compute_advantages(rewards, estimator, eps=EPS)
-        shifted = compute_advantages(rewards + shift, estimator, eps=EPS)
+        base = compute_advantages(rewards, estimator, eps=EPS, lengths=lengths)
+        shifted = compute_advantages(rewards + shift, estimator, eps=EPS, lengths=lengths)
         # float32: adding 100 to rewards in [0, 1] rounds them at ~1e-5 absolute.
         torch.testing.assert_close(shifted, base, rtol=1e-4, atol=2e-4 if shift == 100.0 else 1e-5)
     # The constant row stays exactly zero after a shift by a non-representable constant.
-    assert torch.equal(compute_advantages(binary + shift, estimator, eps=EPS)[0], torch.zeros(5))
+    shifted_binary = compute_advantages(binary + shift, estimator, eps=EPS, lengths=lengths)
+    assert torch.equal(shifted_binary[0], torch.zeros(5))
 
 
 @pytest.mark.parametrize("scale", [0.5, 3.0, 10.0])
@@ -215,12 +412,14 @@ def test_grpo_is_scale_invariant_up_to_eps(scale):
                                rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("estimator", [e for e in ESTIMATORS if e != "opo"])
 def test_advantages_sum_to_zero_within_each_group(estimator):
-    # Every estimator here is a positive multiple of (r - group mean), so each row sums to 0.
+    # Every estimator but opo is a positive multiple of (r - group mean), so each row sums to 0
+    # (reinforce_pp subtracts mean(c) too, which is 0 up to rounding). opo's baseline is a
+    # length-weighted mean, so only its length-weighted sum is 0 (tested below).
     gen = torch.Generator().manual_seed(11)
     rewards = torch.randn(5, 7, generator=gen)
-    adv = compute_advantages(rewards, estimator, eps=EPS)
+    adv = compute_advantages(rewards, estimator, eps=EPS, lengths=_lengths(rewards))
     assert adv.shape == rewards.shape
     torch.testing.assert_close(adv.sum(-1), torch.zeros(5), rtol=0, atol=1e-5)
 
@@ -242,3 +441,10 @@ def test_unknown_estimator_raises():
 def test_rewards_must_be_two_dimensional():
     with pytest.raises(GrpoError, match=r"\[P, G\]"):
         compute_advantages(torch.tensor([1.0, 0.0, 1.0]), "grpo", eps=EPS)
+
+
+def test_lengths_must_have_the_rewards_shape():
+    with pytest.raises(GrpoError, match="lengths"):
+        compute_advantages(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), "opo", eps=EPS, lengths=torch.ones(2, 3))
+    with pytest.raises(GrpoError, match="lengths"):
+        compute_advantages(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), "grpo", eps=EPS, lengths=torch.ones(4))

@@ -73,11 +73,17 @@ def test_mini_batches_beyond_the_batch_name_both_flags(make_cfg, tmp_path, capsy
     assert code == 2 and "--mini-batches" in line and "16" in line
 
 
-def test_unknown_task_is_a_usage_error(make_cfg, tmp_path):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", *tiny_flags(make_cfg, tmp_path), "--task", "chess"])
-    assert exit_info.value.code == 2
+def test_unknown_task_is_a_usage_error(make_cfg, tmp_path, capsys):
+    code = main(["train", *tiny_flags(make_cfg, tmp_path), "--task", "chess"])
+    line = one_error_line(capsys.readouterr().err)
+    assert code == 2 and "chess" in line and "--task" in line and "arithmetic" in line
     assert not (tmp_path / "run").exists()
+
+
+def test_unknown_flag_is_one_line(make_cfg, tmp_path, capsys):
+    code = main(["train", *tiny_flags(make_cfg, tmp_path), "--learning-rate", "3"])
+    line = one_error_line(capsys.readouterr().err)
+    assert code == 2 and "--learning-rate" in line
 
 
 def test_unknown_command_and_no_command(capsys):

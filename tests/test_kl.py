@@ -14,8 +14,8 @@ LN2 = math.log(2.0)
 LN3 = math.log(3.0)
 
 
-def test_registry_holds_exactly_k1_k2_k3():
-    assert set(KL_ESTIMATORS) == {"k1", "k2", "k3"}
+def test_registry_holds_exactly_k1_k2_k3_k3_is():
+    assert set(KL_ESTIMATORS) == {"k1", "k2", "k3", "k3_is"}
 
 
 def test_hand_values_at_ln2_zero_and_minus_ln2():
@@ -105,7 +105,28 @@ def test_k3_gradient_hand_value():
 def test_estimators_keep_shape():
     logp = torch.randn(3, 5, generator=torch.Generator().manual_seed(0))
     for name in KL_ESTIMATORS:
-        assert kl_per_token(logp, logp * 0.5, name).shape == (3, 5)
+        assert kl_per_token(logp, logp * 0.5, name, old_logp=logp + 0.1).shape == (3, 5)
+
+
+def test_k3_is_by_hand_value_and_gradient():
+    """k3_is = r k3 with r = pi/pi_old. logp = log 1/4, ref = log 1/2 (d = ln 2, k3 = 1 - ln 2),
+    old_logp = log 1/8 (r = 2): k3_is = 2 (1 - ln 2) = 0.6137056.
+    d/dlogp of r k3 = r k3 + r dk3/dlogp, dk3/dlogp = 1 - e^d = 1 - 2 = -1: 2 (1 - ln 2) - 2 = -2 ln 2."""
+    logp = torch.log(torch.tensor([0.25], dtype=torch.float64)).requires_grad_()
+    ref_logp = torch.log(torch.tensor([0.5], dtype=torch.float64))
+    old_logp = torch.log(torch.tensor([0.125], dtype=torch.float64))
+    value = kl_per_token(logp, ref_logp, "k3_is", old_logp=old_logp)
+    torch.testing.assert_close(value, torch.tensor([2 * (1 - LN2)], dtype=torch.float64))
+    value.sum().backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([-2 * LN2], dtype=torch.float64))
+    # On-policy (old = logp) it is k3 itself.
+    same = kl_per_token(logp.detach(), ref_logp, "k3_is", old_logp=logp.detach())
+    torch.testing.assert_close(same, kl_per_token(logp.detach(), ref_logp, "k3"))
+
+
+def test_k3_is_without_old_logp_is_an_error():
+    with pytest.raises(GrpoError, match="old_logp"):
+        kl_per_token(torch.zeros(1, 1), torch.zeros(1, 1), "k3_is")
 
 
 def test_unknown_estimator_raises():

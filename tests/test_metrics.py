@@ -128,13 +128,26 @@ def test_entropy_metric_is_a_mean_over_completion_tokens():
 def test_gradient_token_metrics_by_hand_and_add_to_one():
     advantages = torch.tensor([0.0, 1.0, -1.0])
     lengths = torch.tensor([2.0, 3.0, 5.0])
-    out = gradient_token_metrics(advantages, lengths, torch.tensor(0.3))
-    # 10 tokens: zero-advantage share 2/10; clipped 0.3 given; active 1 - 0.2 - 0.3 = 0.5
+    out = gradient_token_metrics(advantages, lengths, lengths, torch.tensor(0.3), masked_truncated=False)
+    # 10 tokens, all in the loss: zero-advantage share 2/10; clipped 0.3 given; active 1 - 0.2 - 0.3 = 0.5
     assert out["grad_tokens/zero_adv_frac"].item() == pytest.approx(0.2, abs=1e-7)
     assert out["grad_tokens/clipped_frac"].item() == pytest.approx(0.3, abs=1e-7)
     assert out["grad_tokens/active_frac"].item() == pytest.approx(0.5, abs=1e-7)
-    assert "grad_tokens/truncated_frac" not in out      # never a placeholder (no truncation masking)
+    assert "grad_tokens/truncated_frac" not in out      # never a placeholder without truncation masking
     assert sum(v.item() for v in out.values()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_gradient_token_metrics_with_masked_truncated_completions():
+    # 14 tokens; the 4-token completion was truncated and masked out of the loss (loss length 0).
+    # cut_frac 0.25 is a share of the 10 loss tokens -> 2.5 tokens = 2.5/14 of all.
+    # zero_adv 2/14, truncated 4/14, active (14 - 2 - 2.5 - 4)/14 = 5.5/14.
+    advantages = torch.tensor([0.0, 1.0, -1.0, 1.0])
+    lengths, loss_lengths = torch.tensor([2.0, 3.0, 5.0, 4.0]), torch.tensor([2.0, 3.0, 5.0, 0.0])
+    out = gradient_token_metrics(advantages, lengths, loss_lengths, torch.tensor(0.25), masked_truncated=True)
+    assert out["grad_tokens/zero_adv_frac"].item() == pytest.approx(2 / 14, abs=1e-7)
+    assert out["grad_tokens/clipped_frac"].item() == pytest.approx(2.5 / 14, abs=1e-7)
+    assert out["grad_tokens/truncated_frac"].item() == pytest.approx(4 / 14, abs=1e-7)
+    assert out["grad_tokens/active_frac"].item() == pytest.approx(5.5 / 14, abs=1e-7)
 
 
 # ---------------------------------------------------------------- accumulation and the logging boundary
@@ -202,7 +215,7 @@ STEP_KEYS = {
     "adv/mean", "adv/std", "adv/abs_mean", "adv/zero_frac",
     "zero_var/frac", "zero_var/all_correct_frac", "zero_var/all_wrong_frac", "zero_var/expected_frac",
     "accuracy/constant_group_frac",
-    "kl/k1", "kl/k2", "kl/k3",
+    "kl/k1", "kl/k2", "kl/k3", "kl/k3_is",
     "clip/low_frac", "clip/high_frac", "ratio/mean", "ratio/max", "entropy", "loss", "grad_norm",
     "inner/1/clip_frac", "inner/1/ratio_mean", "inner/1/kl_old", "inner/1/loss",
     "grad_tokens/active_frac", "grad_tokens/zero_adv_frac", "grad_tokens/clipped_frac",

@@ -25,6 +25,7 @@ import grpo.runner as runner_module
 from grpo import cli
 from grpo.checkpoint import checkpoint_dirs, load_checkpoint
 from grpo.config import TrainConfig
+from grpo.objectives import OBJECTIVES
 from grpo.rewards import REWARDS
 from grpo.tasks import TASKS
 from grpo.runner import train
@@ -53,7 +54,7 @@ def clone_trainer(t: Trainer, cfg) -> Trainer:
         t, cfg=cfg, policy=policy, reference=copy.deepcopy(t.reference),
         optimizer=torch.optim.SGD(policy.parameters(), lr=cfg.lr),
         prompt_rng=torch.Generator().manual_seed(0), shuffle_rng=torch.Generator().manual_seed(0),
-        sample_rng=torch.Generator().manual_seed(0), timer=None,
+        sample_rng=torch.Generator().manual_seed(0), resample_rng=torch.Generator().manual_seed(0), timer=None,
     )
 
 
@@ -63,7 +64,7 @@ def set_rng(t: Trainer, states: dict) -> None:
 
 
 def rng_of(t: Trainer) -> dict:
-    return {name: getattr(t, name).get_state() for name in ("prompt_rng", "shuffle_rng", "sample_rng")}
+    return {name: getattr(t, name).get_state() for name in ("prompt_rng", "shuffle_rng", "sample_rng", "resample_rng")}
 
 
 def without_time(record: dict) -> dict:
@@ -76,16 +77,30 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 # ---------------------------------------------------------------- micro-batch invariance
 
-@pytest.mark.parametrize(("inner_epochs", "mini_batches"), [(1, 1), (2, 2)])
+# (objective, extra settings) cases for the micro-batch test: every objective off-policy (mu = 2, two
+# mini-batches), and the token selections and KL/entropy options that act across a batch.
+OBJECTIVE_CASES = [(name, {}) for name in OBJECTIVES] + [
+    ("clip", {"top_entropy_quantile": 0.5}), ("clip", {"entropy_coef": 0.05}), ("clip", {"mask_truncated": True}),
+    ("clip", {"kl_estimator": "k3_is"}), ("clip", {"kl_placement": "reward"}),
+    ("kl_cov", {"kl_cov_ratio": 0.1}), ("clip_cov", {"clip_cov_ratio": 0.1, "clip_cov_lb": -5.0}),
+]
+
+
+@pytest.mark.parametrize(("objective", "extra", "inner_epochs", "mini_batches"),
+                         [("clip", {}, 1, 1)] + [(o, e, 2, 2) for o, e in OBJECTIVE_CASES],
+                         ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={x}" for k, x in v.items())
+                         if isinstance(v, dict) else str(v))
 @pytest.mark.parametrize("aggregation", AGGREGATIONS)
-def test_micro_batch_split_changes_nothing(make_cfg, tmp_path, aggregation, inner_epochs, mini_batches):
+def test_micro_batch_split_changes_nothing(make_cfg, tmp_path, aggregation, objective, extra, inner_epochs,
+                                           mini_batches):
     """One step with the whole batch in one micro-batch == the same step in micro-batches of 3.
 
     N = 4 x 4 = 16 completions: mini-batches of 16 (or 8) split 3+3+3+3+3+1 (or 3+3+2), so the
-    micro-batches are uneven and the normalisers must be the mini-batch's, not the micro-batch's.
+    micro-batches are uneven and the normalisers (and the token selections) must be the
+    mini-batch's, not the micro-batch's.
     """
     whole_cfg = make_cfg(tmp_path, **MIXED, aggregation=aggregation, inner_epochs=inner_epochs,
-                         mini_batches=mini_batches, micro_batch_size=16, lr=0.05)
+                         mini_batches=mini_batches, micro_batch_size=16, lr=0.05, objective=objective, **extra)
     split_cfg = dataclasses.replace(whole_cfg, micro_batch_size=3)
     warm_cache(whole_cfg)
     base = build_trainer(whole_cfg, **QUIET)
