@@ -59,6 +59,19 @@ def difference_verdict(low: float, high: float) -> str:
     return "higher" if low > 0 else "lower"
 
 
+CLAIM_WORDS = {"higher": "holds", "lower": "opposite of the claim", NOT_DETECTED: NOT_DETECTED}
+
+
+def claim_verdict(diff: float, low: float, high: float, scale: float = 1.0, unit: str = "") -> str:
+    """How a paired difference answers a claim that predicts it to be positive: 'holds (+6.0 [2.0, 10.0])'
+    when its CI lies above 0, 'opposite of the claim (...)' below 0, NOT_DETECTED (...) when it covers 0,
+    and 'no verdict (+6.0; 1 seed, no CI)' without an interval."""
+    verdict = difference_verdict(low, high)
+    if not verdict:
+        return f"no verdict ({'+' if diff > 0 else ''}{format_number(diff * scale)}{unit}; 1 seed, no CI)"
+    return f"{CLAIM_WORDS[verdict]} ({format_ci(diff, low, high, scale, True, unit)})"
+
+
 def format_difference(diff: float, low: float, high: float, scale: float = 1.0, unit: str = "",
                       pairs: str = "") -> str:
     """'+3.1 points [−0.4, 6.5] (3 pairs): not detected at this budget'; the numbers always stay."""

@@ -24,6 +24,9 @@ import pandas as pd
 from analysis import aggregate as agg
 from analysis import captions as cap
 from analysis import figures as fig
+from analysis import probe_captions as probe_cap
+from analysis import probe_figures as probe_fig
+from analysis import probes
 from analysis.captions import Context
 from analysis.render import render_html, render_markdown
 from analysis.load import AnalysisError, AnalysisWarning, load_runs, load_statuses, load_sweep_specs
@@ -76,10 +79,9 @@ FIGURES = [
                "(curves EMA-smoothed, span 10)."),
     FigureSpec("inner_epochs", "Inner epochs: clipping and KL from π_old", _has("inner/2/clip_frac"),
                lambda df, c: fig.inner_epochs(df, c.order), cap.caption_inner),
-    FigureSpec("length", "Completion length, correct vs wrong", _has("len/correct_mean", "len/wrong_mean"),
-               lambda df, c: fig.length_by_correctness(df, c.x, c.order),
-               lambda df, c: f"Mean length in tokens, correct vs wrong, {LATE}: "
-               f"{cap.arm_text(df, ['len/correct_mean', 'len/wrong_mean'], c, digits=0)} (curves EMA-smoothed)."),
+    FigureSpec("length", "Length of correct vs wrong completions over generated samples",
+               _has("len/correct_mean", "len/wrong_mean"),
+               lambda df, c: fig.length_by_correctness(df, "samples", c.order), probe_cap.caption_length),
     FigureSpec("entropy", "Sampling entropy over generated samples", _has("entropy"),
                lambda df, c: fig.learning_curves(df, "entropy", "samples", c.order, smoothing="ema",
                                                  ylabel="entropy per token (nats)"),
@@ -92,6 +94,14 @@ FIGURES = [
                lambda df, c: "Zero-variance groups generated and dropped per step, mean over training: "
                f"{cap.arm_text(df, ['dynamic/dropped_groups'], c, digits=1, late=False)}; kept anyway because "
                f"the round limit was hit: {cap.arm_text(df, ['dynamic/filled_groups'], c, digits=2, late=False)}."),
+    FigureSpec("difficulty_weight", "Gradient weight by difficulty",
+               lambda df, c: not probes.difficulty_shares(df).empty,
+               lambda df, c: probe_fig.gradient_weight_by_difficulty(df, c.order), probe_cap.caption_difficulty),
+    FigureSpec("ledger", "Prompt ledger", _has(*probes.LEDGER_MOVES),
+               lambda df, c: probe_fig.prompt_ledger(df, c.order), probe_cap.caption_ledger),
+    FigureSpec("counterfactual", "Counterfactual gradients",
+               lambda df, c: bool(probes.keyed_columns(df, probes.COUNTERFACTUAL, "cos")),
+               lambda df, c: probe_fig.counterfactual_gradients(df, c.order), probe_cap.caption_counterfactual),
 ]
 
 

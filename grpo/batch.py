@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from grpo import distributed as dist
 from grpo.rewards import overlong_penalty, response_text, score
 from grpo.sampler import Rollout, concat_rollouts, decode_completions, encode_prompts, select_rows
 from grpo.tasks import render_prompt
@@ -67,10 +68,9 @@ def total_reward(parts: dict[str, torch.Tensor], weights: dict[str, float]) -> t
     return sum(weights.get(name, 1.0) * values for name, values in parts.items())
 
 
-def draw(t, num_prompts: int, generator: torch.Generator) -> Batch:
-    """num_prompts fresh prompts (drawn with `generator`) with G sampled, scored completions each."""
+def draw(t, examples: list) -> Batch:
+    """The examples with G sampled, scored completions each."""
     G = t.cfg.group_size
-    examples = t.task.sample(generator, num_prompts)
     rollout = generate(t, [render_prompt(e, t.tokenizer) for e in examples for _ in range(G)])
     texts, parts = score_rollout(t, rollout, examples)
     return Batch(examples, rollout, texts, parts, generated=len(texts),
@@ -90,10 +90,18 @@ def joined(batches: list[Batch], pad_token_id: int) -> Batch:
                  {k: torch.cat([b.parts[k] for b in batches]) for k in batches[0].parts}, 0, 0)
 
 
-def collect_batch(t, num_prompts: int) -> Batch:
+def first_round_prompts(t, step: int, num_prompts: int) -> list:
+    """This rank's prompts of the step: fresh draws, or the next ones of the prompt pool's epochs."""
+    if t.pool is None:
+        return t.task.sample(t.prompt_rng, num_prompts)
+    start = (step - 1) * t.cfg.prompts_per_step + dist.rank() * num_prompts
+    return t.pool.take(start, num_prompts)
+
+
+def collect_batch(t, num_prompts: int, step: int) -> Batch:
     """This rank's batch of num_prompts groups: one draw, or DAPO's dynamic sampling (module docstring)."""
     cfg = t.cfg
-    first = draw(t, num_prompts, t.prompt_rng)
+    first = draw(t, first_round_prompts(t, step, num_prompts))
     if not cfg.dynamic_sampling:
         return first
     kept, dropped, generated, tokens, rounds = [], [], 0, 0, 0
@@ -108,7 +116,8 @@ def collect_batch(t, num_prompts: int) -> Batch:
         missing = num_prompts - sum(len(b.examples) for b in kept)
         if missing == 0 or rounds == cfg.max_resample_rounds:
             break
-        batch = draw(t, missing, t.resample_rng)     # the prompt stream of other arms stays paired
+        # The extra rounds have their own generator: the prompt stream of other arms stays paired.
+        batch = draw(t, (t.pool or t.task).sample(t.resample_rng, missing))
     pool = joined(dropped, t.tokenizer.pad_token_id)
     filled = groups_of(pool, list(range(missing)), cfg.group_size)
     out = joined([b for b in [*kept, filled] if b.examples], t.tokenizer.pad_token_id)

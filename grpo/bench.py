@@ -60,7 +60,7 @@ class BenchConfig:
 
 def workload_config(b: BenchConfig) -> TrainConfig:
     return TrainConfig(
-        task="arithmetic", model=b.workload, prompts_per_step=8, group_size=b.group_size,
+        task="arithmetic", digits="2", model=b.workload, prompts_per_step=8, group_size=b.group_size,
         max_new_tokens=b.completion_len, min_new_tokens=b.completion_len, temperature=1.0,
         kl_beta=0.04, kl_estimator="k3", inner_epochs=1, mini_batches=1, micro_batch_size=8 * b.group_size,
         lr=1e-4, max_grad_norm=1.0, warmstart_steps=0, warmstart_seed=0, seed=0, threads=b.threads,

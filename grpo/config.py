@@ -30,6 +30,12 @@ class TrainConfig:
     # --- what to train
     task: TaskName = "arithmetic"
     """Task registry key: the prompts, answers and demonstrations (reasoning_gym needs a local --model)."""
+    digits: str = "1-3"
+    """arithmetic: digits per operand, a number or a range mixed in equal shares (1-3: easy, mixed and hard problems)."""
+    operands: str = "2"
+    """arithmetic: numbers added per problem, a number or a range (2-3)."""
+    prompt_pool: int = 0
+    """Train on N fixed problems, in epochs (a data set, as GSM8K is), so prompts recur; 0 draws fresh problems every step."""
     rg_dataset: str = "basic_arithmetic"
     """reasoning-gym dataset name, for --task reasoning_gym (the reasoning-gym extra)."""
     model: str = "tiny"
@@ -129,6 +135,14 @@ class TrainConfig:
     warmstart_seed: int = 0
     """Seed of the warm start (model init and data), separate from the RL seed."""
 
+    # --- probes
+    counterfactuals: str = ""
+    """Alternatives whose gradient on the same rollouts is compared with the run's (cf/<name>/cos, cf/<name>/norm_ratio), comma-separated field=value, '+' joins changes: advantage=dr_grpo,aggregation=token_mean,objective=gspo."""
+    counterfactual_every: int = 0
+    """Compute the counterfactual gradients every this many steps (1 + alternatives extra backward passes); 0 is off."""
+    store_rollouts: bool = False
+    """Write every step's rollouts (tokens, sampler log-probs, rewards, advantages, masks) to <run>/rollouts/ for `grpo rescore`."""
+
     # --- evaluation, logging, checkpoints
     eval_every: int = 25
     """Evaluate every this many steps (and at step 0 and at the end)."""
@@ -211,6 +225,10 @@ class TrainConfig:
             (math.isfinite(self.overlong_penalty) and self.overlong_penalty >= 0,
              f"--overlong-penalty must be >= 0, got {self.overlong_penalty}"),
             (self.max_resample_rounds >= 1, f"--max-resample-rounds must be >= 1, got {self.max_resample_rounds}"),
+            (self.prompt_pool >= 0, f"--prompt-pool must be >= 0, got {self.prompt_pool}"),
+            (self.counterfactual_every >= 0, f"--counterfactual-every must be >= 0, got {self.counterfactual_every}"),
+            (not self.counterfactual_every or self.counterfactuals,
+             "--counterfactual-every needs --counterfactuals (the alternatives to compare)"),
             (self.num_completions >= self.mini_batches,
              f"--mini-batches ({self.mini_batches}) exceeds the completions per step "
              f"(prompts-per-step x group-size = {self.num_completions})"),
@@ -225,6 +243,10 @@ class TrainConfig:
         unknown = sorted(set(self.reward_weights) - set(REWARDS))
         if unknown or not self.reward_weights:
             raise GrpoError(f"--reward-weights names unknown reward(s) {unknown}; choose from {sorted(REWARDS)}")
+        if self.counterfactuals:
+            from grpo.counterfactual import parse_alternatives
+
+            parse_alternatives(self.counterfactuals)          # names the bad item, exit 2
         if self.advantage not in ADVANTAGES:
             raise GrpoError(f"unknown --advantage {self.advantage!r}")
 

@@ -8,10 +8,13 @@ which reproduces the same lines: the RNG streams of every rank travel in the che
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
 
 import torch
+from safetensors.torch import save_file
 
 from grpo import GrpoError, distributed as dist
 from grpo.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
@@ -73,9 +76,28 @@ def restore(t: Trainer, store: RunStore | None, warn=lambda message: None) -> in
     t.resample_rng.set_state(rng["resample"].cpu())
     torch.set_rng_state(rng["torch"].cpu())
     t.samples, t.tokens, t.elapsed = int(state["samples"]), int(state["tokens"]), float(state["elapsed"])
+    t.ledger = {int(k): (float(rate), int(visits)) for k, (rate, visits) in state.get("ledger", {}).items()}
     if store:
         store.truncate_after(state["step"])   # lines after the checkpoint are recomputed identically
     return state["step"]
+
+
+def write_step_record(t: Trainer, run_dir, store: RunStore | None) -> None:
+    """prompts.jsonl rows (rank 0, every rank's prompts gathered) and this rank's rollout file."""
+    record = t.step_record
+    prompts = dist.gather_objects(record.get("prompts", []))
+    if store is not None:
+        for row in (row for part in prompts for row in part):
+            store.append(store.prompts_path, row)
+    if "rollout" in record:
+        meta = record["rollout_meta"]
+        folder = run_dir / "rollouts"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"step_{meta['step']:06d}_rank{meta['rank']}.safetensors"
+        tensors = {k: v.detach().cpu().clone() for k, v in record["rollout"].items()}   # no shared storage
+        tmp = path.with_suffix(".tmp")
+        save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta)})
+        os.replace(tmp, path)
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
@@ -129,6 +151,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
             # Every rank evaluates its share of the held-out prompts (no rank idles at a barrier).
             eval_metrics = t.evaluate(step) if step % cfg.eval_every == 0 or step == cfg.steps else {}
             out = record(step, metrics, eval_metrics)
+            write_step_record(t, cfg.run_dir, store)
             if main and (step % cfg.log_samples_every == 0 or step == 1):
                 for row in rows:
                     store.append(store.samples_path, row)
@@ -137,7 +160,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 every_rank_rng = dist.gather_objects(rng_states(t))
                 if main:
                     save_checkpoint(store.dir, step, t.policy, t.optimizer, every_rank_rng,
-                                    {"samples": t.samples, "tokens": t.tokens, "elapsed": t.elapsed})
+                                    {"samples": t.samples, "tokens": t.tokens, "elapsed": t.elapsed,
+                                     "ledger": t.ledger})
                     store.write_summary(steps_done=step)
             postfix = {"reward": f"{out['reward/mean']:.3f}"}
             postfix.update({"acc": f"{out['accuracy']:.2f}"} if "accuracy" in out else {})

@@ -29,6 +29,8 @@ class Example:
     answer: str                 # the reference answer, compared with the text inside <answer></answer>
     completion_prefix: str = ""  # response text the prompt already opened (seed: "<think>")
     question: str = ""          # the problem in words, for a real model's chat template
+    difficulty: str = ""        # the example's difficulty level ("d2"), "" when the task has none
+    index: int = -1             # the problem's number within its task (stable across runs)
 
 
 def render_prompt(example: Example, tokenizer: PreTrainedTokenizerBase) -> str:
@@ -82,34 +84,117 @@ class SplitTask:
         return [self._example(int(i)) for i in self.eval_index]
 
 
-class Arithmetic(SplitTask):
-    """`a+b=` with two-digit a, b; the completion is `<think>scratchpad</think><answer>a+b</answer>`.
+def parse_range(text: str, name: str) -> list[int]:
+    """'2' -> [2], '1-4' -> [1, 2, 3, 4]; a malformed or empty range is a GrpoError naming the flag."""
+    try:
+        low, _, high = text.partition("-")
+        values = list(range(int(low), int(high or low) + 1))
+    except ValueError:
+        values = []
+    if not values:
+        raise GrpoError(f"{name} takes a number or a range like 1-4, got {text!r}")
+    return values
 
-    The demonstrations' scratchpad adds digit by digit and writes the carry only when there is one
-    ("7+5=12 4+8+1=13" for 47+85, "2+4=6 1+3=4" for 12+34), so completions vary in length and a
-    model can produce right and wrong answers of different lengths (the Dr. GRPO length-bias claim).
+
+class Arithmetic:
+    """Sums of `operands` numbers of `digits` digits each, over a mixture of difficulty levels.
+
+    --digits 1-3 mixes 1-, 2- and 3-digit sums in equal shares (1-digit numbers are 0-9, d-digit ones
+    10^(d-1) .. 10^d - 1); each example carries its level's label ("d2"; "d2x3" when the operand count
+    varies too). A level's problems are numbered 0 .. count^operands - 1, and an example's `index` is
+    unique across levels (the per-prompt ledger keys on it). Each level holds out its own eval problems
+    (half of a level smaller than twice its share), and training never draws them.
+
+    The completion is `<think>scratchpad</think><answer>sum</answer>`. The scratchpad adds column by
+    column from the units, writing a carry only when there is one ("7+5=12 4+8+1=13" for 47+85). Its
+    length is free: a demonstration may restate the problem first ("47+85") and may check the sum by
+    adding the columns again in reverse operand order, each by a coin of the example's index, so the
+    warm-started policy writes anything from the bare columns to about twice as many tokens for the
+    same answer, and the correctness reward is blind to which.
     """
 
     name = "arithmetic"
-    num_eval = 500
-    warmstart_steps = 150     # greedy held-out accuracy ~29% after it: room for RL
+    num_eval = 600            # held-out problems, spread evenly over the levels
+    warmstart_steps = 150     # leaves every level partial or near its floor/ceiling: room for RL
 
-    def __init__(self) -> None:
+    def __init__(self, digits: str = "2", operands: str = "2") -> None:
         self.tokenizer = char_tokenizer(ARITHMETIC_CHARS)
-        self.pairs = [(a, b) for a in range(10, 100) for b in range(10, 100)]
-        self.train_index, self.eval_index = _split(len(self.pairs), self.num_eval, seed=1234)
+        self.levels = [(d, k) for k in parse_range(operands, "--operands") for d in parse_range(digits, "--digits")]
+        if any(d < 1 or d > 6 for d, _ in self.levels) or any(k < 2 or k > 4 for _, k in self.levels):
+            raise GrpoError(f"--digits must lie in 1-6 and --operands in 2-4, got {digits!r} and {operands!r}")
+        several_counts = len({k for _, k in self.levels}) > 1
+        self.labels = [f"d{d}x{k}" if several_counts else f"d{d}" for d, k in self.levels]
+        self.sizes = [self._count(d) ** k for d, k in self.levels]
+        self.offsets = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
+        generator = torch.Generator().manual_seed(1234)
+        per_level = self.num_eval // len(self.levels)
+        self.held_out = [self._distinct(size, min(per_level, size // 2), generator) for size in self.sizes]
+        self._held_out_sets = [set(held) for held in self.held_out]
+        # Round-robin over the levels, so the first n eval prompts cover every level alike.
+        self._eval = [self._example(level, held[i]) for i in range(max(map(len, self.held_out)))
+                      for level, held in enumerate(self.held_out) if i < len(held)]
 
-    def _example(self, index: int) -> Example:
-        a, b = self.pairs[index]
-        return Example(prompt=f"<bos>{a}+{b}=", answer=str(a + b), question=f"What is {a}+{b}?")
+    @staticmethod
+    def _count(digits: int) -> int:
+        return 10 if digits == 1 else 9 * 10 ** (digits - 1)
+
+    @staticmethod
+    def _distinct(size: int, n: int, generator) -> list[int]:
+        """n distinct problem numbers below size, drawn with generator (a permutation when size is small)."""
+        if size <= 100_000:
+            return torch.randperm(size, generator=generator)[:n].tolist()
+        chosen: dict[int, None] = {}
+        while len(chosen) < n:
+            chosen[int(torch.randint(size, (), generator=generator))] = None
+        return list(chosen)
+
+    def operands_of(self, level: int, number: int) -> list[int]:
+        digits, count = self.levels[level]
+        base, low = self._count(digits), 0 if digits == 1 else 10 ** (digits - 1)
+        return [low + number // base ** i % base for i in range(count)]
+
+    def _example(self, level: int, number: int) -> Example:
+        terms = self.operands_of(level, number)
+        text = "+".join(map(str, terms))
+        return Example(prompt=f"<bos>{text}=", answer=str(sum(terms)), question=f"What is {text}?",
+                       difficulty=self.labels[level], index=self.offsets[level] + number)
+
+    def sample(self, generator: torch.Generator, n: int) -> list[Example]:
+        """n training problems: a level uniformly, then a problem of it that is not held out."""
+        out = []
+        for _ in range(n):
+            level = int(torch.randint(len(self.levels), (), generator=generator))
+            number = int(torch.randint(self.sizes[level], (), generator=generator))
+            while number in self._held_out_sets[level]:     # redraw within the level: its share stays 1/L
+                number = int(torch.randint(self.sizes[level], (), generator=generator))
+            out.append(self._example(level, number))
+        return out
+
+    def eval_examples(self) -> list[Example]:
+        return list(self._eval)
 
     def demonstration(self, example: Example) -> str:
-        a, b = (int(x) for x in example.prompt.removeprefix("<bos>").rstrip("=").split("+"))
+        terms = [int(x) for x in example.prompt.removeprefix("<bos>").rstrip("=").split("+")]
+        columns = column_sums(terms)
+        # The optional parts are coins of the example's index, so a problem always gets the same demo:
+        # a restatement for odd indices, a check for a third of them (an unnumbered example gets neither).
+        restate = example.index >= 0 and example.index % 2 == 1
+        check = example.index >= 0 and (example.index // 2) % 3 == 0
+        parts = ["+".join(map(str, terms))] if restate else []
+        parts += columns + (column_sums(terms[::-1]) if check else [])
         # Built-in tokenizers end a completion with the literal "<eos>" token; others get their own EOS.
-        units = a % 10 + b % 10
-        carry = units // 10
-        tens = f"{a // 10}+{b // 10}+1={a // 10 + b // 10 + 1}" if carry else f"{a // 10}+{b // 10}={a // 10 + b // 10}"
-        return f"<think>{a % 10}+{b % 10}={units} {tens}</think><answer>{a + b}</answer><eos>"
+        return f"<think>{' '.join(parts)}</think><answer>{sum(terms)}</answer><eos>"
+
+
+def column_sums(terms: list[int]) -> list[str]:
+    """The column additions from the units up: "7+5=12", then "4+8+1=13" (the carry only when there is one)."""
+    steps, carry = [], 0
+    for column in range(max(len(str(t)) for t in terms)):
+        digits = [t // 10 ** column % 10 for t in terms if t >= 10 ** column or column == 0]
+        total = sum(digits) + carry
+        steps.append("+".join(map(str, digits + ([carry] if carry else []))) + f"={total}")
+        carry = total // 10
+    return steps
 
 
 SEED_LETTERS = list("abcdefghijklmnopqrstuvwx")   # 24 plain tokens: ids 4-24 and 29-31
@@ -142,7 +227,7 @@ class SeedTokens(SplitTask):
     def _example(self, index: int) -> Example:
         question = self.questions[index]
         return Example(prompt=f"<bos>{self.in_context}{question}<think>", answer=max(question),
-                       completion_prefix="<think>")
+                       completion_prefix="<think>", index=index)
 
     def demonstration(self, example: Example) -> str:
         question = example.prompt[-self.question_len - len("<think>"):-len("<think>")]
@@ -175,7 +260,7 @@ class ReasoningGym(SplitTask):
 
     def _example(self, index: int) -> Example:
         entry = self.data[index]
-        return Example(prompt="", answer=str(entry["answer"]).strip(), question=entry["question"])
+        return Example(prompt="", answer=str(entry["answer"]).strip(), question=entry["question"], index=index)
 
     def demonstration(self, example: Example) -> str:
         return f"<think></think><answer>{example.answer}</answer><eos>"
@@ -191,6 +276,7 @@ TASKS: dict[str, Callable[[], Task]] = {
 # The config fields a task takes, as {the task's keyword: config field}. Everything that changes a
 # task's data must be listed here: the task's identity (the warm-start cache key) is built from it.
 TASK_OPTIONS: dict[str, dict[str, str]] = {
+    "arithmetic": {"digits": "digits", "operands": "operands"},
     "reasoning_gym": {"dataset": "rg_dataset"},
 }
 
@@ -208,3 +294,43 @@ def task_identity(cfg) -> dict:
 def make_task(cfg) -> Task:
     """The task `cfg` names, built with its options."""
     return TASKS[cfg.task](**task_options(cfg))
+
+
+class PromptPool:
+    """--prompt-pool N: N fixed training problems, visited in epochs, as a data set like GSM8K is.
+
+    The pool is the same for every seed and arm (drawn once with a fixed generator, distinct problems).
+    Epoch e visits it in the order of a permutation drawn from (seed, e); the prompts of a step are the
+    next ones in that sequence, so the stream is a function of (seed, step) alone: arms pair, and a
+    resumed run continues where it stopped without any state of its own.
+    """
+
+    def __init__(self, task: Task, size: int, seed: int) -> None:
+        generator = torch.Generator().manual_seed(4321)
+        chosen: dict[object, Example] = {}
+        for _ in range(100 * size):                    # a task smaller than the pool ends the search
+            for example in task.sample(generator, 1):
+                chosen.setdefault((example.index, example.prompt, example.question), example)
+            if len(chosen) == size:
+                break
+        if len(chosen) < size:
+            raise GrpoError(f"--prompt-pool {size} exceeds the {len(chosen)} distinct training problems found")
+        self.examples, self.seed = list(chosen.values()), seed
+        self._orders: dict[int, list[int]] = {}
+
+    def _order(self, epoch: int) -> list[int]:
+        if epoch not in self._orders:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._orders = {epoch: torch.randperm(len(self.examples), generator=generator).tolist()}
+        return self._orders[epoch]
+
+    def take(self, start: int, n: int) -> list[Example]:
+        """The examples at positions start .. start + n - 1 of the epoch sequence."""
+        size, out = len(self.examples), []
+        for position in range(start, start + n):
+            out.append(self.examples[self._order(position // size)[position % size]])
+        return out
+
+    def sample(self, generator: torch.Generator, n: int) -> list[Example]:
+        """n examples drawn uniformly from the pool (for dynamic sampling's extra rounds)."""
+        return [self.examples[int(i)] for i in torch.randint(len(self.examples), (n,), generator=generator)]

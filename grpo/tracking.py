@@ -4,6 +4,8 @@ Run directory layout:
   config.json      the exact config the trainer read
   metrics.jsonl    one flat JSON object per step, appended and flushed as the step ends
   samples.jsonl    every log_samples_every steps, a few prompts with completions, rewards, advantages
+  prompts.jsonl    with --prompt-pool: every prompt visit (step, index, difficulty, solve_rate, visit)
+  rollouts/        with --store-rollouts: step_<n>_rank<r>.safetensors, every step's rollouts (grpo rescore)
   summary.json     status (running | finished | failed), steps done, final metrics, error
   checkpoints/     see grpo/checkpoint.py
   wandb/           wandb's offline files, unless wandb_dir points elsewhere (a sweep shares one)
@@ -52,6 +54,7 @@ class RunStore:
         self.dir = config.run_dir
         self.metrics_path = self.dir / "metrics.jsonl"
         self.samples_path = self.dir / "samples.jsonl"
+        self.prompts_path = self.dir / "prompts.jsonl"
         self.summary_path = self.dir / "summary.json"
         config_path = self.dir / "config.json"
         if config_path.exists():
@@ -83,7 +86,7 @@ class RunStore:
 
     def truncate_after(self, step: int) -> None:
         """Drop logged lines of steps > `step` (they will be recomputed from the checkpoint at `step`)."""
-        for path in (self.metrics_path, self.samples_path):
+        for path in (self.metrics_path, self.samples_path, self.prompts_path):
             if not path.exists():
                 continue
             kept = []

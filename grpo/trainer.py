@@ -31,7 +31,9 @@ from grpo.models import is_preset, load_tokenizer
 from grpo.objectives import SELECTIONS, ObjectiveParams, token_covariance, top_entropy_keep
 from grpo.policy import completion_logp
 from grpo.sampler import KVCacheSampler, Rollout
-from grpo.tasks import make_task
+from grpo.counterfactual import alternative_configs, counterfactual_metrics
+from grpo.probes import difficulty_metrics, ledger_metrics, length_bias_metrics
+from grpo.tasks import PromptPool, make_task
 from grpo.timing import StageTimer
 from grpo.warmstart import warm_started_model
 
@@ -58,6 +60,9 @@ class Trainer:
     shuffle_rng: torch.Generator     # mini-batch shuffles
     sample_rng: torch.Generator      # token sampling
     resample_rng: torch.Generator    # dynamic sampling's extra rounds: the first round stays paired
+    pool: object = None              # the PromptPool with --prompt-pool, else None (fresh draws)
+    ledger: dict = field(default_factory=dict)   # prompt index -> (solve rate at its last visit, visits)
+    step_record: dict = field(default_factory=dict)  # the last step's prompt rows and rollout tensors
     timer: StageTimer = field(default=None)
     samples: int = 0                 # completions generated so far (all ranks)
     tokens: int = 0                  # completion tokens generated so far (all ranks)
@@ -108,7 +113,12 @@ def build_trainer(cfg: TrainConfig, log=print) -> Trainer:
         reference = copy.deepcopy(policy).to(COMPUTE_DTYPES[cfg.dtype]).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rank_seed = cfg.seed * 1000 + dist.rank()
+    if cfg.counterfactuals:
+        alternatives = alternative_configs(cfg)            # each value checked now, not at step K
+        if reference is None and any(a.kl_beta > 0 and a.kl_placement == "loss" for _, a in alternatives):
+            raise GrpoError("--counterfactuals with kl_beta > 0 needs a reference: give the run --kl-beta > 0")
     return Trainer(cfg=cfg, task=task, tokenizer=tokenizer, policy=policy, reference=reference,
+                   pool=PromptPool(task, cfg.prompt_pool, cfg.seed) if cfg.prompt_pool else None,
                    optimizer=optimizer, sampler=make_sampler(cfg, policy), device=device,
                    prompt_rng=torch.Generator().manual_seed(rank_seed),
                    shuffle_rng=torch.Generator().manual_seed(rank_seed + 2),
@@ -241,7 +251,7 @@ def grpo_step(t: Trainer, step: int) -> tuple[dict, list[dict]]:
     # 1. Sample G completions for each of P prompts (rows p*G .. p*G+G-1 belong to prompt p), and score
     #    them; with --dynamic-sampling, zero-variance groups are replaced (grpo/batch.py).
     with t.timer("rollout"):
-        batch = collect_batch(t, P)
+        batch = collect_batch(t, P, step)
     rollout, mask = batch.rollout, batch.rollout.completion_mask    # [N, T]; 0 = padding after EOS
     # DAPO's overlong filtering: a truncated completion carries no loss at all.
     loss_mask = mask * (~rollout.truncated).to(mask.dtype)[:, None] if cfg.mask_truncated else mask
@@ -268,6 +278,12 @@ def grpo_step(t: Trainer, step: int) -> tuple[dict, list[dict]]:
         on_policy = cfg.inner_epochs == 1 and cfg.mini_batches == 1
         old_logp = None if on_policy else frozen_logp(t, t.policy, rollout)
 
+    # Probe: the gradient other settings would take on these rollouts, at the same weights.
+    counterfactual = {}
+    if cfg.counterfactual_every and step % cfg.counterfactual_every == 0:
+        with t.timer("counterfactual"):
+            counterfactual = counterfactual_metrics(t, step, rollout, shaped, lengths, mask, ref_logp)
+
     # 6. Inner epochs of clipped updates.
     policy_stats = update_policy(t, step, rollout, advantages, loss_mask, ref_logp, old_logp)
 
@@ -290,14 +306,59 @@ def grpo_step(t: Trainer, step: int) -> tuple[dict, list[dict]]:
             **{k: v for k, v in policy_stats.items() if k not in ("kl_old", "grad/cut_frac")},
             **gradient_token_metrics(all_advantages.flatten(), all_lengths, loss_lengths,
                                      policy_stats["grad/cut_frac"], cfg.mask_truncated),
-            **dynamic,
+            **dynamic, **counterfactual,
+            **probe_metrics(t, batch, rewards, correct, all_advantages, all_lengths, loss_lengths),
         }
         try:
             metrics = to_floats(metrics)
         except TrainingDiverged as err:
             raise TrainingDiverged(f"{err} at step {step}") from None
+    t.step_record = step_record(t, step, batch, parts, advantages, loss_mask)
     local_rewards = rewards[dist.rank_rows(cfg.prompts_per_step)].flatten()
     rows = [{"step": step, "prompt": batch.examples[i // G].prompt, "completion": batch.texts[i],
              "reward": float(local_rewards[i]), "advantage": float(advantages[i])}
             for i in range(min(SAMPLE_ROWS, P) * G)]
     return metrics, rows
+
+
+def probe_metrics(t: Trainer, batch, rewards, correct, all_advantages, all_lengths, loss_lengths) -> dict:
+    """Difficulty and length-bias probes over the whole step; the per-prompt ledger with a prompt pool
+    (which also updates t.ledger). Inputs are the gathered [P, G] / [N] tensors of grpo_step."""
+    cfg, G = t.cfg, t.cfg.group_size
+    examples = [e for part in dist.gather_objects(batch.examples) for e in part]
+    out = difficulty_metrics(rewards, correct, all_advantages, [e.difficulty for e in examples])
+    out.update(length_bias_metrics(all_advantages.flatten(), loss_lengths, cfg.aggregation,
+                                   num_seqs=float(len(loss_lengths)), num_tokens=float(loss_lengths.sum()),
+                                   max_len=cfg.max_new_tokens))
+    if t.pool is not None and correct is not None:
+        rates = correct.mean(-1)
+        previous = torch.tensor([t.ledger.get(e.index, (float("nan"), 0))[0] for e in examples])
+        out.update(ledger_metrics(previous, rates, G))
+        for e, rate in zip(examples, rates.tolist()):
+            t.ledger[e.index] = (rate, t.ledger.get(e.index, (0.0, 0))[1] + 1)
+    return out
+
+
+def step_record(t: Trainer, step: int, batch, parts, advantages, loss_mask) -> dict:
+    """What the run writes beside metrics.jsonl: prompts.jsonl rows (prompt pool) and, with
+    --store-rollouts, this rank's rollout tensors for `grpo rescore`."""
+    cfg, G = t.cfg, t.cfg.group_size
+    record = {}
+    if t.pool is not None and "correct" in parts:
+        rows = parts["correct"][dist.rank_rows(cfg.prompts_per_step)].mean(-1).tolist()
+        record["prompts"] = [{"step": step, "index": e.index, "difficulty": e.difficulty, "solve_rate": rate,
+                              "visit": t.ledger[e.index][1]} for e, rate in zip(batch.examples, rows)]
+    if cfg.store_rollouts:
+        rollout, mine = batch.rollout, dist.rank_rows(cfg.prompts_per_step)
+        record["rollout"] = {
+            "prompt_ids": rollout.prompt_ids, "prompt_mask": rollout.prompt_mask,
+            "completion_ids": rollout.completion_ids, "completion_mask": rollout.completion_mask,
+            "loss_mask": loss_mask, "truncated": rollout.truncated.to(torch.uint8), "logp": rollout.logp,
+            "entropy": rollout.entropy, "advantages": advantages,
+            "prompt_index": torch.tensor([e.index for e in batch.examples]),
+            **{f"reward/{name}": values[mine].flatten() for name, values in parts.items()},
+        }
+        record["rollout_meta"] = {"step": step, "group_size": G, "rank": dist.rank(),
+                                  "difficulty": [e.difficulty for e in batch.examples]}
+    return record
+

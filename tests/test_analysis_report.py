@@ -36,10 +36,27 @@ def training_record(step, seed):
             "len/correct_mean": 100.0 + step, "len/wrong_mean": 150.0 + 2 * step}
 
 
+def probe_record(arm, step, seed):
+    """The trainer's probes: two difficulty levels, the length bias, the prompt ledger, and counterfactual
+    gradients every 2 steps. Half the groups are d1 (accuracy 0.9), with weight 0.5 + 0.1 * seed under
+    dr_grpo and 0.1 more under grpo; the other half d2 (accuracy 0.4), weight 0.5."""
+    d1_weight = 0.5 + 0.1 * seed + (0.1 if arm == "grpo" else 0.0)
+    record = {"by_difficulty/d1/accuracy": 0.9, "by_difficulty/d1/weight": d1_weight,
+              "by_difficulty/d1/groups": 0.5, "by_difficulty/d2/accuracy": 0.4, "by_difficulty/d2/weight": 0.5,
+              "by_difficulty/d2/groups": 0.5, "bias/len_corr_neg": -0.2, "bias/len_corr_pos": 0.1,
+              "ledger/revisit_frac": 0.5, "ledger/zero_var_measured": 0.3, "ledger/zero_var_predicted": 0.2,
+              **{f"ledger/{move}": 0.1 for move in ("wrong_to_mixed", "mixed_to_correct", "wrong_to_correct",
+                                                     "correct_to_mixed", "mixed_to_wrong", "correct_to_wrong")}}
+    if step % 2 == 0:
+        record.update({"cf/aggregation=token_mean/cos": 0.9, "cf/aggregation=token_mean/norm_ratio": 1.1})
+    return record
+
+
 def write_sweep(root, arms=("grpo", "dr_grpo"), seeds=(0, 1, 2), steps=6, lean=False, skip=(), statuses=None,
-                drop=()):
+                drop=(), probes=False):
     """<root>/sweep.json and <root>/<arm>/seed<k>/ for every arm and seed not in `skip`; metrics in
-    `drop` are left out of the training records (as a run from before they existed)."""
+    `drop` are left out of the training records (as a run from before they existed); `probes` adds
+    `probe_record`'s keys."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "sweep.json").write_text(json.dumps({
         "experiment": "std_norm", "arms": {a: {"advantage": a} for a in arms}, "seeds": list(seeds),
@@ -60,6 +77,7 @@ def write_sweep(root, arms=("grpo", "dr_grpo"), seeds=(0, 1, 2), steps=6, lean=F
                 rec = {"step": step, "samples": 8 * step, "tokens": 800 * step, "time/elapsed": float(step)}
                 if step > 0:
                     rec.update({"reward/mean": 0.3 + 0.05 * step} if lean else training_record(step, seed))
+                    rec.update(probe_record(arm, step, seed) if probes else {})
                     rec = {k: v for k, v in rec.items() if k not in drop}
                 if step % 3 == 0:
                     rec["eval/accuracy"] = eval_accuracy(arm, seed, step)
@@ -184,3 +202,27 @@ def test_zero_variance_figure_and_caption_without_constant_group_frac(tmp_path):
     assert "No comparison with theory: accuracy/constant_group_frac not logged" in text
     assert "Zero reward variance, no gradient (zero_var/frac): grpo 25.0, dr_grpo 25.0." in text
     assert "figure zero_variance failed" not in text
+
+
+def test_probe_figures_and_claims_in_the_report(tmp_path):
+    sweep = write_sweep(tmp_path / "sweep", probes=True)
+    text = write_report(sweep).read_text()
+    for name in ["difficulty_weight", "ledger", "counterfactual", "length"]:
+        assert (sweep / "figures" / f"{name}.png").is_file(), name
+    assert "failed" not in text
+    # d1's share, w / (w + 0.5): grpo 0.6/1.1, 0.7/1.2, 0.8/1.3 against dr_grpo 0.5/1.0, 0.6/1.1, 0.7/1.2,
+    # paired differences 0.04545, 0.03788, 0.03205: mean 0.03846, s 0.006721, half-width
+    # 4.30265 * 0.006721 / sqrt(3) = 0.01670, so [0.0218, 0.0552] in points.
+    assert ('Claim "std normalisation up-weights near-solved groups" (the easiest level\'s share under grpo '
+            "minus under dr_grpo, paired by seed; it holds if positive): grpo vs dr_grpo, easiest level with "
+            "signal d1: holds (+3.8 points [2.2, 5.5]), 3 seeds.") in text
+    assert "it needs two arms that differ only in aggregation (seq_mean_token_mean vs" in text
+    assert "grpo 30.0 vs 20.0, difference +10.0 points [10.0, 10.0]" in text
+    assert "grpo: lowest cosine aggregation=token_mean 0.90 [0.90, 0.90]" in text
+
+
+def test_probe_figures_are_skipped_without_their_keys(tmp_path):
+    sweep = write_sweep(tmp_path / "sweep")  # every other metric, no probe
+    write_report(sweep)
+    drawn = {p.stem for p in (sweep / "figures").glob("*.png")}
+    assert not drawn & {"difficulty_weight", "ledger", "counterfactual"} and "length" in drawn

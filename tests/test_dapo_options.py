@@ -27,7 +27,7 @@ def test_dynamic_sampling_returns_only_groups_with_signal(make_cfg, tmp_path):
     cfg = make_cfg(tmp_path, **MIXED, prompts_per_step=6, dynamic_sampling=True, max_resample_rounds=20)
     warm_cache(cfg)
     t = build_trainer(cfg, **QUIET)
-    batch = collect_batch(t, cfg.prompts_per_step)
+    batch = collect_batch(t, cfg.prompts_per_step, step=1)
     assert len(batch.examples) == 6 and batch.rollout.completion_ids.shape[0] == 6 * cfg.group_size
     assert constant_groups(batch) == 0
     assert batch.dynamic["dynamic/filled_groups"].item() == 0

@@ -222,7 +222,7 @@ STEP_KEYS = {
     "len/mean", "len/max", "len/truncated_frac",
     "time/rollout", "time/reward", "time/train", "time/optimizer", "time/metrics", "time/step",
 }
-OPTIONAL_KEYS = {"len/correct_mean", "len/wrong_mean"}
+OPTIONAL_KEYS = {"len/correct_mean", "len/wrong_mean", "bias/len_corr_pos", "bias/len_corr_neg"}
 EVAL_KEYS = {"eval/accuracy", "eval/pass@1", "eval/pass@4"}
 
 

@@ -18,7 +18,7 @@ ARITHMETIC_VOCAB = (["<pad>", "<bos>", "<eos>", "<unk>", "<think>", "</think>", 
 
 @pytest.fixture(scope="module")
 def arithmetic():
-    return Arithmetic()
+    return Arithmetic("2")
 
 
 @pytest.fixture(scope="module")
@@ -79,20 +79,48 @@ def test_seed_tokens_prompt_shape(seed_tokens):
 
 # ---------------------------------------------------------------- tasks: splits and demonstrations
 
-@pytest.mark.parametrize("name", ["arithmetic", "seed_tokens"])
-def test_eval_split_is_disjoint_from_training_draws(name):
-    task = TASKS[name]()
-    eval_prompts = {e.prompt for e in task.eval_examples()}
-    assert len(eval_prompts) == task.num_eval
-    drawn = {e.prompt for e in task.sample(torch.Generator().manual_seed(3), 20_000)}
+def test_seed_tokens_eval_split_is_disjoint_from_training_draws(seed_tokens):
+    eval_prompts = {e.prompt for e in seed_tokens.eval_examples()}
+    assert len(eval_prompts) == seed_tokens.num_eval
+    drawn = {e.prompt for e in seed_tokens.sample(torch.Generator().manual_seed(3), 20_000)}
     assert not drawn & eval_prompts
-    assert set(task.train_index.tolist()).isdisjoint(task.eval_index.tolist())
+    assert set(seed_tokens.train_index.tolist()).isdisjoint(seed_tokens.eval_index.tolist())
 
 
-def test_arithmetic_split_covers_all_pairs(arithmetic):
-    # two-digit a and b: 90 * 90 = 8100 pairs, 500 of them held out
-    assert len(arithmetic.train_index) + len(arithmetic.eval_index) == 8100
-    assert len(set(arithmetic.train_index.tolist()) | set(arithmetic.eval_index.tolist())) == 8100
+@pytest.mark.parametrize(("digits", "operands"), [("1-3", "2"), ("2", "2"), ("1-2", "2-3")])
+def test_arithmetic_eval_split_is_disjoint_from_training_draws(digits, operands):
+    task = Arithmetic(digits, operands)
+    held_out = {e.prompt for e in task.eval_examples()}
+    drawn = task.sample(torch.Generator().manual_seed(3), 20_000)
+    assert not {e.prompt for e in drawn} & held_out
+    # every level is drawn about equally often, and the eval set holds every level
+    levels = {e.difficulty for e in task.eval_examples()}
+    assert {e.difficulty for e in drawn} == levels == set(task.labels)
+    counts = [sum(e.difficulty == level for e in drawn) for level in task.labels]
+    assert max(counts) - min(counts) < 0.1 * len(drawn) / len(counts)
+
+
+def test_arithmetic_levels_by_hand():
+    """--digits 1-3: 1-digit numbers are 0-9 (100 sums, half held out), 2-digit 10-99, 3-digit 100-999."""
+    task = Arithmetic("1-3")
+    assert task.labels == ["d1", "d2", "d3"]
+    assert task.sizes == [10 * 10, 90 * 90, 900 * 900]
+    assert [len(h) for h in task.held_out] == [50, 200, 200]           # 600 // 3 = 200, capped at 100 // 2
+    first = task.eval_examples()[:3]                                    # round-robin over the levels
+    assert [e.difficulty for e in first] == ["d1", "d2", "d3"]
+    example = task._example(1, 0)                                       # level d2, problem 0: 10 + 10
+    assert (example.prompt, example.answer, example.index, example.difficulty) == ("<bos>10+10=", "20", 100, "d2")
+    three = Arithmetic("2", "3")._example(0, 90 * 90 + 2)   # base-90 digits of 8102, lowest first: 2, 0, 1
+    assert three.prompt == "<bos>12+10+11=" and three.answer == "33"
+    assert Arithmetic("1-2", "2-3").labels == ["d1x2", "d2x2", "d1x3", "d2x3"]
+
+
+@pytest.mark.parametrize("bad", [("0-2", "2"), ("2", "1"), ("x", "2"), ("3-1", "2")])
+def test_arithmetic_bad_ranges_are_input_errors(bad):
+    from grpo import GrpoError
+
+    with pytest.raises(GrpoError):
+        Arithmetic(*bad)
 
 
 def test_sampling_is_reproducible_and_seed_dependent(arithmetic):
@@ -112,6 +140,24 @@ def test_sampling_is_reproducible_and_seed_dependent(arithmetic):
 def test_arithmetic_demonstration_by_hand(arithmetic, a, b, demo):
     example = Example(prompt=f"<bos>{a}+{b}=", answer=str(a + b))
     assert arithmetic.demonstration(example) == demo
+
+
+@pytest.mark.parametrize(("index", "think"), [
+    (0, "7+5=12 4+8+1=13 5+7=12 8+4+1=13"),             # even, index // 2 = 0: a check, in reverse order
+    (1, "47+85 7+5=12 4+8+1=13 5+7=12 8+4+1=13"),       # odd, 0: restated and checked
+    (3, "47+85 7+5=12 4+8+1=13"),                       # odd, index // 2 = 1: restated only
+    (2, "7+5=12 4+8+1=13"),                             # even, 1: the bare columns
+])
+def test_the_scratchpad_length_is_free(arithmetic, index, think):
+    """Same problem, four demonstrations from 15 to 37 scratchpad characters: the length is the policy's choice."""
+    example = Example(prompt="<bos>47+85=", answer="132", index=index)
+    assert arithmetic.demonstration(example) == f"<think>{think}</think><answer>132</answer><eos>"
+
+
+def test_three_operand_columns_carry_two_digits():
+    # 99+99+99 = 297: units 9+9+9 = 27 (carry 2), tens 9+9+9+2 = 29
+    example = Example(prompt="<bos>99+99+99=", answer="297")
+    assert Arithmetic("2", "3").demonstration(example) == "<think>9+9+9=27 9+9+9+2=29</think><answer>297</answer><eos>"
 
 
 def test_seed_tokens_demonstration_by_hand(seed_tokens):

@@ -1,0 +1,119 @@
+"""Same-rollout counterfactual gradients: on a step's own rollouts, the gradient each alternative
+setting would take, against the gradient of the run's setting, at the same weights.
+
+For alternative a (e.g. `advantage=dr_grpo`: the run's config with that one field changed; several
+fields joined by '+'), with g the run's gradient and g_a the alternative's:
+    cf/<a>/cos         = <g_a, g> / (|g_a| |g|)   does the variant point elsewhere?
+    cf/<a>/norm_ratio  = |g_a| / |g|              or does it take a step of another size?
+Both gradients are the full-batch, on-policy (ratio 1) gradients at the step's starting weights, with
+advantages recomputed from the step's rewards by each setting's estimator and the loss aggregated
+over the whole batch. With one inner epoch and one mini-batch g is exactly the step the run takes
+(before clipping the norm); otherwise it is the direction all its mini-batches start from.
+
+Cost, on the steps it runs (--counterfactual-every K): one more forward per micro-batch, shared by
+all settings, and 1 + (number of alternatives) backward passes; `time/counterfactual` records it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from grpo import GrpoError, distributed as dist
+from grpo.advantages import compute_advantages
+from grpo.losses import policy_loss
+from grpo.objectives import SELECTIONS, token_covariance, top_entropy_keep
+
+# The fields an alternative may change: those that act on advantages or the loss of fixed rollouts.
+LOSS_FIELDS = frozenset({
+    "advantage", "adv_eps", "aggregation", "objective", "clip_eps_low", "clip_eps_high", "dual_clip", "delta",
+    "sapo_tau_pos", "sapo_tau_neg", "kl_cov_ratio", "kl_cov_coef", "clip_cov_ratio", "clip_cov_lb", "clip_cov_ub",
+    "kl_beta", "kl_estimator", "entropy_coef", "top_entropy_quantile", "mask_truncated",
+})
+
+
+def parse_alternatives(spec: str) -> list[tuple[str, dict[str, str]]]:
+    """'advantage=dr_grpo,aggregation=token_mean+objective=gspo' -> [(name, {field: text value}), ...]."""
+    alternatives = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        changes = {}
+        for change in item.split("+"):
+            field, sep, value = change.partition("=")
+            field = field.strip().replace("-", "_")
+            if not sep or not value.strip():
+                raise GrpoError(f"--counterfactuals: {change!r} is not field=value")
+            if field not in LOSS_FIELDS:
+                raise GrpoError(f"--counterfactuals: {field!r} cannot change on fixed rollouts; choose from "
+                                f"{', '.join(sorted(LOSS_FIELDS))}")
+            changes[field] = value.strip()
+        alternatives.append((item, changes))
+    return alternatives
+
+
+def alternative_configs(cfg) -> list[tuple[str, object]]:
+    """(name, config) of each alternative: the run's config with the named fields changed (validated)."""
+    from grpo.cli import parse_flags
+    from grpo.config import TrainConfig
+
+    out = []
+    for name, changes in parse_alternatives(cfg.counterfactuals):
+        flags = [arg for field, value in changes.items() for arg in (f"--{field.replace('_', '-')}", value)]
+        alternative = parse_flags(TrainConfig, flags, "--counterfactuals", default=cfg)
+        out.append((name, dataclasses.replace(alternative, counterfactuals="", counterfactual_every=0)))
+    return out
+
+
+def flat_grad(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    return torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for g in grads])
+
+
+def counterfactual_metrics(t, step: int, rollout, shaped_rewards: torch.Tensor, lengths: torch.Tensor,
+                           mask: torch.Tensor, ref_logp) -> dict[str, torch.Tensor]:
+    """cf/<name>/cos and cf/<name>/norm_ratio for every alternative of t.cfg.counterfactuals."""
+    from grpo.trainer import loss_kwargs, objective_params, rollout_logp
+
+    settings = [("run", t.cfg), *alternative_configs(t.cfg)]
+    params = [p for p in t.policy.parameters() if p.requires_grad]
+    rows = dist.rank_rows(t.cfg.prompts_per_step)
+    prepared = []
+    for name, cfg in settings:
+        advantages = compute_advantages(shaped_rewards, cfg.advantage, eps=cfg.adv_eps, lengths=lengths)
+        loss_mask = mask * (~rollout.truncated).to(mask.dtype)[:, None] if cfg.mask_truncated else mask
+        keep = top_entropy_keep(rollout.entropy, loss_mask, cfg.top_entropy_quantile) \
+            if cfg.top_entropy_quantile < 1 else None
+        adv = advantages[rows].flatten().to(t.device)
+        selected = None
+        if cfg.objective in SELECTIONS:
+            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            selected = SELECTIONS[cfg.objective](token_covariance(adv[:, None], rollout.logp, loss_mask), loss_mask,
+                                                 objective_params(cfg), generator)
+        norms = dict(num_seqs=float(dist.sum_across(torch.tensor(float(len(adv))))),
+                     num_tokens=float(dist.sum_across(loss_mask.sum().cpu())), max_len=cfg.max_new_tokens)
+        prepared.append((name, cfg, adv, loss_mask, keep, selected, norms))
+    needs_entropy = any(cfg.entropy_coef != 0 for _, cfg, *_ in prepared)
+    grads = {name: torch.zeros(sum(p.numel() for p in params), device=t.device) for name, *_ in prepared}
+    for micro in torch.arange(mask.shape[0], device=t.device).split(t.cfg.micro_batch_size):
+        with t.autocast():
+            learner = rollout_logp(t, t.policy, rollout, micro, with_entropy=needs_entropy)
+        logp, entropy = learner if needs_entropy else (learner, None)
+        for name, cfg, adv, loss_mask, keep, selected, norms in prepared:
+            kwargs = loss_kwargs(cfg)
+            loss, _ = policy_loss(logp, logp.detach(), None if ref_logp is None else ref_logp[micro], adv[micro],
+                                  loss_mask[micro], cov_selected=None if selected is None else selected[micro],
+                                  entropy=entropy, entropy_keep=None if keep is None else keep[micro],
+                                  **norms, **kwargs)
+            grads[name] += flat_grad(loss, params)
+    grads = {name: dist.sum_across(g) for name, g in grads.items()}
+    grads = {name: g.double() for name, g in grads.items()}     # a cosine near 1 needs the precision
+    run = grads.pop("run")
+    run_norm = run.norm()
+    out = {}
+    if not run_norm > 0:        # no signal in the step (every group constant): nothing to compare with
+        return out
+    for name, grad in grads.items():
+        out[f"cf/{name}/norm_ratio"] = grad.norm() / run_norm
+        if grad.norm() > 0:     # a zero gradient has no direction
+            out[f"cf/{name}/cos"] = torch.dot(grad, run) / (grad.norm() * run_norm)
+    return out
