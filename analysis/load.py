@@ -65,7 +65,8 @@ def is_run_dir(path: Path) -> bool:
 def find_run_dirs(path: Path) -> list[Path]:
     """Run dirs at or under `path` (a run dir, a sweep dir, or a folder of sweeps), sorted.
 
-    Raises AnalysisError when `path` is not a directory. Does not descend into run dirs.
+    Raises AnalysisError when `path` is not a directory. Descends into a run dir only for the runs
+    `grpo rescore` wrote under <run>/rescore/<name>/, which analyse as arms of their own ("<arm>@<name>").
     """
     if not path.exists():
         raise AnalysisError(f"no such directory: {path}")
@@ -75,6 +76,9 @@ def find_run_dirs(path: Path) -> list[Path]:
     def walk(folder: Path, depth: int) -> Iterable[Path]:
         if is_run_dir(folder):
             yield folder
+            rescored = folder / "rescore"
+            if rescored.is_dir():
+                yield from (child for child in sorted(rescored.iterdir()) if is_run_dir(child))
             return
         if depth == _MAX_DEPTH:
             return

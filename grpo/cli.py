@@ -1,4 +1,4 @@
-"""The `grpo` command: `grpo train`, `grpo bench`, `grpo sync`.
+"""The `grpo` command: `grpo train`, `grpo bench`, `grpo sync`, `grpo rescore`.
 
 Every problem with the user's input (a bad flag value, a missing directory, a corrupt checkpoint)
 is printed as one line `grpo: error: ...` with exit code 2, never a traceback.
@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 import sys
 
-USAGE = """usage: grpo {train,bench,sync} [--help] ...
+USAGE = """usage: grpo {train,bench,sync,rescore} [--help] ...
 
-  train   train a policy with GRPO (grpo train --help lists every flag)
-  bench   time GRPO steps on the fixed benchmark workloads (grpo bench --help)
-  sync    push offline wandb runs of a run or sweep directory once you are online
+  train    train a policy with GRPO (grpo train --help lists every flag)
+  bench    time GRPO steps on the fixed benchmark workloads (grpo bench --help)
+  sync     push offline wandb runs of a run or sweep directory once you are online
+  rescore  recompute a run's model-free metrics from its stored rollouts (--store-rollouts) under
+           another advantage, aggregation or masking, into <run-dir>/rescore/<name>/ (grpo rescore --help)
 """
 
 
@@ -78,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
             from grpo.sync import main as sync_main
 
             return sync_main(rest)
-        return _fail(f"unknown command {command!r}; choose from train, bench, sync")
+        if command == "rescore":
+            from grpo.rescore import main as rescore_main
+
+            return rescore_main(rest)
+        return _fail(f"unknown command {command!r}; choose from train, bench, sync, rescore")
     except GrpoError as err:
         return _fail(str(err), err.exit_code)
     except KeyboardInterrupt:

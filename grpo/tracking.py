@@ -25,7 +25,7 @@ from grpo import GrpoError
 from grpo.config import TrainConfig, config_mismatch
 
 
-def _write_json(path: Path, obj) -> None:
+def write_json(path: Path, obj) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
@@ -76,13 +76,13 @@ class RunStore:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise GrpoError(f"{self.dir} is being written by another grpo process") from None
-        _write_json(config_path, config.to_dict())
+        write_json(config_path, config.to_dict())
 
     def summary(self) -> dict:
         return read_summary(self.dir)
 
     def write_summary(self, **fields) -> None:
-        _write_json(self.summary_path, {**self.summary(), **fields})
+        write_json(self.summary_path, {**self.summary(), **fields})
 
     def truncate_after(self, step: int) -> None:
         """Drop logged lines of steps > `step` (they will be recomputed from the checkpoint at `step`)."""
