@@ -92,7 +92,8 @@ def counterfactual_gradients(df: pd.DataFrame, order: list[str] | None = None) -
             dark = not np.isnan(value) and abs(value) > 0.6
             ax.text(column, row, "–" if np.isnan(value) else format_number(value, 2), ha="center", va="center",
                     color="white" if dark else "black")
-        ax.set_xticks(np.arange(len(alternatives)), alternatives, rotation=30, ha="right")
+        labels = [name.replace("+", "\n+") for name in alternatives]     # one changed field per line
+        ax.set_xticks(np.arange(len(alternatives)), labels, rotation=30, ha="right")
         ax.set_yticks(np.arange(len(arms)), arms)
         ax.grid(False)
         ax.set_xlabel("alternative")

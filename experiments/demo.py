@@ -8,7 +8,9 @@ from dataclasses import replace
 from experiments.sweep import Experiment, main
 from grpo.config import TrainConfig
 
-base = TrainConfig(steps=80, eval_every=20, save_every=20, log_samples_every=20)
+# 8 prompts a step keep 12 runs within ~8 minutes on 2 cores: the default task's completions run to 64
+# tokens (a 40-step run of 16 prompts alone on one thread: 92 s, held-out accuracy 70.5 -> 89.0%).
+base = TrainConfig(steps=40, prompts_per_step=8, eval_every=10, save_every=10, log_samples_every=10)
 EXPERIMENT = Experiment(
     name="demo",
     base=base,
@@ -21,7 +23,7 @@ EXPERIMENT = Experiment(
     budget=f"completions per step ({base.num_completions}) and steps ({base.steps})",
     baseline="grpo",
     seeds=3,
-    quick={"steps": 20, "eval_every": 10},
+    quick={"steps": 10, "eval_every": 5, "save_every": 5},
 )
 
 if __name__ == "__main__":

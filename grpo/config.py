@@ -50,7 +50,7 @@ class TrainConfig:
     """Prompts P drawn per step; each gets group-size completions."""
     group_size: int = 8
     """Completions G sampled per prompt (the group that forms the baseline)."""
-    max_new_tokens: int = 32
+    max_new_tokens: int = 64
     """Maximum completion length; a completion without EOS by then is truncated."""
     temperature: float = 1.0
     """Sampling temperature; log-probs in the loss use the same temperature."""

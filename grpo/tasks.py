@@ -115,7 +115,7 @@ class Arithmetic:
 
     name = "arithmetic"
     num_eval = 600            # held-out problems, spread evenly over the levels
-    warmstart_steps = 150     # leaves every level partial or near its floor/ceiling: room for RL
+    warmstart_steps = 300     # greedy held-out d1 .90, d2 .82, d3 .51; sampled at T=1 .81, .61, .24: room for RL
 
     def __init__(self, digits: str = "2", operands: str = "2") -> None:
         self.tokenizer = char_tokenizer(ARITHMETIC_CHARS)

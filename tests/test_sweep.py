@@ -164,3 +164,34 @@ def test_sweep_json_merges_arms_and_seeds_of_every_invocation(tmp_path):
                                                           ["beta0", "beta0.1"]]
     third = invoke(["beta0"], [3])
     assert third["seeds"] == [0, 1, 2, 3]
+
+
+def test_warm_starts_are_built_once_before_the_runs_and_are_the_ones_a_run_builds(tmp_path, monkeypatch):
+    """The sweep trains each distinct warm start up front (on all cores); a run then loads it from the
+    cache, and it holds the weights the run would have trained itself."""
+    import torch
+
+    from experiments.sweep import prebuild_warm_starts
+    from grpo.tasks import make_task
+    from grpo.warmstart import warm_started_model, warmstart_key
+
+    def warm(cache: Path, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+        monkeypatch.setenv("GRPO_CACHE", str(cache))
+        task = make_task(cfg)
+        return warm_started_model(cfg, task, task.tokenizer, torch.device("cpu"), log=lambda *_: None).state_dict()
+
+    runs = plan_runs(demo.EXPERIMENT, tmp_path / "sweep", [0, 1], {"quick": True, "steps": None, "arms": "grpo,G4",
+                                                                   "train_args": ["--warmstart-steps", "2"]}, 2)
+    monkeypatch.setenv("GRPO_CACHE", str(tmp_path / "cache"))
+    logged = []
+    prebuild_warm_starts(runs, log=logged.append)
+    assert len(logged) == 1 and "2 supervised steps" in logged[0]      # 4 runs, one warm start
+    entries = list((tmp_path / "cache" / "warmstart").iterdir())
+    cfg = runs[0].config
+    assert [e.name for e in entries] == [warmstart_key(cfg, len(make_task(cfg).tokenizer))]
+    prebuild_warm_starts(runs, log=logged.append)
+    assert len(logged) == 1                                             # cached: nothing trained again
+    built_here, built_by_run = warm(tmp_path / "cache", cfg), warm(tmp_path / "own_cache", cfg)
+    assert built_here.keys() == built_by_run.keys()
+    for name in built_here:
+        torch.testing.assert_close(built_here[name], built_by_run[name], rtol=1e-5, atol=1e-6)
