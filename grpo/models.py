@@ -1,7 +1,8 @@
 """Policy models: `transformers` Llama models built from a preset config, or a local HF checkpoint.
 
-Nothing is downloaded: presets are random-init models built in code, and a directory is loaded with
-`local_files_only=True`. The presets match the benchmark workloads (untied lm_head, sdpa attention,
+Nothing is downloaded: presets are random-init models built in code, a directory is loaded with
+`local_files_only=True`, and a GGUF file (or a model a package ships as one) is converted once into a
+cached directory (grpo.pretrained). The presets match the benchmark workloads (untied lm_head, sdpa attention,
 256 positions); the vocabulary size comes from the task's tokenizer.
 """
 
@@ -14,6 +15,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llam
                           Qwen2Config, Qwen2ForCausalLM)
 
 from grpo import GrpoError
+from grpo.pretrained import PACKAGED, gguf_model_dir, is_gguf
 
 MODEL_PRESETS: dict[str, dict] = {
     "tiny": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
@@ -56,10 +58,17 @@ def build_model(model: str, vocab_size: int, seed: int) -> PreTrainedModel:
         return model_class(config)
 
 
-def check_model_dir(model: str) -> Path:
+def check_model_dir(model: str, log=print) -> Path:
+    """The local Hugging Face directory of --model: a directory as given, or a GGUF model (a packaged one
+    such as smollm2-135m, or a .gguf file) converted once into the cache (grpo.pretrained)."""
+    if is_gguf(model):
+        from grpo.warmstart import cache_root
+
+        return gguf_model_dir(model, cache_root(), log=log)
     path = Path(model)
     if not path.is_dir():
-        raise GrpoError(f"--model {model!r} is neither a preset ({', '.join(MODEL_PRESETS)}) nor an existing directory")
+        raise GrpoError(f"--model {model!r} is neither a preset ({', '.join(MODEL_PRESETS)}), a packaged model "
+                        f"({', '.join(PACKAGED)}), a .gguf file nor an existing directory")
     if not (path / "config.json").is_file():
         raise GrpoError(f"model directory {model!r} has no config.json (not a Hugging Face checkpoint)")
     return path

@@ -18,35 +18,8 @@ A third probe follows prompts that recur (training from a fixed pool): the per-p
 how a prompt's group moves between all wrong, mixed and all correct from one visit to the next, and
 whether its previous solve rate predicted that its group would carry no signal now.
 
-by difficulty level d (the task's label of the prompt, e.g. "d2"; only levels drawn in the step;
-prompts without a label count in the denominator of groups only)
-  by_difficulty/<d>/accuracy  share of level-d completions the `correct` reward calls right (absent
-                              without it)
-  by_difficulty/<d>/zero_var_frac share of level-d groups whose total reward is constant (no signal)
-  by_difficulty/<d>/weight    mean |A| over level-d completions, zero-variance groups' zeros included:
-                              the scale of the gradient the step gave level d
-  by_difficulty/<d>/groups    share of the step's groups at level d (weight * groups is level d's part
-                              of adv/abs_mean)
-length bias (Pearson correlation over completions with tokens in the loss; absent with fewer than 3
-such completions or a constant variable)
-  bias/len_corr_pos           corr(w_i, |o_i|) over completions with A_i > 0, w_i = |A_i| times the
-                              aggregation's weight per token of completion i: < 0 when longer correct
-                              completions get less gradient per token
-  bias/len_corr_neg           the same over A_i < 0: < 0 when longer wrong completions are penalised
-                              less per token (Dr. GRPO's length bias)
-prompt ledger (fixed prompt pool; a prompt's state: all wrong, mixed or all correct; the moves and
-zero_var keys are over the step's prompts seen before, absent when there are none)
-  ledger/revisit_frac         share of the step's prompts with an earlier visit
-  ledger/wrong_to_mixed       share of revisited prompts all wrong at the previous visit, mixed now
-  ledger/mixed_to_correct     ... mixed then, all correct now
-  ledger/wrong_to_correct     ... all wrong then, all correct now
-  ledger/correct_to_mixed     ... all correct then, mixed now
-  ledger/mixed_to_wrong       ... mixed then, all wrong now
-  ledger/correct_to_wrong     ... all correct then, all wrong now (the rest stayed in their state)
-  ledger/zero_var_measured    share of revisited prompts whose group is all correct or all wrong now
-  ledger/zero_var_predicted   mean of q^G + (1-q)^G, q = the prompt's solve rate at its previous visit:
-                              the share expected if the rate had not moved (q comes from G samples, so
-                              a previous constant group predicts 1)
+The keys they log, with what each measures, are in the metric catalogue (grpo/metrics.py and the
+README): by_difficulty/*, bias/len_corr_*, ledger/*.
 """
 
 from __future__ import annotations

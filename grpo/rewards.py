@@ -30,9 +30,60 @@ def format_reward(response: str, example: Example) -> float:
     return float(_WELL_FORMED.fullmatch(response.strip()) is not None)
 
 
+_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
+
+
+def extract_answer(response: str) -> str | None:
+    """The answer a response gives, read tolerantly: the content of the first <answer>...</answer>; else of
+    the last \\boxed{...}; else the last number in the text (a pretrained model's prose, "7 + 6 equals
+    13"); None if there is none of these."""
+    for pattern in (_ANSWER, _BOXED):
+        found = pattern.findall(response)
+        if found:
+            return (found[0] if pattern is _ANSWER else found[-1]).strip()
+    numbers = _NUMBER.findall(response)
+    return numbers[-1] if numbers else None
+
+
+def _as_number(text: str) -> float | None:
+    """The number `text` is ("1,352", "68.0", "-3", "78." all parse), or None."""
+    text = text.strip().rstrip(".")
+    if _NUMBER.fullmatch(text) is None:
+        return None
+    return float(text.replace(",", ""))
+
+
+def answers_match(given: str, expected: str) -> bool:
+    """Equal as numbers when both are numbers ("68.0" == "68", "1,352" == "1352"), else as stripped text."""
+    a, b = _as_number(given), _as_number(expected)
+    return a == b if a is not None and b is not None else given.strip() == expected.strip()
+
+
+def correct_extracted_reward(response: str, example: Example) -> float:
+    """1 if the answer extract_answer reads (answer tag, else \\boxed{}, else the last number) matches the
+    example's answer (answers_match), else 0. For pretrained models, whose first completions are prose."""
+    given = extract_answer(response)
+    return float(given is not None and answers_match(given, example.answer))
+
+
+def format_partial_reward(response: str, example: Example) -> float:
+    """Partial credit for the format, a fifth for each of five checks: <think>, </think>, <answer> and
+    </answer> each appear exactly once, and the first answer tag holds a parsable answer (a number when the
+    example's answer is one, else any non-blank text). Order is not checked: `format` is the strict reward."""
+    checks = [response.count(tag) == 1 for tag in _TAGS]
+    match = _ANSWER.search(response)
+    content = match.group(1) if match else ""
+    parsable = _as_number(content) is not None if _as_number(example.answer) is not None else bool(content.strip())
+    return (sum(checks) + parsable) / 5
+
+
 REWARDS: dict[str, Callable[[str, Example], float]] = {
     "correct": correct_reward,
     "format": format_reward,
+    "correct_extracted": correct_extracted_reward,
+    "format_partial": format_partial_reward,
 }
 
 

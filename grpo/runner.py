@@ -112,7 +112,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     main = dist.is_main()
     quiet_log = log if main else (lambda *_: None)
     if not is_preset(cfg.model):
-        check_model_dir(cfg.model)        # before the run directory is claimed by a typo
+        check_model_dir(cfg.model, log=quiet_log)   # before a typo claims the run dir; converts a GGUF once
     store = RunStore(cfg) if main else None
     previous = read_summary(cfg.run_dir)          # every rank reads it, so every rank decides alike
     if previous.get("status") == "finished" and previous.get("steps_done", 0) >= cfg.steps:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 
-from grpo.models import MODEL_PRESETS, build_model, is_preset, load_pretrained
+from grpo.models import MODEL_PRESETS, build_model, check_model_dir, is_preset, load_pretrained
 from grpo.tasks import render_prompt, task_identity
 
 CACHE_VERSION = 1
@@ -34,7 +34,7 @@ def model_identity(model: str):
     and modification times (new weights at the same path must not reuse a stale warm start)."""
     if is_preset(model):
         return MODEL_PRESETS[model]
-    path = Path(model).resolve()
+    path = check_model_dir(model).resolve()
     return [str(path)] + sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file())
 
 

@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 
-from grpo.config import TrainConfig
+from grpo.config import TrainConfig, format_weights
 
 # Small enough that a full run of a few steps takes about a second on one CPU core. One thread:
 # on a shared 2-core machine, two spinning OpenMP threads per process slow everything down.
@@ -74,6 +74,15 @@ def cli_args(cfg: TrainConfig) -> list[str]:
         flag = "--" + f.name.replace("_", "-")
         if isinstance(value, bool):
             args.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, dict):
+            args += [flag, format_weights(value)]
         else:
             args += [flag, str(value)]
     return args
+
+
+def one_error_line(err: str) -> str:
+    """The single `grpo: error: ...` line of a refused command's stderr (asserts there is nothing else)."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("grpo: error: ") and "Traceback" not in err, err
+    return lines[0]

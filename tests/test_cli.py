@@ -9,21 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli_args
+from conftest import cli_args, one_error_line
 from grpo.cli import main
 
 
 def tiny_flags(make_cfg, tmp_path, **overrides) -> list[str]:
     """Flags for a tiny run; a bad value under test is appended after them and wins."""
     return cli_args(make_cfg(tmp_path, **overrides))
-
-
-def one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("grpo: error: "), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 def snapshot(run_dir: Path) -> dict[str, tuple[bytes, int]]:
@@ -59,10 +51,28 @@ def test_bad_value_is_one_line_naming_the_flag(make_cfg, tmp_path, capsys, flag,
 def test_non_finite_reward_weight_is_an_input_error(make_cfg, tmp_path, capsys, value):
     """A NaN weight makes every reward NaN: it is a bad flag value (exit 2, nothing written), not a
     training divergence discovered after the warm start (exit 1)."""
-    code = main(["train", *tiny_flags(make_cfg, tmp_path), "--reward-weights.correct", value])
+    code = main(["train", *tiny_flags(make_cfg, tmp_path), "--reward-weights", f"correct={value}"])
     line = one_error_line(capsys.readouterr().err)
     assert code == 2
     assert "--reward-weights" in line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("correct_extracted=1,format_partial=0.2", {"correct_extracted": 1.0, "format_partial": 0.2}),
+    (" correct = 1 , ", {"correct": 1.0}),
+])
+def test_reward_weights_name_any_registered_reward(value, expected):
+    from grpo.cli import parse_flags
+    from grpo.config import TrainConfig
+
+    assert parse_flags(TrainConfig, ["--reward-weights", value], "grpo train").reward_weights == expected
+
+
+@pytest.mark.parametrize("value", ["correct", "correct=one", "=1", "nonsense_reward=1"])
+def test_a_bad_reward_weight_item_is_one_line(make_cfg, tmp_path, capsys, value):
+    assert main(["train", *tiny_flags(make_cfg, tmp_path), "--reward-weights", value]) == 2
+    assert "reward" in one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "run").exists()
 
 

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from analysis.load import find_run_dirs, load_runs, load_statuses
-from conftest import MIXED, SMALL_CONFIG
+from conftest import MIXED, SMALL_CONFIG, one_error_line
 from grpo.cli import main
 from grpo.config import TrainConfig
 from grpo.runner import train
@@ -67,12 +67,6 @@ def stored(run_dir: Path, step: int) -> dict[str, np.ndarray]:
     """Rank 0's stored tensors of a step, as float64 numpy arrays."""
     with safe_open(str(run_dir / "rollouts" / f"step_{step:06d}_rank0.safetensors"), "pt") as f:
         return {key: f.get_tensor(key).double().numpy() for key in f.keys()}
-
-
-def one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("grpo: error: ") and "Traceback" not in err, err
-    return lines[0]
 
 
 # ---------------------------------------------------------------- a run by hand, numbers on paper

@@ -31,6 +31,12 @@ def test_every_arm_rebuilds_exactly_from_its_flags(module, tmp_path):
         assert run.dir == tmp_path / run.arm / f"seed{run.seed}"
 
 
+def test_reward_weights_naming_any_reward_survive_the_flags():
+    config = TrainConfig(reward_weights={"correct_extracted": 1.0, "format_partial": 0.25})   # no default key
+    assert config_args(config) == ["--reward-weights", "correct_extracted=1.0,format_partial=0.25"]
+    assert tyro.cli(TrainConfig, args=config_args(config)) == config
+
+
 def test_arms_differ_only_in_the_ablated_knob():
     base = std_norm.EXPERIMENT.base
     assert std_norm.EXPERIMENT.arms["no_std"] == TrainConfig(**{**base.to_dict(), "advantage": "dr_grpo"})

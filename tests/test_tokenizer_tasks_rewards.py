@@ -3,10 +3,14 @@ and a table of hand-written completions with the rewards they must get."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
-from grpo.rewards import REWARDS, correct_reward, format_reward, response_text, score
+from grpo.rewards import (REWARDS, answers_match, correct_reward, extract_answer, format_partial_reward, format_reward,
+                          response_text, score)
 from grpo.sampler import completion_mask, decode_completions, encode_prompts
 from grpo.tasks import TASKS, Arithmetic, Example, SeedTokens
 
@@ -237,3 +241,51 @@ def test_score_returns_one_list_per_weighted_reward():
     responses = ["<think>a</think><answer>46</answer>", "<answer>47</answer>"]
     assert score(responses, examples, {"correct": 1.0, "format": 0.1}) == {"correct": [1.0, 0.0], "format": [1.0, 0.0]}
     assert score(responses, examples, {"format": 2.0}) == {"format": [1.0, 0.0]}
+
+
+# ---------------------------------------------------------------- rewards for pretrained models
+
+FIXTURES = Path(__file__).parent / "fixtures" / "smollm2_completions.json"
+
+
+def test_tolerant_extractor_reads_answer_tag_then_boxed_then_last_number():
+    assert extract_answer("7+6 <answer> 13 </answer> then 99") == "13"          # the tag wins over numbers
+    assert extract_answer("<answer>1</answer><answer>2</answer>") == "1"        # the first tag
+    assert extract_answer(r"\boxed{12} or rather \boxed{13}, not 7") == "13"     # the last box
+    assert extract_answer("so 7 + 6 equals 13.") == "13"                         # the last number, no period
+    assert extract_answer("a total of 1,352 apples and -4") == "-4"
+    assert extract_answer("it is 2.50 now") == "2.50"
+    assert extract_answer("no digits here") is None
+
+
+def test_answers_match_as_numbers_else_as_text():
+    assert answers_match("1,352", "1352") and answers_match("68.0", "68") and answers_match("78.", "78")
+    assert not answers_match("1,35", "135")                 # not a thousands separator: text, and unequal
+    assert answers_match(" cat ", "cat") and not answers_match("Cat", "cat")
+
+
+@pytest.mark.parametrize(("response", "answer", "expected"), [
+    ("<think>4+2=6</think><answer>68</answer>", "68", 5 / 5),
+    ("<think>4+2=6</think><answer>sixty-eight</answer>", "68", 4 / 5),   # all tags, answer not a number
+    ("<think>4+2=6<answer>68</answer>", "68", 4 / 5),                     # </think> missing
+    ("<answer>68</answer><answer>5</answer>", "68", 1 / 5),               # answer tags twice: only parsable
+    ("</answer>68<answer></think><think>", "68", 4 / 5),                  # each tag once, order not checked;
+                                                                          # no <answer>...</answer> pair
+    ("<answer> </answer>", "cat", 2 / 5),                                 # text answer: blank is not parsable
+    ("<answer>dog</answer>", "cat", 3 / 5),
+    ("The answer is 68.", "68", 0.0),
+])
+def test_format_partial_credit_by_hand(response, answer, expected):
+    assert format_partial_reward(response, Example(prompt="", answer=answer)) == pytest.approx(expected, abs=1e-12)
+
+
+def test_rewards_on_real_smollm2_completions():
+    """SmolLM2-135M-Instruct's own first completions (prose, no tags; tests/fixtures): the strict rewards
+    give nothing, the tolerant extractor reads the last number, and two of eight are right. Read by hand:
+    "...(5 + 7 = 12)..." -> 12 = 12; "...7 + 6 equals 13 and back to itself." -> 13 = 13; the others end on
+    329, 329, 12 (for 13), 42, 102 and 436."""
+    rows = json.loads(FIXTURES.read_text())["completions"]
+    examples = [Example(prompt="", answer=row["answer"], question=row["question"]) for row in rows]
+    score = {name: [REWARDS[name](row["completion"], ex) for row, ex in zip(rows, examples)] for name in REWARDS}
+    assert score["correct_extracted"] == [1, 0, 0, 1, 0, 0, 0, 0]
+    assert score["correct"] == score["format"] == score["format_partial"] == [0] * 8

