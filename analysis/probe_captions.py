@@ -62,8 +62,8 @@ def caption_difficulty(df: pd.DataFrame, ctx: Context) -> str:
             continue
         claim = _pair_claim(shares, level, grpo, dr_grpo, 100, " points")
         parts.append(f"{grpo} vs {dr_grpo}, easiest level with signal {level}: {claim}")
-    return text + (f'Claim "{STD_CLAIM}" (the easiest level\'s share under grpo minus under dr_grpo, '
-                   "paired by seed; it holds if positive): " + "; ".join(parts) + ".")
+    return text + (f'Claim "{STD_CLAIM}" (the easiest level\'s share under advantage=grpo minus under '
+                   "advantage=dr_grpo, paired by seed; it holds if positive): " + "; ".join(parts) + ".")
 
 
 def caption_length(df: pd.DataFrame, ctx: Context) -> str:

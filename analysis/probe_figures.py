@@ -86,14 +86,15 @@ def counterfactual_gradients(df: pd.DataFrame, order: list[str] | None = None) -
     matrix = (table.pivot_table(index="arm", columns="alternative", values="mean")
               .reindex(index=arms, columns=alternatives).to_numpy(dtype=float))
     with _style():
-        fig, (ax,) = _figure(height=1.6 + 0.35 * len(arms))
+        fig, (ax,) = _figure(height=2.4 + 0.35 * len(arms))
+        fig.set_figwidth(max(fig.get_figwidth(), 2.0 + 2.2 * len(alternatives)))
         image = ax.imshow(matrix, cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
         for (row, column), value in np.ndenumerate(matrix):
             dark = not np.isnan(value) and abs(value) > 0.6
             ax.text(column, row, "–" if np.isnan(value) else format_number(value, 2), ha="center", va="center",
                     color="white" if dark else "black")
-        labels = [name.replace("+", "\n+") for name in alternatives]     # one changed field per line
-        ax.set_xticks(np.arange(len(alternatives)), labels, rotation=30, ha="right")
+        labels = [name.replace("+", "\n") for name in alternatives]      # one changed field per line
+        ax.set_xticks(np.arange(len(alternatives)), labels, fontsize="small")
         ax.set_yticks(np.arange(len(arms)), arms)
         ax.grid(False)
         ax.set_xlabel("alternative")

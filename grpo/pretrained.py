@@ -88,7 +88,8 @@ def convert(path: Path, target: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     except (OSError, ValueError, KeyError, NotImplementedError) as err:
-        raise GrpoError(f"cannot read GGUF file {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise GrpoError(f"cannot read GGUF file {path}: {reason}") from None
     # The loaded model is marked as quantized (a GGUF "quantization config"), which save_pretrained refuses;
     # its weights are plain fp32 tensors by now, so an unmarked copy saves them exactly.
     config = loaded.config

@@ -213,8 +213,8 @@ def test_probe_figures_and_claims_in_the_report(tmp_path):
     # d1's share, w / (w + 0.5): grpo 0.6/1.1, 0.7/1.2, 0.8/1.3 against dr_grpo 0.5/1.0, 0.6/1.1, 0.7/1.2,
     # paired differences 0.04545, 0.03788, 0.03205: mean 0.03846, s 0.006721, half-width
     # 4.30265 * 0.006721 / sqrt(3) = 0.01670, so [0.0218, 0.0552] in points.
-    assert ('Claim "std normalisation up-weights near-solved groups" (the easiest level\'s share under grpo '
-            "minus under dr_grpo, paired by seed; it holds if positive): grpo vs dr_grpo, easiest level with "
+    assert ('Claim "std normalisation up-weights near-solved groups" (the easiest level\'s share under advantage=grpo '
+            "minus under advantage=dr_grpo, paired by seed; it holds if positive): grpo vs dr_grpo, easiest level with "
             "signal d1: holds (+3.8 points [2.2, 5.5]), 3 seeds.") in text
     assert "it needs two arms that differ only in aggregation (seq_mean_token_mean vs" in text
     assert "grpo 30.0 vs 20.0, difference +10.0 points [10.0, 10.0]" in text
