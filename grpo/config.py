@@ -292,6 +292,14 @@ class TrainConfig:
         return self.prompts_per_step * self.group_size
 
     @property
+    def correctness_reward(self) -> str:
+        """The reward that says whether a completion is right (accuracy, the ledger, evaluation): `correct`,
+        or `correct_extracted` when the weights name it and not `correct`."""
+        if "correct" not in self.reward_weights and "correct_extracted" in self.reward_weights:
+            return "correct_extracted"
+        return "correct"
+
+    @property
     def num_warmstart_steps(self) -> int:
         """--warmstart-steps, or the default: for a preset, the task's (enough for partial accuracy); for a
         pretrained model none (it brings its own skills; a supervised warm start is asked for by number)."""

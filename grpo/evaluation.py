@@ -15,7 +15,7 @@ from math import comb
 import torch
 
 from grpo import distributed as dist
-from grpo.rewards import correct_reward, response_text
+from grpo.rewards import correct_extracted_reward, correct_reward, response_text
 from grpo.sampler import decode_completions, encode_prompts
 from grpo.tasks import render_prompt
 
@@ -31,15 +31,20 @@ def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
     return 1.0 - comb(num_samples - num_correct, k) / comb(num_samples, k)
 
 
+# The run's correctness reward (TrainConfig.correctness_reward) -> the function that judges eval answers,
+# bound here rather than read from the reward registry, which tests may script for training steps.
+JUDGES = {"correct": correct_reward, "correct_extracted": correct_extracted_reward}
+
+
 def correct_flags(model, sampler, tokenizer, examples, *, max_new_tokens: int, temperature: float,
-                  generator, greedy: bool, device) -> list[float]:
-    """1.0 / 0.0 per example: is its one completion (decoded as one batch) correct?"""
+                  generator, greedy: bool, device, reward=correct_reward) -> list[float]:
+    """1.0 / 0.0 per example: is its one completion (decoded as one batch) correct by `reward`?"""
     prompt_ids, prompt_mask = encode_prompts(tokenizer, [render_prompt(e, tokenizer) for e in examples], device)
     rollout = sampler.generate(model, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens,
                                temperature=temperature, generator=generator, greedy=greedy,
                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     texts = decode_completions(tokenizer, rollout.completion_ids, rollout.completion_mask)
-    return [correct_reward(response_text(t, e), e) for t, e in zip(texts, examples)]
+    return [reward(response_text(t, e), e) for t, e in zip(texts, examples)]
 
 
 def blockwise(examples: list, block: int, run) -> list[float]:
@@ -55,7 +60,7 @@ def evaluate(model, sampler, tokenizer, task, cfg, step: int, device) -> dict[st
     was_training = model.training
     model.eval()
     examples = task.eval_examples()[: cfg.eval_prompts]
-    common = dict(max_new_tokens=cfg.max_new_tokens, device=device)
+    common = dict(max_new_tokens=cfg.max_new_tokens, device=device, reward=JUDGES[cfg.correctness_reward])
     greedy = blockwise(examples, GREEDY_BLOCK, lambda i, chunk: correct_flags(
         model, sampler, tokenizer, chunk, temperature=1.0, generator=None, greedy=True, **common))
     num_samples = max(cfg.eval_samples, cfg.group_size)

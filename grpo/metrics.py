@@ -2,6 +2,8 @@
 
 Keys are a contract (analysis/ and outside checks read them); `.item()` happens once, in
 `to_floats`, at the logging boundary. A key that cannot be computed in a step is left out, never NaN.
+"Correct" is the run's correctness reward: `correct` when --reward-weights names it, else
+`correct_extracted` when it names that (TrainConfig.correctness_reward); evaluation uses the same.
 
 axes
   step                        GRPO step (0 = the evaluation before training)
@@ -14,12 +16,12 @@ reward
                               punishment, only with --overlong-buffer)
   reward/kl_penalty/mean      kl_beta * sum_t k1 taken from each completion's reward before the
                               advantage (only with --kl-placement reward)
-  accuracy                    share of completions the `correct` reward calls right (absent without it)
+  accuracy                    share of completions the correctness reward calls right (absent without one)
 advantage
   adv/mean, adv/std           over completions
   adv/abs_mean                mean |A|: the scale of the policy gradient
   adv/zero_frac               share of completions with A = 0 exactly
-zero-variance groups (the correctness keys only when a `correct` reward exists)
+zero-variance groups (the correctness keys only when the run has a correctness reward)
   zero_var/frac               share of groups whose total reward is constant (no signal)
   zero_var/all_correct_frac   share of groups that are zero-variance and all correct
   zero_var/all_wrong_frac     share of groups that are zero-variance and all wrong
@@ -69,7 +71,7 @@ length
   len/truncated_frac          share of completions that hit max_new_tokens without EOS
 by difficulty level d (the task's label of the prompt, e.g. "d2"; only levels drawn in the step;
 prompts without a label count in the denominator of groups only)
-  by_difficulty/<d>/accuracy  share of level-d completions the `correct` reward calls right (absent
+  by_difficulty/<d>/accuracy  share of level-d completions the correctness reward calls right (absent
                               without it)
   by_difficulty/<d>/zero_var_frac share of level-d groups whose total reward is constant (no signal)
   by_difficulty/<d>/weight    mean |A| over level-d completions, zero-variance groups' zeros included:
@@ -114,7 +116,7 @@ timing (seconds)
   time/metrics                computing this catalogue for the step
   time/step                   the whole step
 eval (on evaluation steps: 0, every eval_every, the last)
-  eval/accuracy               greedy accuracy on held-out prompts
+  eval/accuracy               greedy accuracy (correctness reward) on held-out prompts
   eval/pass@1, eval/pass@<G>  unbiased pass@k from n sampled completions per prompt
 """
 
@@ -131,7 +133,7 @@ from grpo.objectives import SEQUENCE_STATS
 
 
 def reward_metrics(total: Tensor, parts: dict[str, Tensor], correct: Tensor | None) -> dict[str, Tensor]:
-    """total, parts[*], correct: [P, G] (correct as float 0/1, None when no `correct` reward exists)."""
+    """total, parts[*], correct: [P, G] (correct as float 0/1, None without a correctness reward)."""
     out = {"reward/mean": total.mean(), "reward/std": total.std() if total.numel() > 1 else total.new_zeros(())}
     if correct is not None:
         out["accuracy"] = correct.mean()

@@ -46,7 +46,7 @@ def difficulty_metrics(total: Tensor, correct: Tensor | None, advantages: Tensor
                        labels: list[str]) -> dict[str, Tensor]:
     """Accuracy, zero-variance share, gradient scale and share of groups per difficulty level.
 
-    total, correct (float 0/1, or None without a `correct` reward), advantages: [P, G]; labels: P
+    total, correct (float 0/1, or None without a correctness reward), advantages: [P, G]; labels: P
     strings, labels[p] the level of prompt p. A prompt labelled "" (the task has no levels) belongs to
     no level but still counts in the denominator of `groups`, so the levels' groups sum to the share of
     labelled prompts. Only levels present in the step get keys; no labels at all gives {}.

@@ -292,7 +292,7 @@ def grpo_step(t: Trainer, step: int) -> tuple[dict, list[dict]]:
         row_values = dist.cat_across(torch.stack([mask.sum(-1), rollout.truncated.float(),
                                                   (rollout.entropy * mask).sum(-1), loss_mask.sum(-1)], 1).cpu())
         all_lengths, truncated, entropy_sums, loss_lengths = row_values.unbind(1)
-        correct = parts.get("correct")
+        correct = parts.get(cfg.correctness_reward)
         t.samples += int(dist.sum_across(torch.tensor(batch.generated)))
         t.tokens += int(dist.sum_across(torch.tensor(batch.generated_tokens)))
         dynamic = {k: (dist.max_across if k == "dynamic/rounds" else dist.sum_across)(v)
@@ -344,8 +344,8 @@ def step_record(t: Trainer, step: int, batch, parts, advantages, loss_mask) -> d
     --store-rollouts, this rank's rollout tensors for `grpo rescore`."""
     cfg, G = t.cfg, t.cfg.group_size
     record = {}
-    if t.pool is not None and "correct" in parts:
-        rows = parts["correct"][dist.rank_rows(cfg.prompts_per_step)].mean(-1).tolist()
+    if t.pool is not None and cfg.correctness_reward in parts:
+        rows = parts[cfg.correctness_reward][dist.rank_rows(cfg.prompts_per_step)].mean(-1).tolist()
         record["prompts"] = [{"step": step, "index": e.index, "difficulty": e.difficulty, "solve_rate": rate,
                               "visit": t.ledger[e.index][1]} for e, rate in zip(batch.examples, rows)]
     if cfg.store_rollouts:

@@ -63,8 +63,10 @@ WORKER = textwrap.dedent('''
         t.optimizer = torch.optim.SGD(t.policy.parameters(), lr=cfg.lr)
         t.task.sample = lambda generator, n: examples[rank * share:(rank + 1) * share]
         scores = iter([1.0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 0, 1][rows])   # this rank's completions
+        real = rewards.REWARDS["correct"]
         rewards.REWARDS["correct"] = lambda response, example: next(scores)
         metrics, _ = trainer.grpo_step(t, 1)
+        rewards.REWARDS["correct"] = real            # evaluation below judges with the real reward
         results[estimator] = {"params": [p.detach().clone() for p in t.policy.parameters()], "metrics": metrics}
     t.sampler = KVCacheSampler()
     results["eval"] = t.evaluate(5)

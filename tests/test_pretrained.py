@@ -183,3 +183,36 @@ def test_smollm2_converts_to_the_packaged_model_and_writes_about_the_question(tm
     torch.testing.assert_close(model(**ids).logits, direct(**ids).logits, rtol=0, atol=0)
     out = model.generate(**ids, max_new_tokens=20, do_sample=False)
     assert "23 + 45" in tokenizer.decode(out[0, ids.input_ids.shape[1]:])
+
+
+@pytest.mark.parametrize(("weights", "expected"), [
+    ({"correct": 1.0, "format": 0.1}, "correct"),
+    ({"correct_extracted": 1.0, "format_partial": 0.2}, "correct_extracted"),
+    ({"correct": 1.0, "correct_extracted": 0.5}, "correct"),
+    ({"format": 1.0}, "correct"),                       # no correctness reward: evaluation stays strict
+])
+def test_the_correctness_reward_is_correct_else_correct_extracted(weights, expected):
+    assert TrainConfig(reward_weights=weights).correctness_reward == expected
+
+
+def test_accuracy_and_evaluation_follow_the_correctness_reward(tiny_gguf, tmp_path, monkeypatch):
+    """With correct_extracted the only correctness reward, `accuracy` is its mean and eval/accuracy is
+    judged by it: stubbed to call everything right, it makes eval/accuracy 1 on the tiny random model,
+    whose completions the strict `correct` (an exact <answer> tag) calls wrong in the run that names it."""
+    from grpo.evaluation import JUDGES
+    from grpo.rewards import REWARDS
+
+    monkeypatch.setitem(REWARDS, "correct_extracted", lambda response, example: 1.0)
+    monkeypatch.setitem(JUDGES, "correct_extracted", lambda response, example: 1.0)
+    values = {k: v for k, v in SMALL_CONFIG.items() if k not in ("warmstart_steps", "model")}
+
+    def first_records(name: str, weights: dict) -> list[dict]:
+        cfg = TrainConfig(**{**values, "steps": 1}, model=str(tiny_gguf), out_dir=str(tmp_path / name),
+                          reward_weights=weights)
+        assert main(["train", *cli_args(cfg)]) == 0
+        return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+
+    extracted = first_records("extracted", {"correct_extracted": 1.0, "format_partial": 0.2})
+    assert extracted[0]["eval/accuracy"] == 1.0 and extracted[1]["accuracy"] == 1.0
+    strict = first_records("strict", {"correct": 1.0, "correct_extracted": 0.5})
+    assert strict[0]["eval/accuracy"] == 0.0 and strict[1]["accuracy"] == 0.0
