@@ -10,7 +10,7 @@ Reported per workload: the median over rounds of each side's median s/step, the 
 (TRL s/step / ours s/step, computed within each round so that both runs of a pair saw similar
 machine conditions) with its median/min/max over rounds, peak RSS of both sides, and the targets:
 
-    W1 (tiny)  speedup >= 2.5      W2 (small)  speedup >= 1.35      our peak RSS <= TRL's
+    W1 (tiny)  speedup >= 1.75     W2 (small)  speedup >= 1.1       our peak RSS <= TRL's
 
 A target passes on the median over rounds. Standard library only; TRL is never imported here.
 
@@ -39,7 +39,8 @@ REPO = Path(__file__).resolve().parent.parent
 WORKLOADS = ("tiny", "small")
 LABEL = {"tiny": "W1", "small": "W2"}
 DEFAULT_STEPS = {"tiny": 10, "small": 5}
-SPEEDUP_TARGET = {"tiny": 2.5, "small": 1.35}
+# Issue L's targets; the first ones (2.5x / 1.35x) lay below the FLOP floor whenever TRL ran fast.
+SPEEDUP_TARGET = {"tiny": 1.75, "small": 1.1}
 SETUP_HINT = ("set up the TRL venv from the repo root: python3 -m venv .venv-trl && "
               ".venv-trl/bin/pip install torch==2.13.0 && "
               ".venv-trl/bin/pip install transformers trl datasets accelerate (see bench/README.md)")

@@ -7,7 +7,10 @@ one inner epoch and one mini-batch (no separate old-logprob forward), AdamW lr 1
 all 64 completions in one micro-batch, fp32, random init with seed 0, no warm start.
 
 It runs the trainer's own `grpo_step` and prints one JSON object: median/min/max s/step, completion
-tokens/s, peak RSS, the phase split, the FLOP-model floor and the ratio to it.
+tokens/s, peak RSS, the phase split, the FLOP-model floor and `efficiency` = floor / step time. The floor
+divides the step's matmul FLOPs by this machine's fp32 GEMM peak, timed in the same process, with the
+same threads, on the step's own matmul shapes (`gemm_peak_gflops`; `--peak-gflops` overrides it), so an
+efficiency means the same on any machine: 1.0 would be a step that does nothing but its matmuls at peak.
 """
 
 from __future__ import annotations
@@ -52,8 +55,8 @@ class BenchConfig:
     """Compute dtype."""
     sampler: Literal["auto", "hf"] = "auto"
     """Rollout implementation (see grpo train --help)."""
-    peak_gflops: float = 196.0
-    """Machine's fp32 GEMM peak (GFLOP/s) for the floor; 196 was measured on the 2-core CI machine."""
+    peak_gflops: float | None = None
+    """The machine's GEMM peak (GFLOP/s) for the floor; unset: timed here on the step's matmul shapes."""
     json_out: str = ""
     """Also write the JSON object to this file."""
 
@@ -81,6 +84,38 @@ def step_flops(model: str, num_seqs: int, completion_len: int) -> dict[str, floa
         return num_seqs * (2 * weights * positions + attention)
 
     return {"rollout": forward(seq - 1), "reference": forward(seq), "policy_fwd_bwd": 3 * forward(seq)}
+
+
+def step_gemm_shapes(model: str, num_seqs: int, completion_len: int) -> list[tuple[int, int, int]]:
+    """(m, k, n) of the step's weight matmuls in the learner's forward: all tokens of the batch at once."""
+    p = MODEL_PRESETS[model]
+    h, inter = p["hidden_size"], p["intermediate_size"]
+    kv = h * p["num_key_value_heads"] // p["num_attention_heads"]
+    tokens = num_seqs * (PROMPT_LEN + completion_len)
+    return [(tokens, h, h), (tokens, h, kv), (tokens, h, inter), (tokens, inter, h), (tokens, h, VOCAB)]
+
+
+def gemm_peak_gflops(shapes: list[tuple[int, int, int]], device: torch.device, dtype: torch.dtype,
+                     seconds: float = 0.2) -> float:
+    """The best GFLOP/s torch.mm reaches on any of `shapes` (m, k, n), each timed for ~`seconds` after a
+    warm-up, in this process and with its threads: the peak a step's matmuls could reach here."""
+    best = 0.0
+    generator = torch.Generator().manual_seed(0)
+    for m, k, n in shapes:
+        a = torch.randn(m, k, generator=generator).to(device, dtype)
+        b = torch.randn(k, n, generator=generator).to(device, dtype)
+        torch.mm(a, b)
+        calls, started = 0, time.perf_counter()
+        while True:
+            torch.mm(a, b)
+            calls += 1
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - started
+            if elapsed >= seconds:
+                break
+        best = max(best, 2 * m * k * n * calls / elapsed / 1e9)
+    return best
 
 
 def peak_rss_mib() -> float:
@@ -111,7 +146,10 @@ def run_bench(b: BenchConfig) -> dict:
                 phases.append({**t.timer.seconds, "jsonl": elapsed - (tock - tick)})
     median = statistics.median(times)
     flops = step_flops(b.workload, cfg.num_completions, b.completion_len)
-    floor = sum(flops.values()) / (b.peak_gflops * 1e9)
+    dtype = torch.bfloat16 if b.dtype == "bf16" else torch.float32
+    peak = b.peak_gflops or gemm_peak_gflops(step_gemm_shapes(b.workload, cfg.num_completions, b.completion_len),
+                                             t.device, dtype)
+    floor = sum(flops.values()) / (peak * 1e9)
     result = {
         "workload": b.workload, "device": str(t.device), "dtype": b.dtype, "threads": torch.get_num_threads(),
         "group_size": b.group_size, "completion_len": b.completion_len, "timed_steps": b.steps,
@@ -120,7 +158,9 @@ def run_bench(b: BenchConfig) -> dict:
         "peak_rss_mib": peak_rss_mib(),
         "phases_s": {k: statistics.median(p[k] for p in phases) for k in phases[0]},
         "logging_share": statistics.median((p["metrics"] + p["jsonl"]) / s for p, s in zip(phases, times)),
-        "flops_per_step": sum(flops.values()), "floor_s_per_step": floor, "ratio_to_floor": median / floor,
+        "flops_per_step": sum(flops.values()), "gemm_peak_gflops": peak,
+        "gemm_peak_source": "--peak-gflops" if b.peak_gflops else "timed here on the step's matmul shapes",
+        "floor_s_per_step": floor, "efficiency": floor / median, "ratio_to_floor": median / floor,
         "torch": torch.__version__,
     }
     if t.device.type == "cuda":
