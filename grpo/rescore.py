@@ -161,7 +161,7 @@ def step_metrics(stored: StoredStep, cfg: TrainConfig) -> dict[str, Tensor]:
     advantages = compute_advantages(rewards, cfg.advantage, eps=cfg.adv_eps, lengths=stored.lengths.view(P, G))
     # --mask-truncated: a truncated completion has no token in the loss.
     loss_lengths = stored.lengths * (1 - stored.truncated) if cfg.mask_truncated else stored.lengths
-    correct = stored.parts.get("correct")
+    correct = stored.parts.get(cfg.correctness_reward)
     return {
         **reward_metrics(rewards, stored.parts, correct),
         **advantage_metrics(advantages),

@@ -71,15 +71,16 @@ def stored(run_dir: Path, step: int) -> dict[str, np.ndarray]:
 
 # ---------------------------------------------------------------- a run by hand, numbers on paper
 
-def write_hand_run(run_dir: Path) -> None:
+def write_hand_run(run_dir: Path, correct_name: str = "correct") -> None:
     """Two ranks of one prompt each (G = 2), steps 1 and 2 alike, rank files of different widths T.
 
     rank 0, level d1: correct [1, 0], format [1, 1], lengths [2, 4] (the 4 truncated), entropy 0.5/token
     rank 1, level d2: correct [1, 1], format [1, 1], lengths [3, 3],                    entropy 0.25/token
-    With weights correct 1, format 0.5 the total rewards are [[1.5, 0.5], [1.5, 1.5]].
+    With weights correct 1, format 0.5 the total rewards are [[1.5, 0.5], [1.5, 1.5]]. `correct_name`
+    names the correctness reward (correct, or correct_extracted as a pretrained model's run has it).
     """
     cfg = TrainConfig(prompts_per_step=2, group_size=2, max_new_tokens=4, kl_beta=0.0,
-                      reward_weights={"correct": 1.0, "format": 0.5}, out_dir=str(run_dir))
+                      reward_weights={correct_name: 1.0, "format": 0.5}, out_dir=str(run_dir))
     (run_dir / "rollouts").mkdir(parents=True)
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict()))
     ranks = [(["d1"], [1.0, 0.0], [2, 4], [0, 1], 0.5), (["d2"], [1.0, 1.0], [3, 3], [0, 0], 0.25)]
@@ -89,7 +90,7 @@ def write_hand_run(run_dir: Path) -> None:
             mask = (torch.arange(width) < torch.tensor(lengths)[:, None]).float()
             tensors = {"completion_mask": mask, "loss_mask": mask.clone(), "entropy": torch.full_like(mask, entropy),
                        "truncated": torch.tensor(truncated, dtype=torch.uint8),
-                       "reward/correct": torch.tensor(correct), "reward/format": torch.ones(2)}
+                       f"reward/{correct_name}": torch.tensor(correct), "reward/format": torch.ones(2)}
             meta = {"step": step, "group_size": 2, "rank": rank, "difficulty": labels}
             save_file(tensors, str(run_dir / "rollouts" / f"step_{step:06d}_rank{rank}.safetensors"),
                       metadata={"meta": json.dumps(meta)})
@@ -126,6 +127,17 @@ def test_hand_run_gives_the_numbers_on_paper(tmp_path, capsys):
     assert (config["experiment"], config["arm"]) == ("exp", "arm@advantage=dr_grpo+mask_truncated=true")
     assert (config["advantage"], config["mask_truncated"], config["out_dir"]) == ("dr_grpo", True, str(out))
     assert json.loads((out / "summary.json").read_text())["steps_done"] == 2
+
+
+def test_a_run_judged_by_correct_extracted_gets_its_correctness_keys(tmp_path, capsys):
+    """The correctness reward is the run's (TrainConfig.correctness_reward), as in the trainer: the same
+    numbers on paper as under `correct` (accuracy 0.75, one all-correct group in two, d1 half right)."""
+    run_dir = tmp_path / "exp" / "arm" / "seed0"
+    write_hand_run(run_dir, correct_name="correct_extracted")
+    r = read_records(rescore([run_dir, "--advantage", "dr_grpo"], capsys))[2]
+    for key, value in {"accuracy": 0.75, "zero_var/all_correct_frac": 0.5, "len/correct_mean": 8 / 3,
+                       "by_difficulty/d1/accuracy": 0.5, "reward/correct_extracted/mean": 0.75}.items():
+        assert r[key] == pytest.approx(value, abs=1e-6), key
 
 
 def test_same_name_overwrites(tmp_path, capsys):
