@@ -15,6 +15,7 @@ dependencies, `llm` and `llama-cpp-python`, which would compile llama.cpp from s
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import importlib.util
 import os
@@ -47,6 +48,14 @@ def packaged_gguf(name: str) -> Path:
 
 
 def file_sha256(path: Path) -> str:
+    """The file's SHA-256, computed once per process per (path, size, mtime): a run resolves its model
+    several times at start (run dir check, tokenizer, policy, reference, warm-start key)."""
+    stat = path.stat()
+    return _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):

@@ -106,6 +106,18 @@ def test_a_gguf_file_converts_once_to_a_directory_with_the_same_model_and_tokeni
     assert chat == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
 
 
+def test_the_hash_is_read_once_but_a_rewritten_file_is_hashed_again(tmp_path, monkeypatch):
+    path = write_tiny_gguf(tmp_path / "model.gguf")
+    first = pretrained.file_sha256(path)
+    reads = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda *a, **k: reads.append(a[0]) or real_open(*a, **k))
+    assert pretrained.file_sha256(path) == first and reads == []         # cached: the file is not read
+    monkeypatch.undo()
+    write_tiny_gguf(path, seed=1)                                          # same path, new contents
+    assert pretrained.file_sha256(path) != first
+
+
 def test_another_file_gets_another_directory_and_an_interrupted_conversion_is_redone(tiny_gguf, tmp_path):
     first = pretrained.gguf_model_dir(str(tiny_gguf), tmp_path, log=lambda *_: None)
     other = pretrained.gguf_model_dir(str(write_tiny_gguf(tmp_path / "other.gguf", seed=1)), tmp_path,
