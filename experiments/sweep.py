@@ -170,14 +170,13 @@ def prebuild_warm_starts(runs: list[Run], log=print) -> None:
 
     from grpo.models import is_preset
     from grpo.tasks import make_task
+    from grpo.trainer import resolve_device
     from grpo.warmstart import cache_root, warm_started_model, warmstart_key
 
     wanted = {}
     for run in runs:
         cfg = run.config
-        if cfg.device == "cuda" or not is_preset(cfg.model) or cfg.num_warmstart_steps == 0:
-            continue
-        if cfg.device == "auto" and torch.cuda.is_available():
+        if resolve_device(cfg.device).type != "cpu" or not is_preset(cfg.model) or cfg.num_warmstart_steps == 0:
             continue
         task = make_task(cfg)
         key = warmstart_key(cfg, len(task.tokenizer))

@@ -39,10 +39,12 @@ def extract_answer(response: str) -> str | None:
     """The answer a response gives, read tolerantly: the content of the first <answer>...</answer>; else of
     the last \\boxed{...}; else the last number in the text (a pretrained model's prose, "7 + 6 equals
     13"); None if there is none of these."""
-    for pattern in (_ANSWER, _BOXED):
-        found = pattern.findall(response)
-        if found:
-            return (found[0] if pattern is _ANSWER else found[-1]).strip()
+    tagged = _ANSWER.search(response)
+    if tagged:
+        return tagged.group(1).strip()
+    boxed = _BOXED.findall(response)
+    if boxed:
+        return boxed[-1].strip()
     numbers = _NUMBER.findall(response)
     return numbers[-1] if numbers else None
 
