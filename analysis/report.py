@@ -68,6 +68,26 @@ FIGURES = [
     FigureSpec("reward_curve", "Training reward", _has("reward/mean"),
                lambda df, c: fig.learning_curves(df, "reward/mean", c.x, c.order),
                lambda df, c: f"reward/mean {LATE}: {cap.arm_text(df, ['reward/mean'], c)}."),
+    FigureSpec("train_accuracy", "Training accuracy", _has("accuracy"),
+               lambda df, c: fig.learning_curves(df, "accuracy", c.x, c.order, smoothing="ema",
+                                                 ylabel="share of the step's completions correct"),
+               lambda df, c: "accuracy: the share of each step's sampled completions that the run's correctness "
+               f"reward judges right (curves EMA-smoothed); {LATE}: {cap.arm_text(df, ['accuracy'], c)}."),
+    *(FigureSpec(f"format_{name}", title, _has(f"reward/{name}/mean"),
+                 lambda df, c, key=f"reward/{name}/mean": fig.learning_curves(df, key, c.x, c.order, smoothing="ema",
+                                                                              ylabel=key),
+                 lambda df, c, key=f"reward/{name}/mean", text=text:
+                 f"{key}: {text}, mean over the step's completions, unweighted (curves EMA-smoothed); {LATE}: "
+                 f"{cap.arm_text(df, [key], c)}.")
+      for name, title, text in [("format_partial", "Format reward (partial credit)",
+                                 "a fifth per tag present once and a fifth for a parsable answer"),
+                                ("format", "Format reward (strict)",
+                                 "1 for exactly <think>...</think><answer>...</answer>")]),
+    FigureSpec("length_curve", "Completion length", _has("len/mean"),
+               lambda df, c: fig.learning_curves(df, "len/mean", c.x, c.order, smoothing="ema",
+                                                 ylabel="completion tokens (EOS included)"),
+               lambda df, c: "len/mean: completion tokens per sampled completion, EOS included, truncated ones at "
+               f"--max-new-tokens (curves EMA-smoothed); {LATE}: {cap.arm_text(df, ['len/mean'], c, digits=1)}."),
     FigureSpec("final_vs_knob", "Final score against the ablated knob", _knob_varies,
                lambda df, c: fig.final_vs_knob(df, c.knob, c.metric, c.window, c.order), cap.caption_knob),
     FigureSpec("zero_variance", "Groups without signal",  # the bars; the two markers are optional

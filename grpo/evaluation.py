@@ -37,9 +37,10 @@ JUDGES = {"correct": correct_reward, "correct_extracted": correct_extracted_rewa
 
 
 def correct_flags(model, sampler, tokenizer, examples, *, max_new_tokens: int, temperature: float,
-                  generator, greedy: bool, device, reward=correct_reward) -> list[float]:
+                  generator, greedy: bool, device, reward=correct_reward, worked_example: bool = False) -> list[float]:
     """1.0 / 0.0 per example: is its one completion (decoded as one batch) correct by `reward`?"""
-    prompt_ids, prompt_mask = encode_prompts(tokenizer, [render_prompt(e, tokenizer) for e in examples], device)
+    prompts = [render_prompt(e, tokenizer, worked_example) for e in examples]
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
     rollout = sampler.generate(model, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens,
                                temperature=temperature, generator=generator, greedy=greedy,
                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
@@ -59,11 +60,12 @@ def evaluate(model, sampler, tokenizer, task, cfg, step: int, device) -> dict[st
     """eval/accuracy (greedy), eval/pass@1 and eval/pass@G (sampled), on the held-out split."""
     was_training = model.training
     model.eval()
-    examples = task.eval_examples()[: cfg.eval_prompts]
-    common = dict(max_new_tokens=cfg.max_new_tokens, device=device, reward=JUDGES[cfg.correctness_reward])
+    examples = task.eval_examples()[: cfg.num_eval_prompts]
+    common = dict(max_new_tokens=cfg.max_new_tokens, device=device, reward=JUDGES[cfg.correctness_reward],
+                  worked_example=cfg.worked_example)
     greedy = blockwise(examples, GREEDY_BLOCK, lambda i, chunk: correct_flags(
         model, sampler, tokenizer, chunk, temperature=1.0, generator=None, greedy=True, **common))
-    num_samples = max(cfg.eval_samples, cfg.group_size)
+    num_samples = max(cfg.num_eval_samples, cfg.group_size)
 
     def sampled_block(index: int, chunk: list) -> list[float]:
         generator = torch.Generator(device=device).manual_seed((cfg.seed * 1_000_003 + step) * 1_000 + index)

@@ -129,6 +129,12 @@ def train(cfg: TrainConfig, log=print) -> dict:
         if start > 0:
             log(f"resuming {store.dir} from step {start}")
     bar = progress_bar(cfg.steps, start, quiet=cfg.quiet or not main)
+    # A pretrained model's step takes tens of seconds on a CPU: the bar names the phase it is in.
+    t.timer.on_enter = lambda stage: bar.set_description(f"grpo [{stage}]")
+
+    def evaluate(step: int) -> dict:
+        bar.set_description("grpo [eval]")
+        return t.evaluate(step)
 
     def record(step: int, metrics: dict, eval_metrics: dict) -> dict:
         out = {"step": step, "samples": t.samples, "tokens": t.tokens, "time/elapsed": round(t.elapsed, 3),
@@ -140,7 +146,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
     try:
         if start == 0:
-            record(0, {}, t.evaluate(0))
+            record(0, {}, evaluate(0))
         for step in range(start + 1, cfg.steps + 1):
             tick = time.perf_counter()
             metrics, rows = grpo_step(t, step)
@@ -149,7 +155,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
             metrics.update({f"time/{k}": v for k, v in t.timer.seconds.items()})
             metrics["time/step"] = step_time
             # Every rank evaluates its share of the held-out prompts (no rank idles at a barrier).
-            eval_metrics = t.evaluate(step) if step % cfg.eval_every == 0 or step == cfg.steps else {}
+            eval_metrics = evaluate(step) if step % cfg.eval_every == 0 or step == cfg.steps else {}
             out = record(step, metrics, eval_metrics)
             write_step_record(t, cfg.run_dir, store)
             if main and (step % cfg.log_samples_every == 0 or step == 1):

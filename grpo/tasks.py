@@ -33,19 +33,30 @@ class Example:
     index: int = -1             # the problem's number within its task (stable across runs)
 
 
-def render_prompt(example: Example, tokenizer: PreTrainedTokenizerBase) -> str:
+# One-shot prompting (--worked-example): a solved problem shown before the real one, in the tag format.
+WORKED_QUESTION = "What is 38+47?"
+WORKED_ANSWER = "<think>8+7=15, write 5 carry 1. 3+4+1=8. So 38+47=85.</think><answer>85</answer>"
+
+
+def render_prompt(example: Example, tokenizer: PreTrainedTokenizerBase, worked_example: bool = False) -> str:
     """The prompt text for this tokenizer: the raw task text for the built-in character tokenizers; for
     a real Hugging Face tokenizer, the question in its chat template (when it has one) after a system
-    instruction that asks for <think>...</think><answer>...</answer>. The tags are then plain text."""
+    instruction that asks for <think>...</think><answer>...</answer>. The tags are then plain text.
+    worked_example: a solved question and its tagged answer come first, as an earlier user/assistant turn."""
     if getattr(tokenizer, "is_grpo_builtin", False):
         return example.prompt
     if not example.question:
         raise GrpoError("this task has no text form for a real tokenizer; use --task arithmetic or a preset model")
+    shots = [(WORKED_QUESTION, WORKED_ANSWER)] if worked_example else []
     if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": example.question}]
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}]
+        for question, answer in shots:
+            messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        messages.append({"role": "user", "content": example.question})
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     bos = tokenizer.bos_token or ""
-    return f"{bos}{SYSTEM_PROMPT}\nQuestion: {example.question}\nAnswer: "
+    solved = "".join(f"Question: {question}\nAnswer: {answer}\n" for question, answer in shots)
+    return f"{bos}{SYSTEM_PROMPT}\n{solved}Question: {example.question}\nAnswer: "
 
 
 class Task(Protocol):

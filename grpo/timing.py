@@ -19,6 +19,7 @@ class StageTimer:
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.seconds: dict[str, float] = {}
+        self.on_enter = lambda stage: None      # the progress bar shows the stage a step is in
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -26,6 +27,7 @@ class StageTimer:
 
     @contextmanager
     def __call__(self, stage: str):
+        self.on_enter(stage)
         self._sync()
         start = time.perf_counter()
         try:

@@ -174,8 +174,9 @@ class WandbMirror:
                 pass
 
 
-def progress_bar(total: int, initial: int, quiet: bool):
+def progress_bar(total: int, initial: int, quiet: bool, desc: str = "grpo"):
+    """A tqdm bar over steps (iterable: yields initial .. total - 1), shown only on a terminal."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc="grpo", unit="step", dynamic_ncols=True,
+    return tqdm(range(initial, total), total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
                 disable=quiet or not sys.stderr.isatty())

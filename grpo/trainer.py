@@ -145,7 +145,7 @@ def frozen_logp(t: Trainer, model, rollout: Rollout) -> torch.Tensor:
     """Log-probs [N, T] under a model without gradients, in chunks of micro_batch_size completions."""
     rows = torch.arange(rollout.completion_ids.shape[0], device=rollout.completion_ids.device)
     with t.autocast():
-        return torch.cat([rollout_logp(t, model, rollout, r) for r in rows.split(t.cfg.micro_batch_size)])
+        return torch.cat([rollout_logp(t, model, rollout, r) for r in rows.split(t.cfg.micro_batch)])
 
 
 def loss_kwargs(cfg: TrainConfig) -> dict:
@@ -208,7 +208,7 @@ def update_policy(t: Trainer, step: int, rollout: Rollout, advantages: torch.Ten
                     cov_selected[mini_batch] = SELECTIONS[cfg.objective](
                         cov, loss_mask[mini_batch], objective_params(cfg), selection_rng)
                 mini_loss = torch.zeros((), device=t.device)
-                for rows in mini_batch.split(cfg.micro_batch_size):
+                for rows in mini_batch.split(cfg.micro_batch):
                     with t.autocast():
                         learner = rollout_logp(t, t.policy, rollout, rows, with_entropy=cfg.entropy_coef != 0)
                     logp, entropy = learner if cfg.entropy_coef != 0 else (learner, None)

@@ -21,6 +21,7 @@ from safetensors.torch import load_model, save_model
 
 from grpo.models import MODEL_PRESETS, build_model, check_model_dir, is_preset, load_pretrained
 from grpo.tasks import render_prompt, task_identity
+from grpo.tracking import progress_bar
 
 CACHE_VERSION = 1
 
@@ -76,7 +77,7 @@ def supervised_finetune(model, task, tokenizer, *, steps: int, lr: float, batch_
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
-    for _ in range(steps):
+    for _ in progress_bar(steps, 0, quiet=False, desc="warm start"):
         ids, attention, loss_mask = (t.to(device) for t in demonstration_batch(
             task, tokenizer, task.sample(generator, batch_size)))
         positions = (attention.cumsum(-1) - 1).clamp(min=0)

@@ -11,7 +11,8 @@ import pytest
 from analysis.report import write_report
 
 REPO = Path(__file__).resolve().parents[1]
-ALL_FIGURES = ["eval_curve", "reward_curve", "zero_variance", "kl", "inner_epochs", "length"]
+ALL_FIGURES = ["eval_curve", "reward_curve", "train_accuracy", "format_format_partial", "length_curve",
+               "zero_variance", "kl", "inner_epochs", "length"]
 
 
 # ----- helpers: a synthetic sweep with every metric the figures use -----
@@ -33,7 +34,8 @@ def training_record(step, seed):
             "zero_var/expected_frac": 0.18, "kl/k1": 0.01 * step,
             "kl/k2": 0.011 * step, "kl/k3": 0.009 * step + 0.001 * seed,
             "inner/1/clip_frac": 0.0, "inner/1/kl_old": 0.0, "inner/2/clip_frac": 0.03, "inner/2/kl_old": 0.002,
-            "len/correct_mean": 100.0 + step, "len/wrong_mean": 150.0 + 2 * step}
+            "len/correct_mean": 100.0 + step, "len/wrong_mean": 150.0 + 2 * step, "len/mean": 125.0 + 1.5 * step,
+            "reward/format_partial/mean": 0.2 + 0.01 * step}
 
 
 def probe_record(arm, step, seed):
