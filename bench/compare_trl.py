@@ -36,11 +36,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-WORKLOADS = ("tiny", "small")
-LABEL = {"tiny": "W1", "small": "W2"}
-DEFAULT_STEPS = {"tiny": 10, "small": 5}
-# Issue L's targets; the first ones (2.5x / 1.35x) lay below the FLOP floor whenever TRL ran fast.
-SPEEDUP_TARGET = {"tiny": 1.75, "small": 1.1}
+WORKLOADS = ("tiny", "small", "smollm2")
+LABEL = {"tiny": "W1", "small": "W2", "smollm2": "W3"}
+DEFAULT_STEPS = {"tiny": 10, "small": 5, "smollm2": 3}
+# Issue L's targets (the first ones, 2.5x / 1.35x, lay below the FLOP floor whenever TRL ran fast); W3's is
+# issue K's.
+SPEEDUP_TARGET = {"tiny": 1.75, "small": 1.1, "smollm2": 1.5}
+# W3's TRL side is our own driver (it needs the converted SmolLM2 directory); W1/W2 use the shared script.
+W3_SCRIPT = REPO / "bench" / "trl_smollm2_bench.py"
 SETUP_HINT = ("set up the TRL venv from the repo root: python3 -m venv .venv-trl && "
               ".venv-trl/bin/pip install torch==2.13.0 && "
               ".venv-trl/bin/pip install transformers trl datasets accelerate (see bench/README.md)")
@@ -96,6 +99,9 @@ def side_command(side: str, workload: str, steps: int, args: argparse.Namespace,
     if side == "ours":
         return [args.grpo, "bench", "--workload", workload, "--steps", str(steps), "--warmup", str(args.warmup),
                 "--threads", str(args.threads), "--json-out", str(json_path)]
+    if workload == "smollm2":
+        return [args.trl_python, str(W3_SCRIPT), "--model-dir", args.smollm2_dir, "--steps", str(steps),
+                "--warmup", str(args.warmup), "--threads", str(args.threads), "--json-out", str(json_path)]
     return [args.trl_python, args.trl_script, "--workload", workload, "--timed-steps", str(steps),
             "--warmup-steps", str(args.warmup), "--threads", str(args.threads), "--json-out", str(json_path)]
 
@@ -106,7 +112,8 @@ def extract(side: str, raw: dict) -> dict:
         return {"median_s_per_step": raw["median_s_per_step"], "min_s_per_step": raw["min_s_per_step"],
                 "max_s_per_step": raw["max_s_per_step"], "completion_tokens_per_s": raw["completion_tokens_per_s"],
                 "peak_rss_mib": raw["peak_rss_mib"], "timed_steps": raw.get("timed_steps")}
-    s = raw["step_s_summary"]
+    s = raw.get("step_s_summary") or {"median": raw["median_s_per_step"], "min": raw["min_s_per_step"],
+                                      "max": raw["max_s_per_step"]}
     out = {"median_s_per_step": s["median"], "min_s_per_step": s["min"], "max_s_per_step": s["max"],
            "completion_tokens_per_s": raw["completion_tokens_per_s"], "peak_rss_mib": raw["peak_rss_mib"],
            "timed_steps": raw.get("timed_steps")}
@@ -245,12 +252,22 @@ def default_grpo() -> str:
     return str(local) if local.exists() else "grpo"
 
 
+def smollm2_dir(grpo: str) -> str | None:
+    """The Hugging Face directory grpo-lab converted SmolLM2 into (converting it now if needed), asked of
+    the python beside the grpo executable; None when the smollm2 extra is not installed there."""
+    python = Path(shutil.which(grpo) or grpo).parent / "python"
+    code = "from grpo.models import check_model_dir; print(check_model_dir('smollm2-135m', log=lambda *_: None))"
+    proc = subprocess.run([str(python), "-c", code], cwd=REPO, capture_output=True, text=True)
+    return proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 and proc.stdout.strip() else None
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="compare_trl.py", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workload", nargs="+", choices=WORKLOADS, default=list(WORKLOADS), metavar="{tiny,small}",
-                    help="workload(s) to compare: tiny (W1, 1.06M params) and/or small (W2, 33.6M params) "
-                         "(default: both)")
+    ap.add_argument("--workload", nargs="+", choices=WORKLOADS, default=["tiny", "small"],
+                    metavar="{tiny,small,smollm2}",
+                    help="workload(s) to compare: tiny (W1, 1.06M params), small (W2, 33.6M params), smollm2 (W3, "
+                         "SmolLM2-135M-Instruct; needs `make smollm2`) (default: tiny small)")
     ap.add_argument("--rounds", type=int, default=3,
                     help="rounds; each runs ours and TRL once per workload, alternating which goes first (default: 3)")
     ap.add_argument("--steps", type=int, default=None,
@@ -292,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
               f"or pass --grpo", file=sys.stderr)
         return 2
     steps = {w: args.steps or DEFAULT_STEPS[w] for w in args.workload}
+    args.smollm2_dir = smollm2_dir(args.grpo) if "smollm2" in args.workload else None
+    if "smollm2" in args.workload and args.smollm2_dir is None:
+        print("compare_trl: W3 needs SmolLM2 in grpo-lab's venv: run `make smollm2`", file=sys.stderr)
+        return 2
 
     print(f"compare_trl: workloads {', '.join(args.workload)}; rounds {args.rounds}; timed steps "
           f"{', '.join(f'{w} {steps[w]}' for w in args.workload)}; warm-up {args.warmup}; threads {args.threads}")

@@ -1,16 +1,20 @@
-"""`grpo bench`: seconds per GRPO step on the fixed workloads W1 (tiny) and W2 (small).
+"""`grpo bench`: seconds per GRPO step on the fixed workloads W1 (tiny), W2 (small) and W3 (smollm2).
 
-The workload matches ../shared/bench/trl_grpo_bench.py, so both can be timed side by side
-(bench/compare_trl.py): 8 prompts "a+b=" x G = 8, exactly 32 new tokens (EOS suppressed), temperature
-1, correct + format rewards, group advantages, kl_beta 0.04 with k3 (a reference forward every step),
-one inner epoch and one mini-batch (no separate old-logprob forward), AdamW lr 1e-4, grad clip 1.0,
-all 64 completions in one micro-batch, fp32, random init with seed 0, no warm start.
+W1/W2 match ../shared/bench/trl_grpo_bench.py, so both can be timed side by side (bench/compare_trl.py):
+8 prompts "a+b=" x G = 8, exactly 32 new tokens (EOS suppressed), temperature 1, correct + format
+rewards, group advantages, kl_beta 0.04 with k3 (a reference forward every step), one inner epoch and one
+mini-batch (no separate old-logprob forward), AdamW lr 1e-4, grad clip 1.0, all 64 completions in one
+micro-batch, fp32, random init with seed 0, no warm start. W3 matches bench/trl_smollm2_bench.py: the
+real SmolLM2-135M-Instruct, 4 questions "What is a+b?" in its chat template x G = 4, exactly 128 new
+tokens, micro-batches of 4 completions, otherwise the same (AdamW lr 1e-5).
 
 It runs the trainer's own `grpo_step` and prints one JSON object: median/min/max s/step, completion
 tokens/s, peak RSS, the phase split, the FLOP-model floor and `efficiency` = floor / step time. The floor
 divides the step's matmul FLOPs by this machine's fp32 GEMM peak, timed in the same process, with the
 same threads, on the step's own matmul shapes (`gemm_peak_gflops`; `--peak-gflops` overrides it), so an
 efficiency means the same on any machine: 1.0 would be a step that does nothing but its matmuls at peak.
+`profile` sets each phase (rollout, with its time per generated token; reference forward; learner
+forward/backward; optimizer) beside its own floor.
 """
 
 from __future__ import annotations
@@ -29,26 +33,34 @@ import torch
 from grpo.config import TrainConfig
 from grpo.models import MODEL_PRESETS
 
-PROMPT_LEN = 7            # "<bos>" + "ab+cd="
-VOCAB = 21
+# name -> the workload's fixed shape. W1/W2 match ../shared/bench/trl_grpo_bench.py; W3 matches
+# bench/trl_smollm2_bench.py: SmolLM2-135M-Instruct, 4 chat-templated questions "What is a+b?" x G 4.
+WORKLOADS = {
+    "tiny": dict(model="tiny", prompts=8, group_size=8, completion_len=32, micro_batch=64),
+    "small": dict(model="small", prompts=8, group_size=8, completion_len=32, micro_batch=64),
+    "qwen2_0.5b": dict(model="qwen2_0.5b", prompts=8, group_size=8, completion_len=32, micro_batch=64),
+    "smollm2": dict(model="smollm2-135m", prompts=4, group_size=4, completion_len=128, micro_batch=4),
+}
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     """Time GRPO steps on a fixed workload; prints one JSON object."""
 
-    workload: Literal["tiny", "small", "qwen2_0.5b"] = "tiny"
-    """W1 = tiny (1.06M params), W2 = small (33.6M params); qwen2_0.5b is Qwen2-0.5B's shape (for GPUs)."""
+    workload: Literal["tiny", "small", "qwen2_0.5b", "smollm2"] = "tiny"
+    """W1 = tiny (1.06M params), W2 = small (33.6M params), W3 = smollm2 (SmolLM2-135M-Instruct: `make smollm2`); qwen2_0.5b is Qwen2-0.5B's shape (for GPUs)."""
     steps: int = 20
     """Timed steps."""
     warmup: int = 2
     """Untimed steps first (allocator warm-up, compilation)."""
     threads: int = 2
     """torch CPU threads."""
-    group_size: int = 8
-    """G (the workload's 8; change it for the scaling table)."""
-    completion_len: int = 32
-    """Exact completion length (the workload's 32; change it for the scaling table)."""
+    group_size: int | None = None
+    """G; unset: the workload's (8, W3 4). Change it for the scaling table."""
+    completion_len: int | None = None
+    """Exact completion length; unset: the workload's (32, W3 128). Change it for the scaling table."""
+    micro_batch_size: int | None = None
+    """Completions per forward/backward; unset: all of them (W3: 4)."""
     device: Literal["auto", "cpu", "cuda"] = "cpu"
     """Device to run on."""
     dtype: Literal["fp32", "bf16"] = "fp32"
@@ -60,39 +72,66 @@ class BenchConfig:
     json_out: str = ""
     """Also write the JSON object to this file."""
 
+    @property
+    def shape(self) -> dict:
+        """The workload's shape with this run's overrides."""
+        w = dict(WORKLOADS[self.workload])
+        w["group_size"] = self.group_size or w["group_size"]
+        w["completion_len"] = self.completion_len or w["completion_len"]
+        w["micro_batch"] = self.micro_batch_size or (w["micro_batch"] if self.workload == "smollm2"
+                                                     else w["prompts"] * w["group_size"])
+        return w
+
 
 def workload_config(b: BenchConfig) -> TrainConfig:
+    w = b.shape
+    pretrained = b.workload == "smollm2"
     return TrainConfig(
-        task="arithmetic", digits="2", model=b.workload, prompts_per_step=8, group_size=b.group_size,
-        max_new_tokens=b.completion_len, min_new_tokens=b.completion_len, temperature=1.0,
-        kl_beta=0.04, kl_estimator="k3", inner_epochs=1, mini_batches=1, micro_batch_size=8 * b.group_size,
-        lr=1e-4, max_grad_norm=1.0, warmstart_steps=0, warmstart_seed=0, seed=0, threads=b.threads,
-        device=b.device, dtype=b.dtype, sampler=b.sampler, wandb_mode="disabled", quiet=True)
+        task="arithmetic", digits="2", model=w["model"], prompts_per_step=w["prompts"], group_size=w["group_size"],
+        max_new_tokens=w["completion_len"], min_new_tokens=w["completion_len"], temperature=1.0,
+        reward_weights={"correct_extracted": 1.0, "format_partial": 0.2} if pretrained else {"correct": 1.0, "format": 0.1},
+        kl_beta=0.04, kl_estimator="k3", inner_epochs=1, mini_batches=1, micro_batch_size=w["micro_batch"],
+        lr=1e-5 if pretrained else 1e-4, max_grad_norm=1.0, warmstart_steps=0, warmstart_seed=0, seed=0,
+        threads=b.threads, device=b.device, dtype=b.dtype, sampler=b.sampler, wandb_mode="disabled", quiet=True)
 
 
-def step_flops(model: str, num_seqs: int, completion_len: int) -> dict[str, float]:
-    """Matmul FLOPs of one step: 2 per weight per token forward, 3x that for forward + backward,
-    plus the attention products QK^T and AV (4 * hidden per attended position per layer)."""
-    p = MODEL_PRESETS[model]
-    h, layers, inter = p["hidden_size"], p["num_hidden_layers"], p["intermediate_size"]
-    kv = h * p["num_key_value_heads"] // p["num_attention_heads"]      # k and v width under GQA
-    weights = layers * (2 * h * h + 2 * h * kv + 3 * h * inter) + h * VOCAB
-    seq = PROMPT_LEN + completion_len
+def model_dims(config) -> dict[str, int]:
+    """The sizes the FLOP model needs, from a transformers config (or a preset's dict plus its vocabulary)."""
+    get = config.get if isinstance(config, dict) else lambda key: getattr(config, key)
+    h, heads = get("hidden_size"), get("num_attention_heads")
+    return {"hidden": h, "layers": get("num_hidden_layers"), "intermediate": get("intermediate_size"),
+            "kv": h * get("num_key_value_heads") // heads, "vocab": get("vocab_size")}
+
+
+def preset_dims(model: str, vocab: int = 21) -> dict[str, int]:
+    return model_dims({**MODEL_PRESETS[model], "vocab_size": vocab})
+
+
+def step_flops(dims: dict[str, int], prompt_lens: list[int], completion_len: int) -> dict[str, float]:
+    """Matmul FLOPs of one step, counting only the work a step cannot skip: 2 per weight per token
+    forward (3x for forward + backward), the layers over every real position (padding excluded), the
+    vocabulary head only where logits are used (the C positions that score a completion token), plus the
+    attention products QK^T and AV (4 * hidden per attended position per layer).
+
+    rollout: the layers over p + C - 1 positions (the last token is never fed back), the head over C;
+    reference: the layers over p + C, the head over C; learner: 3x the reference."""
+    h, layers, inter, kv, vocab = (dims[k] for k in ("hidden", "layers", "intermediate", "kv", "vocab"))
+    layer_weights = layers * (2 * h * h + 2 * h * kv + 3 * h * inter)
+    C = completion_len
 
     def forward(positions: int) -> float:
-        attention = sum(4 * h * (t + 1) for t in range(positions)) * layers
-        return num_seqs * (2 * weights * positions + attention)
+        attention = 4 * h * layers * positions * (positions + 1) // 2
+        return 2 * layer_weights * positions + 2 * h * vocab * C + attention
 
-    return {"rollout": forward(seq - 1), "reference": forward(seq), "policy_fwd_bwd": 3 * forward(seq)}
+    reference = sum(forward(p + C) for p in prompt_lens)
+    return {"rollout": sum(forward(p + C - 1) for p in prompt_lens), "reference": reference,
+            "policy_fwd_bwd": 3 * reference}
 
 
-def step_gemm_shapes(model: str, num_seqs: int, completion_len: int) -> list[tuple[int, int, int]]:
-    """(m, k, n) of the step's weight matmuls in the learner's forward: all tokens of the batch at once."""
-    p = MODEL_PRESETS[model]
-    h, inter = p["hidden_size"], p["intermediate_size"]
-    kv = h * p["num_key_value_heads"] // p["num_attention_heads"]
-    tokens = num_seqs * (PROMPT_LEN + completion_len)
-    return [(tokens, h, h), (tokens, h, kv), (tokens, h, inter), (tokens, inter, h), (tokens, h, VOCAB)]
+def step_gemm_shapes(dims: dict[str, int], tokens: int) -> list[tuple[int, int, int]]:
+    """(m, k, n) of the step's weight matmuls in the learner's forward over `tokens` positions at once."""
+    h, inter, kv, vocab = dims["hidden"], dims["intermediate"], dims["kv"], dims["vocab"]
+    return [(tokens, h, h), (tokens, h, kv), (tokens, h, inter), (tokens, inter, h), (tokens, h, vocab)]
 
 
 def gemm_peak_gflops(shapes: list[tuple[int, int, int]], device: torch.device, dtype: torch.dtype,
@@ -118,6 +157,17 @@ def gemm_peak_gflops(shapes: list[tuple[int, int, int]], device: torch.device, d
     return best
 
 
+class PromptLengths:
+    """Wraps a sampler and records the real (unpadded) prompt lengths of each rollout it generates."""
+
+    def __init__(self, sampler) -> None:
+        self.sampler, self.calls = sampler, []
+
+    def generate(self, model, prompt_ids, prompt_mask, **kwargs):
+        self.calls.append(prompt_mask.sum(-1).tolist())
+        return self.sampler.generate(model, prompt_ids, prompt_mask, **kwargs)
+
+
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -125,8 +175,9 @@ def peak_rss_mib() -> float:
 def run_bench(b: BenchConfig) -> dict:
     from grpo.trainer import build_trainer, grpo_step
 
-    cfg = workload_config(b)
+    cfg, shape = workload_config(b), b.shape
     t = build_trainer(cfg, log=lambda *_: None)
+    t.sampler = PromptLengths(t.sampler)
     times, phases = [], []
     with tempfile.TemporaryDirectory() as tmp:
         log_path = Path(tmp) / "metrics.jsonl"
@@ -144,23 +195,45 @@ def run_bench(b: BenchConfig) -> dict:
             if step > b.warmup:
                 times.append(elapsed)
                 phases.append({**t.timer.seconds, "jsonl": elapsed - (tock - tick)})
-    median = statistics.median(times)
-    flops = step_flops(b.workload, cfg.num_completions, b.completion_len)
+    median, C = statistics.median(times), shape["completion_len"]
+    dims = model_dims(t.policy.config)
+    # The floor of a median step: each timed step's FLOPs on its own prompts, then their median.
+    step_flop_list = [step_flops(dims, lengths, C) for lengths in t.sampler.calls[b.warmup:]]
+    flops = {k: statistics.median(f[k] for f in step_flop_list) for k in step_flop_list[0]}
+    prompt_tokens = statistics.mean(n for lengths in t.sampler.calls for n in lengths)
     dtype = torch.bfloat16 if b.dtype == "bf16" else torch.float32
-    peak = b.peak_gflops or gemm_peak_gflops(step_gemm_shapes(b.workload, cfg.num_completions, b.completion_len),
-                                             t.device, dtype)
+    tokens = round(cfg.micro_batch * (prompt_tokens + C))
+    peak = b.peak_gflops or gemm_peak_gflops(step_gemm_shapes(dims, tokens), t.device, dtype)
     floor = sum(flops.values()) / (peak * 1e9)
+    phase_s = {k: statistics.median(p.get(k, 0.0) for p in phases) for k in phases[0]}
+    params = sum(p.numel() for p in t.policy.parameters())
+    head = 2 * dims["hidden"] * dims["vocab"] * C * cfg.num_completions        # one forward's head FLOPs
     result = {
-        "workload": b.workload, "device": str(t.device), "dtype": b.dtype, "threads": torch.get_num_threads(),
-        "group_size": b.group_size, "completion_len": b.completion_len, "timed_steps": b.steps,
+        "workload": b.workload, "model": shape["model"], "device": str(t.device), "dtype": b.dtype,
+        "threads": torch.get_num_threads(), "prompts": shape["prompts"], "group_size": shape["group_size"],
+        "completion_len": C, "micro_batch_size": cfg.micro_batch, "mean_prompt_tokens": prompt_tokens,
+        "params": params, "timed_steps": b.steps,
         "median_s_per_step": median, "min_s_per_step": min(times), "max_s_per_step": max(times),
-        "completion_tokens_per_s": cfg.num_completions * b.completion_len / median,
+        "completion_tokens_per_s": cfg.num_completions * C / median,
         "peak_rss_mib": peak_rss_mib(),
-        "phases_s": {k: statistics.median(p[k] for p in phases) for k in phases[0]},
+        # policy + its gradient + AdamW's two moments + the reference, fp32: the part of the RSS that is weights
+        "model_state_mib": (4 + (cfg.kl_beta > 0)) * params * 4 / 2**20,
+        "phases_s": phase_s,
         "logging_share": statistics.median((p["metrics"] + p["jsonl"]) / s for p, s in zip(phases, times)),
         "flops_per_step": sum(flops.values()), "gemm_peak_gflops": peak,
         "gemm_peak_source": "--peak-gflops" if b.peak_gflops else "timed here on the step's matmul shapes",
         "floor_s_per_step": floor, "efficiency": floor / median, "ratio_to_floor": median / floor,
+        # Each phase against its own floor. The reward phase holds the reference forward; the rollout's
+        # per-token numbers divide by the completion length (prefill included).
+        "profile": {
+            "rollout": {"s": phase_s.get("rollout", 0.0), "floor_s": flops["rollout"] / (peak * 1e9),
+                        "s_per_token": phase_s.get("rollout", 0.0) / C,
+                        "floor_s_per_token": flops["rollout"] / (peak * 1e9) / C},
+            "reference": {"s": phase_s.get("reward", 0.0), "floor_s": flops["reference"] / (peak * 1e9)},
+            "learner_fwd_bwd": {"s": phase_s.get("train", 0.0), "floor_s": flops["policy_fwd_bwd"] / (peak * 1e9)},
+            "optimizer": {"s": phase_s.get("optimizer", 0.0)},
+            "vocab_head_share_of_floor": 5 * head / sum(flops.values()),   # rollout + reference + 3x learner
+        },
         "torch": torch.__version__,
     }
     if t.device.type == "cuda":

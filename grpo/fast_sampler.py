@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from grpo.sampler import Rollout, TokenStream, prefill, prompt_positions
+from grpo.sampler import Rollout, TokenStream, prompt_positions, shared_prefill
 
 SUPPORTED = {"llama", "qwen2", "mistral"}
 
@@ -78,7 +78,12 @@ def next_logits(model, layers: list[_Layer], token: Tensor, keys: list[Tensor], 
         h = _rms_norm(x, layer.norm2.weight, eps)
         gate, up = F.linear(h, layer.gate_up_weight).chunk(2, dim=-1)
         x = x + layer.down(F.silu(gate) * up)
-    return model.lm_head(_rms_norm(x, model.model.norm.weight, eps)[:, 0])
+    h, head = _rms_norm(x, model.model.norm.weight, eps)[:, 0], model.lm_head
+    if head.bias is None and h.device.type == "cpu":
+        # [V, H] @ [H, N]: with the vocabulary as the long side, a few rows' head runs ~1.5x faster on a CPU
+        # (SmolLM2's 49k x 576 head for 16 rows: 19 ms instead of 27-30 ms a token on 2 cores).
+        return torch.mm(head.weight, h.t()).t().contiguous()
+    return head(h)
 
 
 class StaticCacheSampler:
@@ -101,7 +106,7 @@ class StaticCacheSampler:
 
         # Prefill: the model's own forward over the prompt fills a cache we then copy.
         positions = prompt_positions(prompt_mask)
-        logits, cache = prefill(model, prompt_ids, prompt_mask, positions)
+        logits, cache = shared_prefill(model, prompt_ids, prompt_mask)
         total = prompt_len + max_new_tokens
         keys, values = [], []
         for entry in cache.layers:

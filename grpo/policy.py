@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from grpo.sampler import prompt_positions
+from grpo.sampler import cache_argument, prompt_positions, shared_prefill
 
 
 def sequence_inputs(prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -24,6 +24,39 @@ def sequence_inputs(prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Ten
     return input_ids, attention_mask, prompt_positions(attention_mask)
 
 
+def shares_prefixes(model) -> bool:
+    """Whether a forward may run a group's shared prompt once (it needs the KV cache, which gradient
+    checkpointing turns off)."""
+    name = "is_activation_checkpointing"        # transformers >= 5.2x; the old name warns there
+    return not getattr(model, name if hasattr(type(model), name) else "is_gradient_checkpointing", False)
+
+
+def completion_logits(model, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor) -> Tensor:
+    """The logits [B, T, V] that score each completion token: those of positions L-1 .. L+T-2.
+
+    The prompts run first, each distinct prompt once (`shared_prefill`: a group's G completions share
+    one), and the completions run on top of the copied KV cache: the values of one forward
+    over every full row, to float rounding, and its gradients (the copies' gradients add up in the shared
+    prefix), for G times less prompt work. The last completion token is never fed in: its logits score nothing.
+    """
+    num_rows, num_completion = completion_ids.shape
+    # Always in two parts (even with no prompt shared), so a row's values do not depend on which rows share
+    # its micro-batch: micro-batching then changes no result, not even in the last bit.
+    if shares_prefixes(model):
+        first, cache = shared_prefill(model, prompt_ids, prompt_mask)       # scores completion token 0
+        if num_completion == 1:
+            return first[:, None]
+        attention_mask = torch.cat([prompt_mask.long(), prompt_mask.new_ones(num_rows, num_completion - 1)], 1)
+        position_ids = prompt_positions(attention_mask)[:, prompt_ids.shape[1]:]
+        rest = model(input_ids=completion_ids[:, :-1], attention_mask=attention_mask, position_ids=position_ids,
+                     use_cache=True, **{cache_argument(model): cache}).logits
+        return torch.cat([first[:, None], rest], dim=1)
+    input_ids, attention_mask, position_ids = sequence_inputs(prompt_ids, prompt_mask, completion_ids)
+    # Keep the logits of the last T + 1 positions and drop the final one: positions L-1 .. L+T-2.
+    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                 logits_to_keep=num_completion + 1).logits[:, :-1]
+
+
 def completion_logp(model, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
                     temperature: float, *, eos_token_id: int | None = None, min_new_tokens: int = 0,
                     with_entropy: bool = False) -> Tensor | tuple[Tensor, Tensor]:
@@ -34,11 +67,7 @@ def completion_logp(model, prompt_ids: Tensor, prompt_mask: Tensor, completion_i
     with_entropy: also the entropy of that distribution at each position [B, T], differentiable (it
     materialises a [B, T, V] log-softmax, so it is only computed when asked for).
     """
-    input_ids, attention_mask, position_ids = sequence_inputs(prompt_ids, prompt_mask, completion_ids)
-    num_completion = completion_ids.shape[1]
-    # Keep the logits of the last T + 1 positions and drop the final one: positions L-1 .. L+T-2.
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   logits_to_keep=num_completion + 1).logits[:, :-1].float()
+    logits = completion_logits(model, prompt_ids, prompt_mask, completion_ids).float()
     if temperature != 1.0:
         logits = logits / temperature
     if min_new_tokens > 0:     # out of place: the logits may be the model's output, needed by autograd

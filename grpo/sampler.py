@@ -73,6 +73,35 @@ def prefill(model, prompt_ids: Tensor, prompt_mask: Tensor, positions: Tensor) -
     return logits, cache
 
 
+def shared_prefill(model, prompt_ids: Tensor, prompt_mask: Tensor) -> tuple[Tensor, DynamicCache]:
+    """`prefill`, running each distinct prompt row once: a group's G copies of a prompt share one prefill,
+    whose cache rows are then copied out to every row (differentiably, when gradients are on: the shared
+    rows' gradients add up, as if each copy had run). Same logits and cache as `prefill` on all rows,
+    to float rounding, at 1/G of its cost."""
+    keyed = torch.cat([prompt_ids, prompt_mask.long()], dim=1)
+    distinct, inverse = torch.unique(keyed, dim=0, return_inverse=True)
+    if distinct.shape[0] == keyed.shape[0]:
+        return prefill(model, prompt_ids, prompt_mask, prompt_positions(prompt_mask))
+    width = prompt_ids.shape[1]
+    ids, mask = distinct[:, :width], distinct[:, width:]
+    logits, cache = prefill(model, ids, mask, prompt_positions(mask))
+    cache.batch_select_indices(inverse)
+    return logits[inverse], cache
+
+
+def inverse_cdf_draw(probs: Tensor, generator: torch.Generator | None) -> Tensor:
+    """One token per row [N] drawn from `probs` [N, V]: the first index whose cumulative probability
+    exceeds a uniform draw scaled to the row's total. One uniform per row instead of torch.multinomial's
+    one exponential per vocabulary entry (19 ms vs 0.5 ms a token for 16 rows of a 49k vocabulary on 2
+    cores). A token of probability 0 is never drawn: its cumulative value equals its predecessor's."""
+    cdf = probs.cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+    token = torch.searchsorted(cdf, u, right=True).clamp(max=probs.shape[-1] - 1)
+    # u can round up to the total (p ~ 1e-7): then take the last token that has any probability.
+    last = probs.shape[-1] - 1 - (probs > 0).flip(-1).int().argmax(-1, keepdim=True)
+    return torch.where(probs.gather(-1, token) > 0, token, last).squeeze(-1)
+
+
 def sample_next(logits: Tensor, temperature: float, generator: torch.Generator | None,
                 greedy: bool) -> tuple[Tensor, Tensor, Tensor]:
     """(next token ids [N], entropy [N], log-prob of the chosen ids [N]) from last-position logits
@@ -83,7 +112,7 @@ def sample_next(logits: Tensor, temperature: float, generator: torch.Generator |
     if greedy:
         token = logits.argmax(-1)
     else:
-        token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        token = inverse_cdf_draw(probs, generator)
     logp = scaled.gather(-1, token[:, None]).squeeze(-1) - torch.logsumexp(scaled, dim=-1)
     return token, entropy, logp
 
@@ -98,7 +127,7 @@ class KVCacheSampler:
         num_rows, device = prompt_ids.shape[0], prompt_ids.device
         attention = prompt_mask.long()
         positions = prompt_positions(prompt_mask)
-        logits, cache = prefill(model, prompt_ids, prompt_mask, positions)
+        logits, cache = shared_prefill(model, prompt_ids, prompt_mask)
         cache_kwarg = {cache_argument(model): cache}
         next_position = positions[:, -1:] + 1
         stream = TokenStream(num_rows, device, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,

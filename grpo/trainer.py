@@ -109,7 +109,7 @@ def build_trainer(cfg: TrainConfig, log=print) -> Trainer:
     reference = None
     if cfg.kl_beta > 0:   # with kl_beta == 0 no reference is ever built
         # A copy that never trains, so it is stored in the compute dtype: under bf16 it takes half the
-        # memory (and its KL at step 1 is then only bf16-close to 0); under fp32 it is exact.
+        # memory (and its KL at step 1 is then only bf16-close to 0); under fp32 it is 0 to float rounding (~1e-9).
         reference = copy.deepcopy(policy).to(COMPUTE_DTYPES[cfg.dtype]).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rank_seed = cfg.seed * 1000 + dist.rank()
@@ -208,7 +208,9 @@ def update_policy(t: Trainer, step: int, rollout: Rollout, advantages: torch.Ten
                     cov_selected[mini_batch] = SELECTIONS[cfg.objective](
                         cov, loss_mask[mini_batch], objective_params(cfg), selection_rng)
                 mini_loss = torch.zeros((), device=t.device)
-                for rows in mini_batch.split(cfg.micro_batch):
+                # The micro-batches take the mini-batch's rows in row order (their losses add up to the same
+                # total in any order): a group's completions then share a micro-batch and one prompt forward.
+                for rows in mini_batch.sort().values.split(cfg.micro_batch):
                     with t.autocast():
                         learner = rollout_logp(t, t.policy, rollout, rows, with_entropy=cfg.entropy_coef != 0)
                     logp, entropy = learner if cfg.entropy_coef != 0 else (learner, None)

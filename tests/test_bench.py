@@ -15,14 +15,26 @@ from grpo.cli import main
 
 def test_step_flops_of_w1_by_hand():
     # tiny: h 128, 4 layers, intermediate 512, 4 heads = 4 kv heads; vocabulary 21.
-    # weights per token: 4 * (2*128*128 + 2*128*128 + 3*128*512) + 128*21 = 1,048,576 + 2,688 = 1,051,264
-    # reference forward over 7 + 32 = 39 positions: 2 * 1,051,264 * 39 = 81,998,592 weight FLOPs,
-    # attention 4 * 128 * 4 layers * (1 + ... + 39 = 780) = 1,597,440; per sequence 83,596,032, x 64.
-    flops = bench.step_flops("tiny", num_seqs=64, completion_len=32)
-    assert flops["reference"] == 64 * 83_596_032
-    # the rollout attends over 38 positions (the last token is never fed back): 2*1,051,264*38 + 2048*741
-    assert flops["rollout"] == 64 * (79_896_064 + 1_517_568)
+    # layer weights per token: 4 * (2*128*128 + 2*128*128 + 3*128*512) = 1,048,576; head 128*21 = 2,688.
+    # reference forward over 7 + 32 = 39 positions: layers 2 * 1,048,576 * 39 = 81,788,928, the head over
+    # the 32 scored positions 2 * 2,688 * 32 = 172,032, attention 4 * 128 * 4 layers * (1 + ... + 39 = 780)
+    # = 1,597,440; per sequence 83,558,400, x 64.
+    flops = bench.step_flops(bench.preset_dims("tiny"), [7] * 64, completion_len=32)
+    assert flops["reference"] == 64 * 83_558_400
+    # the rollout runs the layers over 38 positions (the last token is never fed back), the head over 32:
+    # 2*1,048,576*38 + 172,032 + 2048*741
+    assert flops["rollout"] == 64 * (79_691_776 + 172_032 + 1_517_568)
     assert flops["policy_fwd_bwd"] == 3 * flops["reference"]
+
+
+def test_step_flops_count_each_prompt_at_its_own_length():
+    # one layer, h 2, kv 2, intermediate 1, vocabulary 3: layer weights 2*4 + 2*4 + 3*2 = 22, head 6.
+    # prompts of 1 and 3 tokens, C = 2: reference positions 3 and 5.
+    # forward(n) = 2*22*n + 2*6*2 + 4*2*1*n(n+1)/2 -> forward(3) = 132 + 24 + 48 = 204, forward(5) = 220 + 24
+    # + 120 = 364; the rollout: forward(2) = 88 + 24 + 24 = 136, forward(4) = 176 + 24 + 80 = 280.
+    dims = {"hidden": 2, "layers": 1, "intermediate": 1, "kv": 2, "vocab": 3}
+    flops = bench.step_flops(dims, [1, 3], completion_len=2)
+    assert flops == {"rollout": 136 + 280, "reference": 204 + 364, "policy_fwd_bwd": 3 * (204 + 364)}
 
 
 def test_gemm_peak_is_the_best_shape_on_a_scripted_clock(monkeypatch):
@@ -37,7 +49,7 @@ def test_gemm_peak_is_the_best_shape_on_a_scripted_clock(monkeypatch):
 
 def test_step_gemm_shapes_are_the_learner_matmuls_of_w1():
     tokens = 64 * (7 + 32)
-    assert bench.step_gemm_shapes("tiny", 64, 32) == [(tokens, 128, 128), (tokens, 128, 128), (tokens, 128, 512),
+    assert bench.step_gemm_shapes(bench.preset_dims("tiny"), tokens) == [(tokens, 128, 128), (tokens, 128, 128), (tokens, 128, 512),
                                                       (tokens, 512, 128), (tokens, 128, 21)]
 
 

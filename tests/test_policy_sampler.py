@@ -18,7 +18,7 @@ from grpo.fast_sampler import StaticCacheSampler
 from grpo.losses import policy_loss
 from grpo.models import build_model
 from grpo.policy import completion_logp
-from grpo.sampler import KVCacheSampler, completion_mask, sample_next
+from grpo.sampler import KVCacheSampler, completion_mask, inverse_cdf_draw, sample_next
 
 VOCAB = 21
 PAD, EOS = 0, 2
@@ -90,6 +90,39 @@ def test_completion_logp_is_invariant_to_left_padding_width_and_pad_ids(model):
         narrow = completion_logp(model, prompt_ids, prompt_mask, completion_ids, temperature=1.0)
         wide = completion_logp(model, wider_ids, wider_mask, completion_ids, temperature=1.0)
     torch.testing.assert_close(wide, narrow, atol=1e-5, rtol=0)
+
+
+def test_a_group_shares_its_prompt_and_gets_the_values_and_gradients_of_full_rows():
+    """G = 3 copies of each prompt: the prompt runs once per group, the completions on its copied cache.
+    Values and gradients equal those of each row run alone, unpadded, as one plain forward."""
+    model = build_model("tiny", VOCAB, seed=1).train()
+    prompts = [PROMPTS[0]] * 3 + [PROMPTS[1]] * 3
+    completions = COMPLETIONS + [[5, 6, 7, 8, 9], [9, 8, 7, 6, 5], [4, 4, 4, 4, 4]]
+    prompt_ids, prompt_mask = left_pad(prompts)
+    logp = completion_logp(model, prompt_ids, prompt_mask, torch.tensor(completions), temperature=0.7)
+    weights = torch.linspace(-1.0, 1.0, logp.numel()).view_as(logp)      # a loss that weighs every token
+    shared = torch.autograd.grad((weights * logp).sum(), list(model.parameters()))
+    rows = []
+    for prompt, completion in zip(prompts, completions):
+        logits = model(input_ids=torch.tensor([prompt + completion[:-1]])).logits[0, len(prompt) - 1:] / 0.7
+        rows.append(torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(completion)[:, None])[:, 0])
+    plain = torch.stack(rows)
+    alone = torch.autograd.grad((weights * plain).sum(), list(model.parameters()))
+    torch.testing.assert_close(logp, plain, atol=1e-5, rtol=0)
+    for a, b in zip(shared, alone):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_a_shared_prompt_is_run_once_per_group(model):
+    seen = []
+    hook = model.model.embed_tokens.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
+    prompt_ids, prompt_mask = left_pad([PROMPTS[0]] * 3 + [PROMPTS[2]] * 3)
+    try:
+        with torch.no_grad():
+            completion_logp(model, prompt_ids, prompt_mask, torch.tensor(COMPLETIONS * 2), temperature=1.0)
+    finally:
+        hook.remove()
+    assert seen == [(2, 5), (6, 4)]      # 2 distinct prompts of width 5, then 6 rows of T - 1 = 4 tokens
 
 
 def _loss_and_grads(model, reference, completion_ids, advantages):
@@ -257,6 +290,17 @@ def test_entropy_of_a_banned_token_is_finite():
     token, entropy, _ = sample_next(logits, 1.0, torch.Generator().manual_seed(0), greedy=False)
     torch.testing.assert_close(entropy, torch.tensor([math.log(20)]))
     assert token.item() != EOS
+
+
+def test_inverse_cdf_draws_follow_the_probabilities_and_never_a_zero():
+    """40,000 draws from (0, .1, .6, 0, .3, 0): each frequency within 4 standard errors (sd of a share p
+    from n draws: sqrt(p (1 - p) / n) <= 0.0025), and the three zero-probability tokens never."""
+    probs = torch.tensor([[0.0, 0.1, 0.6, 0.0, 0.3, 0.0]]).expand(40_000, 6)
+    tokens = inverse_cdf_draw(probs, torch.Generator().manual_seed(3))
+    counts = torch.bincount(tokens, minlength=6).float() / 40_000
+    assert counts[[0, 3, 5]].sum() == 0
+    for p, share in zip([0.1, 0.6, 0.3], counts[[1, 2, 4]].tolist()):
+        assert abs(share - p) < 4 * math.sqrt(p * (1 - p) / 40_000)
 
 
 def test_sample_next_greedy_is_argmax_and_temperature_sharpens():

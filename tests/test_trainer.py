@@ -433,8 +433,11 @@ def test_kl_beta_positive_builds_a_frozen_reference_and_logs_kl(make_cfg, tmp_pa
     second, _ = grpo_step(t, 2)
     for metrics in (first, second):
         assert {"kl/k1", "kl/k2", "kl/k3"} <= set(metrics)
-    # step 1 samples from the warm start itself: KL to the reference is exactly 0
-    assert first["kl/k1"] == first["kl/k2"] == first["kl/k3"] == 0.0
+    # step 1 samples from the warm start itself: KL to the reference is 0, to float rounding (the reference
+    # runs the rows in order, the learner in shuffled micro-batches, and a matmul's last bit can depend on
+    # how many distinct prompts share its batch).
+    for key in ("kl/k1", "kl/k2", "kl/k3"):
+        assert abs(first[key]) < 1e-7, key
     assert second["kl/k3"] > 0.0
     assert all(torch.equal(a, b) for a, b in zip(reference_before, t.reference.parameters()))
 
