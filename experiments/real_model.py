@@ -19,8 +19,8 @@ from grpo.config import TrainConfig
 base = TrainConfig(
     model="smollm2-135m", task="arithmetic", digits="1-2", worked_example=True,
     reward_weights={"correct_extracted": 1.0, "format_partial": 0.5},
-    steps=30, prompts_per_step=4, group_size=4, max_new_tokens=64, lr=2e-5,
-    eval_prompts=32, eval_samples=4, eval_every=30, save_every=10, log_samples_every=5,
+    steps=25, prompts_per_step=4, group_size=4, max_new_tokens=64, lr=2e-5,
+    eval_prompts=32, eval_samples=4, eval_every=25, save_every=5, log_samples_every=5,
 )
 EXPERIMENT = Experiment(
     name="real_model",
@@ -32,7 +32,7 @@ EXPERIMENT = Experiment(
     budget=f"completions per step ({base.num_completions}) and steps ({base.steps})",
     baseline="grpo",
     seeds=2,
-    quick={"steps": 4, "eval_every": 4, "save_every": 4, "eval_prompts": 16},
+    quick={"steps": 3, "eval_every": 3, "save_every": 3, "eval_prompts": 8},
 )
 
 if __name__ == "__main__":
