@@ -73,16 +73,16 @@ FIGURES = [
                                                  ylabel="share of the step's completions correct"),
                lambda df, c: "accuracy: the share of each step's sampled completions that the run's correctness "
                f"reward judges right (curves EMA-smoothed); {LATE}: {cap.arm_text(df, ['accuracy'], c)}."),
-    *(FigureSpec(f"format_{name}", title, _has(f"reward/{name}/mean"),
-                 lambda df, c, key=f"reward/{name}/mean": fig.learning_curves(df, key, c.x, c.order, smoothing="ema",
-                                                                              ylabel=key),
-                 lambda df, c, key=f"reward/{name}/mean", text=text:
+    *(FigureSpec(name, title, _has(key),
+                 lambda df, c, key=key: fig.learning_curves(df, key, c.x, c.order, smoothing="ema", ylabel=key),
+                 lambda df, c, key=key, text=text:
                  f"{key}: {text}, mean over the step's completions, unweighted (curves EMA-smoothed); {LATE}: "
                  f"{cap.arm_text(df, [key], c)}.")
-      for name, title, text in [("format_partial", "Format reward (partial credit)",
-                                 "a fifth per tag present once and a fifth for a parsable answer"),
-                                ("format", "Format reward (strict)",
-                                 "1 for exactly <think>...</think><answer>...</answer>")]),
+      for name, key, title, text in [
+          ("format_partial", "reward/format_partial/mean", "Format reward (partial credit)",
+           "a fifth per tag present once and a fifth for a parsable answer"),
+          ("format_strict", "reward/format/mean", "Format reward (strict)",
+           "1 for exactly <think>...</think><answer>...</answer>")]),
     FigureSpec("length_curve", "Completion length", _has("len/mean"),
                lambda df, c: fig.learning_curves(df, "len/mean", c.x, c.order, smoothing="ema",
                                                  ylabel="completion tokens (EOS included)"),

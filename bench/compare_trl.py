@@ -44,6 +44,7 @@ DEFAULT_STEPS = {"tiny": 10, "small": 5, "smollm2": 3}
 SPEEDUP_TARGET = {"tiny": 1.75, "small": 1.1, "smollm2": 1.5}
 # W3's TRL side is our own driver (it needs the converted SmolLM2 directory); W1/W2 use the shared script.
 W3_SCRIPT = REPO / "bench" / "trl_smollm2_bench.py"
+W3_MEMORY_MIB = 4096
 SETUP_HINT = ("set up the TRL venv from the repo root: python3 -m venv .venv-trl && "
               ".venv-trl/bin/pip install torch==2.13.0 && "
               ".venv-trl/bin/pip install transformers trl datasets accelerate (see bench/README.md)")
@@ -198,6 +199,9 @@ def summarize(workload: str, pairs: list[dict]) -> dict:
                 "trl_mib": rt["median"] if rt else None,
                 "pass": (ro["median"] <= rt["median"]) if (ro and rt) else None},
     }
+    if workload == "smollm2":        # issue K: W3's policy + AdamW + reference within 4 GiB
+        summary["targets"]["memory"] = {"target": f"ours <= {W3_MEMORY_MIB} MiB", "ours_mib": ro["median"] if ro else None,
+                                        "pass": (ro["median"] <= W3_MEMORY_MIB) if ro else None}
     return summary
 
 
@@ -241,6 +245,9 @@ def print_summary(summaries: list[dict]) -> None:
               f"{'>=' + str(SPEEDUP_TARGET[s['workload']]):>7} {verdict(tg['speedup']['pass']):>5} "
               f"{fmt(tg['rss']['ours_mib'], '.0f'):>5} MiB {fmt(tg['rss']['trl_mib'], '.0f'):>5} MiB "
               f"{verdict(tg['rss']['pass']):>5}")
+        if "memory" in tg:
+            print(f"  {s['label']} peak RSS {fmt(tg['memory']['ours_mib'], '.0f')} MiB, target {tg['memory']['target']}: "
+                  f"{verdict(tg['memory']['pass'])}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -316,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"compare_trl: workloads {', '.join(args.workload)}; rounds {args.rounds}; timed steps "
           f"{', '.join(f'{w} {steps[w]}' for w in args.workload)}; warm-up {args.warmup}; threads {args.threads}")
-    print(f"  ours: {args.grpo}\n  trl:  {args.trl_python} {args.trl_script}", flush=True)
+    scripts = [args.trl_script] * any(w != "smollm2" for w in args.workload) + [str(W3_SCRIPT)] * ("smollm2" in args.workload)
+    print(f"  ours: {args.grpo}\n  trl:  {args.trl_python} {' and '.join(scripts)}", flush=True)
 
     pairs: dict[str, list[dict]] = {w: [] for w in args.workload}
     t_start = time.time()

@@ -11,7 +11,7 @@ import pytest
 from analysis.report import write_report
 
 REPO = Path(__file__).resolve().parents[1]
-ALL_FIGURES = ["eval_curve", "reward_curve", "train_accuracy", "format_format_partial", "length_curve",
+ALL_FIGURES = ["eval_curve", "reward_curve", "train_accuracy", "format_partial", "length_curve",
                "zero_variance", "kl", "inner_epochs", "length"]
 
 
