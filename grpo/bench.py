@@ -107,11 +107,13 @@ def preset_dims(model: str, vocab: int = 21) -> dict[str, int]:
     return model_dims({**MODEL_PRESETS[model], "vocab_size": vocab})
 
 
-def step_flops(dims: dict[str, int], prompt_lens: list[int], completion_len: int) -> dict[str, float]:
+def step_flops(dims: dict[str, int], prompt_lens: list[int], completion_len: int,
+               group_size: int = 1) -> dict[str, float]:
     """Matmul FLOPs of one step, counting only the work a step cannot skip: 2 per weight per token
     forward (3x for forward + backward), the layers over every real position (padding excluded), the
-    vocabulary head only where logits are used (the C positions that score a completion token), plus the
-    attention products QK^T and AV (4 * hidden per attended position per layer).
+    vocabulary head only where logits are used (the C positions that score a completion token), the
+    attention products QK^T and AV (4 * hidden per attended position per layer), and each group's prompt
+    once (`prompt_lens` per row, rows i*G .. i*G+G-1 share a prompt, as the trainer runs them).
 
     rollout: the layers over p + C - 1 positions (the last token is never fed back), the head over C;
     reference: the layers over p + C, the head over C; learner: 3x the reference."""
@@ -119,12 +121,17 @@ def step_flops(dims: dict[str, int], prompt_lens: list[int], completion_len: int
     layer_weights = layers * (2 * h * h + 2 * h * kv + 3 * h * inter)
     C = completion_len
 
-    def forward(positions: int) -> float:
-        attention = 4 * h * layers * positions * (positions + 1) // 2
-        return 2 * layer_weights * positions + 2 * h * vocab * C + attention
+    def positions(first: int, last: int) -> float:
+        """Layers and attention over positions first .. last - 1."""
+        attention = 4 * h * layers * (last * (last + 1) - first * (first + 1)) // 2
+        return 2 * layer_weights * (last - first) + attention
 
-    reference = sum(forward(p + C) for p in prompt_lens)
-    return {"rollout": sum(forward(p + C - 1) for p in prompt_lens), "reference": reference,
+    def forward(p: int, fed: int) -> float:       # one group: its prompt once, G completions of `fed` tokens
+        return positions(0, p) + group_size * (positions(p, p + fed) + 2 * h * vocab * C)
+
+    prompts = prompt_lens[::group_size]
+    reference = sum(forward(p, C) for p in prompts)
+    return {"rollout": sum(forward(p, C - 1) for p in prompts), "reference": reference,
             "policy_fwd_bwd": 3 * reference}
 
 
@@ -198,7 +205,7 @@ def run_bench(b: BenchConfig) -> dict:
     median, C = statistics.median(times), shape["completion_len"]
     dims = model_dims(t.policy.config)
     # The floor of a median step: each timed step's FLOPs on its own prompts, then their median.
-    step_flop_list = [step_flops(dims, lengths, C) for lengths in t.sampler.calls[b.warmup:]]
+    step_flop_list = [step_flops(dims, lengths, C, cfg.group_size) for lengths in t.sampler.calls[b.warmup:]]
     flops = {k: statistics.median(f[k] for f in step_flop_list) for k in step_flop_list[0]}
     prompt_tokens = statistics.mean(n for lengths in t.sampler.calls for n in lengths)
     dtype = torch.bfloat16 if b.dtype == "bf16" else torch.float32
@@ -216,8 +223,8 @@ def run_bench(b: BenchConfig) -> dict:
         "median_s_per_step": median, "min_s_per_step": min(times), "max_s_per_step": max(times),
         "completion_tokens_per_s": cfg.num_completions * C / median,
         "peak_rss_mib": peak_rss_mib(),
-        # policy + its gradient + AdamW's two moments + the reference, fp32: the part of the RSS that is weights
-        "model_state_mib": (4 + (cfg.kl_beta > 0)) * params * 4 / 2**20,
+        # policy + its gradient + AdamW's two moments (fp32) + the reference (in the compute dtype)
+        "model_state_mib": (4 * 4 + (cfg.kl_beta > 0) * (2 if b.dtype == "bf16" else 4)) * params / 2**20,
         "phases_s": phase_s,
         "logging_share": statistics.median((p["metrics"] + p["jsonl"]) / s for p, s in zip(phases, times)),
         "flops_per_step": sum(flops.values()), "gemm_peak_gflops": peak,

@@ -53,6 +53,14 @@ RewardWeights = Annotated[dict[str, float], tyro.constructors.PrimitiveConstruct
 SIZED_DEFAULTS = {"micro_batch_size": (64, 4), "eval_prompts": (200, 64), "eval_samples": (16, 4)}
 
 
+def sized_value(name: str, value: int | None, model: str) -> int:
+    """A SIZED_DEFAULTS field's value: as given, or the default for this kind of model when unset."""
+    if value is not None:
+        return value
+    preset, pretrained = SIZED_DEFAULTS[name]
+    return preset if is_preset(model) else pretrained
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Train a policy with GRPO; writes a run directory (config, metrics.jsonl, summary, checkpoints)."""
@@ -307,11 +315,7 @@ class TrainConfig:
         return "correct"
 
     def _sized(self, name: str) -> int:
-        value = getattr(self, name)
-        if value is not None:
-            return value
-        preset, pretrained = SIZED_DEFAULTS[name]
-        return preset if is_preset(self.model) else pretrained
+        return sized_value(name, getattr(self, name), self.model)
 
     @property
     def micro_batch(self) -> int:
@@ -360,7 +364,15 @@ RESUMABLE_FIELDS = frozenset({
 
 
 def config_mismatch(saved: dict, config: TrainConfig) -> list[str]:
-    """Names of the fields whose value differs between a saved config.json and `config`."""
+    """Names of the fields whose value differs between a saved config.json and `config`. A field the saved
+    config lacks (written before the field existed) counts as its default; a SIZED_DEFAULTS field compares
+    by the value it resolves to (an old run's explicit 64 equals today's unset default for a preset)."""
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(TrainConfig)}
+    saved = {**json.loads(json.dumps(defaults)), **saved}
     current = json.loads(json.dumps(config.to_dict()))
+    for name in SIZED_DEFAULTS:
+        saved[name] = sized_value(name, saved[name], saved["model"])
+        current[name] = sized_value(name, current[name], current["model"])
     return sorted(k for k in set(saved) | set(current)
                   if k not in RESUMABLE_FIELDS and saved.get(k) != current.get(k))

@@ -40,8 +40,8 @@ def completion_logits(model, prompt_ids: Tensor, prompt_mask: Tensor, completion
     prefix), for G times less prompt work. The last completion token is never fed in: its logits score nothing.
     """
     num_rows, num_completion = completion_ids.shape
-    # Always in two parts (even with no prompt shared), so a row's values do not depend on which rows share
-    # its micro-batch: micro-batching then changes no result, not even in the last bit.
+    # Always in two parts, even with no prompt shared: the same computation whichever rows share a
+    # micro-batch (a matmul's last bit can still depend on its row count).
     if shares_prefixes(model):
         first, cache = shared_prefill(model, prompt_ids, prompt_mask)       # scores completion token 0
         if num_completion == 1:

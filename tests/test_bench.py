@@ -37,6 +37,18 @@ def test_step_flops_count_each_prompt_at_its_own_length():
     assert flops == {"rollout": 136 + 280, "reference": 204 + 364, "policy_fwd_bwd": 3 * (204 + 364)}
 
 
+def test_step_flops_count_a_groups_prompt_once():
+    # The dims above, rows [1, 1, 3, 3] in groups of 2. A forward splits into the prompt part (layers and
+    # attention over positions 0 .. p-1) and each row's completion part (positions p .. p+fed-1, plus the head
+    # 2*2*3 over C = 2 positions): prompt 1: 2*22*1 + 4*2*1 = 52; prompt 3: 2*22*3 + 8*(1+2+3) = 180.
+    # reference (fed 2): rows of prompt 1: 88 + 24 + 8*(2+3) = 152; of prompt 3: 88 + 24 + 8*(4+5) = 184.
+    # rollout (fed 1): 44 + 24 + 8*2 = 84 and 44 + 24 + 8*4 = 100. (Each row alone: 52 + 152 = 204 = forward(3).)
+    dims = {"hidden": 2, "layers": 1, "intermediate": 1, "kv": 2, "vocab": 3}
+    flops = bench.step_flops(dims, [1, 1, 3, 3], completion_len=2, group_size=2)
+    assert flops["reference"] == 52 + 2 * 152 + 180 + 2 * 184
+    assert flops["rollout"] == 52 + 2 * 84 + 180 + 2 * 100
+
+
 def test_gemm_peak_is_the_best_shape_on_a_scripted_clock(monkeypatch):
     """Each perf_counter call advances 0.05 s: after the warm-up call, a shape is called until 0.2 s have
     passed, i.e. 4 times, so its rate is 2*m*k*n * 4 / 0.2 s. The peak is the best shape's."""
