@@ -40,10 +40,10 @@ def completion_logits(model, prompt_ids: Tensor, prompt_mask: Tensor, completion
     prefix), for G times less prompt work. The last completion token is never fed in: its logits score nothing.
     """
     num_rows, num_completion = completion_ids.shape
-    # Always in two parts, even with no prompt shared: the same computation whichever rows share a
-    # micro-batch (a matmul's last bit can still depend on its row count).
+    # Always in two parts, each prompt in a forward of its own: the same computation whichever rows share a
+    # micro-batch, so micro-batching changes no log-prob (token selections such as kl_cov's depend on that).
     if shares_prefixes(model):
-        first, cache = shared_prefill(model, prompt_ids, prompt_mask)       # scores completion token 0
+        first, cache = shared_prefill(model, prompt_ids, prompt_mask, one_at_a_time=True)   # scores token 0
         if num_completion == 1:
             return first[:, None]
         attention_mask = torch.cat([prompt_mask.long(), prompt_mask.new_ones(num_rows, num_completion - 1)], 1)

@@ -73,18 +73,30 @@ def prefill(model, prompt_ids: Tensor, prompt_mask: Tensor, positions: Tensor) -
     return logits, cache
 
 
-def shared_prefill(model, prompt_ids: Tensor, prompt_mask: Tensor) -> tuple[Tensor, DynamicCache]:
+def shared_prefill(model, prompt_ids: Tensor, prompt_mask: Tensor,
+                   one_at_a_time: bool = False) -> tuple[Tensor, DynamicCache]:
     """`prefill`, running each distinct prompt row once: a group's G copies of a prompt share one prefill,
     whose cache rows are then copied out to every row (differentiably, when gradients are on: the shared
     rows' gradients add up, as if each copy had run). Same logits and cache as `prefill` on all rows,
-    to float rounding, at 1/G of its cost."""
+    to float rounding, at 1/G of its cost.
+
+    one_at_a_time: each distinct prompt in a forward of its own, so its values do not depend on which
+    other prompts share the batch (a matmul's last bit can depend on its row count): micro-batches of
+    any composition then give the same log-probs, bit for bit."""
     keyed = torch.cat([prompt_ids, prompt_mask.long()], dim=1)
     distinct, inverse = torch.unique(keyed, dim=0, return_inverse=True)
-    if distinct.shape[0] == keyed.shape[0]:
+    if distinct.shape[0] == keyed.shape[0] and not one_at_a_time:
         return prefill(model, prompt_ids, prompt_mask, prompt_positions(prompt_mask))
     width = prompt_ids.shape[1]
     ids, mask = distinct[:, :width], distinct[:, width:]
-    logits, cache = prefill(model, ids, mask, prompt_positions(mask))
+    if not one_at_a_time:
+        logits, cache = prefill(model, ids, mask, prompt_positions(mask))
+    else:
+        parts = [prefill(model, ids[i:i + 1], mask[i:i + 1], prompt_positions(mask[i:i + 1])) for i in range(len(ids))]
+        logits, cache = torch.cat([p[0] for p in parts]), parts[0][1]
+        for layer, *others in zip(cache.layers, *(p[1].layers for p in parts[1:])):
+            layer.keys = torch.cat([layer.keys] + [o.keys for o in others])
+            layer.values = torch.cat([layer.values] + [o.values for o in others])
     cache.batch_select_indices(inverse)
     return logits[inverse], cache
 

@@ -122,7 +122,8 @@ def test_a_shared_prompt_is_run_once_per_group(model):
             completion_logp(model, prompt_ids, prompt_mask, torch.tensor(COMPLETIONS * 2), temperature=1.0)
     finally:
         hook.remove()
-    assert seen == [(2, 5), (6, 4)]      # 2 distinct prompts of width 5, then 6 rows of T - 1 = 4 tokens
+    # each of the 2 distinct prompts (width 5) in a forward of its own, then 6 rows of T - 1 = 4 tokens
+    assert seen == [(1, 5), (1, 5), (6, 4)]
 
 
 def _loss_and_grads(model, reference, completion_ids, advantages):

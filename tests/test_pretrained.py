@@ -197,6 +197,25 @@ def test_smollm2_converts_to_the_packaged_model_and_writes_about_the_question(tm
     assert "23 + 45" in tokenizer.decode(out[0, ids.input_ids.shape[1]:])
 
 
+@pytest.mark.slow
+def test_smollm2_with_a_worked_example_learns_from_step_1(tmp_path):
+    """One GRPO step of the real SmolLM2 with --worked-example and the tolerant rewards: the groups have reward
+    variance (measured: 6% of 16 groups without it at step 1, against 81% without the worked example), the
+    model writes tags (format_partial > 0), and the step moves the weights."""
+    from grpo.trainer import build_trainer, grpo_step
+
+    cfg = TrainConfig(model="smollm2-135m", digits="1-2", worked_example=True, prompts_per_step=4, group_size=4,
+                      reward_weights={"correct_extracted": 1.0, "format_partial": 0.5}, lr=2e-5, seed=1,
+                      wandb_mode="disabled", out_dir=str(tmp_path / "run"))
+    t = build_trainer(cfg, log=lambda *_: None)
+    before = t.policy.lm_head.weight.detach().clone()
+    metrics, _ = grpo_step(t, 1)
+    assert metrics["zero_var/frac"] < 1
+    assert metrics["reward/format_partial/mean"] > 0
+    assert abs(metrics["kl/k3"]) < 1e-6                       # step 1 samples from the reference itself
+    assert not torch.equal(before, t.policy.lm_head.weight)
+
+
 @pytest.mark.parametrize(("weights", "expected"), [
     ({"correct": 1.0, "format": 0.1}, "correct"),
     ({"correct_extracted": 1.0, "format_partial": 0.2}, "correct_extracted"),
