@@ -53,23 +53,6 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
-def return_freed_memory_to_the_os() -> None:
-    """glibc keeps freed blocks below a threshold that grows up to 32 MB in its heap, where a CPU run's
-    per-step tensors (activations, rollout caches) then stay resident; a fixed 1 MB threshold gives freed
-    tensors back at once. Measured on W3 (SmolLM2-135M, 2 cores): peak RSS 4.76 -> 4.35 GB, no slower.
-    A no-op where glibc's mallopt is missing."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    for option in (-3, -1):             # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
-        mallopt(option, 1 << 20)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
@@ -77,8 +60,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if command in ("train", "bench"):
-        return_freed_memory_to_the_os()
     from grpo import GrpoError
 
     try:

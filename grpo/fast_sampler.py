@@ -7,6 +7,8 @@ preallocated cache, and each new token runs the same layers by hand on the model
 RMSNorm, one fused q/k/v matmul, rotary embedding from a table built once, scaled-dot-product
 attention over the filled part of the cache, one fused gate/up matmul. Same math as the model's
 forward (tests compare the two), about a hundred tensor ops per token instead of several hundred.
+Rows that have ended (EOS) leave the batch once they are a quarter of it, so a batch whose completions
+end early stops paying for them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from torch import Tensor
 from grpo.sampler import Rollout, TokenStream, prompt_positions, shared_prefill
 
 SUPPORTED = {"llama", "qwen2", "mistral"}
+# The decode loop drops ended rows from its cache once they are at least 1/COMPACT_AT of the rows it runs:
+# each drop copies the cache, so it waits until a quarter of the work can go.
+COMPACT_AT = 4
 
 
 def supports(model) -> bool:
@@ -128,12 +133,21 @@ class StaticCacheSampler:
         stream = TokenStream(num_rows, prompt_ids.device, max_new_tokens=max_new_tokens,
                              min_new_tokens=min_new_tokens, temperature=temperature, generator=generator,
                              greedy=greedy, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+        live = torch.arange(num_rows, device=prompt_ids.device)    # the rows the layers still run
         for step in range(max_new_tokens):
             token, done = stream.push(logits)
             if done:
                 break
+            ended = int(stream.finished[live].sum())
+            if ended * COMPACT_AT >= len(live):
+                # Drop the ended rows from the cache: the layers then run only the rows still writing.
+                keep = (~stream.finished[live]).nonzero()[:, 0]
+                live, position, bias = live[keep], position[keep], bias[keep]
+                keys, values = [k[keep] for k in keys], [v[keep] for v in values]
             slot = prompt_len + step
-            cos, sin = cos_table[position][:, None, None], sin_table[position][:, None, None]   # [N, 1, 1, D]
-            logits = next_logits(model, layers, token, keys, values, slot, cos, sin, bias[..., : slot + 1], dims)
+            cos, sin = cos_table[position][:, None, None], sin_table[position][:, None, None]   # [n, 1, 1, D]
+            part = next_logits(model, layers, token[live], keys, values, slot, cos, sin, bias[..., : slot + 1], dims)
+            # Ended rows' logits are never read (TokenStream pads them): zeros keep the tensor whole.
+            logits = part if len(live) == num_rows else part.new_zeros(num_rows, part.shape[-1]).index_copy_(0, live, part)
             position = position + 1
         return stream.rollout(prompt_ids, prompt_mask)

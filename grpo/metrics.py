@@ -115,6 +115,7 @@ timing (seconds)
   time/counterfactual         the counterfactual gradients (on the steps that compute them)
   time/metrics                computing this catalogue for the step
   time/step                   the whole step
+  time/eval                   the held-out evaluation (on evaluation steps; not part of time/step)
 eval (on evaluation steps: 0, every eval_every, the last)
   eval/accuracy               greedy accuracy (correctness reward) on held-out prompts
   eval/pass@1, eval/pass@<G>  unbiased pass@k from n sampled completions per prompt

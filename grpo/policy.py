@@ -31,7 +31,24 @@ def shares_prefixes(model) -> bool:
     return not getattr(model, name if hasattr(type(model), name) else "is_gradient_checkpointing", False)
 
 
-def completion_logits(model, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor) -> Tensor:
+# A group's prompt runs once (in a forward of its own) only where that saves at least this share of the
+# positions a plain forward runs: below it, the extra calls (a prefill per distinct prompt, the cache copy)
+# cost more than the saved positions. See `worth_sharing`.
+SHARE_MIN_SAVING = 0.25
+
+
+def worth_sharing(rollout, group_size: int) -> bool:
+    """Whether `completion_logits` should run each group's prompt once: the share of positions saved,
+    (G - 1) / G x L / (L + T) for prompts padded to L and completions of T, is at least SHARE_MIN_SAVING.
+    A function of the step's shapes alone, never of which rows share a micro-batch, so every
+    micro-batch of a step takes the same path."""
+    prompt_width, completion_width = rollout.prompt_ids.shape[1], rollout.completion_ids.shape[1]
+    saved = (group_size - 1) / group_size * prompt_width / (prompt_width + completion_width)
+    return saved >= SHARE_MIN_SAVING
+
+
+def completion_logits(model, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
+                      share_prompts: bool = True) -> Tensor:
     """The logits [B, T, V] that score each completion token: those of positions L-1 .. L+T-2.
 
     The prompts run first, each distinct prompt once (`shared_prefill`: a group's G completions share
@@ -42,7 +59,7 @@ def completion_logits(model, prompt_ids: Tensor, prompt_mask: Tensor, completion
     num_rows, num_completion = completion_ids.shape
     # Always in two parts, each prompt in a forward of its own: the same computation whichever rows share a
     # micro-batch, so micro-batching changes no log-prob (token selections such as kl_cov's depend on that).
-    if shares_prefixes(model):
+    if share_prompts and shares_prefixes(model):
         first, cache = shared_prefill(model, prompt_ids, prompt_mask, one_at_a_time=True)   # scores token 0
         if num_completion == 1:
             return first[:, None]
@@ -59,7 +76,7 @@ def completion_logits(model, prompt_ids: Tensor, prompt_mask: Tensor, completion
 
 def completion_logp(model, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
                     temperature: float, *, eos_token_id: int | None = None, min_new_tokens: int = 0,
-                    with_entropy: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+                    with_entropy: bool = False, share_prompts: bool = True) -> Tensor | tuple[Tensor, Tensor]:
     """log pi(completion token j | prompt, tokens < j) [B, T], in fp32, under the distribution the
     sampler drew from: at the sampling temperature, with EOS banned at positions j < min_new_tokens
     (exactly as `sampler.TokenStream` bans it), so the ratio compares like with like.
@@ -67,7 +84,7 @@ def completion_logp(model, prompt_ids: Tensor, prompt_mask: Tensor, completion_i
     with_entropy: also the entropy of that distribution at each position [B, T], differentiable (it
     materialises a [B, T, V] log-softmax, so it is only computed when asked for).
     """
-    logits = completion_logits(model, prompt_ids, prompt_mask, completion_ids).float()
+    logits = completion_logits(model, prompt_ids, prompt_mask, completion_ids, share_prompts).float()
     if temperature != 1.0:
         logits = logits / temperature
     if min_new_tokens > 0:     # out of place: the logits may be the model's output, needed by autograd

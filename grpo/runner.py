@@ -134,7 +134,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
     def evaluate(step: int) -> dict:
         bar.set_description("grpo [eval]")
-        return t.evaluate(step)
+        tick = time.perf_counter()
+        metrics = t.evaluate(step)
+        return {**metrics, "time/eval": time.perf_counter() - tick}
 
     def record(step: int, metrics: dict, eval_metrics: dict) -> dict:
         out = {"step": step, "samples": t.samples, "tokens": t.tokens, "time/elapsed": round(t.elapsed, 3),

@@ -160,7 +160,9 @@ class KVCacheSampler:
 
 class TokenStream:
     """What every sampler does with each new position's logits: forbid EOS before min_new_tokens,
-    sample, write padding (log-prob 0) after a row's EOS, and say when all rows are done."""
+    sample, write padding (log-prob 0, entropy 0) after a row's EOS, and say when all rows are done.
+    A row's logits after its EOS are never read (a sampler may pass anything there), but every row
+    still takes its uniform draw, so the random stream does not depend on when rows end."""
 
     def __init__(self, num_rows: int, device, *, max_new_tokens: int, min_new_tokens: int, temperature: float,
                  generator: torch.Generator | None, greedy: bool, eos_token_id: int, pad_token_id: int) -> None:
@@ -179,7 +181,7 @@ class TokenStream:
         token, entropy, logp = sample_next(logits, self.temperature, self.generator, self.greedy)
         token = torch.where(self.finished, torch.full_like(token, self.pad_token_id), token)
         self.tokens.append(token)
-        self.entropies.append(entropy)
+        self.entropies.append(torch.where(self.finished, torch.zeros_like(entropy), entropy))
         self.logps.append(torch.where(self.finished, torch.zeros_like(logp), logp))
         self.finished = self.finished | (token == self.eos_token_id)
         return token, len(self.tokens) == self.max_new_tokens or bool(self.finished.all())
