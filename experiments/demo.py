@@ -1,6 +1,6 @@
-"""The demo: a quick cut across the ablations that runs on 2 CPU cores in under 10 minutes and ends
-with the analysis report. Arms: GRPO (baseline), Dr. GRPO's full fix, a smaller group at the same
-completions per step, and no KL penalty; 3 seeds each.
+"""The demo: a quick cut across the ablations that runs on 2 CPU cores in minutes and ends with the
+analysis report. Arms: GRPO (baseline), Dr. GRPO's full fix, a smaller group at the same completions per
+step, and no KL penalty; 5 seeds each.
 """
 
 from dataclasses import replace
@@ -8,10 +8,10 @@ from dataclasses import replace
 from experiments.sweep import Experiment, main
 from grpo.config import TrainConfig
 
-# 8 prompts a step keep 12 runs within ~8 minutes on 2 cores (measured 467 s, 90 s of it the warm start;
-# 61 s a run, 39 s of it training): the default task's completions run to 64
-# tokens (a 40-step run of 16 prompts alone on one thread: 92 s, held-out accuracy 70.5 -> 89.0%).
-base = TrainConfig(steps=40, prompts_per_step=8, eval_every=10, save_every=10, log_samples_every=10)
+# 8 prompts a step; the default task's completions run to 64 tokens. Held-out accuracy on all 450 held-out
+# problems (binomial noise +-2.2 points at 70%, against +-3.2 on 200) at steps 0, 20 and 40.
+base = TrainConfig(steps=40, prompts_per_step=8, eval_every=20, eval_prompts=450, save_every=10,
+                   log_samples_every=10)
 EXPERIMENT = Experiment(
     name="demo",
     base=base,
@@ -23,7 +23,7 @@ EXPERIMENT = Experiment(
     },
     budget=f"completions per step ({base.num_completions}) and steps ({base.steps})",
     baseline="grpo",
-    seeds=3,
+    seeds=5,
     quick={"steps": 10, "eval_every": 5, "save_every": 5},
 )
 
