@@ -219,7 +219,12 @@ def scores_section(df: pd.DataFrame, ctx: Context) -> list[tuple]:
                        cap.format_difference(d["diff"], d.diff_lo, d.diff_hi, scale, pairs=pairs))
         rows.append(row)
     unit = " in %, differences in points" if scale == 100 else ""
-    text = (f"Score of a run: {ctx.metric}{unit}, averaged over its last {ctx.window} eval points after step 0 "
+    # What was averaged: the last `window` points, or fewer where a run logged fewer.
+    fewest, most = int(scores["n_points"].min()), int(scores["n_points"].max())
+    averaged = f"its last {ctx.window} eval points after step 0"
+    if most < ctx.window or fewest < most:
+        averaged += f" (here {fewest})" if fewest == most else f" (here {fewest}–{most})"
+    text = (f"Score of a run: {ctx.metric}{unit}, averaged over {averaged} "
             "(no smoothing). Mean over seeds with a 95% Student-t interval, mean ± t·s/√n: valid at few seeds "
             f"but wide. IQM (25% trimmed mean) only from {agg.IQM_MIN_SEEDS} seeds on, where it trims "
             "something, and without a CI: no interval for it has known coverage at so few seeds."

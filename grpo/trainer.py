@@ -24,6 +24,7 @@ from grpo.config import TrainConfig
 from grpo.evaluation import evaluate
 from grpo.batch import collect_batch, total_reward
 from grpo.kl import kl_k1
+from grpo.lean_layers import install_lean_layers
 from grpo.losses import policy_loss
 from grpo.metrics import (TokenWeightedMean, advantage_metrics, entropy_metric, gradient_token_metrics,
                           length_metrics, reward_metrics, to_floats, zero_variance_metrics)
@@ -130,6 +131,8 @@ def build_trainer(cfg: TrainConfig, log=print) -> Trainer:
             policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         policy.config.use_cache = False
     policy.train()
+    if cfg.dtype == "fp32" and fast_sampler.supports(policy):
+        install_lean_layers(policy)        # the MLPs and norms keep less for the backward (grpo/lean_layers.py)
     if device.type == "cpu" and sum(p.numel() for p in policy.parameters()) >= FREED_MEMORY_MIN_PARAMS:
         return_freed_memory_to_the_os()
     reference = None

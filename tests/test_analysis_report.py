@@ -106,6 +106,8 @@ def test_report_end_to_end_on_a_2_arm_3_seed_sweep(tmp_path):
     assert report == (sweep / "report.md").resolve()
     text = report.read_text()
     html = (sweep / "report.html").read_text()
+    # Eval points at steps 3 and 6: the score averages 2 of the default window's 3, and says so.
+    assert "averaged over its last 3 eval points after step 0 (here 2) (no smoothing)" in text
 
     for name in ALL_FIGURES:
         png, svg = sweep / "figures" / f"{name}.png", sweep / "figures" / f"{name}.svg"

@@ -1,0 +1,105 @@
+"""The lean MLP and RMSNorm forwards give the modules' values and gradients and keep less for the backward."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from grpo.lean_layers import _RMSNorm, _SwiGLU, install_lean_layers
+
+SMALL = dict(vocab_size=21, hidden_size=32, intermediate_size=48, num_hidden_layers=2, max_position_embeddings=64,
+             num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+
+def test_swiglu_by_hand_on_one_unit():
+    """H = I = 1: y = w_d * silu(w_g x) * (w_u x). x = 1, w_g = 2, w_u = 3, w_d = 0.5, dy = 1:
+    g = 2, s = sigmoid(2), u = 3, y = 0.5 * 2s * 3 = 3s; dy/dw_d = 2s * 3 = 6s;
+    dp = 0.5; du = dp * 2s = s; dg = dp * u * s (1 + 2 (1 - s)) = 1.5 s (3 - 2s);
+    dx = dg * 2 + du * 3; dw_g = dg * x; dw_u = du * x."""
+    x, wg, wu, wd = (torch.tensor([[v]], dtype=torch.float64, requires_grad=True) for v in (1.0, 2.0, 3.0, 0.5))
+    y = _SwiGLU.apply(x, wg, wu, wd)
+    y.sum().backward()
+    s = 1 / (1 + math.exp(-2.0))
+    dg = 1.5 * s * (3 - 2 * s)
+    assert y.item() == pytest.approx(3 * s, rel=1e-12)
+    assert wd.grad.item() == pytest.approx(6 * s, rel=1e-12)
+    assert wu.grad.item() == pytest.approx(s, rel=1e-12)
+    assert wg.grad.item() == pytest.approx(dg, rel=1e-12)
+    assert x.grad.item() == pytest.approx(2 * dg + 3 * s, rel=1e-12)
+
+
+def test_rms_norm_by_hand():
+    """x = (3, 4), eps = 0, w = (1, 2): mean x^2 = 12.5, r = 1/sqrt(12.5), y = (3r, 8r).
+    With dy = (1, 0): dh = (1, 0), h = (3r, 4r), mean(dh h) = 1.5r, dx = r ((1, 0) - 1.5r (3r, 4r)),
+    dw = dy h = (3r, 0)."""
+    x = torch.tensor([[3.0, 4.0]], dtype=torch.float64, requires_grad=True)
+    w = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    y = _RMSNorm.apply(x, w, 0.0)
+    (y * torch.tensor([[1.0, 0.0]], dtype=torch.float64)).sum().backward()
+    r = 1 / math.sqrt(12.5)
+    assert y.tolist()[0] == pytest.approx([3 * r, 8 * r], rel=1e-12)
+    assert x.grad.tolist()[0] == pytest.approx([r * (1 - 4.5 * r * r), r * (0 - 6 * r * r)], rel=1e-12)
+    assert w.grad.tolist() == pytest.approx([3 * r, 0.0], abs=1e-12)
+
+
+@pytest.mark.parametrize("build", [lambda: LlamaForCausalLM(LlamaConfig(**SMALL)),
+                                   lambda: Qwen2ForCausalLM(Qwen2Config(**SMALL))], ids=["llama", "qwen2"])
+def test_a_lean_model_gives_the_models_values_and_gradients(build):
+    torch.manual_seed(0)
+    plain = build().train()
+    lean = copy.deepcopy(plain)
+    assert install_lean_layers(lean) == 2 * 3 + 1
+    ids = torch.randint(3, 21, (3, 9))
+    weights = torch.randn(3, 9, 21)
+    grads = []
+    for model in (plain, lean):
+        loss = (weights * model(input_ids=ids).logits.log_softmax(-1)).sum()
+        grads.append((loss.detach(), torch.autograd.grad(loss, list(model.parameters()))))
+    (loss_plain, grads_plain), (loss_lean, grads_lean) = grads
+    torch.testing.assert_close(loss_lean, loss_plain, atol=1e-4, rtol=1e-6)
+    for a, b in zip(grads_lean, grads_plain):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_the_lean_mlp_keeps_two_intermediate_tensors_not_four():
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**SMALL)).train()
+    mlp = model.model.layers[0].mlp
+    x = torch.randn(5, 32, requires_grad=True)
+
+    def kept(forward) -> int:
+        """Elements of the tensors autograd keeps for the backward of forward(x), weights and x excluded."""
+        saved = {}
+
+        def pack(t):
+            saved[t.data_ptr()] = t.numel()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            forward(x)
+        inputs = {p.data_ptr() for p in mlp.parameters()} | {x.data_ptr()}
+        return sum(n for ptr, n in saved.items() if ptr not in inputs)
+
+    plain = kept(mlp.forward)
+    install_lean_layers(model)
+    assert plain == 4 * 5 * 48            # g, silu(g), u and their product
+    assert kept(mlp.forward) == 2 * 5 * 48  # g and u
+
+
+def test_a_copy_of_a_lean_model_runs_on_its_own_weights():
+    """The trainer's reference is a deepcopy of the lean policy: its forwards must be bound to the copy."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**SMALL)).eval()
+    install_lean_layers(model)
+    reference = copy.deepcopy(model)
+    ids = torch.randint(3, 21, (2, 6))
+    with torch.no_grad():
+        before = reference(input_ids=ids).logits
+        for p in model.parameters():
+            p.add_(0.1)
+        torch.testing.assert_close(reference(input_ids=ids).logits, before, atol=0, rtol=0)
+        assert (model(input_ids=ids).logits - before).abs().max() > 1e-2
