@@ -57,8 +57,9 @@ def completion_logits(model, prompt_ids: Tensor, prompt_mask: Tensor, completion
     prefix), for G times less prompt work. The last completion token is never fed in: its logits score nothing.
     """
     num_rows, num_completion = completion_ids.shape
-    # Always in two parts, each prompt in a forward of its own: the same computation whichever rows share a
+    # In two parts, each prompt in a forward of its own: the same computation whichever rows share a
     # micro-batch, so micro-batching changes no log-prob (token selections such as kl_cov's depend on that).
+    # share_prompts=False (the trainer asks `worth_sharing`) runs one plain forward over every full row.
     if share_prompts and shares_prefixes(model):
         first, cache = shared_prefill(model, prompt_ids, prompt_mask, one_at_a_time=True)   # scores token 0
         if num_completion == 1:

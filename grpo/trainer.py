@@ -90,8 +90,10 @@ def resolve_device(name: str) -> torch.device:
     return dist.local_device(torch.device(name))
 
 
-# Models from this many parameters up give freed memory back to the OS on a CPU (`return_freed_memory_to_the_os`).
-FREED_MEMORY_MIN_PARAMS = 50_000_000
+# From this many parameters up a model's training memory is worth trading for: freed memory goes back to
+# the OS on a CPU (`return_freed_memory_to_the_os`) and fp32 Llama-family models get the lean MLP and norm
+# forwards (grpo/lean_layers.py). Below it neither pays (a tiny model's run needs ~600 MB).
+LARGE_MODEL_PARAMS = 50_000_000
 
 
 def return_freed_memory_to_the_os() -> None:
@@ -100,7 +102,7 @@ def return_freed_memory_to_the_os() -> None:
     tensors back at once. Measured on W3 (SmolLM2-135M, 2 cores): peak RSS 4.76 -> 4.35 GB, no slower.
     But every tensor over 1 MB then costs a fresh mapping and its page faults: on W1 (a 1M-parameter
     model, 64 completions a micro-batch) the learner took 0.45-0.49 s instead of 0.24-0.26 s a step, so
-    `build_trainer` calls this only for models of FREED_MEMORY_MIN_PARAMS and more.
+    `build_trainer` calls this only for models of LARGE_MODEL_PARAMS and more.
     A no-op where glibc's mallopt is missing."""
     import ctypes
     import ctypes.util
@@ -131,9 +133,10 @@ def build_trainer(cfg: TrainConfig, log=print) -> Trainer:
             policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         policy.config.use_cache = False
     policy.train()
-    if cfg.dtype == "fp32" and fast_sampler.supports(policy):
-        install_lean_layers(policy)        # the MLPs and norms keep less for the backward (grpo/lean_layers.py)
-    if device.type == "cpu" and sum(p.numel() for p in policy.parameters()) >= FREED_MEMORY_MIN_PARAMS:
+    large = sum(p.numel() for p in policy.parameters()) >= LARGE_MODEL_PARAMS
+    if large and cfg.dtype == "fp32" and fast_sampler.supports(policy):
+        install_lean_layers(policy)        # the MLPs and norms keep less for the backward
+    if large and device.type == "cpu":
         return_freed_memory_to_the_os()
     reference = None
     if cfg.kl_beta > 0:   # with kl_beta == 0 no reference is ever built

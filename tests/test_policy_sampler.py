@@ -126,6 +126,32 @@ def test_a_shared_prompt_is_run_once_per_group(model):
     assert seen == [(1, 5), (1, 5), (6, 4)]
 
 
+@pytest.mark.parametrize("prompt_width, completion_width, group_size, shared", [
+    (7, 32, 8, False),      # W1: 7/8 x 7/39 = 0.157 of the positions saved
+    (150, 128, 4, True),    # a chat prompt: 3/4 x 150/278 = 0.405
+    (10, 10, 2, True),      # 1/2 x 1/2 = 0.25, the threshold itself
+    (10, 11, 2, False),     # 1/2 x 10/21 = 0.238
+    (500, 10, 1, False),    # G = 1 shares nothing
+])
+def test_a_prompt_is_shared_where_it_saves_a_quarter_of_the_positions(prompt_width, completion_width, group_size,
+                                                                      shared):
+    from types import SimpleNamespace
+
+    from grpo.policy import worth_sharing
+
+    rollout = SimpleNamespace(prompt_ids=torch.zeros(4, prompt_width), completion_ids=torch.zeros(4, completion_width))
+    assert worth_sharing(rollout, group_size) is shared
+
+
+def test_the_plain_path_gives_the_shared_paths_log_probs(model):
+    prompt_ids, prompt_mask = left_pad([PROMPTS[0]] * 3)
+    with torch.no_grad():
+        shared = completion_logp(model, prompt_ids, prompt_mask, torch.tensor(COMPLETIONS), temperature=0.7)
+        plain = completion_logp(model, prompt_ids, prompt_mask, torch.tensor(COMPLETIONS), temperature=0.7,
+                                share_prompts=False)
+    torch.testing.assert_close(plain, shared, atol=1e-5, rtol=0)
+
+
 def _loss_and_grads(model, reference, completion_ids, advantages):
     prompt_ids, prompt_mask = left_pad(PROMPTS)
     mask = completion_mask(completion_ids, EOS)
