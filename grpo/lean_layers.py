@@ -62,6 +62,64 @@ class _RMSNorm(torch.autograd.Function):
         return dx, _rows(dy * h).sum(0), None
 
 
+# Positions per chunk of the lean head: SmolLM2's 49k-token head makes a chunk's logits 50 MB.
+HEAD_CHUNK = 256
+
+
+def _chunk_logits(hidden: Tensor, weight: Tensor, temperature: float, banned: Tensor, ban_token: int) -> Tensor:
+    """Tempered logits [n, V] of a chunk of positions, with `ban_token` at -inf on the `banned` rows."""
+    logits = (hidden @ weight.t()) / temperature
+    if ban_token >= 0:
+        logits[banned, ban_token] = float("-inf")
+    return logits
+
+
+class _HeadLogp(torch.autograd.Function):
+    """log softmax(h W^T / T)[target] per position, HEAD_CHUNK positions at a time; keeps h and the
+    logsumexp, and recomputes each chunk's logits in the backward:
+        d logp / d logits = (onehot(target) - softmax) / T,  dh = d_logits W,  dW = d_logits^T h."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, banned: Tensor, ban_token: int,
+                temperature: float) -> Tensor:
+        logp, lse = torch.empty_like(targets, dtype=hidden.dtype), torch.empty_like(targets, dtype=hidden.dtype)
+        for start in range(0, len(targets), HEAD_CHUNK):
+            rows = slice(start, start + HEAD_CHUNK)
+            logits = _chunk_logits(hidden[rows], weight, temperature, banned[rows], ban_token)
+            lse[rows] = torch.logsumexp(logits, dim=-1)
+            logp[rows] = logits.gather(-1, targets[rows, None])[:, 0] - lse[rows]
+        ctx.save_for_backward(hidden, weight, targets, banned, lse)
+        ctx.ban_token, ctx.temperature = ban_token, temperature
+        return logp
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        hidden, weight, targets, banned, lse = ctx.saved_tensors
+        grad_hidden, grad_weight = torch.empty_like(hidden), torch.zeros_like(weight)
+        for start in range(0, len(targets), HEAD_CHUNK):
+            rows = slice(start, start + HEAD_CHUNK)
+            logits = _chunk_logits(hidden[rows], weight, ctx.temperature, banned[rows], ctx.ban_token)
+            d_logits = torch.exp(logits.sub_(lse[rows, None])).mul_(-grad[rows, None])       # -g softmax
+            d_logits.scatter_add_(-1, targets[rows, None], grad[rows, None]).div_(ctx.temperature)
+            grad_hidden[rows] = d_logits @ weight
+            grad_weight.addmm_(d_logits.t(), hidden[rows])
+        return grad_hidden, grad_weight, None, None, None, None
+
+
+def head_logp(hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float, *,
+              ban_token: int | None = None, ban_positions: int = 0) -> Tensor:
+    """log pi(target) [B, T] from final hidden states [B, T, H] and a bias-free head `weight` [V, H], at
+    `temperature`, with `ban_token` at -inf on positions t < ban_positions (EOS before min_new_tokens,
+    as the sampler draws): what log_softmax(lm_head(hidden) / T).gather(target) gives, without ever
+    holding the [B, T, V] logits (for a 49k vocabulary, 100 MB per 4 x 128 positions, and as much
+    again for each of their gradient's temporaries)."""
+    num_rows, num_positions = targets.shape
+    banned = (torch.arange(num_positions, device=targets.device) < ban_positions).repeat(num_rows)
+    logp = _HeadLogp.apply(hidden.reshape(num_rows * num_positions, -1), weight, targets.reshape(-1),
+                           banned, -1 if ban_token is None else ban_token, temperature)
+    return logp.view(num_rows, num_positions)
+
+
 def _mlp_forward(self, x: Tensor) -> Tensor:
     return _SwiGLU.apply(x, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from grpo.lean_layers import head_logp
 from grpo.sampler import cache_argument, prompt_positions, shared_prefill
 
 
@@ -48,8 +49,10 @@ def worth_sharing(rollout, group_size: int) -> bool:
 
 
 def completion_logits(model, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
-                      share_prompts: bool = True) -> Tensor:
+                      share_prompts: bool = True, states: bool = False) -> Tensor:
     """The logits [B, T, V] that score each completion token: those of positions L-1 .. L+T-2.
+    states=True: the final hidden states [B, T, H] of those positions instead (the model's body alone
+    runs; its logits are lm_head of them, for the Llama-family models `lean_layers.head_logp` serves).
 
     The prompts run first, each distinct prompt once (`shared_prefill`: a group's G completions share
     one), and the completions run on top of the copied KV cache: the values of one forward
@@ -57,34 +60,49 @@ def completion_logits(model, prompt_ids: Tensor, prompt_mask: Tensor, completion
     prefix), for G times less prompt work. The last completion token is never fed in: its logits score nothing.
     """
     num_rows, num_completion = completion_ids.shape
+    net = model.model if states else model
+
+    def output(out) -> Tensor:
+        return out.last_hidden_state if states else out.logits
+
     # In two parts, each prompt in a forward of its own: the same computation whichever rows share a
     # micro-batch, so micro-batching changes no log-prob (token selections such as kl_cov's depend on that).
     # share_prompts=False (the trainer asks `worth_sharing`) runs one plain forward over every full row.
     if share_prompts and shares_prefixes(model):
-        first, cache = shared_prefill(model, prompt_ids, prompt_mask, one_at_a_time=True)   # scores token 0
+        first, cache = shared_prefill(model, prompt_ids, prompt_mask, one_at_a_time=True, states=states)
         if num_completion == 1:
             return first[:, None]
         attention_mask = torch.cat([prompt_mask.long(), prompt_mask.new_ones(num_rows, num_completion - 1)], 1)
         position_ids = prompt_positions(attention_mask)[:, prompt_ids.shape[1]:]
-        rest = model(input_ids=completion_ids[:, :-1], attention_mask=attention_mask, position_ids=position_ids,
-                     use_cache=True, **{cache_argument(model): cache}).logits
+        rest = output(net(input_ids=completion_ids[:, :-1], attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=True, **{cache_argument(net): cache}))
         return torch.cat([first[:, None], rest], dim=1)
     input_ids, attention_mask, position_ids = sequence_inputs(prompt_ids, prompt_mask, completion_ids)
-    # Keep the logits of the last T + 1 positions and drop the final one: positions L-1 .. L+T-2.
-    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                 logits_to_keep=num_completion + 1).logits[:, :-1]
+    # The last T + 1 positions without the final one: positions L-1 .. L+T-2.
+    if states:
+        return output(net(input_ids=input_ids, attention_mask=attention_mask,
+                          position_ids=position_ids))[:, -num_completion - 1:-1]
+    return output(net(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      logits_to_keep=num_completion + 1))[:, :-1]
 
 
 def completion_logp(model, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
                     temperature: float, *, eos_token_id: int | None = None, min_new_tokens: int = 0,
-                    with_entropy: bool = False, share_prompts: bool = True) -> Tensor | tuple[Tensor, Tensor]:
+                    with_entropy: bool = False, share_prompts: bool = True,
+                    lean_head: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """log pi(completion token j | prompt, tokens < j) [B, T], in fp32, under the distribution the
     sampler drew from: at the sampling temperature, with EOS banned at positions j < min_new_tokens
     (exactly as `sampler.TokenStream` bans it), so the ratio compares like with like.
 
     with_entropy: also the entropy of that distribution at each position [B, T], differentiable (it
     materialises a [B, T, V] log-softmax, so it is only computed when asked for).
+    lean_head (Llama-family models, without entropy): the head and the log-softmax run a chunk of
+    positions at a time and never hold the [B, T, V] logits (`lean_layers.head_logp`).
     """
+    if lean_head and not with_entropy:
+        hidden = completion_logits(model, prompt_ids, prompt_mask, completion_ids, share_prompts, states=True)
+        return head_logp(hidden, model.lm_head.weight, completion_ids, temperature,
+                         ban_token=eos_token_id if min_new_tokens > 0 else None, ban_positions=min_new_tokens)
     logits = completion_logits(model, prompt_ids, prompt_mask, completion_ids, share_prompts).float()
     if temperature != 1.0:
         logits = logits / temperature

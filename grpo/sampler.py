@@ -57,24 +57,29 @@ def cache_argument(model) -> str:
     return "cache" if "cache" in parameters else "past_key_values"
 
 
-def prefill(model, prompt_ids: Tensor, prompt_mask: Tensor, positions: Tensor) -> tuple[Tensor, DynamicCache]:
+def prefill(model, prompt_ids: Tensor, prompt_mask: Tensor, positions: Tensor,
+            states: bool = False) -> tuple[Tensor, DynamicCache]:
     """Run the prompt through the model once: (last-position logits [N, V], the filled KV cache).
+    states=True: the last position's final hidden state [N, H] instead of its logits (the model's body
+    alone runs, for a head applied outside it).
 
     Raises GrpoError when the cache does not hold the prompt afterwards: decoding from it would
     silently attend to nothing, and on-policy training would hide it (the ratio is still 1).
     """
     cache = DynamicCache()
-    logits = model(input_ids=prompt_ids, attention_mask=prompt_mask.long(), position_ids=positions,
-                   use_cache=True, logits_to_keep=1, **{cache_argument(model): cache}).logits[:, -1]
+    net = model.model if states else model
+    out = net(input_ids=prompt_ids, attention_mask=prompt_mask.long(), position_ids=positions, use_cache=True,
+              **({} if states else {"logits_to_keep": 1}), **{cache_argument(net): cache})
+    last = (out.last_hidden_state if states else out.logits)[:, -1]
     if cache.get_seq_length() != prompt_ids.shape[1]:
         raise GrpoError(f"the KV cache holds {cache.get_seq_length()} positions after a prefill of "
                         f"{prompt_ids.shape[1]}: this transformers version ignores the cache argument "
-                        f"{cache_argument(model)!r} of {type(model).__name__}")
-    return logits, cache
+                        f"{cache_argument(net)!r} of {type(net).__name__}")
+    return last, cache
 
 
-def shared_prefill(model, prompt_ids: Tensor, prompt_mask: Tensor,
-                   one_at_a_time: bool = False) -> tuple[Tensor, DynamicCache]:
+def shared_prefill(model, prompt_ids: Tensor, prompt_mask: Tensor, one_at_a_time: bool = False,
+                   states: bool = False) -> tuple[Tensor, DynamicCache]:
     """`prefill`, running each distinct prompt row once: a group's G copies of a prompt share one prefill,
     whose cache rows are then copied out to every row (differentiably, when gradients are on: the shared
     rows' gradients add up, as if each copy had run). Same logits and cache as `prefill` on all rows,
@@ -82,17 +87,18 @@ def shared_prefill(model, prompt_ids: Tensor, prompt_mask: Tensor,
 
     one_at_a_time: each distinct prompt in a forward of its own, so its values do not depend on which
     other prompts share the batch (a matmul's last bit can depend on its row count): micro-batches of
-    any composition then give the same log-probs, bit for bit."""
+    any composition then give the same log-probs, bit for bit. states: as in `prefill`."""
     keyed = torch.cat([prompt_ids, prompt_mask.long()], dim=1)
     distinct, inverse = torch.unique(keyed, dim=0, return_inverse=True)
     if distinct.shape[0] == keyed.shape[0] and not one_at_a_time:
-        return prefill(model, prompt_ids, prompt_mask, prompt_positions(prompt_mask))
+        return prefill(model, prompt_ids, prompt_mask, prompt_positions(prompt_mask), states)
     width = prompt_ids.shape[1]
     ids, mask = distinct[:, :width], distinct[:, width:]
     if not one_at_a_time:
-        logits, cache = prefill(model, ids, mask, prompt_positions(mask))
+        logits, cache = prefill(model, ids, mask, prompt_positions(mask), states)
     else:
-        parts = [prefill(model, ids[i:i + 1], mask[i:i + 1], prompt_positions(mask[i:i + 1])) for i in range(len(ids))]
+        parts = [prefill(model, ids[i:i + 1], mask[i:i + 1], prompt_positions(mask[i:i + 1]), states)
+                 for i in range(len(ids))]
         logits, cache = torch.cat([p[0] for p in parts]), parts[0][1]
         for layer, *others in zip(cache.layers, *(p[1].layers for p in parts[1:])):
             layer.keys = torch.cat([layer.keys] + [o.keys for o in others])

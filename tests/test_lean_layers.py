@@ -103,3 +103,60 @@ def test_a_copy_of_a_lean_model_runs_on_its_own_weights():
             p.add_(0.1)
         torch.testing.assert_close(reference(input_ids=ids).logits, before, atol=0, rtol=0)
         assert (model(input_ids=ids).logits - before).abs().max() > 1e-2
+
+
+def test_head_logp_by_hand():
+    """H = 1, V = 2: h = 1, W = (0, ln 3): logits (0, ln 3), softmax (1/4, 3/4); target 1 gives
+    logp = ln(3/4), d logp / d logits = (-1/4, 1/4), so dW = (-1/4, 1/4) h and dh = (1/4) ln 3."""
+    from grpo.lean_layers import head_logp
+
+    hidden = torch.ones(1, 1, 1, dtype=torch.float64, requires_grad=True)
+    weight = torch.tensor([[0.0], [math.log(3)]], dtype=torch.float64, requires_grad=True)
+    logp = head_logp(hidden, weight, torch.tensor([[1]]), 1.0)
+    logp.sum().backward()
+    assert logp.item() == pytest.approx(math.log(0.75), rel=1e-12)
+    assert weight.grad[:, 0].tolist() == pytest.approx([-0.25, 0.25], rel=1e-12)
+    assert hidden.grad.item() == pytest.approx(math.log(3) / 4, rel=1e-12)
+
+
+def test_head_logp_equals_the_full_log_softmax_across_chunks(monkeypatch):
+    """Chunks of 3 positions over 2 x 5 (a partial last chunk), temperature 0.7, token 4 banned on the
+    first 2 positions: values and gradients of the plain [B, T, V] computation."""
+    import grpo.lean_layers as lean_layers
+
+    monkeypatch.setattr(lean_layers, "HEAD_CHUNK", 3)
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 5, 8, requires_grad=True)
+    weight = torch.randn(11, 8, requires_grad=True)
+    targets = torch.randint(0, 11, (2, 5))
+    targets[:, :2] = torch.where(targets[:, :2] == 4, 5, targets[:, :2])     # a banned token is never drawn
+    upstream = torch.randn(2, 5)
+    logits = (hidden @ weight.t()) / 0.7
+    banned = torch.zeros(5, 11, dtype=torch.bool)
+    banned[:2, 4] = True
+    plain = logits.masked_fill(banned, float("-inf")).log_softmax(-1).gather(-1, targets[..., None])[..., 0]
+    expected = torch.autograd.grad((upstream * plain).sum(), [hidden, weight])
+    lean = lean_layers.head_logp(hidden, weight, targets, 0.7, ban_token=4, ban_positions=2)
+    got = torch.autograd.grad((upstream * lean).sum(), [hidden, weight])
+    torch.testing.assert_close(lean, plain, atol=1e-6, rtol=1e-6)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("share_prompts", [True, False])
+def test_completion_logp_through_the_lean_head_equals_the_models_logits(share_prompts):
+    from grpo.policy import completion_logp
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**SMALL)).train()
+    prompt_ids = torch.tensor([[0, 1, 9, 10], [0, 1, 9, 10], [1, 12, 13, 14], [1, 12, 13, 14]])
+    completions = torch.randint(3, 21, (4, 6))
+    kwargs = dict(temperature=0.8, eos_token_id=2, min_new_tokens=3, share_prompts=share_prompts)
+    results = []
+    for lean_head in (False, True):
+        logp = completion_logp(model, prompt_ids, (prompt_ids != 0).long(), completions, lean_head=lean_head, **kwargs)
+        results.append((logp.detach(), torch.autograd.grad(logp.sum(), list(model.parameters()))))
+    (plain, plain_grads), (lean, lean_grads) = results
+    torch.testing.assert_close(lean, plain, atol=1e-5, rtol=0)
+    for a, b in zip(lean_grads, plain_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
