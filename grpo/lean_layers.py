@@ -11,6 +11,9 @@ Gradients (hand-derived, with s = sigmoid(g), p = g s u, dp = dy W_down):
     dx = dg W_gate + du W_up,   dW_gate = dg^T x,   dW_up = du^T x;
     RMSNorm (h = x r):  dw = sum over tokens of dy h,   dx = r (dy w - h mean(dy w h)).
 Values equal the model's own modules to float rounding (tests compare values and gradients).
+
+`head_logp` does the same for the vocabulary head: the log-prob of each completion token without the
+[B, T, V] logits and their gradient's temporaries (SmolLM2: 100 MB each per micro-batch of 4 x 128).
 """
 
 from __future__ import annotations

@@ -65,6 +65,7 @@ class Trainer:
     ledger: dict = field(default_factory=dict)   # prompt index -> (solve rate at its last visit, visits)
     step_record: dict = field(default_factory=dict)  # the last step's prompt rows and rollout tensors
     timer: StageTimer = field(default=None)
+    lean: bool = False               # a large fp32 Llama-family policy: lean layers and the chunked head
     samples: int = 0                 # completions generated so far (all ranks)
     tokens: int = 0                  # completion tokens generated so far (all ranks)
     elapsed: float = 0.0
@@ -134,7 +135,8 @@ def build_trainer(cfg: TrainConfig, log=print) -> Trainer:
         policy.config.use_cache = False
     policy.train()
     large = sum(p.numel() for p in policy.parameters()) >= LARGE_MODEL_PARAMS
-    if large and cfg.dtype == "fp32" and fast_sampler.supports(policy):
+    lean = large and cfg.dtype == "fp32" and fast_sampler.supports(policy) and policy.lm_head.bias is None
+    if lean:
         install_lean_layers(policy)        # the MLPs and norms keep less for the backward
     if large and device.type == "cpu":
         return_freed_memory_to_the_os()
@@ -155,7 +157,7 @@ def build_trainer(cfg: TrainConfig, log=print) -> Trainer:
                    prompt_rng=torch.Generator().manual_seed(rank_seed),
                    shuffle_rng=torch.Generator().manual_seed(rank_seed + 2),
                    sample_rng=torch.Generator(device=device).manual_seed(rank_seed + 1),
-                   resample_rng=torch.Generator().manual_seed(rank_seed + 3))
+                   resample_rng=torch.Generator().manual_seed(rank_seed + 3), lean=lean)
 
 
 def make_sampler(cfg: TrainConfig, policy):
@@ -170,7 +172,7 @@ def rollout_logp(t: Trainer, model, rollout: Rollout, rows: torch.Tensor, with_e
     return completion_logp(model, rollout.prompt_ids[rows], rollout.prompt_mask[rows], rollout.completion_ids[rows],
                            t.cfg.temperature, eos_token_id=t.tokenizer.eos_token_id,
                            min_new_tokens=t.cfg.min_new_tokens, with_entropy=with_entropy,
-                           share_prompts=worth_sharing(rollout, t.cfg.group_size))
+                           share_prompts=worth_sharing(rollout, t.cfg.group_size), lean_head=t.lean)
 
 
 @torch.no_grad()

@@ -160,3 +160,32 @@ def test_completion_logp_through_the_lean_head_equals_the_models_logits(share_pr
     torch.testing.assert_close(lean, plain, atol=1e-5, rtol=0)
     for a, b in zip(lean_grads, plain_grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_a_lean_trainer_takes_the_plain_trainers_step(make_cfg, tmp_path, monkeypatch):
+    """The trainer turns the lean layers and head on for large models; forced on for the tiny preset, one
+    GRPO step (micro-batches of 4, kl_beta > 0, EOS ban for 2 tokens) gives the plain step's loss, KL,
+    gradient norm and updated weights to float rounding."""
+    import grpo.trainer as trainer
+    from conftest import MIXED
+
+    monkeypatch.setattr(trainer, "return_freed_memory_to_the_os", lambda: None)   # keep this process's malloc
+    cfg = make_cfg(tmp_path, **MIXED, kl_beta=0.04, micro_batch_size=4, min_new_tokens=2, temperature=0.9)
+    results = []
+    for threshold in (10**12, 0):
+        monkeypatch.setattr(trainer, "LARGE_MODEL_PARAMS", threshold)
+        t = trainer.build_trainer(cfg, log=lambda *_: None)
+        metrics, _ = trainer.grpo_step(t, 1)
+        results.append((t.lean, metrics, [p.detach().clone() for p in t.policy.parameters()]))
+    (plain_lean, plain, plain_weights), (lean_lean, lean, lean_weights) = results
+    assert not plain_lean and lean_lean
+    assert plain["adv/abs_mean"] > 0                      # precondition: the step has a gradient
+    for key in ("loss", "kl/k3", "grad_norm", "ratio/mean"):
+        assert lean[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-7), key
+    # AdamW's first step moves a weight by ~lr x g / |g|: where g is ~0, rounding may flip its sign, so
+    # weights agree to 2 lr, and almost all far closer.
+    close = 0
+    for a, b in zip(lean_weights, plain_weights):
+        torch.testing.assert_close(a, b, atol=2 * cfg.lr, rtol=0)
+        close += int(((a - b).abs() <= 1e-7).sum())
+    assert close >= 0.999 * sum(a.numel() for a in lean_weights)
