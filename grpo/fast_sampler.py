@@ -147,7 +147,7 @@ class StaticCacheSampler:
             slot = prompt_len + step
             cos, sin = cos_table[position][:, None, None], sin_table[position][:, None, None]   # [n, 1, 1, D]
             part = next_logits(model, layers, token[live], keys, values, slot, cos, sin, bias[..., : slot + 1], dims)
-            # Ended rows' logits are never read (TokenStream pads them): zeros keep the tensor whole.
-            logits = part if len(live) == num_rows else part.new_zeros(num_rows, part.shape[-1]).index_copy_(0, live, part)
+            # Ended rows keep their last logits, in place: TokenStream never reads them (it pads those rows).
+            logits = part if len(live) == num_rows else logits.index_copy_(0, live, part)
             position = position + 1
         return stream.rollout(prompt_ids, prompt_mask)

@@ -59,23 +59,29 @@ def test_fast_decode_stops_rows_at_eos_like_the_reference():
     assert torch.equal(slow.truncated, fast.truncated)
 
 
-@pytest.mark.parametrize("greedy", [False, True])
-def test_dropping_ended_rows_changes_no_row(monkeypatch, greedy):
-    """Rows that hit EOS leave the decode batch (from the first one ended, with COMPACT_AT = 1): the
-    other rows' tokens, log-probs and entropies are those of a loop that keeps every row."""
+def test_dropping_ended_rows_changes_no_row(monkeypatch):
+    """Rows that hit EOS leave the decode batch: with COMPACT_AT = 10**9 as soon as one has ended, with
+    COMPACT_AT = 1 never (that needs every row ended, and the loop stops first). The rows still writing get
+    the same tokens, log-probs and entropies either way."""
     import grpo.fast_sampler as fast_sampler
 
     model = llama(2)
     ids = torch.tensor([[0, 1, 9], [1, 9, 10], [1, 12, 13], [0, 1, 14]] * 3)
     mask = (ids != 0).long()
-    kwargs = dict(max_new_tokens=40, temperature=1.5, eos_token_id=2, pad_token_id=0, greedy=greedy)
-    runs = []
-    for compact_at in (10**9, 1):
+    kwargs = dict(max_new_tokens=40, temperature=1.5, eos_token_id=2, pad_token_id=0)
+    rows_run, runs = [], []
+    layers_run = fast_sampler.next_logits
+    monkeypatch.setattr(fast_sampler, "next_logits", lambda model, layers, token, *rest:
+                        rows_run.append(len(token)) or layers_run(model, layers, token, *rest))
+    for compact_at in (1, 10**9):
         monkeypatch.setattr(fast_sampler, "COMPACT_AT", compact_at)
-        runs.append(StaticCacheSampler().generate(model, ids, mask, generator=torch.Generator().manual_seed(1), **kwargs))
-    kept, dropped = runs
+        rows_run.clear()
+        runs.append((StaticCacheSampler().generate(model, ids, mask, generator=torch.Generator().manual_seed(1),
+                                                   **kwargs), list(rows_run)))
+    (kept, kept_rows), (dropped, dropped_rows) = runs
     lengths = kept.completion_mask.sum(-1)
-    assert lengths.min() < lengths.max() or greedy      # sampled rows end at different steps
+    assert lengths.min() < lengths.max()                     # precondition: rows end at different steps
+    assert set(kept_rows) == {12} and min(dropped_rows) < 12  # the second loop did drop rows
     assert torch.equal(kept.completion_ids, dropped.completion_ids)
     torch.testing.assert_close(kept.logp, dropped.logp, atol=1e-5, rtol=0)
     torch.testing.assert_close(kept.entropy, dropped.entropy, atol=1e-5, rtol=0)

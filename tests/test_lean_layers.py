@@ -47,7 +47,8 @@ def test_rms_norm_by_hand():
 
 
 @pytest.mark.parametrize("build", [lambda: LlamaForCausalLM(LlamaConfig(**SMALL)),
-                                   lambda: Qwen2ForCausalLM(Qwen2Config(**SMALL))], ids=["llama", "qwen2"])
+                                   lambda: LlamaForCausalLM(LlamaConfig(**SMALL, tie_word_embeddings=True)),
+                                   lambda: Qwen2ForCausalLM(Qwen2Config(**SMALL))], ids=["llama", "llama_tied", "qwen2"])
 def test_a_lean_model_gives_the_models_values_and_gradients(build):
     torch.manual_seed(0)
     plain = build().train()
@@ -148,7 +149,7 @@ def test_completion_logp_through_the_lean_head_equals_the_models_logits(share_pr
     from grpo.policy import completion_logp
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**SMALL)).train()
+    model = LlamaForCausalLM(LlamaConfig(**SMALL, tie_word_embeddings=True)).train()    # SmolLM2 ties its head
     prompt_ids = torch.tensor([[0, 1, 9, 10], [0, 1, 9, 10], [1, 12, 13, 14], [1, 12, 13, 14]])
     completions = torch.randint(3, 21, (4, 6))
     kwargs = dict(temperature=0.8, eos_token_id=2, min_new_tokens=3, share_prompts=share_prompts)
@@ -163,7 +164,7 @@ def test_completion_logp_through_the_lean_head_equals_the_models_logits(share_pr
 
 
 def test_a_lean_trainer_takes_the_plain_trainers_step(make_cfg, tmp_path, monkeypatch):
-    """The trainer turns the lean layers and head on for large models; forced on for the tiny preset, one
+    """The trainer turns the lean layers and head on for large models; forced on for the seed preset, one
     GRPO step (micro-batches of 4, kl_beta > 0, EOS ban for 2 tokens) gives the plain step's loss, KL,
     gradient norm and updated weights to float rounding."""
     import grpo.trainer as trainer

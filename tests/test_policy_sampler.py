@@ -152,6 +152,23 @@ def test_the_plain_path_gives_the_shared_paths_log_probs(model):
     torch.testing.assert_close(plain, shared, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("share_prompts", [False, True])
+def test_micro_batches_give_the_full_batchs_log_probs_bit_for_bit(model, share_prompts):
+    """Rows 0-3 have 2 columns of left padding, rows 4-7 none: as a micro-batch of their own, rows 4-7 run
+    without any padding (transformers may then drop the mask for a causal kernel), and still get the
+    bits the whole batch gives them; token selections such as kl_cov's rely on that."""
+    g = torch.Generator().manual_seed(0)
+    ids, mask = torch.zeros(8, 7, dtype=torch.long), torch.zeros(8, 7, dtype=torch.long)
+    ids[:4, 2:], mask[:4, 2:] = torch.randint(3, 20, (4, 5), generator=g), 1
+    ids[4:], mask[4:] = torch.randint(3, 20, (4, 7), generator=g), 1
+    completions = torch.randint(3, 20, (8, 30), generator=g)
+    with torch.no_grad():
+        whole = completion_logp(model, ids, mask, completions, 1.0, share_prompts=share_prompts)
+        parts = [completion_logp(model, ids[r], mask[r], completions[r], 1.0, share_prompts=share_prompts)
+                 for r in (slice(0, 4), slice(4, 8))]
+    assert torch.equal(torch.cat(parts), whole)
+
+
 def _loss_and_grads(model, reference, completion_ids, advantages):
     prompt_ids, prompt_mask = left_pad(PROMPTS)
     mask = completion_mask(completion_ids, EOS)
