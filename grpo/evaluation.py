@@ -22,9 +22,9 @@ from grpo.tasks import render_prompt
 PASS_AT_K_PROMPTS = 32
 # Prompts per decoded batch. Larger batches cost less per prompt (the decode loop drops rows as they end);
 # measured on the demo's warm-started model, 1 thread: 200 greedy prompts + 32 x 16 samples 2.3 s in blocks
-# of 128 / 8, and all 450 held-out prompts 3.2 s in blocks of 512 / 32.
-# Under data parallelism the ranks share out whole blocks: fewer greedy prompts than 2 blocks leave the
-# greedy pass to one rank (the results do not depend on the number of ranks either way).
+# of 128 / 8, and all 450 held-out prompts 3.2 s in blocks of 512 / 32 (16 sampled prompts a block, unmeasured,
+# keep two blocks for two ranks). Under data parallelism the ranks share out whole blocks: fewer greedy prompts
+# than 2 blocks leave the greedy pass to one rank (the results do not depend on the number of ranks either way).
 GREEDY_BLOCK = 512       # prompts per greedy batch
 SAMPLED_BLOCK = 16       # prompts per sampled batch (each repeated n times)
 

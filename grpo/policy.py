@@ -78,13 +78,11 @@ def completion_logits(model, prompt_ids: Tensor, prompt_mask: Tensor, completion
                           use_cache=True, **{cache_argument(net): cache}))
         return torch.cat([first[:, None], rest], dim=1)
     input_ids, attention_mask, position_ids = sequence_inputs(prompt_ids, prompt_mask, completion_ids)
-    # The last T + 1 positions without the final one: positions L-1 .. L+T-2.
-    # (No KV cache: nothing decodes after this forward.)
-    if states:
-        return output(net(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          use_cache=False))[:, -num_completion - 1:-1]
-    return output(net(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                      use_cache=False, logits_to_keep=num_completion + 1))[:, :-1]
+    # The last T + 1 positions without the final one: positions L-1 .. L+T-2 (the head runs on those alone).
+    # No KV cache: nothing decodes after this forward.
+    keep = {} if states else {"logits_to_keep": num_completion + 1}
+    out = net(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **keep)
+    return output(out)[:, -num_completion - 1:-1]
 
 
 def completion_logp(model, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
