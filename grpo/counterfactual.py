@@ -72,7 +72,7 @@ def flat_grad(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
 def counterfactual_metrics(t, step: int, rollout, shaped_rewards: torch.Tensor, lengths: torch.Tensor,
                            mask: torch.Tensor, ref_logp) -> dict[str, torch.Tensor]:
     """cf/<name>/cos and cf/<name>/norm_ratio for every alternative of t.cfg.counterfactuals."""
-    from grpo.trainer import loss_kwargs, objective_params, rollout_logp
+    from grpo.trainer import loss_kwargs, micro_batches, objective_params, rollout_logp
 
     settings = [("run", t.cfg), *alternative_configs(t.cfg)]
     params = [p for p in t.policy.parameters() if p.requires_grad]
@@ -94,7 +94,7 @@ def counterfactual_metrics(t, step: int, rollout, shaped_rewards: torch.Tensor, 
         prepared.append((name, cfg, adv, loss_mask, keep, selected, norms))
     needs_entropy = any(cfg.entropy_coef != 0 for _, cfg, *_ in prepared)
     grads = {name: torch.zeros(sum(p.numel() for p in params), device=t.device) for name, *_ in prepared}
-    for micro in torch.arange(mask.shape[0], device=t.device).split(t.cfg.micro_batch):
+    for micro in micro_batches(t, rollout, torch.arange(mask.shape[0], device=t.device)):
         with t.autocast():
             learner = rollout_logp(t, t.policy, rollout, micro, with_entropy=needs_entropy)
         logp, entropy = learner if needs_entropy else (learner, None)

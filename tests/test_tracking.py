@@ -83,14 +83,14 @@ def test_sync_finds_the_offline_runs_of_a_run_dir(make_cfg, tmp_path, capsys):
 
 def test_a_config_saved_before_new_fields_still_matches():
     """A config.json from before worked_example existed, with micro_batch_size/eval_prompts/eval_samples written
-    out as numbers (64/200/16, today's preset defaults when unset), resumes under today's default config."""
+    out as numbers (16/200/16, today's preset defaults when unset), resumes under today's default config."""
     from grpo.config import TrainConfig, config_mismatch
 
     current = TrainConfig()
     old = {k: v for k, v in json.loads(json.dumps(current.to_dict())).items() if k != "worked_example"}
-    old.update(micro_batch_size=64, eval_prompts=200, eval_samples=16)
+    old.update(micro_batch_size=16, eval_prompts=200, eval_samples=16)
     assert config_mismatch(old, current) == []
-    assert config_mismatch({**old, "micro_batch_size": 32}, current) == ["micro_batch_size"]
-    # a pretrained model's unset micro-batch is 4, so an old explicit 64 differs from it
+    assert config_mismatch({**old, "micro_batch_size": 64}, current) == ["micro_batch_size"]
+    # a pretrained model's unset micro-batch is 4, so an old explicit 16 differs from it
     pretrained = TrainConfig(model="smollm2-135m")
     assert "micro_batch_size" in config_mismatch({**old, "model": "smollm2-135m"}, pretrained)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -29,7 +30,9 @@ from grpo.objectives import OBJECTIVES
 from grpo.rewards import REWARDS
 from grpo.tasks import TASKS
 from grpo.runner import train
-from grpo.trainer import Trainer, TrainingDiverged, build_trainer, grpo_step
+from grpo.policy import completion_logp
+from grpo.sampler import Rollout
+from grpo.trainer import Trainer, TrainingDiverged, build_trainer, grpo_step, micro_batches, rollout_logp
 from grpo.warmstart import warm_started_model
 
 AGGREGATIONS = ["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"]
@@ -123,6 +126,47 @@ def test_micro_batch_split_changes_nothing(make_cfg, tmp_path, aggregation, obje
         # atol: one float32 ulp of a parameter near 1 (the norm weights) is 1.2e-7
         torch.testing.assert_close(ps - p0, pw - p0, atol=1e-6, rtol=1e-4)
     assert max((pw - p0).abs().max() for p0, pw in zip(before, whole.policy.parameters())) > 1e-3
+
+
+def fake_rollout(lengths: list[int], prompt_width: int, width: int) -> Rollout:
+    """A rollout whose row i has a completion of lengths[i] tokens (ids 1..), padded to `width`."""
+    n = len(lengths)
+    mask = (torch.arange(width)[None] < torch.tensor(lengths)[:, None]).float()
+    ids = (torch.arange(width)[None].expand(n, width) % 5 + 1) * mask.long()
+    zeros = torch.zeros(n, width)
+    return Rollout(prompt_ids=torch.ones(n, prompt_width, dtype=torch.long),
+                   prompt_mask=torch.ones(n, prompt_width, dtype=torch.long), completion_ids=ids,
+                   completion_mask=mask, truncated=torch.zeros(n, dtype=torch.bool), entropy=zeros, logp=zeros)
+
+
+def test_micro_batches_put_completions_of_like_length_together():
+    """Rows with completions of 5, 1, 4, 2, 3, 1 tokens in micro-batches of 4: shortest first (ties in row
+    order) when prompts are not shared; row order when a group's prompt runs once (a 3-token prompt before
+    completions of 2 tokens, G = 2: (1/2) x 3/5 = 0.3 of the positions saved, above SHARE_MIN_SAVING)."""
+    t = SimpleNamespace(cfg=SimpleNamespace(group_size=2, micro_batch=4))
+    rows = torch.tensor([5, 0, 3, 2, 1, 4])                 # any order in: a shuffled mini-batch
+    unshared = fake_rollout([5, 1, 4, 2, 3, 1], prompt_width=1, width=5)
+    assert [m.tolist() for m in micro_batches(t, unshared, rows)] == [[1, 5, 3, 4], [2, 0]]
+    shared = fake_rollout([2, 1, 2, 2, 1, 1], prompt_width=3, width=2)
+    assert [m.tolist() for m in micro_batches(t, shared, rows)] == [[0, 1, 2, 3], [4, 5]]
+
+
+def test_rollout_logp_runs_only_to_the_longest_completion(make_cfg, tmp_path):
+    """The short rows' log-probs equal those of a forward over the full width (a causal model: later
+    positions change nothing before them), and read 0 past their longest completion."""
+    cfg = make_cfg(tmp_path, max_new_tokens=8)
+    warm_cache(cfg)
+    t = build_trainer(cfg, **QUIET)
+    rollout = fake_rollout([3, 8, 2, 3], prompt_width=4, width=8)
+    rollout.completion_ids[rollout.completion_mask == 0] = t.tokenizer.pad_token_id
+    full = completion_logp(t.policy, rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids,
+                           cfg.temperature, eos_token_id=t.tokenizer.eos_token_id, share_prompts=False)
+    short = torch.tensor([0, 2, 3])
+    trimmed = rollout_logp(t, t.policy, rollout, short)
+    assert trimmed.shape == (3, 8)
+    torch.testing.assert_close(trimmed[:, :3], full[short, :3], atol=1e-5, rtol=1e-5)
+    assert trimmed[:, 3:].eq(0).all()
+    torch.testing.assert_close(rollout_logp(t, t.policy, rollout, torch.tensor([1])), full[[1]], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("mini_batches", [2, 3, 5, 7])
