@@ -7,6 +7,11 @@ Run directories are `<out-dir>/<arm>/seed<k>`. Restarting a sweep skips finished
 unfinished ones (the trainer continues from its last checkpoint) and starts the rest. A failed run is
 reported with its log and does not stop the others; the sweep exits 1 if any run failed. Each run's
 output goes to `<run>/train.log`; the runs share one `<out-dir>/wandb/` so `wandb leet` browses all.
+
+On Linux the local runs are forks of the sweep process, which imports torch, transformers and the
+trainer once (a `grpo train` process spends ~4 s of a demo run's ~50 s on them). The sweep process
+itself never runs a tensor op: a process forked after OpenMP has started its threads hangs in its
+first multi-threaded op, so the warm starts and GGUF conversions run in forks too.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -140,6 +146,91 @@ def _die_with_parent() -> None:
         pass
 
 
+FORK = sys.platform.startswith("linux")     # elsewhere (macOS) a fork of a process holding torch is unsafe
+
+
+class Forked:
+    """`work()` in a forked child: its return value (or SystemExit code) is the exit code, any other
+    exception a traceback and exit 1. Has Popen's poll() / wait() / returncode."""
+
+    def __init__(self, work, log_path: Path | None = None) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()        # or the child would print the parent's buffered lines again
+        self.returncode = None
+        self.pid = os.fork()
+        if self.pid == 0:
+            code = 1
+            try:
+                _die_with_parent()
+                if log_path is not None:
+                    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                    os.dup2(log, 1)
+                    os.dup2(log, 2)
+                    os.close(log)
+                    # New streams on the descriptors: the inherited ones may write elsewhere (pytest, notebooks).
+                    sys.stdout = open(1, "w", buffering=1, closefd=False)
+                    sys.stderr = open(2, "w", buffering=1, closefd=False)
+                code = work()
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                if "wandb" in sys.modules:      # stop this child's wandb service; os._exit skips atexit
+                    try:
+                        sys.modules["wandb"].teardown()
+                    except Exception:
+                        pass
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        while self.poll() is None:
+            time.sleep(0.1)
+        return self.returncode
+
+
+def preload() -> None:
+    """Import what every run imports, once, before the runs are forked (imports run no tensor ops)."""
+    import grpo.runner  # noqa: F401
+
+    if os.environ.get("WANDB_MODE") != "disabled":
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            pass
+
+
+def isolated(work) -> int:
+    """work() in a fork when runs are forked, so that this process starts no OpenMP threads; else here."""
+    return Forked(work).wait() if FORK else work()
+
+
+def start_run(run: Run):
+    """The run as a child process writing to its log: a fork calling `grpo train`'s entry point, or
+    (without fork) a `grpo train` subprocess."""
+    env = {"OMP_NUM_THREADS": str(run.config.threads), "TOKENIZERS_PARALLELISM": "false"}
+    if FORK:
+        def work() -> int:
+            from grpo.cli import main as grpo_main
+
+            os.environ.update(env)
+            return grpo_main(["train", *config_args(run.config)])
+
+        return Forked(work, run.log)
+    with open(run.log, "a") as log:
+        return subprocess.Popen(train_command(run), stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **env}, preexec_fn=_die_with_parent)
+
+
 def run_local(runs: list[Run], parallel: int, progress) -> dict[str, int]:
     """Run `runs` with at most `parallel` at once; returns {run dir: exit code}."""
     pending, active, codes = list(runs), {}, {}
@@ -147,14 +238,10 @@ def run_local(runs: list[Run], parallel: int, progress) -> dict[str, int]:
         while pending and len(active) < parallel:
             run = pending.pop(0)
             run.dir.mkdir(parents=True, exist_ok=True)
-            log = open(run.log, "a")
-            env = {**os.environ, "OMP_NUM_THREADS": str(run.config.threads), "TOKENIZERS_PARALLELISM": "false"}
-            active[run] = (subprocess.Popen(train_command(run), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            preexec_fn=_die_with_parent), log)
+            active[run] = start_run(run)
         time.sleep(0.5)
-        for run, (proc, log) in list(active.items()):
+        for run, proc in list(active.items()):
             if proc.poll() is not None:
-                log.close()
                 codes[str(run.dir)] = proc.returncode
                 del active[run]
                 progress(run, proc.returncode)
@@ -310,15 +397,30 @@ def sweep(experiment: Experiment, args: argparse.Namespace, train_args: list[str
         raise GrpoError(f"{len(conflicts)} run dir(s) hold runs of another config, e.g. {first.dir} "
                         f"(differs in: {', '.join(differ)}); use another --out-dir")
     # A GGUF model converts once here, not in every parallel run; a missing extra stops the sweep (exit 2).
-    for model in sorted({r.config.model for r in runs if is_gguf(r.config.model)}):
-        check_model_dir(model, log=lambda message: print(f"  {message}", flush=True))
+    ggufs = sorted({r.config.model for r in runs if is_gguf(r.config.model)})
+
+    def convert() -> int:
+        try:
+            for model in ggufs:
+                check_model_dir(model, log=lambda message: print(f"  {message}", flush=True))
+        except GrpoError as err:
+            print(f"{experiment.name}: error: {err}", file=sys.stderr, flush=True)
+            return 2
+        return 0
+
+    if ggufs and (code := isolated(convert)):
+        return code
     write_sweep_json(experiment, args.out_dir, runs, seeds)
     todo = [r for r in runs if run_status(r) != "finished"]
     print(f"{experiment.name}: {len(runs)} runs ({len(runs) - len(todo)} already finished) in {args.out_dir}; "
           f"{args.parallel} at a time, logs in <run>/train.log", flush=True)
     started = time.perf_counter()
     if args.executor == "local" and args.parallel > 1:
-        prebuild_warm_starts(todo, log=lambda message: print(f"  {message}", flush=True))
+        code = isolated(lambda: prebuild_warm_starts(todo, log=lambda message: print(f"  {message}", flush=True)) or 0)
+        if code:
+            raise GrpoError(f"building the runs' warm starts failed (exit {code})")
+    if args.executor == "local" and FORK:
+        preload()
 
     def progress(run: Run, code: int) -> None:
         word = "finished" if code == 0 else f"FAILED (exit {code}), see {run.log}"

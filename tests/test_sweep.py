@@ -201,3 +201,33 @@ def test_warm_starts_are_built_once_before_the_runs_and_are_the_ones_a_run_build
     assert built_here.keys() == built_by_run.keys()
     for name in built_here:
         torch.testing.assert_close(built_here[name], built_by_run[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="runs are forked only on Linux")
+def test_a_forked_run_exits_with_its_code_and_writes_its_log(tmp_path):
+    """Forked: the work's return value is the exit code; an exception is a traceback in the log and exit 1."""
+    from experiments.sweep import Forked
+
+    def fails() -> int:
+        print("before the failure")
+        raise ValueError("boom")
+
+    assert Forked(lambda: 3, tmp_path / "three.log").wait() == 3
+    assert Forked(fails, tmp_path / "fails.log").wait() == 1
+    log = (tmp_path / "fails.log").read_text()
+    assert "before the failure" in log and "ValueError: boom" in log and "Traceback" in log
+    assert Forked(lambda: sys.exit(4), tmp_path / "exits.log").wait() == 4
+
+
+def test_forked_runs_use_several_threads_after_the_sweep_built_warm_starts(tmp_path):
+    """The sweep builds the warm starts (all cores) and then forks 2-thread runs: OpenMP threads started
+    in the sweep process itself would hang a forked run in its first multi-threaded op."""
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "GRPO_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-m", "experiments.kl_beta", "--out-dir", str(sweep), "--arms", "beta0,beta0.1",
+                          "--seeds", "1", "--steps", "2", "--parallel", "2", "--threads", "2", "--no-report", *TINY],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "2 supervised steps" in out.stdout                 # the warm start was built before the runs
+    assert sorted(_finished(sweep)) == [sweep / "beta0" / "seed0", sweep / "beta0.1" / "seed0"]
+    assert json.loads((sweep / "beta0" / "seed0" / "config.json").read_text())["threads"] == 2
