@@ -3,6 +3,11 @@
 pass@k = 1 - C(n - c, k) / C(n, k) per prompt (Chen et al. 2021, "Evaluating Large Language Models
 Trained on Code"), averaged over prompts; c = number of correct completions among n.
 
+Step 0 evaluates the warm start, which every arm and seed of a sweep starts from: its greedy flags are
+the same for every run and its sampled ones for every run of a seed. With a `store` folder (beside the
+cached warm start) they are computed once and kept under a key of everything they depend on, the
+source of the modules that compute them included.
+
 The prompts are cut into fixed blocks, each decoded as one batch with its own generator seeded by
 (seed, step, block). Under data parallelism the blocks are dealt round-robin to the ranks, so every
 rank works and the result does not depend on the number of ranks; resuming re-evaluates identically.
@@ -10,7 +15,14 @@ rank works and the result does not depend on the number of ranks; resuming re-ev
 
 from __future__ import annotations
 
+import fcntl
+import functools
+import hashlib
+import json
+import os
+import sys
 from math import comb
+from pathlib import Path
 
 import torch
 
@@ -61,15 +73,53 @@ def blockwise(examples: list, block: int, run) -> list[float]:
     return [flag for i in range(len(blocks)) for flag in every[i]]
 
 
-def evaluate(model, sampler, tokenizer, task, cfg, step: int, device) -> dict[str, float]:
-    """eval/accuracy (greedy), eval/pass@1 and eval/pass@G (sampled), on the held-out split."""
+@functools.cache
+def code_fingerprint() -> str:
+    """A hash of the source of the modules an evaluation runs through."""
+    names = ("grpo.evaluation", "grpo.sampler", "grpo.fast_sampler", "grpo.rewards", "grpo.tasks", "grpo.tokenizer")
+    return hashlib.sha256(b"".join(Path(sys.modules[n].__file__).read_bytes() for n in names)).hexdigest()[:16]
+
+
+def stored(folder: Path | None, key: dict, compute) -> list[float]:
+    """compute(), or its result kept in `folder` under `key`; a parallel run with the same key waits
+    for the first instead of computing it again."""
+    if folder is None:
+        return compute()
+    folder.mkdir(parents=True, exist_ok=True)
+    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = folder / f"{name}.json"
+    with open(folder / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return json.loads(path.read_text())["flags"]
+        except (OSError, ValueError, KeyError):      # absent or damaged: compute it (again)
+            pass
+        flags = compute()
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"key": key, "flags": flags}))
+        os.replace(tmp, path)
+        return flags
+
+
+def evaluate(model, sampler, tokenizer, task, cfg, step: int, device, store: Path | None = None) -> dict[str, float]:
+    """eval/accuracy (greedy), eval/pass@1 and eval/pass@G (sampled), on the held-out split.
+    store: a folder that keeps the flags for runs that evaluate the same weights (step 0's warm start)."""
     was_training = model.training
     model.eval()
     examples = task.eval_examples()[: cfg.num_eval_prompts]
     common = dict(max_new_tokens=cfg.max_new_tokens, device=device, reward=JUDGES[cfg.correctness_reward],
                   worked_example=cfg.worked_example)
-    greedy = blockwise(examples, GREEDY_BLOCK, lambda i, chunk: correct_flags(
-        model, sampler, tokenizer, chunk, temperature=1.0, generator=None, greedy=True, **common))
+    # What the flags depend on besides the weights (the store's folder stands for those).
+    key = {"code": code_fingerprint(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "device": device.type, "dtype": cfg.dtype, "sampler": type(sampler).__name__, "step": step,
+           "prompts": len(examples), "blocks": [GREEDY_BLOCK, SAMPLED_BLOCK, PASS_AT_K_PROMPTS],
+           "max_new_tokens": cfg.max_new_tokens, "worked_example": cfg.worked_example, "judge": cfg.correctness_reward}
+
+    def greedy_flags() -> list[float]:
+        return blockwise(examples, GREEDY_BLOCK, lambda i, chunk: correct_flags(
+            model, sampler, tokenizer, chunk, temperature=1.0, generator=None, greedy=True, **common))
+
+    greedy = stored(store, {**key, "greedy": True}, greedy_flags)
     num_samples = max(cfg.num_eval_samples, cfg.group_size)
 
     def sampled_block(index: int, chunk: list) -> list[float]:
@@ -78,7 +128,8 @@ def evaluate(model, sampler, tokenizer, task, cfg, step: int, device) -> dict[st
         return correct_flags(model, sampler, tokenizer, repeated, temperature=cfg.temperature,
                              generator=generator, greedy=False, **common)
 
-    sampled = blockwise(examples[:PASS_AT_K_PROMPTS], SAMPLED_BLOCK, sampled_block)
+    sampled = stored(store, {**key, "seed": cfg.seed, "temperature": cfg.temperature, "samples": num_samples},
+                     lambda: blockwise(examples[:PASS_AT_K_PROMPTS], SAMPLED_BLOCK, sampled_block))
     counts = torch.tensor(sampled).view(-1, num_samples).sum(-1).long().tolist()
     model.train(was_training)
     metrics = {"eval/accuracy": sum(greedy) / len(greedy)}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,7 @@ from grpo.counterfactual import alternative_configs, counterfactual_metrics
 from grpo.probes import difficulty_metrics, ledger_metrics, length_bias_metrics
 from grpo.tasks import PromptPool, make_task
 from grpo.timing import StageTimer
-from grpo.warmstart import warm_started_model
+from grpo.warmstart import warm_started_model, warmstart_entry
 
 __all__ = ["Trainer", "TrainingDiverged", "build_trainer", "grpo_step"]
 
@@ -67,6 +68,7 @@ class Trainer:
     step_record: dict = field(default_factory=dict)  # the last step's prompt rows and rollout tensors
     timer: StageTimer = field(default=None)
     lean: bool = False               # a large fp32 Llama-family policy: lean layers and the chunked head
+    eval_store: Path | None = None   # where step 0's evaluation of the (cached) warm start is kept
     samples: int = 0                 # completions generated so far (all ranks)
     tokens: int = 0                  # completion tokens generated so far (all ranks)
     elapsed: float = 0.0
@@ -81,7 +83,8 @@ class Trainer:
 
     def evaluate(self, step: int) -> dict[str, float]:
         with self.autocast():
-            return evaluate(self.policy, self.sampler, self.tokenizer, self.task, self.cfg, step, self.device)
+            return evaluate(self.policy, self.sampler, self.tokenizer, self.task, self.cfg, step, self.device,
+                            store=self.eval_store if step == 0 else None)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -158,7 +161,10 @@ def build_trainer(cfg: TrainConfig, log=print) -> Trainer:
                    prompt_rng=torch.Generator().manual_seed(rank_seed),
                    shuffle_rng=torch.Generator().manual_seed(rank_seed + 2),
                    sample_rng=torch.Generator(device=device).manual_seed(rank_seed + 1),
-                   resample_rng=torch.Generator().manual_seed(rank_seed + 3), lean=lean)
+                   resample_rng=torch.Generator().manual_seed(rank_seed + 3), lean=lean,
+                   # One process's store: with several ranks, each evaluates its share of the blocks.
+                   eval_store=warmstart_entry(cfg, tokenizer) / "eval" if cfg.num_warmstart_steps and
+                   dist.world_size() == 1 else None)
 
 
 def make_sampler(cfg: TrainConfig, policy):

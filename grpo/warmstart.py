@@ -92,12 +92,17 @@ def supervised_finetune(model, task, tokenizer, *, steps: int, lr: float, batch_
     model.zero_grad(set_to_none=True)   # the last SFT gradient must not leak into the first RL step
 
 
+def warmstart_entry(cfg, tokenizer) -> Path:
+    """The cache folder of `cfg`'s warm start."""
+    return cache_root() / "warmstart" / warmstart_key(cfg, len(tokenizer))
+
+
 def warm_started_model(cfg, task, tokenizer, device: torch.device, log=print):
     """The warm-started policy (fp32, on `device`), from the cache or trained now and cached."""
     model = initial_model(cfg, task, tokenizer).to(device)
     if cfg.num_warmstart_steps == 0:
         return model
-    entry = cache_root() / "warmstart" / warmstart_key(cfg, len(tokenizer))
+    entry = warmstart_entry(cfg, tokenizer)
     entry.mkdir(parents=True, exist_ok=True)
     weights = entry / "model.safetensors"
     with open(entry / ".lock", "w") as lock:

@@ -533,3 +533,31 @@ def test_resume_with_fewer_steps_than_the_checkpoint_is_refused(make_cfg, tmp_pa
     (cfg.run_dir / "summary.json").write_text(json.dumps({**summary, "status": "running"}))   # as if killed
     with pytest.raises(GrpoError, match="past --steps 2"):
         train(dataclasses.replace(cfg, steps=2), log=lambda *_: None)
+
+
+def test_step_zero_evaluation_is_computed_once_per_warm_start_and_seed(make_cfg, tmp_path, monkeypatch):
+    """Step 0 scores the shared warm start: a second arm of the same seed reads both kinds of flags from
+    the store, another seed only the greedy ones; every stored value is what a run without the store
+    computes, and a damaged file is computed again."""
+    monkeypatch.setenv("GRPO_CACHE", str(tmp_path / "cache"))      # a store no other test has written
+    cfg = make_cfg(tmp_path, eval_prompts=12, eval_samples=4, max_new_tokens=8)
+    warm_cache(cfg)
+    first = build_trainer(cfg, **QUIET)
+    store = first.eval_store
+    assert store is not None and store.parent.parent.name == "warmstart" and not store.exists()
+    fresh = first.evaluate(0)
+    files = sorted(store.glob("*.json"))
+    assert len(files) == 2                                          # greedy flags, seed 0's sampled flags
+    other_arm = build_trainer(dataclasses.replace(cfg, kl_beta=0.0, lr=1e-3), **QUIET)
+    assert other_arm.evaluate(0) == fresh
+    assert sorted(store.glob("*.json")) == files                    # read, nothing new
+    other_seed = dataclasses.replace(cfg, seed=1)
+    unstored = dataclasses.replace(build_trainer(other_seed, **QUIET), eval_store=None).evaluate(0)
+    assert build_trainer(other_seed, **QUIET).evaluate(0) == unstored
+    assert len(list(store.glob("*.json"))) == 3                     # seed 1's sampled flags added
+    for path in store.glob("*.json"):
+        path.write_text("{not json")
+    assert first.evaluate(0) == fresh                               # damaged: computed again, same values
+    written = {path: path.stat().st_mtime_ns for path in store.glob("*.json")}
+    first.evaluate(5)
+    assert {path: path.stat().st_mtime_ns for path in store.glob("*.json")} == written   # later steps: not kept
