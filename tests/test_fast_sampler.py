@@ -71,8 +71,8 @@ def test_dropping_ended_rows_changes_no_row(monkeypatch):
     kwargs = dict(max_new_tokens=40, temperature=1.5, eos_token_id=2, pad_token_id=0)
     rows_run, runs = [], []
     layers_run = fast_sampler.next_logits
-    monkeypatch.setattr(fast_sampler, "next_logits", lambda model, layers, token, *rest:
-                        rows_run.append(len(token)) or layers_run(model, layers, token, *rest))
+    monkeypatch.setattr(fast_sampler, "next_logits", lambda model, layers, head, token, *rest:
+                        rows_run.append(len(token)) or layers_run(model, layers, head, token, *rest))
     for compact_at in (1, 10**9):
         monkeypatch.setattr(fast_sampler, "COMPACT_AT", compact_at)
         rows_run.clear()
@@ -86,6 +86,29 @@ def test_dropping_ended_rows_changes_no_row(monkeypatch):
     torch.testing.assert_close(kept.logp, dropped.logp, atol=1e-5, rtol=0)
     torch.testing.assert_close(kept.entropy, dropped.entropy, atol=1e-5, rtol=0)
     assert bool((dropped.entropy[dropped.completion_mask == 0] == 0).all())
+
+
+def test_weights_cast_once_under_autocast_give_what_autocast_gives_per_token(monkeypatch):
+    """Under bf16 autocast the decode loop casts its matmul weights once; autocast would cast the same fp32
+    weights at every op to the same bf16 values, so the rollout is identical either way."""
+    import grpo.fast_sampler as fast_sampler
+
+    model = llama(2)
+    ids = torch.tensor([[0, 1, 9], [1, 9, 10], [1, 12, 13], [0, 1, 14]])
+    kwargs = dict(max_new_tokens=12, temperature=1.0, eos_token_id=2, pad_token_id=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fast_sampler._matmul_dtype(torch.device("cpu")) == torch.bfloat16     # the weights are cast once
+    runs = []
+    for cast_once in (True, False):
+        if not cast_once:
+            monkeypatch.setattr(fast_sampler, "_matmul_dtype", lambda device: None)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            runs.append(StaticCacheSampler().generate(model, ids, (ids != 0).long(),
+                                                      generator=torch.Generator().manual_seed(3), **kwargs))
+    once, per_op = runs
+    assert fast_sampler._matmul_dtype(torch.device("cpu")) is None          # outside autocast: fp32
+    assert torch.equal(once.completion_ids, per_op.completion_ids)
+    assert torch.equal(once.logp, per_op.logp) and torch.equal(once.entropy, per_op.entropy)
 
 
 def test_supports_refuses_sliding_window_attention_of_either_family():
