@@ -99,10 +99,11 @@ def wait_quiet(quiet_s: float, max_wait_s: float, max_busy_cores: float = 0.1) -
 def side_command(side: str, workload: str, steps: int, args: argparse.Namespace, json_path: Path) -> list[str]:
     if side == "ours":
         return [args.grpo, "bench", "--workload", workload, "--steps", str(steps), "--warmup", str(args.warmup),
-                "--threads", str(args.threads), "--json-out", str(json_path)]
+                "--threads", str(args.threads), "--dtype", args.dtype, "--json-out", str(json_path)]
     if workload == "smollm2":
         return [args.trl_python, str(W3_SCRIPT), "--model-dir", args.smollm2_dir, "--steps", str(steps),
-                "--warmup", str(args.warmup), "--threads", str(args.threads), "--json-out", str(json_path)]
+                "--warmup", str(args.warmup), "--threads", str(args.threads), "--json-out", str(json_path),
+                *(["--bf16"] if args.dtype == "bf16" else [])]
     return [args.trl_python, args.trl_script, "--workload", workload, "--timed-steps", str(steps),
             "--warmup-steps", str(args.warmup), "--threads", str(args.threads), "--json-out", str(json_path)]
 
@@ -280,6 +281,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=None,
                     help="timed steps per run (default: %s)" % ", ".join(f"{k} {v}" for k, v in DEFAULT_STEPS.items()))
     ap.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps per run (default: 2)")
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                    help="both sides' precision: bf16 is grpo's --dtype bf16 against TRL's bf16=True (W3 only)")
     ap.add_argument("--threads", type=int, default=2,
                     help="torch threads for both sides; also sets OMP/MKL_NUM_THREADS (default: 2)")
     ap.add_argument("--grpo", default=default_grpo(),
@@ -299,6 +302,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--json-out", default=None, metavar="FILE",
                     help="write the configuration, every run (with its raw JSON) and the summary to FILE")
     args = ap.parse_args(argv)
+    if args.dtype == "bf16" and set(args.workload) != {"smollm2"}:
+        ap.error("--dtype bf16 is wired to TRL's side for W3 (smollm2) only")
     if args.rounds < 1 or args.warmup < 0 or args.threads < 1 or (args.steps is not None and args.steps < 1):
         ap.error("--rounds, --threads and --steps must be >= 1, --warmup >= 0")
     args.workload = list(dict.fromkeys(args.workload))

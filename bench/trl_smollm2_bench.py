@@ -73,6 +73,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=3, help="timed optimizer steps")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bf16", action="store_true", help="bf16 mixed precision (Accelerate's autocast), as grpo's --dtype bf16")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -109,7 +110,7 @@ def main() -> int:
     timer = StepEnds()
     with tempfile.TemporaryDirectory(prefix="trl_w3_") as out:
         config = GRPOConfig(
-            output_dir=out, use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
+            output_dir=out, use_cpu=True, bf16=args.bf16, fp16=False, gradient_checkpointing=False,
             per_device_train_batch_size=MICRO_BATCH, gradient_accumulation_steps=PROMPTS * GROUP // MICRO_BATCH,
             generation_batch_size=PROMPTS * GROUP, num_generations=GROUP, max_completion_length=COMPLETION_LEN,
             generation_kwargs={"min_new_tokens": COMPLETION_LEN}, temperature=1.0, top_p=1.0, top_k=0,
