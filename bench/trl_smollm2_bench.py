@@ -73,7 +73,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=3, help="timed optimizer steps")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--bf16", action="store_true", help="bf16 mixed precision (Accelerate's autocast), as grpo's --dtype bf16")
+    ap.add_argument("--bf16", action="store_true",
+                    help="bf16 mixed precision (Accelerate's autocast), as grpo's --dtype bf16")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):

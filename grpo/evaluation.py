@@ -18,9 +18,9 @@ from __future__ import annotations
 import fcntl
 import functools
 import hashlib
+import importlib
 import json
 import os
-import sys
 from math import comb
 from pathlib import Path
 
@@ -77,7 +77,8 @@ def blockwise(examples: list, block: int, run) -> list[float]:
 def code_fingerprint() -> str:
     """A hash of the source of the modules an evaluation runs through."""
     names = ("grpo.evaluation", "grpo.sampler", "grpo.fast_sampler", "grpo.rewards", "grpo.tasks", "grpo.tokenizer")
-    return hashlib.sha256(b"".join(Path(sys.modules[n].__file__).read_bytes() for n in names)).hexdigest()[:16]
+    sources = b"".join(Path(importlib.import_module(name).__file__).read_bytes() for name in names)
+    return hashlib.sha256(sources).hexdigest()[:16]
 
 
 def stored(folder: Path | None, key: dict, compute) -> list[float]:

@@ -224,8 +224,9 @@ def test_forked_runs_use_several_threads_after_the_sweep_built_warm_starts(tmp_p
     in the sweep process itself would hang a forked run in its first multi-threaded op."""
     sweep = tmp_path / "sweep"
     env = {**os.environ, "GRPO_CACHE": str(tmp_path / "cache")}
-    out = subprocess.run([sys.executable, "-m", "experiments.kl_beta", "--out-dir", str(sweep), "--arms", "beta0,beta0.1",
-                          "--seeds", "1", "--steps", "2", "--parallel", "2", "--threads", "2", "--no-report", *TINY],
+    out = subprocess.run([sys.executable, "-m", "experiments.kl_beta", "--out-dir", str(sweep),
+                          "--arms", "beta0,beta0.1", "--seeds", "1", "--steps", "2", "--parallel", "2",
+                          "--threads", "2", "--no-report", *TINY],
                          capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "2 supervised steps" in out.stdout                 # the warm start was built before the runs
