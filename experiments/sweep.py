@@ -1,4 +1,4 @@
-"""The sweep runner: every (arm, seed) of an experiment as a `grpo train` subprocess, resumable.
+"""The sweep runner: every (arm, seed) of an experiment as a `grpo train` run of its own process, resumable.
 
     python -m experiments.<name> [--out-dir D] [--seeds N] [--steps S] [--parallel K] [--quick]
                                  [--dry-run] [--executor local|ray] [any grpo train flag ...]
@@ -9,7 +9,7 @@ reported with its log and does not stop the others; the sweep exits 1 if any run
 output goes to `<run>/train.log`; the runs share one `<out-dir>/wandb/` so `wandb leet` browses all.
 
 On Linux the local runs are forks of the sweep process, which imports torch, transformers and the
-trainer once (a `grpo train` process spends ~4 s of a demo run's ~50 s on them). The sweep process
+trainer once (a `grpo train` process spends ~4 s on them; a demo run takes ~38 s). The sweep process
 itself never runs a tensor op: a process forked after OpenMP has started its threads hangs in its
 first multi-threaded op, so the warm starts and GGUF conversions run in forks too.
 """
@@ -259,7 +259,7 @@ def prebuild_warm_starts(runs: list[Run], log=print) -> None:
 
     from grpo.tasks import make_task
     from grpo.trainer import resolve_device
-    from grpo.warmstart import cache_root, warm_started_model, warmstart_key
+    from grpo.warmstart import warm_started_model, warmstart_entry
 
     wanted = {}
     for run in runs:
@@ -267,9 +267,9 @@ def prebuild_warm_starts(runs: list[Run], log=print) -> None:
         if resolve_device(cfg.device).type != "cpu" or not is_preset(cfg.model) or cfg.num_warmstart_steps == 0:
             continue
         task = make_task(cfg)
-        key = warmstart_key(cfg, len(task.tokenizer))
-        if not (cache_root() / "warmstart" / key / "model.safetensors").exists():
-            wanted.setdefault(key, (cfg, task))
+        entry = warmstart_entry(cfg, task.tokenizer)
+        if not (entry / "model.safetensors").exists():
+            wanted.setdefault(entry, (cfg, task))
     threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)
     try:
@@ -399,10 +399,13 @@ def sweep(experiment: Experiment, args: argparse.Namespace, train_args: list[str
     # A GGUF model converts once here, not in every parallel run; a missing extra stops the sweep (exit 2).
     ggufs = sorted({r.config.model for r in runs if is_gguf(r.config.model)})
 
+    def say(message: str) -> None:
+        print(f"  {message}", flush=True)
+
     def convert() -> int:
         try:
             for model in ggufs:
-                check_model_dir(model, log=lambda message: print(f"  {message}", flush=True))
+                check_model_dir(model, log=say)
         except GrpoError as err:
             print(f"{experiment.name}: error: {err}", file=sys.stderr, flush=True)
             return 2
@@ -416,7 +419,7 @@ def sweep(experiment: Experiment, args: argparse.Namespace, train_args: list[str
           f"{args.parallel} at a time, logs in <run>/train.log", flush=True)
     started = time.perf_counter()
     if args.executor == "local" and args.parallel > 1:
-        code = isolated(lambda: prebuild_warm_starts(todo, log=lambda message: print(f"  {message}", flush=True)) or 0)
+        code = isolated(lambda: prebuild_warm_starts(todo, log=say) or 0)
         if code:
             raise GrpoError(f"building the runs' warm starts failed (exit {code})")
     if args.executor == "local" and FORK:

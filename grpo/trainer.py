@@ -151,6 +151,10 @@ def build_trainer(cfg: TrainConfig, log=print) -> Trainer:
         reference = copy.deepcopy(policy).to(COMPUTE_DTYPES[cfg.dtype]).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rank_seed = cfg.seed * 1000 + dist.rank()
+    # Step 0 scores the cached warm start; a single process keeps its scores for the runs after it
+    # (ranks each evaluate a share of the blocks, so a data-parallel run does not).
+    keeps_eval = cfg.num_warmstart_steps > 0 and dist.world_size() == 1
+    eval_store = warmstart_entry(cfg, tokenizer) / "eval" if keeps_eval else None
     if cfg.counterfactuals:
         alternatives = alternative_configs(cfg)            # each value checked now, not at step K
         if reference is None and any(a.kl_beta > 0 and a.kl_placement == "loss" for _, a in alternatives):
@@ -161,10 +165,7 @@ def build_trainer(cfg: TrainConfig, log=print) -> Trainer:
                    prompt_rng=torch.Generator().manual_seed(rank_seed),
                    shuffle_rng=torch.Generator().manual_seed(rank_seed + 2),
                    sample_rng=torch.Generator(device=device).manual_seed(rank_seed + 1),
-                   resample_rng=torch.Generator().manual_seed(rank_seed + 3), lean=lean,
-                   # One process's store: with several ranks, each evaluates its share of the blocks.
-                   eval_store=warmstart_entry(cfg, tokenizer) / "eval" if cfg.num_warmstart_steps and
-                   dist.world_size() == 1 else None)
+                   resample_rng=torch.Generator().manual_seed(rank_seed + 3), lean=lean, eval_store=eval_store)
 
 
 def make_sampler(cfg: TrainConfig, policy):
