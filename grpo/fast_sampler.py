@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from grpo.sampler import Rollout, TokenStream, prompt_positions, shared_prefill
+from grpo.lean_layers import autocast_dtype as _matmul_dtype
 
 SUPPORTED = {"llama", "qwen2", "mistral"}
 # The decode loop drops ended rows from its cache once they are at least 1/COMPACT_AT of the rows it runs:
@@ -44,11 +45,6 @@ def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     normed = x.float()
     normed = normed * torch.rsqrt(normed.pow(2).mean(-1, keepdim=True) + eps)
     return weight * normed.to(x.dtype)
-
-
-def _matmul_dtype(device: torch.device) -> torch.dtype | None:
-    """The dtype autocast runs matmuls in here, or None without autocast."""
-    return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
 
 
 def _cast(weight: Tensor | None, dtype: torch.dtype | None) -> Tensor | None:

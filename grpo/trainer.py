@@ -67,7 +67,7 @@ class Trainer:
     ledger: dict = field(default_factory=dict)   # prompt index -> (solve rate at its last visit, visits)
     step_record: dict = field(default_factory=dict)  # the last step's prompt rows and rollout tensors
     timer: StageTimer = field(default=None)
-    lean: bool = False               # a large fp32 Llama-family policy: lean layers and the chunked head
+    lean: bool = False               # a large Llama-family policy: lean layers and the chunked head
     eval_store: Path | None = None   # where step 0's evaluation of the (cached) warm start is kept
     samples: int = 0                 # completions generated so far (all ranks)
     tokens: int = 0                  # completion tokens generated so far (all ranks)
@@ -96,8 +96,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 # From this many parameters up a model's training memory is worth trading for: freed memory goes back to
-# the OS on a CPU (`return_freed_memory_to_the_os`) and fp32 Llama-family models get the lean MLP and norm
-# forwards (grpo/lean_layers.py). Below it neither pays (a tiny model's run needs ~600 MB).
+# the OS on a CPU (`return_freed_memory_to_the_os`) and Llama-family models get the lean MLP and norm
+# forwards and the chunked head (grpo/lean_layers.py). Below it neither pays (a tiny model's run needs ~600 MB).
 LARGE_MODEL_PARAMS = 50_000_000
 
 
@@ -139,7 +139,7 @@ def build_trainer(cfg: TrainConfig, log=print) -> Trainer:
         policy.config.use_cache = False
     policy.train()
     large = sum(p.numel() for p in policy.parameters()) >= LARGE_MODEL_PARAMS
-    lean = large and cfg.dtype == "fp32" and fast_sampler.supports(policy) and policy.lm_head.bias is None
+    lean = large and fast_sampler.supports(policy) and policy.lm_head.bias is None
     if lean:
         install_lean_layers(policy)        # the MLPs and norms keep less for the backward
     if large and device.type == "cpu":

@@ -1,4 +1,5 @@
-"""The lean MLP and RMSNorm forwards give the modules' values and gradients and keep less for the backward."""
+"""The lean MLP and RMSNorm forwards give the modules' values and gradients and keep less for the backward;
+under bf16 autocast they (and the cast-once attention projections) give what autocast gives."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from grpo.lean_layers import _RMSNorm, _SwiGLU, install_lean_layers
+from grpo.lean_layers import _RMSNorm, _SwiGLU, cast_weight, install_lean_layers
 
 SMALL = dict(vocab_size=21, hidden_size=32, intermediate_size=48, num_hidden_layers=2, max_position_embeddings=64,
              num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2)
@@ -46,14 +47,19 @@ def test_rms_norm_by_hand():
     assert w.grad.tolist() == pytest.approx([3 * r, 0.0], abs=1e-12)
 
 
-@pytest.mark.parametrize("build", [lambda: LlamaForCausalLM(LlamaConfig(**SMALL)),
-                                   lambda: LlamaForCausalLM(LlamaConfig(**SMALL, tie_word_embeddings=True)),
-                                   lambda: Qwen2ForCausalLM(Qwen2Config(**SMALL))], ids=["llama", "llama_tied", "qwen2"])
-def test_a_lean_model_gives_the_models_values_and_gradients(build):
+BUILDS = [lambda: LlamaForCausalLM(LlamaConfig(**SMALL)),
+          lambda: LlamaForCausalLM(LlamaConfig(**SMALL, tie_word_embeddings=True)),
+          lambda: Qwen2ForCausalLM(Qwen2Config(**SMALL))]
+# Per model: 2 layers x (MLP, 2 norms, the bias-free projections: Llama's 4, Qwen2's o_proj alone) + the final norm.
+LEAN_MODULES = [2 * (3 + 4) + 1, 2 * (3 + 4) + 1, 2 * (3 + 1) + 1]
+
+
+@pytest.mark.parametrize("build,modules", list(zip(BUILDS, LEAN_MODULES)), ids=["llama", "llama_tied", "qwen2"])
+def test_a_lean_model_gives_the_models_values_and_gradients(build, modules):
     torch.manual_seed(0)
     plain = build().train()
     lean = copy.deepcopy(plain)
-    assert install_lean_layers(lean) == 2 * 3 + 1
+    assert install_lean_layers(lean) == modules
     ids = torch.randint(3, 21, (3, 9))
     weights = torch.randn(3, 9, 21)
     grads = []
@@ -64,6 +70,48 @@ def test_a_lean_model_gives_the_models_values_and_gradients(build):
     torch.testing.assert_close(loss_lean, loss_plain, atol=1e-4, rtol=1e-6)
     for a, b in zip(grads_lean, grads_plain):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("build", BUILDS, ids=["llama", "llama_tied", "qwen2"])
+def test_under_bf16_autocast_a_lean_model_gives_what_autocast_gives(build):
+    """Same loss and gradients as the plain model under autocast, to bf16 rounding (~0.4% a value):
+    each parameter's gradient within 3% of its norm; fp32 would agree to 1e-5, so a lean layer left
+    out of autocast would pass too, hence the second check: the lean MLP's output is bf16."""
+    torch.manual_seed(0)
+    plain = build().train()
+    lean = copy.deepcopy(plain)
+    install_lean_layers(lean)
+    ids = torch.randint(3, 21, (3, 9))
+    weights = torch.randn(3, 9, 21)
+    grads = []
+    for model in (plain, lean):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(input_ids=ids).logits
+        loss = (weights * logits.float().log_softmax(-1)).sum()
+        grads.append((loss.detach(), torch.autograd.grad(loss, list(model.parameters()))))
+    (loss_plain, grads_plain), (loss_lean, grads_lean) = grads
+    torch.testing.assert_close(loss_lean, loss_plain, atol=0, rtol=1e-2)
+    for a, b in zip(grads_lean, grads_plain):
+        assert a.dtype == torch.float32
+        assert float((a - b).norm()) <= 0.03 * float(b.norm()) + 1e-6
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert lean.model.layers[0].mlp(torch.randn(2, 32)).dtype == torch.bfloat16
+        assert lean.model.layers[0].self_attn.o_proj(torch.randn(2, 32)).dtype == torch.bfloat16
+
+
+def test_a_weight_is_cast_once_per_value():
+    """The bf16 copy is reused while the weight is unchanged, remade after an in-place update (an
+    optimizer step), and one made in inference mode (a rollout) still serves autograd afterwards."""
+    weight = torch.nn.Parameter(torch.tensor([[1.0, 2.0]]))
+    with torch.inference_mode():
+        first = cast_weight(weight, torch.bfloat16)
+    assert first.dtype == torch.bfloat16 and not first.is_inference()
+    assert cast_weight(weight, torch.bfloat16) is first
+    assert cast_weight(weight, None) is weight and cast_weight(weight, torch.float32) is weight
+    with torch.no_grad():
+        weight.add_(1.0)
+    second = cast_weight(weight, torch.bfloat16)
+    assert second is not first and second.tolist() == [[2.0, 3.0]]
 
 
 def test_the_lean_mlp_keeps_two_intermediate_tensors_not_four():
@@ -144,6 +192,30 @@ def test_head_logp_equals_the_full_log_softmax_across_chunks(monkeypatch):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+def test_head_logp_under_bf16_autocast_runs_its_matmuls_in_bf16():
+    """Under autocast the head's matmul is bf16 (as the plain path's lm_head there) and the softmax fp32:
+    the log-probs equal the full log-softmax of bf16-rounded logits, computed here by hand, to fp32
+    rounding, and differ from fp32 logits' by more; gradients to bf16 rounding, in the inputs' dtypes."""
+    from grpo.lean_layers import head_logp
+
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 5, 8, requires_grad=True)
+    weight = torch.randn(11, 8, requires_grad=True)
+    targets = torch.randint(0, 11, (2, 5))
+    bf16_logits = (hidden.detach().bfloat16() @ weight.detach().bfloat16().t()).float()
+    expected = bf16_logits.log_softmax(-1).gather(-1, targets[..., None])[..., 0]
+    fp32 = (hidden @ weight.t()).log_softmax(-1).gather(-1, targets[..., None])[..., 0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = head_logp(hidden, weight, targets, 1.0)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert (got - fp32.detach()).abs().max() > 1e-3
+    grads = torch.autograd.grad(got.sum(), [hidden, weight])
+    for g, want in zip(grads, torch.autograd.grad(fp32.sum(), [hidden, weight])):
+        assert g.dtype == torch.float32
+        assert float((g - want).norm()) <= 0.03 * float(want.norm())
+
+
 @pytest.mark.parametrize("share_prompts", [True, False])
 def test_completion_logp_through_the_lean_head_equals_the_models_logits(share_prompts):
     from grpo.policy import completion_logp
@@ -163,21 +235,28 @@ def test_completion_logp_through_the_lean_head_equals_the_models_logits(share_pr
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
-def test_a_lean_trainer_takes_the_plain_trainers_step(make_cfg, tmp_path, monkeypatch):
-    """The trainer turns the lean layers and head on for large models; forced on for the seed preset, one
-    GRPO step (micro-batches of 4, kl_beta > 0, EOS ban for 2 tokens) gives the plain step's loss, KL,
-    gradient norm and updated weights to float rounding."""
+def lean_and_plain_steps(make_cfg, tmp_path, monkeypatch, **overrides):
+    """One GRPO step (micro-batches of 4, kl_beta > 0, EOS ban for 2 tokens) by the plain trainer and
+    by the lean one (forced on for the seed preset): [(t.lean, metrics, weights after)] for each."""
     import grpo.trainer as trainer
     from conftest import MIXED
 
     monkeypatch.setattr(trainer, "return_freed_memory_to_the_os", lambda: None)   # keep this process's malloc
-    cfg = make_cfg(tmp_path, **MIXED, kl_beta=0.04, micro_batch_size=4, min_new_tokens=2, temperature=0.9)
+    cfg = make_cfg(tmp_path, **MIXED, kl_beta=0.04, micro_batch_size=4, min_new_tokens=2, temperature=0.9,
+                   **overrides)
     results = []
     for threshold in (10**12, 0):
         monkeypatch.setattr(trainer, "LARGE_MODEL_PARAMS", threshold)
         t = trainer.build_trainer(cfg, log=lambda *_: None)
         metrics, _ = trainer.grpo_step(t, 1)
         results.append((t.lean, metrics, [p.detach().clone() for p in t.policy.parameters()]))
+    return cfg, results
+
+
+def test_a_lean_trainer_takes_the_plain_trainers_step(make_cfg, tmp_path, monkeypatch):
+    """The trainer turns the lean layers and head on for large models; its step gives the plain step's
+    loss, KL, gradient norm and updated weights to float rounding."""
+    cfg, results = lean_and_plain_steps(make_cfg, tmp_path, monkeypatch)
     (plain_lean, plain, plain_weights), (lean_lean, lean, lean_weights) = results
     assert not plain_lean and lean_lean
     assert plain["adv/abs_mean"] > 0                      # precondition: the step has a gradient
@@ -190,3 +269,21 @@ def test_a_lean_trainer_takes_the_plain_trainers_step(make_cfg, tmp_path, monkey
         torch.testing.assert_close(a, b, atol=2 * cfg.lr, rtol=0)
         close += int(((a - b).abs() <= 1e-7).sum())
     assert close >= 0.999 * sum(a.numel() for a in lean_weights)
+
+
+def test_a_lean_bf16_trainer_takes_the_plain_bf16_step(make_cfg, tmp_path, monkeypatch):
+    """--dtype bf16: the lean layers, cast-once projections and chunked head run under autocast too, and
+    the step matches the plain bf16 step to bf16 rounding (the same rollout: sampling does not go
+    through the lean modules; loss and gradient norm within 2%, the KL, bf16 noise at step 1, within
+    1e-3). The weights stay fp32 masters."""
+    cfg, results = lean_and_plain_steps(make_cfg, tmp_path, monkeypatch, dtype="bf16")
+    (plain_lean, plain, plain_weights), (lean_lean, lean, lean_weights) = results
+    assert not plain_lean and lean_lean
+    assert plain["adv/abs_mean"] > 0
+    assert lean["reward/mean"] == plain["reward/mean"]
+    for key in ("loss", "grad_norm"):
+        assert lean[key] == pytest.approx(plain[key], rel=2e-2), key
+    assert lean["kl/k3"] == pytest.approx(plain["kl/k3"], abs=1e-3)
+    for a, b in zip(lean_weights, plain_weights):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, atol=2 * cfg.lr, rtol=0)
