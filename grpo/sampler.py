@@ -107,16 +107,42 @@ def shared_prefill(model, prompt_ids: Tensor, prompt_mask: Tensor, one_at_a_time
     return logits[inverse], cache
 
 
+# Vocabulary entries per block of the two-level inverse CDF (`inverse_cdf_draw`).
+CDF_BLOCK = 256
+
+
 def inverse_cdf_draw(probs: Tensor, generator: torch.Generator | None) -> Tensor:
     """One token per row [N] drawn from `probs` [N, V]: the first index whose cumulative probability
     exceeds a uniform draw scaled to the row's total. One uniform per row instead of torch.multinomial's
     one exponential per vocabulary entry (19 ms vs 0.5 ms a token for 16 rows of a 49k vocabulary on 2
     cores). In float64, so a token of probability ~1e-8 keeps its share (a float32 sum would round it
-    away). A token of probability 0 is never drawn: its cumulative value equals its predecessor's."""
-    cdf = probs.double().cumsum(-1)
-    if not bool(torch.isfinite(cdf[:, -1]).all()):
+    away). A token of probability 0 is never drawn: its cumulative value equals its predecessor's.
+
+    In two levels, the same draw without a cumsum over the whole vocabulary (8 ms of a 49k one for
+    16 rows): the sums of blocks of CDF_BLOCK entries find the block, a cumsum inside it the token.
+    Where the two sums round apart and the draw lands past the block's last token with any
+    probability (u within ~1e-16 of a block's end), the draw is made again from the full cumsum."""
+    rows, vocab = probs.shape
+    blocks = -(-vocab // CDF_BLOCK)
+    padded = F.pad(probs, (0, blocks * CDF_BLOCK - vocab)) if vocab % CDF_BLOCK else probs
+    padded = padded.view(rows, blocks, CDF_BLOCK)
+    block_cdf = padded.sum(-1, dtype=torch.float64).cumsum(-1)                     # [N, blocks]
+    if not bool(torch.isfinite(block_cdf[:, -1]).all()):
         raise GrpoError("non-finite sampling probabilities: the policy's logits hold NaN or inf")
-    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+    u = torch.rand(rows, 1, generator=generator, device=probs.device, dtype=torch.float64) * block_cdf[:, -1:]
+    block = torch.searchsorted(block_cdf, u, right=True).clamp(max=blocks - 1)    # [N, 1]
+    before = torch.where(block > 0, block_cdf.gather(-1, (block - 1).clamp(min=0)), 0.0)
+    inside = padded.gather(1, block[..., None].expand(rows, 1, CDF_BLOCK))[:, 0].double().cumsum(-1) + before
+    token = (block * CDF_BLOCK + torch.searchsorted(inside, u, right=True)).clamp(max=vocab - 1)
+    if bool((probs.gather(-1, token) > 0).all()):
+        return token.squeeze(-1)
+    return full_inverse_cdf(probs, u)
+
+
+def full_inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
+    """`inverse_cdf_draw` for given uniforms u [N, 1] (already scaled to each row's total), from the
+    cumsum over the whole vocabulary."""
+    cdf = probs.double().cumsum(-1)
     token = torch.searchsorted(cdf, u, right=True).clamp(max=probs.shape[-1] - 1)
     # u can round up to the total (p ~ 1e-7): then take the last token that has any probability.
     last = probs.shape[-1] - 1 - (probs > 0).flip(-1).int().argmax(-1, keepdim=True)
@@ -126,15 +152,18 @@ def inverse_cdf_draw(probs: Tensor, generator: torch.Generator | None) -> Tensor
 def sample_next(logits: Tensor, temperature: float, generator: torch.Generator | None,
                 greedy: bool) -> tuple[Tensor, Tensor, Tensor]:
     """(next token ids [N], entropy [N], log-prob of the chosen ids [N]) from last-position logits
-    [N, V] at the given temperature. Greedy picks the argmax; its log-prob is still the tempered one."""
-    scaled = logits.float() / temperature
-    probs = torch.softmax(scaled, dim=-1)
-    entropy = torch.special.entr(probs).sum(-1)        # -p log p, with 0 log 0 = 0 for banned tokens
-    if greedy:
-        token = logits.argmax(-1)
-    else:
-        token = inverse_cdf_draw(probs, generator)
-    logp = scaled.gather(-1, token[:, None]).squeeze(-1) - torch.logsumexp(scaled, dim=-1)
+    [N, V] at the given temperature. Greedy picks the argmax; its log-prob is still the tempered one.
+    Five passes over [N, V] (log-softmax, exp, the entropy's product and sum, the draw's block sums):
+    this runs at every decoded token."""
+    scaled = logits.float()
+    if temperature != 1.0:
+        scaled = scaled / temperature
+    log_probs = torch.log_softmax(scaled, dim=-1)
+    probs = log_probs.exp()
+    # -sum p log p, with 0 log 0 = 0 for banned tokens (log p = -inf clamped to a finite number; NaN stays).
+    entropy = -(probs * log_probs.clamp(min=torch.finfo(log_probs.dtype).min)).sum(-1)
+    token = logits.argmax(-1) if greedy else inverse_cdf_draw(probs, generator)
+    logp = log_probs.gather(-1, token[:, None]).squeeze(-1)
     return token, entropy, logp
 
 

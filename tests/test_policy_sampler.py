@@ -347,6 +347,46 @@ def test_inverse_cdf_draws_follow_the_probabilities_and_never_a_zero():
         assert abs(share - p) < 4 * math.sqrt(p * (1 - p) / 40_000)
 
 
+@pytest.mark.parametrize("block", [4, 256])
+def test_the_two_level_draw_is_the_full_cumsums_draw(monkeypatch, block):
+    """Blocks of 4 over 11 tokens (the last block padded) and one block of 256: 20,000 rows of random
+    probabilities (a third of them 0) give the token that the cumsum over the whole row gives for the
+    same uniform (scaled to the row's total, as the draw scales it)."""
+    import grpo.sampler as sampler
+
+    monkeypatch.setattr(sampler, "CDF_BLOCK", block)
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.rand(20_000, 11, generator=gen) * (torch.rand(20_000, 11, generator=gen) > 0.33)
+    probs[:, 0] += 1e-3                                     # every row has some probability
+    probs = probs / probs.sum(-1, keepdim=True)
+    tokens = inverse_cdf_draw(probs, torch.Generator().manual_seed(5))
+    u = torch.rand(20_000, 1, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    expected = sampler.full_inverse_cdf(probs, u * probs.double().sum(-1, keepdim=True))
+    assert torch.equal(tokens, expected)
+    assert bool((probs.gather(-1, tokens[:, None]) > 0).all())
+
+
+def test_a_draw_at_the_rows_total_takes_its_last_token_with_probability():
+    """u rounded up to the total (past every cumulative value): the last token with p > 0, not a zero."""
+    from grpo.sampler import full_inverse_cdf
+
+    probs = torch.tensor([[0.25, 0.75, 0.0, 0.0]])
+    assert full_inverse_cdf(probs, torch.tensor([[1.0]], dtype=torch.float64)).tolist() == [1]
+    assert full_inverse_cdf(probs, torch.tensor([[0.2]], dtype=torch.float64)).tolist() == [0]
+
+
+def test_sample_next_by_hand():
+    """Logits (0, ln 3) at T = 1: p = (1/4, 3/4); greedy takes token 1 with log-prob ln 3/4, entropy
+    -(1/4 ln 1/4 + 3/4 ln 3/4). At T = 1/2 the logits double: p = (1/10, 9/10), log-prob ln 9/10."""
+    logits = torch.tensor([[0.0, math.log(3)]])
+    token, entropy, logp = sample_next(logits, 1.0, None, greedy=True)
+    assert token.tolist() == [1]
+    assert logp.item() == pytest.approx(math.log(0.75), rel=1e-6)
+    assert entropy.item() == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)), rel=1e-6)
+    _, _, logp = sample_next(logits, 0.5, None, greedy=True)
+    assert logp.item() == pytest.approx(math.log(0.9), rel=1e-6)
+
+
 def test_sample_next_greedy_is_argmax_and_temperature_sharpens():
     logits = torch.tensor([[0.0, 2.0, 1.0]])
     token, entropy_t1, _ = sample_next(logits, 1.0, None, greedy=True)
