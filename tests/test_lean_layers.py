@@ -192,12 +192,15 @@ def test_head_logp_equals_the_full_log_softmax_across_chunks(monkeypatch):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_head_logp_under_bf16_autocast_runs_its_matmuls_in_bf16():
+def test_head_logp_under_bf16_autocast_runs_its_matmuls_in_bf16(monkeypatch):
     """Under autocast the head's matmul is bf16 (as the plain path's lm_head there) and the softmax fp32:
     the log-probs equal the full log-softmax of bf16-rounded logits, computed here by hand, to fp32
-    rounding, and differ from fp32 logits' by more; gradients to bf16 rounding, in the inputs' dtypes."""
+    rounding, and differ from fp32 logits' by more; gradients to bf16 rounding, in the inputs' dtypes.
+    Chunks of 3 over 10 positions (the bf16 path keeps each chunk's logits for the backward)."""
+    import grpo.lean_layers as lean_layers
     from grpo.lean_layers import head_logp
 
+    monkeypatch.setattr(lean_layers, "HEAD_CHUNK", 3)
     torch.manual_seed(0)
     hidden = torch.randn(2, 5, 8, requires_grad=True)
     weight = torch.randn(11, 8, requires_grad=True)
