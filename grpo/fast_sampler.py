@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from grpo.sampler import Rollout, TokenStream, prompt_positions, shared_prefill
-from grpo.lean_layers import autocast_dtype as _matmul_dtype
+from grpo.lean_layers import autocast_dtype as _matmul_dtype, cast_to, cast_weight
 
 SUPPORTED = {"llama", "qwen2", "mistral"}
 # The decode loop drops ended rows from its cache once they are at least 1/COMPACT_AT of the rows it runs:
@@ -47,24 +47,21 @@ def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     return weight * normed.to(x.dtype)
 
 
-def _cast(weight: Tensor | None, dtype: torch.dtype | None) -> Tensor | None:
-    return weight if weight is None or dtype is None else weight.to(dtype)
-
-
 class _Layer:
     """One decoder layer's matmul weights, with q/k/v and gate/up fused into single matmuls. Under
     autocast they are cast once here, to the dtype autocast would cast them to at every token (the same
     values: 2.1-2.5x faster bf16 matmuls for 16 rows of SmolLM2 on an AVX512-BF16 CPU, without the
-    per-token cast of 538 MB of weights)."""
+    per-token cast of 538 MB of weights); the unfused ones through `cast_weight`, whose copies the
+    learner's lean layers share until the next optimizer step."""
 
     def __init__(self, layer, dtype: torch.dtype | None = None) -> None:
         attn, mlp = layer.self_attn, layer.mlp
-        self.qkv_weight = _cast(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]), dtype)
+        self.qkv_weight = cast_to(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]), dtype)
         biases = [attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]
-        self.qkv_bias = _cast(torch.cat(biases), dtype) if biases[0] is not None else None
-        self.o_weight, self.o_bias = _cast(attn.o_proj.weight, dtype), _cast(attn.o_proj.bias, dtype)
-        self.gate_up_weight = _cast(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), dtype)
-        self.down_weight = _cast(mlp.down_proj.weight, dtype)
+        self.qkv_bias = cast_to(torch.cat(biases), dtype) if biases[0] is not None else None
+        self.o_weight, self.o_bias = cast_weight(attn.o_proj.weight, dtype), cast_to(attn.o_proj.bias, dtype)
+        self.gate_up_weight = cast_to(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), dtype)
+        self.down_weight = cast_weight(mlp.down_proj.weight, dtype)
         self.norm1, self.norm2 = layer.input_layernorm, layer.post_attention_layernorm
 
 
@@ -123,7 +120,7 @@ class StaticCacheSampler:
         eps = config.rms_norm_eps
         dtype = _matmul_dtype(prompt_ids.device)
         layers = [_Layer(layer, dtype) for layer in body.layers]
-        head = (_cast(model.lm_head.weight, dtype), _cast(model.lm_head.bias, dtype))
+        head = (cast_weight(model.lm_head.weight, dtype), cast_to(model.lm_head.bias, dtype))
 
         # Prefill: the model's own forward over the prompt fills a cache we then copy.
         positions = prompt_positions(prompt_mask)

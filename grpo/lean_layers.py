@@ -35,8 +35,9 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
 
 
-def _cast(t: Tensor, dtype: torch.dtype | None) -> Tensor:
-    return t if dtype is None else t.to(dtype)
+def cast_to(t: Tensor | None, dtype: torch.dtype | None) -> Tensor | None:
+    """`t` in `dtype` (a copy each call); as it is for dtype None, and None for t None (a missing bias)."""
+    return t if t is None or dtype is None else t.to(dtype)
 
 
 # id(weight) -> (a weak reference to it, its version counter when cast, the cast copy); an entry goes
@@ -76,7 +77,7 @@ class _SwiGLU(torch.autograd.Function):
     def forward(ctx, x: Tensor, gate_weight: Tensor, up_weight: Tensor, down_weight: Tensor) -> Tensor:
         ctx.dtypes = x.dtype, gate_weight.dtype
         dtype = autocast_dtype(x.device)
-        x = _cast(x, dtype)
+        x = cast_to(x, dtype)
         gate_weight, up_weight, down_weight = (cast_weight(w, dtype) for w in (gate_weight, up_weight, down_weight))
         g, u = F.linear(x, gate_weight), F.linear(x, up_weight)
         ctx.save_for_backward(x, g, u, gate_weight, up_weight, down_weight)
@@ -165,7 +166,7 @@ class _HeadLogp(torch.autograd.Function):
                 temperature: float) -> Tensor:
         ctx.dtypes = hidden.dtype, weight.dtype
         dtype = autocast_dtype(hidden.device)
-        hidden, weight = _cast(hidden, dtype), cast_weight(weight, dtype)
+        hidden, weight = cast_to(hidden, dtype), cast_weight(weight, dtype)
         wide = torch.promote_types(hidden.dtype, torch.float32)
         logp, lse = torch.empty_like(targets, dtype=wide), torch.empty_like(targets, dtype=wide)
         low = hidden.element_size() < 4 and any(ctx.needs_input_grad[:2])
