@@ -28,6 +28,7 @@ from grpo.batch import collect_batch, total_reward
 from grpo.kl import kl_k1
 from grpo.lean_layers import install_lean_layers
 from grpo.losses import policy_loss
+from grpo.memory import LARGE_MODEL_PARAMS
 from grpo.metrics import (TokenWeightedMean, advantage_metrics, entropy_metric, gradient_token_metrics,
                           length_metrics, reward_metrics, to_floats, zero_variance_metrics)
 from grpo.models import is_preset, load_tokenizer
@@ -95,32 +96,6 @@ def resolve_device(name: str) -> torch.device:
     return dist.local_device(torch.device(name))
 
 
-# From this many parameters up a model's training memory is worth trading for: freed memory goes back to
-# the OS on a CPU (`return_freed_memory_to_the_os`) and Llama-family models get the lean MLP and norm
-# forwards and the chunked head (grpo/lean_layers.py). Below it neither pays (a tiny model's run needs ~600 MB).
-LARGE_MODEL_PARAMS = 50_000_000
-
-
-def return_freed_memory_to_the_os() -> None:
-    """glibc keeps freed blocks below a threshold that grows up to 32 MB in its heap, where a CPU run's
-    per-step tensors (activations, rollout caches) then stay resident; a fixed 1 MB threshold gives freed
-    tensors back at once. Measured on W3 (SmolLM2-135M, 2 cores): peak RSS 4.76 -> 4.35 GB, no slower.
-    But every tensor over 1 MB then costs a fresh mapping and its page faults: on W1 (a 1M-parameter
-    model, 64 completions a micro-batch) the learner took 0.45-0.49 s instead of 0.24-0.26 s a step, so
-    `build_trainer` calls this only for models of LARGE_MODEL_PARAMS and more.
-    A no-op where glibc's mallopt is missing."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    for option in (-3, -1):             # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
-        mallopt(option, 1 << 20)
-
-
 def build_trainer(cfg: TrainConfig, log=print) -> Trainer:
     device = resolve_device(cfg.device)
     if cfg.threads:
@@ -142,8 +117,6 @@ def build_trainer(cfg: TrainConfig, log=print) -> Trainer:
     lean = large and fast_sampler.supports(policy) and policy.lm_head.bias is None
     if lean:
         install_lean_layers(policy)        # the MLPs and norms keep less for the backward
-    if large and device.type == "cpu":
-        return_freed_memory_to_the_os()
     reference = None
     if cfg.kl_beta > 0:   # with kl_beta == 0 no reference is ever built
         # A copy that never trains, so it is stored in the compute dtype: under bf16 it takes half the

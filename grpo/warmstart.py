@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 
+from grpo.memory import fit_malloc_to_model
 from grpo.models import MODEL_PRESETS, build_model, check_model_dir, is_preset, load_pretrained
 from grpo.tasks import render_prompt, task_identity
 from grpo.tracking import progress_bar
@@ -100,6 +101,8 @@ def warmstart_entry(cfg, tokenizer) -> Path:
 def warm_started_model(cfg, task, tokenizer, device: torch.device, log=print):
     """The warm-started policy (fp32, on `device`), from the cache or trained now and cached."""
     model = initial_model(cfg, task, tokenizer).to(device)
+    if device.type == "cpu":     # from here on the process trains this model: keep or give back freed memory
+        fit_malloc_to_model(sum(p.numel() for p in model.parameters()))
     if cfg.num_warmstart_steps == 0:
         return model
     entry = warmstart_entry(cfg, tokenizer)

@@ -244,7 +244,6 @@ def lean_and_plain_steps(make_cfg, tmp_path, monkeypatch, **overrides):
     import grpo.trainer as trainer
     from conftest import MIXED
 
-    monkeypatch.setattr(trainer, "return_freed_memory_to_the_os", lambda: None)   # keep this process's malloc
     cfg = make_cfg(tmp_path, **MIXED, kl_beta=0.04, micro_batch_size=4, min_new_tokens=2, temperature=0.9,
                    **overrides)
     results = []
