@@ -8,7 +8,9 @@ format_partial (a fifth per tag present once, a fifth for a parsable answer). Me
 completions: without the worked example 81% of the groups had zero reward variance (no tag was ever
 written), with it 6%. Evaluation is greedy accuracy on 32 held-out problems and pass@k from 4 samples on
 32, at the start and the end; the training curves (reward, accuracy, format, length) come from every
-step's own completions.
+step's own completions. Forwards run in bf16 where the CPU does bf16 matmuls (the pretrained default,
+`TrainConfig.dtype`): 33.6 min for the sweep on 2 AVX512-BF16 cores (fp32: 51.6 min, on another day); a W3 step
+57.5 s in fp32 against 31.5 s in bf16, side by side.
 """
 
 from dataclasses import replace

@@ -48,6 +48,24 @@ RewardWeights = Annotated[dict[str, float], tyro.constructors.PrimitiveConstruct
     is_instance=lambda value: isinstance(value, dict), str_from_instance=lambda value: [format_weights(value)])]
 
 
+def bf16_is_native(device: str) -> bool:
+    """Whether `device` ("auto", "cpu" or "cuda", as --device) does bf16 matmuls in hardware: a CUDA GPU
+    with bf16, or a CPU with AVX512-BF16 or AMX. Elsewhere autocast emulates bf16, slower than fp32."""
+    import torch
+
+    if device != "cpu" and torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")      # torch.cpu's, private but long-standing
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def resolved_dtype(dtype: str | None, model: str, device: str) -> str:
+    """--dtype as given, or its default: bf16 for a pretrained model on bf16 hardware, else fp32."""
+    if dtype is not None:
+        return dtype
+    return "bf16" if not is_preset(model) and bf16_is_native(device) else "fp32"
+
+
 # Defaults that depend on the model: field -> (preset model, pretrained model), read through the properties
 # below. A pretrained model's completion costs ~100x a preset's (135M parameters, a 49k-token vocabulary).
 SIZED_DEFAULTS = {"micro_batch_size": (16, 4), "eval_prompts": (200, 64), "eval_samples": (16, 4)}
@@ -218,8 +236,8 @@ class TrainConfig:
     """torch CPU threads; 0 keeps torch's default."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto uses CUDA when available."""
-    dtype: Literal["fp32", "bf16"] = "fp32"
-    """Weights/compute dtype; log-probs, ratios, KL and the loss reduction stay in fp32."""
+    dtype: Literal["fp32", "bf16"] | None = None
+    """Forward passes' dtype (bf16: under autocast, fp32 master weights); log-probs, ratios, KL and the loss reduction stay fp32. Unset: fp32 for a preset model; for a pretrained one bf16 where the device does bf16 matmuls in hardware (CUDA with bf16, a CPU with AVX512-BF16 or AMX; TRL's default precision), else fp32."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
     sampler: Literal["auto", "hf"] = "auto"
@@ -341,6 +359,11 @@ class TrainConfig:
         return TASKS[self.task].warmstart_steps if is_preset(self.model) else 0
 
     @property
+    def compute_dtype(self) -> Literal["fp32", "bf16"]:
+        """--dtype, or its default for this model and device (see the flag)."""
+        return resolved_dtype(self.dtype, self.model, self.device)
+
+    @property
     def run_dir(self) -> Path:
         return Path(self.out_dir or f"runs/{self.task}_{Path(self.model).name}_seed{self.seed}")
 
@@ -365,8 +388,8 @@ RESUMABLE_FIELDS = frozenset({
 
 def config_mismatch(saved: dict, config: TrainConfig) -> list[str]:
     """Names of the fields whose value differs between a saved config.json and `config`. A field the saved
-    config lacks (written before the field existed) counts as its default; a SIZED_DEFAULTS field compares
-    by the value it resolves to (an old run's explicit 64 equals today's unset default for a preset)."""
+    config lacks (written before the field existed) counts as its default; a SIZED_DEFAULTS field and --dtype
+    compare by the value they resolve to (an old run's explicit 64 equals today's unset default for a preset)."""
     defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
                 for f in dataclasses.fields(TrainConfig)}
     saved = {**json.loads(json.dumps(defaults)), **saved}
@@ -374,5 +397,7 @@ def config_mismatch(saved: dict, config: TrainConfig) -> list[str]:
     for name in SIZED_DEFAULTS:
         saved[name] = sized_value(name, saved[name], saved["model"])
         current[name] = sized_value(name, current[name], current["model"])
+    for values in (saved, current):      # the dtype the forwards run in, however it was chosen
+        values["dtype"] = resolved_dtype(values["dtype"], values["model"], values["device"])
     return sorted(k for k in set(saved) | set(current)
                   if k not in RESUMABLE_FIELDS and saved.get(k) != current.get(k))

@@ -125,7 +125,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
         warn(note)
     wandb = WandbMirror(cfg, store.dir, previous.get("wandb_id")) if main else None
     if main:
-        store.write_summary(status="running", steps_done=start, error=None, wandb_id=wandb.id)
+        # The dtype the forwards ran in: --dtype unset resolves by model and hardware (TrainConfig.compute_dtype).
+        store.write_summary(status="running", steps_done=start, error=None, wandb_id=wandb.id,
+                            compute_dtype=cfg.compute_dtype)
         if start > 0:
             log(f"resuming {store.dir} from step {start}")
     bar = progress_bar(cfg.steps, start, quiet=cfg.quiet or not main)

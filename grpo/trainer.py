@@ -80,7 +80,7 @@ class Trainer:
 
     def autocast(self):
         """bf16 autocast for forward passes when --dtype bf16 (log-probs and the loss stay fp32)."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.dtype == "bf16")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.compute_dtype == "bf16")
 
     def evaluate(self, step: int) -> dict[str, float]:
         with self.autocast():
@@ -121,7 +121,7 @@ def build_trainer(cfg: TrainConfig, log=print) -> Trainer:
     if cfg.kl_beta > 0:   # with kl_beta == 0 no reference is ever built
         # A copy that never trains, so it is stored in the compute dtype: under bf16 it takes half the
         # memory (and its KL at step 1 is then only bf16-close to 0); under fp32 it is 0 to float rounding (~1e-9).
-        reference = copy.deepcopy(policy).to(COMPUTE_DTYPES[cfg.dtype]).eval().requires_grad_(False)
+        reference = copy.deepcopy(policy).to(COMPUTE_DTYPES[cfg.compute_dtype]).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rank_seed = cfg.seed * 1000 + dist.rank()
     # Step 0 scores the cached warm start; a single process keeps its scores for the runs after it

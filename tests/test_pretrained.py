@@ -150,6 +150,28 @@ def test_a_pretrained_model_trains_without_a_warm_start_by_default(tiny_gguf, tm
     assert all(np.isfinite(r["loss"]) for r in records[1:])
 
 
+def test_dtype_defaults_to_bf16_only_for_pretrained_models_on_bf16_hardware(monkeypatch):
+    from grpo import config
+
+    for native in (True, False):
+        monkeypatch.setattr(config, "bf16_is_native", lambda device, native=native: native)
+        assert TrainConfig(model="path/to/model").compute_dtype == ("bf16" if native else "fp32")
+        assert TrainConfig(model="tiny").compute_dtype == "fp32"                 # a preset: fp32 anyway
+        assert TrainConfig(model="path/to/model", dtype="fp32").compute_dtype == "fp32"
+        assert TrainConfig(model="tiny", dtype="bf16").compute_dtype == "bf16"
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="reads the CPU's flags from Linux's /proc/cpuinfo")
+def test_bf16_is_native_on_exactly_the_cpus_with_bf16_instructions():
+    from grpo.config import bf16_is_native
+
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags |= set(line.split(":", 1)[1].split())
+    assert bf16_is_native("cpu") == bool(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
+
+
 def test_a_missing_gguf_file_is_one_line(tmp_path, capsys):
     assert main(["train", "--model", str(tmp_path / "nope.gguf"), "--out-dir", str(tmp_path / "run")]) == 2
     assert "no such GGUF file" in one_error_line(capsys.readouterr().err)

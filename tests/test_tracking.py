@@ -94,3 +94,17 @@ def test_a_config_saved_before_new_fields_still_matches():
     # a pretrained model's unset micro-batch is 4, so an old explicit 16 differs from it
     pretrained = TrainConfig(model="smollm2-135m")
     assert "micro_batch_size" in config_mismatch({**old, "model": "smollm2-135m"}, pretrained)
+
+
+def test_a_config_saved_with_an_explicit_dtype_matches_what_unset_resolves_to(monkeypatch):
+    """Configs written before --dtype could be unset hold "fp32": a preset's unset dtype is fp32 and matches;
+    a pretrained model's unset dtype is bf16 on bf16 hardware, which computes something else: a conflict."""
+    from grpo import config
+    from grpo.config import TrainConfig, config_mismatch
+
+    monkeypatch.setattr(config, "bf16_is_native", lambda device: True)
+    for model, differ in (("tiny", []), ("path/to/model", ["dtype"])):
+        current = TrainConfig(model=model)
+        old = {**json.loads(json.dumps(current.to_dict())), "dtype": "fp32"}
+        assert config_mismatch(old, current) == differ
+        assert config_mismatch({**old, "dtype": None}, current) == []
