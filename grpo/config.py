@@ -7,6 +7,7 @@ built (`__post_init__`) and raise `GrpoError` naming the flag, which the CLI pri
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -48,22 +49,17 @@ RewardWeights = Annotated[dict[str, float], tyro.constructors.PrimitiveConstruct
     is_instance=lambda value: isinstance(value, dict), str_from_instance=lambda value: [format_weights(value)])]
 
 
+@functools.cache
 def bf16_is_native(device: str) -> bool:
     """Whether `device` ("auto", "cpu" or "cuda", as --device) does bf16 matmuls in hardware: a CUDA GPU
-    with bf16, or a CPU with AVX512-BF16 or AMX. Elsewhere autocast emulates bf16, slower than fp32."""
+    of compute capability 8.0 or more, or a CPU with AVX512-BF16 or AMX. Elsewhere autocast emulates bf16,
+    slower than fp32. Asked once per process (autocast reads it at every forward)."""
     import torch
 
     if device != "cpu" and torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")      # torch.cpu's, private but long-standing
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-def resolved_dtype(dtype: str | None, model: str, device: str) -> str:
-    """--dtype as given, or its default: bf16 for a pretrained model on bf16 hardware, else fp32."""
-    if dtype is not None:
-        return dtype
-    return "bf16" if not is_preset(model) and bf16_is_native(device) else "fp32"
 
 
 # Defaults that depend on the model: field -> (preset model, pretrained model), read through the properties
@@ -361,7 +357,9 @@ class TrainConfig:
     @property
     def compute_dtype(self) -> Literal["fp32", "bf16"]:
         """--dtype, or its default for this model and device (see the flag)."""
-        return resolved_dtype(self.dtype, self.model, self.device)
+        if self.dtype is not None:
+            return self.dtype
+        return "bf16" if not is_preset(self.model) and bf16_is_native(self.device) else "fp32"
 
     @property
     def run_dir(self) -> Path:
@@ -388,8 +386,9 @@ RESUMABLE_FIELDS = frozenset({
 
 def config_mismatch(saved: dict, config: TrainConfig) -> list[str]:
     """Names of the fields whose value differs between a saved config.json and `config`. A field the saved
-    config lacks (written before the field existed) counts as its default; a SIZED_DEFAULTS field and --dtype
-    compare by the value they resolve to (an old run's explicit 64 equals today's unset default for a preset)."""
+    config lacks (written before the field existed) counts as its default; a SIZED_DEFAULTS field compares by
+    the value it resolves to (an old run's explicit 64 equals today's unset default for a preset), and so
+    does a preset's --dtype (an old explicit fp32 equals unset)."""
     defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
                 for f in dataclasses.fields(TrainConfig)}
     saved = {**json.loads(json.dumps(defaults)), **saved}
@@ -397,7 +396,11 @@ def config_mismatch(saved: dict, config: TrainConfig) -> list[str]:
     for name in SIZED_DEFAULTS:
         saved[name] = sized_value(name, saved[name], saved["model"])
         current[name] = sized_value(name, current[name], current["model"])
-    for values in (saved, current):      # the dtype the forwards run in, however it was chosen
-        values["dtype"] = resolved_dtype(values["dtype"], values["model"], values["device"])
+    for values in (saved, current):
+        # A preset's unset dtype is fp32 on any hardware. A pretrained model's depends on the machine, which
+        # is not asked here (a sweep's parent compares configs and must not start CUDA before it forks):
+        # the runner compares the dtype a run ran in (summary.json) when it resumes.
+        if values["dtype"] is None and is_preset(values["model"]):
+            values["dtype"] = "fp32"
     return sorted(k for k in set(saved) | set(current)
                   if k not in RESUMABLE_FIELDS and saved.get(k) != current.get(k))

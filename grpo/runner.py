@@ -119,6 +119,11 @@ def train(cfg: TrainConfig, log=print) -> dict:
         if main:
             log(f"{store.dir} already finished {previous['steps_done']} steps; nothing to do")
         return previous
+    ran_in = previous.get("compute_dtype")
+    if ran_in is not None and ran_in != cfg.compute_dtype:     # an unset --dtype resolved on other hardware
+        raise GrpoError(f"{cfg.run_dir} ran its forwards in {ran_in}, but an unset --dtype resolves to "
+                        f"{cfg.compute_dtype} on this machine: resume it where it started, or start a new run "
+                        f"with an explicit --dtype")
     t = build_trainer(cfg, log=quiet_log)
     start = restore(t, store, warn=warn if main else (lambda message: None))
     for note in cfg.warnings() if main else []:

@@ -6,7 +6,8 @@ Run directory layout:
   samples.jsonl    every log_samples_every steps, a few prompts with completions, rewards, advantages
   prompts.jsonl    with --prompt-pool: every prompt visit (step, index, difficulty, solve_rate, visit)
   rollouts/        with --store-rollouts: step_<n>_rank<r>.safetensors, every step's rollouts (grpo rescore)
-  summary.json     status (running | finished | failed), steps done, final metrics, error
+  summary.json     status (running | finished | failed), steps done, final metrics, error, compute_dtype
+                   (the dtype the forwards ran in: --dtype, or its default for the model and hardware)
   checkpoints/     see grpo/checkpoint.py
   wandb/           wandb's offline files, unless wandb_dir points elsewhere (a sweep shares one)
 """
@@ -128,7 +129,7 @@ class WandbMirror:
             self.run = wandb.init(
                 project=config.wandb_project, entity=config.wandb_entity,
                 group=config.wandb_group or config.experiment or None, name=name, dir=str(wandb_dir),
-                mode=mode, config=config.to_dict(), id=resume_id, resume="allow" if resume_id else None,
+                mode=mode, config={**config.to_dict(), "compute_dtype": config.compute_dtype}, id=resume_id, resume="allow" if resume_id else None,
                 tags=[t for t in (config.arm and f"arm:{config.arm}", f"seed:{config.seed}",
                                   commit and f"git:{commit}") if t],
                 settings=wandb.Settings(silent=True, console="off"),

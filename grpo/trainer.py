@@ -79,7 +79,8 @@ class Trainer:
             self.timer = StageTimer(self.device)
 
     def autocast(self):
-        """bf16 autocast for forward passes when --dtype bf16 (log-probs and the loss stay fp32)."""
+        """bf16 autocast for forward passes when the run computes in bf16 (`compute_dtype`: --dtype, or its
+        default for the model and hardware); log-probs and the loss stay fp32."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.compute_dtype == "bf16")
 
     def evaluate(self, step: int) -> dict[str, float]:
@@ -103,7 +104,7 @@ def build_trainer(cfg: TrainConfig, log=print) -> Trainer:
     task = make_task(cfg)
     # A preset model uses the task's character tokenizer; a local checkpoint brings its own.
     tokenizer = task.tokenizer if is_preset(cfg.model) else load_tokenizer(cfg.model)
-    # The policy keeps fp32 master weights; --dtype bf16 runs its forward passes under autocast.
+    # The policy keeps fp32 master weights; in bf16 (cfg.compute_dtype) its forward passes run under autocast.
     policy = warm_started_model(cfg, task, tokenizer, device, log=log)
     dist.broadcast_parameters(policy)     # every rank starts from rank 0's weights
     if cfg.gradient_checkpointing:

@@ -535,6 +535,23 @@ def test_resume_with_fewer_steps_than_the_checkpoint_is_refused(make_cfg, tmp_pa
         train(dataclasses.replace(cfg, steps=2), log=lambda *_: None)
 
 
+def test_a_run_resumes_only_in_the_dtype_it_ran_in(make_cfg, tmp_path):
+    """summary.json records the dtype the forwards ran in; a resume where an unset --dtype resolves to another
+    (a pretrained model moved to other hardware; simulated by editing the record) is refused, nothing lost."""
+    from grpo import GrpoError
+    from grpo.runner import train
+
+    cfg = make_cfg(tmp_path, steps=2, save_every=1)
+    train(cfg, log=lambda *_: None)
+    summary = json.loads((cfg.run_dir / "summary.json").read_text())
+    assert summary["compute_dtype"] == "fp32"
+    (cfg.run_dir / "summary.json").write_text(json.dumps({**summary, "status": "running", "compute_dtype": "bf16"}))
+    metrics = (cfg.run_dir / "metrics.jsonl").read_text()
+    with pytest.raises(GrpoError, match="ran its forwards in bf16, but an unset --dtype resolves to fp32"):
+        train(cfg, log=lambda *_: None)
+    assert (cfg.run_dir / "metrics.jsonl").read_text() == metrics
+
+
 def test_step_zero_evaluation_is_computed_once_per_warm_start_and_seed(make_cfg, tmp_path, monkeypatch):
     """Step 0 scores the shared warm start: a second arm of the same seed reads both kinds of flags from
     the store, another seed only the greedy ones; every stored value is what a run without the store
