@@ -129,7 +129,8 @@ class WandbMirror:
             self.run = wandb.init(
                 project=config.wandb_project, entity=config.wandb_entity,
                 group=config.wandb_group or config.experiment or None, name=name, dir=str(wandb_dir),
-                mode=mode, config={**config.to_dict(), "compute_dtype": config.compute_dtype}, id=resume_id, resume="allow" if resume_id else None,
+                mode=mode, config={**config.to_dict(), "compute_dtype": config.compute_dtype},
+                id=resume_id, resume="allow" if resume_id else None,
                 tags=[t for t in (config.arm and f"arm:{config.arm}", f"seed:{config.seed}",
                                   commit and f"git:{commit}") if t],
                 settings=wandb.Settings(silent=True, console="off"),
