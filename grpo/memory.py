@@ -39,7 +39,7 @@ def set_malloc_thresholds(thresholds: dict[int, int]) -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    return all([mallopt(option, value) == 1 for option, value in thresholds.items()])
+    return all([mallopt(option, value) == 1 for option, value in thresholds.items()])   # a list: every call runs
 
 
 def fit_malloc_to_model(num_params: int) -> bool:
