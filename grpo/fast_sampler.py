@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from grpo import gemm
 from grpo.sampler import Rollout, TokenStream, prompt_positions, shared_prefill
 from grpo.lean_layers import autocast_dtype as _matmul_dtype, cast_to, cast_weight
 
@@ -56,12 +57,12 @@ class _Layer:
 
     def __init__(self, layer, dtype: torch.dtype | None = None) -> None:
         attn, mlp = layer.self_attn, layer.mlp
-        self.qkv_weight = cast_to(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]), dtype)
+        self.qkv_weight = gemm.pack(cast_to(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]), dtype))
         biases = [attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]
         self.qkv_bias = cast_to(torch.cat(biases), dtype) if biases[0] is not None else None
-        self.o_weight, self.o_bias = cast_weight(attn.o_proj.weight, dtype), cast_to(attn.o_proj.bias, dtype)
-        self.gate_up_weight = cast_to(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), dtype)
-        self.down_weight = cast_weight(mlp.down_proj.weight, dtype)
+        self.o_weight, self.o_bias = gemm.pack(cast_weight(attn.o_proj.weight, dtype)), cast_to(attn.o_proj.bias, dtype)
+        self.gate_up_weight = gemm.pack(cast_to(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), dtype))
+        self.down_weight = gemm.pack(cast_weight(mlp.down_proj.weight, dtype))
         self.norm1, self.norm2 = layer.input_layernorm, layer.post_attention_layernorm
 
 
@@ -75,7 +76,7 @@ def next_logits(model, layers: list[_Layer], head: tuple[Tensor, Tensor | None],
     x = model.model.embed_tokens(token)[:, None]                                 # [N, 1, H]
     for i, layer in enumerate(layers):
         h = _rms_norm(x, layer.norm1.weight, eps)
-        qkv = F.linear(h, layer.qkv_weight, layer.qkv_bias)
+        qkv = gemm.linear(h, layer.qkv_weight, layer.qkv_bias)
         q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
         # Query heads grouped under their kv head: [N, kv_heads, group, D] (one query position).
         q = q.view(num_rows, kv_heads, group, head_dim)
@@ -89,10 +90,10 @@ def next_logits(model, layers: list[_Layer], head: tuple[Tensor, Tensor | None],
         with torch.autocast(token.device.type, enabled=False):
             scores = torch.matmul(q.to(keys[i].dtype), keys[i][:, :, : slot + 1].transpose(-1, -2)) + slot_bias
             attn = torch.matmul(scores.softmax(-1), values[i][:, :, : slot + 1])     # [N, kv, group, D]
-        x = x + F.linear(attn.reshape(num_rows, 1, heads * head_dim), layer.o_weight, layer.o_bias)
+        x = x + gemm.linear(attn.reshape(num_rows, 1, heads * head_dim), layer.o_weight, layer.o_bias)
         h = _rms_norm(x, layer.norm2.weight, eps)
-        gate, up = F.linear(h, layer.gate_up_weight).chunk(2, dim=-1)
-        x = x + F.linear(F.silu(gate) * up, layer.down_weight)
+        gate, up = gemm.linear(h, layer.gate_up_weight).chunk(2, dim=-1)
+        x = x + gemm.linear(F.silu(gate) * up, layer.down_weight)
     h, (head_weight, head_bias) = _rms_norm(x, model.model.norm.weight, eps)[:, 0], head
     if head_bias is None and h.device.type == "cpu":
         # [V, H] @ [H, N]: with the vocabulary as the long side, a few rows' head runs ~1.5x faster on a CPU

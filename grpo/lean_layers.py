@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from grpo import gemm
+
 
 def _rows(t: Tensor) -> Tensor:
     return t.reshape(-1, t.shape[-1])
@@ -229,7 +231,7 @@ def _mlp_forward(self, x: Tensor) -> Tensor:
 
 def _linear_forward(self, x: Tensor) -> Tensor:
     dtype = autocast_dtype(x.device)
-    return F.linear(x, self.weight) if dtype is None else _CastLinear.apply(x, self.weight, dtype)
+    return gemm.linear_forward(self, x) if dtype is None else _CastLinear.apply(x, self.weight, dtype)
 
 
 def _norm_forward(self, x: Tensor) -> Tensor:

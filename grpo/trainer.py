@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from grpo import GrpoError, TrainingDiverged, distributed as dist, fast_sampler
+from grpo import GrpoError, TrainingDiverged, distributed as dist, fast_sampler, gemm
 from grpo.advantages import compute_advantages
 from grpo.config import TrainConfig
 from grpo.evaluation import evaluate
@@ -118,6 +118,7 @@ def build_trainer(cfg: TrainConfig, log=print) -> Trainer:
     lean = large and fast_sampler.supports(policy) and policy.lm_head.bias is None
     if lean:
         install_lean_layers(policy)        # the MLPs and norms keep less for the backward
+    gemm.install(policy)                   # fp32 CPU matmuls of the other linear layers through oneDNN
     reference = None
     if cfg.kl_beta > 0:   # with kl_beta == 0 no reference is ever built
         # A copy that never trains, so it is stored in the compute dtype: under bf16 it takes half the

@@ -1,0 +1,103 @@
+"""Linear layers through oneDNN compute x W^T + b and its gradients, and step aside where they do not apply."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from grpo import gemm
+
+def test_onednn_is_there_on_this_build():
+    """The x86-64 CPU wheel this project installs carries oneDNN's linear op (without it every test below
+    would only exercise torch's own F.linear)."""
+    assert gemm.available()
+
+
+def small_case():
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+    weight = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], requires_grad=True)
+    bias = torch.tensor([0.5, 0.0, -1.0], requires_grad=True)
+    return x, weight, bias
+
+
+def test_linear_and_its_gradients_by_hand():
+    """y = x W^T + b = [[1.5, 2, 2], [3.5, 4, 6]]; with dy = 1: dx = dy W = [[2, 2], [2, 2]],
+    dW = dy^T x = [[4, 6]] * 3, db = [2, 2, 2]."""
+    x, weight, bias = small_case()
+    y = gemm.Linear.apply(x, weight, bias)
+    assert torch.equal(y, torch.tensor([[1.5, 2.0, 2.0], [3.5, 4.0, 6.0]]))
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.tensor([[2.0, 2.0], [2.0, 2.0]]))
+    assert torch.equal(weight.grad, torch.tensor([[4.0, 6.0]] * 3))
+    assert torch.equal(bias.grad, torch.tensor([2.0, 2.0, 2.0]))
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_linear_matches_torch_on_a_batch_of_sequences(with_bias):
+    """A [B, T, K] input, as the learner's layers see it, against F.linear: values and all gradients."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 7, 48, generator=generator)
+    weight, bias = torch.randn(80, 48, generator=generator), torch.randn(80, generator=generator)
+    dy = torch.randn(3, 7, 80, generator=generator)
+    results = []
+    for function in (lambda *a: gemm.Linear.apply(*a), F.linear):
+        leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
+        y = function(leaves[0], leaves[1], leaves[2] if with_bias else None)
+        y.backward(dy)
+        results.append([y, leaves[0].grad, leaves[1].grad] + ([leaves[2].grad] if with_bias else []))
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-5)
+
+
+def test_packed_weight_gives_the_unpacked_result():
+    generator = torch.Generator().manual_seed(1)
+    x, weight, bias = torch.randn(64, 1, 32, generator=generator), torch.randn(96, 32, generator=generator), \
+        torch.randn(96, generator=generator)
+    packed = gemm.pack(weight)
+    assert packed.layout == torch._mkldnn
+    torch.testing.assert_close(gemm.linear(x, packed, bias), F.linear(x, weight, bias), atol=1e-5, rtol=1e-5)
+
+
+def test_other_dtypes_and_autocast_keep_torch_linear():
+    """bf16 tensors and fp32 ones under autocast go to F.linear unchanged (bit for bit), and pack leaves
+    their weights as they are."""
+    generator = torch.Generator().manual_seed(2)
+    x, weight = torch.randn(5, 16, generator=generator), torch.randn(8, 16, generator=generator)
+    assert torch.equal(gemm.linear(x.bfloat16(), weight.bfloat16()), F.linear(x.bfloat16(), weight.bfloat16()))
+    assert gemm.pack(weight.bfloat16()).layout == torch.strided
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert gemm.pack(weight) is weight
+        ours = gemm.linear(x, weight)
+        assert ours.dtype == torch.bfloat16
+        assert torch.equal(ours, F.linear(x, weight))
+
+
+def test_switched_off_by_the_environment(monkeypatch):
+    monkeypatch.setenv("GRPO_ONEDNN", "0")
+    gemm.available.cache_clear()
+    try:
+        assert not gemm.available()
+        weight = torch.randn(4, 3)
+        assert gemm.pack(weight) is weight
+    finally:
+        monkeypatch.undo()
+        gemm.available.cache_clear()
+
+
+def test_install_patches_each_linear_once_and_a_copy_uses_its_own_weights():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 2, bias=False))
+    assert gemm.install(model) == 2
+    assert gemm.install(model) == 0                       # already patched: left alone
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin[0].weight.mul_(2.0)
+    x = torch.randn(4, 6)
+    expected = F.linear(F.linear(x, twin[0].weight, twin[0].bias).relu(), twin[2].weight)
+    torch.testing.assert_close(twin(x), expected, atol=1e-5, rtol=1e-5)
+    # the original is untouched by the copy's change, and its gradient flows through the patched layers
+    model(x).sum().backward()
+    assert model[0].weight.grad is not None and twin[0].weight.grad is None
