@@ -30,6 +30,7 @@ from typing import Literal
 
 import torch
 
+from grpo import gemm
 from grpo.config import TrainConfig
 from grpo.models import MODEL_PRESETS
 
@@ -143,25 +144,36 @@ def step_gemm_shapes(dims: dict[str, int], tokens: int) -> list[tuple[int, int, 
 
 def gemm_peak_gflops(shapes: list[tuple[int, int, int]], device: torch.device, dtype: torch.dtype,
                      seconds: float = 0.2) -> float:
-    """The best GFLOP/s torch.mm reaches on any of `shapes` (m, k, n), each timed for ~`seconds` after a
-    warm-up, in this process and with its threads: the peak a step's matmuls could reach here."""
+    """The best GFLOP/s a matmul reaches on any of `shapes` (m, k, n), each timed for ~`seconds` after a
+    warm-up, in this process and with its threads: the peak a step's matmuls could reach here. Timed
+    through torch.mm and, where the step uses it (`grpo.gemm`: fp32 on the CPU), oneDNN's linear op with a
+    packed weight, which runs faster than torch.mm on some CPUs."""
     best = 0.0
     generator = torch.Generator().manual_seed(0)
     for m, k, n in shapes:
         a = torch.randn(m, k, generator=generator).to(device, dtype)
         b = torch.randn(k, n, generator=generator).to(device, dtype)
-        torch.mm(a, b)
-        calls, started = 0, time.perf_counter()
-        while True:
-            torch.mm(a, b)
-            calls += 1
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            elapsed = time.perf_counter() - started
-            if elapsed >= seconds:
-                break
-        best = max(best, 2 * m * k * n * calls / elapsed / 1e9)
+        calls = [lambda: torch.mm(a, b)]
+        if gemm.applies(a):
+            packed = gemm.pack(b.t().contiguous())
+            calls.append(lambda: gemm.linear(a, packed))
+        for call in calls:
+            best = max(best, 2 * m * k * n / seconds_per_call(call, device, seconds) / 1e9)
     return best
+
+
+def seconds_per_call(call, device: torch.device, seconds: float) -> float:
+    """Mean seconds of `call()` over ~`seconds` of calls, after one untimed call."""
+    call()
+    calls, started = 0, time.perf_counter()
+    while True:
+        call()
+        calls += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - started
+        if elapsed >= seconds:
+            return elapsed / calls
 
 
 class PromptLengths:
