@@ -47,20 +47,55 @@ def applies(t: Tensor) -> bool:
             and available())
 
 
+# Weights below this many elements (1 MB in fp32) stay with torch's matmuls: for the 1M-parameter model
+# (weights of 16k-131k elements) oneDNN's per-call cost ate its gain. With oneDNN on every layer, the
+# demo's steps (`TrainConfig` defaults, 8 prompts, 2 threads) ran 18% slower (median of 16 steps, each
+# run from the same state both ways); W1's fixed-shape steps 2-6% faster. The 33.6M model on the same
+# config (weights of 262k-2.1M elements): 20% faster (8 steps so paired; rollout 3.30 -> 1.93 s).
+MIN_WEIGHT_ELEMENTS = 1 << 18
+
+
+def worth(weight: Tensor) -> bool:
+    """Whether a linear layer with this weight [N, K] runs through oneDNN."""
+    return weight.numel() >= MIN_WEIGHT_ELEMENTS and applies(weight)
+
+
 def pack(weight: Tensor) -> Tensor:
     """`weight` [N, K] in oneDNN's blocked layout, for many `linear` calls before it changes (a rollout's
-    tokens); as it is where oneDNN does not apply. The packed copy is opaque: only `linear` reads it."""
-    if not applies(weight):
+    tokens); as it is where oneDNN is not used. The packed copy is opaque: only `linear` reads it."""
+    if not worth(weight):
         return weight
     with torch.no_grad():
         return torch.ops.mkldnn._reorder_linear_weight(weight.detach())
 
 
+def bucket(rows: int) -> int:
+    """`rows` rounded up to one of a few sizes: oneDNN builds a kernel for each new shape (~2 ms for
+    2.4k x 128 x 512, as long as the matmul itself), and a learner's row count (sequences x their longest
+    completion) changes from step to step. Up to 128 rows (a decode batch) stay as they are; above, a
+    multiple of 1/16 to 1/8 of the size (2496 -> 2560): at most 8 sizes an octave, at most 1/8 more rows."""
+    if rows <= 128:
+        return rows
+    step = 1 << (rows.bit_length() - 4)
+    return -(-rows // step) * step
+
+
+def _onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """oneDNN's x W^T + b, on x's rows padded with zeros to `bucket` rows (the padding's outputs dropped)."""
+    rows = x.reshape(-1, x.shape[-1])
+    count = rows.shape[0]
+    padded = bucket(count)
+    if padded != count:
+        rows = F.pad(rows, (0, 0, 0, padded - count))
+    y = torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")[:count]
+    return y.view(*x.shape[:-1], y.shape[-1])
+
+
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """x W^T + b for x [..., K] and W [N, K] (packed or not), through oneDNN where it applies. No autograd:
     for inference (the rollout, the reference); the learner's linear layers use `Linear` below."""
-    if weight.layout == torch._mkldnn or (applies(x) and applies(weight)):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    if weight.layout == torch._mkldnn or (applies(x) and worth(weight)):
+        return _onednn_linear(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
@@ -71,13 +106,13 @@ class Linear(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        return _onednn_linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, dy: Tensor):
         x, weight = ctx.saved_tensors
         dy = dy.contiguous()
-        dx = torch.ops.mkldnn._linear_pointwise(dy, weight.t(), None, "none", [], "") if ctx.needs_input_grad[0] else None
+        dx = _onednn_linear(dy, weight.t(), None) if ctx.needs_input_grad[0] else None
         rows = dy.reshape(-1, dy.shape[-1])
         d_weight = rows.t() @ x.reshape(-1, x.shape[-1]) if ctx.needs_input_grad[1] else None
         d_bias = rows.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
@@ -87,7 +122,7 @@ class Linear(torch.autograd.Function):
 def linear_forward(self, x: Tensor) -> Tensor:
     """An nn.Linear's forward through oneDNN where it applies, differentiable (`Linear`) when a gradient
     is wanted; torch's F.linear elsewhere."""
-    if not (applies(x) and applies(self.weight)):
+    if not (applies(x) and worth(self.weight)):
         return F.linear(x, self.weight, self.bias)
     if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
         return Linear.apply(x, self.weight, self.bias)

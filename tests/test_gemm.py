@@ -39,9 +39,9 @@ def test_linear_and_its_gradients_by_hand():
 def test_linear_matches_torch_on_a_batch_of_sequences(with_bias):
     """A [B, T, K] input, as the learner's layers see it, against F.linear: values and all gradients."""
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 7, 48, generator=generator)
+    x = torch.randn(3, 50, 48, generator=generator)           # 150 rows: run as 160
     weight, bias = torch.randn(80, 48, generator=generator), torch.randn(80, generator=generator)
-    dy = torch.randn(3, 7, 80, generator=generator)
+    dy = torch.randn(3, 50, 80, generator=generator)
     results = []
     for function in (lambda *a: gemm.Linear.apply(*a), F.linear):
         leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
@@ -52,7 +52,8 @@ def test_linear_matches_torch_on_a_batch_of_sequences(with_bias):
         torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-5)
 
 
-def test_packed_weight_gives_the_unpacked_result():
+def test_packed_weight_gives_the_unpacked_result(monkeypatch):
+    monkeypatch.setattr(gemm, "MIN_WEIGHT_ELEMENTS", 0)
     generator = torch.Generator().manual_seed(1)
     x, weight, bias = torch.randn(64, 1, 32, generator=generator), torch.randn(96, 32, generator=generator), \
         torch.randn(96, generator=generator)
@@ -87,7 +88,8 @@ def test_switched_off_by_the_environment(monkeypatch):
         gemm.available.cache_clear()
 
 
-def test_install_patches_each_linear_once_and_a_copy_uses_its_own_weights():
+def test_install_patches_each_linear_once_and_a_copy_uses_its_own_weights(monkeypatch):
+    monkeypatch.setattr(gemm, "MIN_WEIGHT_ELEMENTS", 0)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 2, bias=False))
     assert gemm.install(model) == 2
@@ -101,3 +103,31 @@ def test_install_patches_each_linear_once_and_a_copy_uses_its_own_weights():
     # the original is untouched by the copy's change, and its gradient flows through the patched layers
     model(x).sum().backward()
     assert model[0].weight.grad is not None and twin[0].weight.grad is None
+
+
+def test_only_weights_of_a_megabyte_or_more_go_through_onednn():
+    """A 512 x 512 weight (2**18 elements) is packed; a 128 x 1024 one (the tiny model's largest) is not,
+    and its linear is torch's own, bit for bit."""
+    generator = torch.Generator().manual_seed(3)
+    assert gemm.pack(torch.randn(512, 512, generator=generator)).layout == torch._mkldnn
+    small = torch.randn(1024, 128, generator=generator)
+    assert gemm.pack(small) is small
+    x = torch.randn(64, 128, generator=generator)
+    assert torch.equal(gemm.linear(x, small), F.linear(x, small))
+
+
+def test_row_buckets_by_hand():
+    """Up to 128 rows as they are; above, multiples of 2**(bit_length - 4): 129 -> 144 (step 16),
+    2496 -> 2560 (step 256), 4096 stays (step 512), 4097 -> 4608."""
+    assert [gemm.bucket(n) for n in (1, 64, 128, 129, 144, 2496, 2560, 4096, 4097)] == \
+        [1, 64, 128, 144, 144, 2560, 2560, 4096, 4608]
+
+
+def test_padded_rows_leave_the_real_rows_alone(monkeypatch):
+    """200 rows run as 208 (zero rows appended, their outputs dropped): same values as F.linear, in x's shape."""
+    monkeypatch.setattr(gemm, "MIN_WEIGHT_ELEMENTS", 0)
+    generator = torch.Generator().manual_seed(4)
+    x, weight = torch.randn(8, 25, 32, generator=generator), torch.randn(40, 32, generator=generator)
+    y = gemm.linear(x, weight)
+    assert y.shape == (8, 25, 40) and y.is_contiguous()
+    torch.testing.assert_close(y, F.linear(x, weight), atol=1e-5, rtol=1e-5)
