@@ -146,15 +146,15 @@ def gemm_peak_gflops(shapes: list[tuple[int, int, int]], device: torch.device, d
                      seconds: float = 0.2) -> float:
     """The best GFLOP/s a matmul reaches on any of `shapes` (m, k, n), each timed for ~`seconds` after a
     warm-up, in this process and with its threads: the peak a step's matmuls could reach here. Timed
-    through torch.mm and, where the step uses it (`grpo.gemm`: fp32 on the CPU), oneDNN's linear op with a
-    packed weight, which runs faster than torch.mm on some CPUs."""
+    through torch.mm and, where the step would use it (`grpo.gemm`: fp32 on the CPU, weights of 2^18
+    elements or more), oneDNN's linear op with a packed weight, which runs faster than torch.mm on some CPUs."""
     best = 0.0
     generator = torch.Generator().manual_seed(0)
     for m, k, n in shapes:
         a = torch.randn(m, k, generator=generator).to(device, dtype)
         b = torch.randn(k, n, generator=generator).to(device, dtype)
         calls = [lambda: torch.mm(a, b)]
-        if gemm.applies(a):
+        if gemm.applies(a) and gemm.worth(b):
             packed = gemm.pack(b.t().contiguous())
             calls.append(lambda: gemm.linear(a, packed))
         for call in calls:

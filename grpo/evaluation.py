@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from grpo import distributed as dist
+from grpo import distributed as dist, gemm
 from grpo.rewards import correct_extracted_reward, correct_reward, response_text
 from grpo.sampler import decode_completions, encode_prompts
 from grpo.tasks import render_prompt
@@ -112,7 +112,8 @@ def evaluate(model, sampler, tokenizer, task, cfg, step: int, device, store: Pat
                   worked_example=cfg.worked_example)
     # What the flags depend on besides the weights (the store's folder stands for those).
     key = {"code": code_fingerprint(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "device": device.type, "dtype": cfg.compute_dtype, "sampler": type(sampler).__name__, "step": step,
+           "device": device.type, "dtype": cfg.compute_dtype, "sampler": type(sampler).__name__,
+           "onednn": gemm.available(), "step": step,
            "prompts": len(examples), "blocks": [GREEDY_BLOCK, SAMPLED_BLOCK, PASS_AT_K_PROMPTS],
            "max_new_tokens": cfg.max_new_tokens, "worked_example": cfg.worked_example, "judge": cfg.correctness_reward}
 

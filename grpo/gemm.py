@@ -93,19 +93,18 @@ def _onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """x W^T + b for x [..., K] and W [N, K] (packed or not), through oneDNN where it applies. No autograd:
-    for inference (the rollout, the reference); the learner's linear layers use `Linear` below."""
+    for inference (the rollout, the reference); the learner's linear layers use `OneDnnLinear` below."""
     if weight.layout == torch._mkldnn or (applies(x) and worth(weight)):
         return _onednn_linear(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
-class Linear(torch.autograd.Function):
+class OneDnnLinear(torch.autograd.Function):
     """x W^T (+ b) with its gradients: y and dx = dy W through oneDNN, dW = dy^T x and db through torch."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
         return _onednn_linear(x, weight, bias)
 
     @staticmethod
@@ -115,23 +114,24 @@ class Linear(torch.autograd.Function):
         dx = _onednn_linear(dy, weight.t(), None) if ctx.needs_input_grad[0] else None
         rows = dy.reshape(-1, dy.shape[-1])
         d_weight = rows.t() @ x.reshape(-1, x.shape[-1]) if ctx.needs_input_grad[1] else None
-        d_bias = rows.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        d_bias = rows.sum(0) if ctx.needs_input_grad[2] else None
         return dx, d_weight, d_bias
 
 
 def linear_forward(self, x: Tensor) -> Tensor:
-    """An nn.Linear's forward through oneDNN where it applies, differentiable (`Linear`) when a gradient
-    is wanted; torch's F.linear elsewhere."""
+    """An nn.Linear's forward through oneDNN where it applies, differentiable (`OneDnnLinear`) when a
+    gradient is wanted; torch's F.linear elsewhere."""
     if not (applies(x) and worth(self.weight)):
         return F.linear(x, self.weight, self.bias)
-    if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
-        return Linear.apply(x, self.weight, self.bias)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, self.weight, self.bias)):
+        return OneDnnLinear.apply(x, self.weight, self.bias)
     return linear(x, self.weight, self.bias)
 
 
 def install(model) -> int:
     """Give every nn.Linear of `model` whose forward is still nn.Linear's own `linear_forward`; returns
-    how many changed. A deepcopy of the model (the reference) keeps them, bound to its own modules."""
+    how many changed. A deepcopy of the model (the reference) keeps them, bound to its own modules; its
+    state_dict is unchanged, but the model itself no longer pickles whole (`torch.save(model)`)."""
     changed = 0
     for module in model.modules():
         if isinstance(module, torch.nn.Linear) and "forward" not in vars(module):

@@ -16,7 +16,7 @@ import time
 import torch
 from safetensors.torch import save_file
 
-from grpo import GrpoError, distributed as dist
+from grpo import GrpoError, distributed as dist, gemm
 from grpo.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
 from grpo.config import TrainConfig
 from grpo.models import check_model_dir, is_preset
@@ -130,9 +130,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
         warn(note)
     wandb = WandbMirror(cfg, store.dir, previous.get("wandb_id")) if main else None
     if main:
-        # The dtype the forwards ran in: --dtype unset resolves by model and hardware (TrainConfig.compute_dtype).
+        # The dtype the forwards ran in: --dtype unset resolves by model and hardware (TrainConfig.compute_dtype);
+        # and whether large fp32 CPU linear layers ran through oneDNN (GRPO_ONEDNN, grpo/gemm.py).
         store.write_summary(status="running", steps_done=start, error=None, wandb_id=wandb.id,
-                            compute_dtype=cfg.compute_dtype)
+                            compute_dtype=cfg.compute_dtype, onednn_linears=gemm.available())
         if start > 0:
             log(f"resuming {store.dir} from step {start}")
     bar = progress_bar(cfg.steps, start, quiet=cfg.quiet or not main)

@@ -7,7 +7,8 @@ Run directory layout:
   prompts.jsonl    with --prompt-pool: every prompt visit (step, index, difficulty, solve_rate, visit)
   rollouts/        with --store-rollouts: step_<n>_rank<r>.safetensors, every step's rollouts (grpo rescore)
   summary.json     status (running | finished | failed), steps done, final metrics, error, compute_dtype
-                   (the dtype the forwards ran in: --dtype, or its default for the model and hardware)
+                   (the dtype the forwards ran in: --dtype, or its default for the model and hardware),
+                   onednn_linears (whether large fp32 CPU linear layers ran through oneDNN: grpo/gemm.py)
   checkpoints/     see grpo/checkpoint.py
   wandb/           wandb's offline files, unless wandb_dir points elsewhere (a sweep shares one)
 """
@@ -22,7 +23,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from grpo import GrpoError
+from grpo import GrpoError, gemm
 from grpo.config import TrainConfig, config_mismatch
 
 
@@ -129,8 +130,8 @@ class WandbMirror:
             self.run = wandb.init(
                 project=config.wandb_project, entity=config.wandb_entity,
                 group=config.wandb_group or config.experiment or None, name=name, dir=str(wandb_dir),
-                mode=mode, config={**config.to_dict(), "compute_dtype": config.compute_dtype},
-                id=resume_id, resume="allow" if resume_id else None,
+                mode=mode, id=resume_id, resume="allow" if resume_id else None,
+                config={**config.to_dict(), "compute_dtype": config.compute_dtype, "onednn_linears": gemm.available()},
                 tags=[t for t in (config.arm and f"arm:{config.arm}", f"seed:{config.seed}",
                                   commit and f"git:{commit}") if t],
                 settings=wandb.Settings(silent=True, console="off"),

@@ -118,7 +118,7 @@ def build_trainer(cfg: TrainConfig, log=print) -> Trainer:
     lean = large and fast_sampler.supports(policy) and policy.lm_head.bias is None
     if lean:
         install_lean_layers(policy)        # the MLPs and norms keep less for the backward
-    gemm.install(policy)                   # fp32 CPU matmuls of the other linear layers through oneDNN
+    gemm.install(policy)                   # fp32 CPU linear layers without a lean forward: through oneDNN
     reference = None
     if cfg.kl_beta > 0:   # with kl_beta == 0 no reference is ever built
         # A copy that never trains, so it is stored in the compute dtype: under bf16 it takes half the
