@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+from grpo import gemm
 from grpo.lean_layers import _RMSNorm, _SwiGLU, cast_weight, install_lean_layers
 
 SMALL = dict(vocab_size=21, hidden_size=32, intermediate_size=48, num_hidden_layers=2, max_position_embeddings=64,
@@ -54,8 +55,12 @@ BUILDS = [lambda: LlamaForCausalLM(LlamaConfig(**SMALL)),
 LEAN_MODULES = [2 * (3 + 4) + 1, 2 * (3 + 4) + 1, 2 * (3 + 1) + 1]
 
 
+@pytest.mark.parametrize("onednn", [False, True], ids=["torch_mm", "onednn"])
 @pytest.mark.parametrize("build,modules", list(zip(BUILDS, LEAN_MODULES)), ids=["llama", "llama_tied", "qwen2"])
-def test_a_lean_model_gives_the_models_values_and_gradients(build, modules):
+def test_a_lean_model_gives_the_models_values_and_gradients(build, modules, onednn, monkeypatch):
+    """Also with every lean matmul through oneDNN (its size threshold at 0), against the plain model's torch.mm."""
+    if onednn:
+        monkeypatch.setattr(gemm, "MIN_WEIGHT_ELEMENTS", 0)
     torch.manual_seed(0)
     plain = build().train()
     lean = copy.deepcopy(plain)
@@ -168,11 +173,15 @@ def test_head_logp_by_hand():
     assert hidden.grad.item() == pytest.approx(math.log(3) / 4, rel=1e-12)
 
 
-def test_head_logp_equals_the_full_log_softmax_across_chunks(monkeypatch):
+@pytest.mark.parametrize("onednn", [False, True], ids=["torch_mm", "onednn"])
+def test_head_logp_equals_the_full_log_softmax_across_chunks(monkeypatch, onednn):
     """Chunks of 3 positions over 2 x 5 (a partial last chunk), temperature 0.7, token 4 banned on the
-    first 2 positions: values and gradients of the plain [B, T, V] computation."""
+    first 2 positions: values and gradients of the plain [B, T, V] computation (also with the head's
+    matmuls through oneDNN)."""
     import grpo.lean_layers as lean_layers
 
+    if onednn:
+        monkeypatch.setattr(gemm, "MIN_WEIGHT_ELEMENTS", 0)
     monkeypatch.setattr(lean_layers, "HEAD_CHUNK", 3)
     torch.manual_seed(0)
     hidden = torch.randn(2, 5, 8, requires_grad=True)
