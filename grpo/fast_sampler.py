@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
 from grpo import gemm
 from grpo.sampler import Rollout, TokenStream, prompt_positions, shared_prefill
 from grpo.lean_layers import autocast_dtype as _matmul_dtype, cast_to, cast_weight

@@ -552,6 +552,22 @@ def test_a_run_resumes_only_in_the_dtype_it_ran_in(make_cfg, tmp_path):
     assert (cfg.run_dir / "metrics.jsonl").read_text() == metrics
 
 
+@pytest.mark.parametrize("switch", ["1", "0"])
+def test_summary_says_whether_linears_ran_through_onednn(make_cfg, tmp_path, monkeypatch, switch):
+    """onednn_linears follows GRPO_ONEDNN: true with the switch on (this build has the op), false with it off."""
+    from grpo import gemm
+    from grpo.runner import train
+
+    monkeypatch.setenv("GRPO_ONEDNN", switch)
+    gemm.available.cache_clear()
+    try:
+        cfg = make_cfg(tmp_path, steps=1)
+        train(cfg, log=lambda *_: None)
+    finally:
+        gemm.available.cache_clear()
+    assert json.loads((cfg.run_dir / "summary.json").read_text())["onednn_linears"] is (switch == "1")
+
+
 def test_step_zero_evaluation_is_computed_once_per_warm_start_and_seed(make_cfg, tmp_path, monkeypatch):
     """Step 0 scores the shared warm start: a second arm of the same seed reads both kinds of flags from
     the store, another seed only the greedy ones; every stored value is what a run without the store
