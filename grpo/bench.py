@@ -14,7 +14,10 @@ divides the step's matmul FLOPs by this machine's fp32 GEMM peak, timed in the s
 same threads, on the step's own matmul shapes (`gemm_peak_gflops`; `--peak-gflops` overrides it), so an
 efficiency means the same on any machine: 1.0 would be a step that does nothing but its matmuls at peak.
 `profile` sets each phase (rollout, with its time per generated token; reference forward; learner
-forward/backward; optimizer) beside its own floor.
+forward/backward; optimizer) beside its own floor. `--kernel-profile K` runs K more steps under
+torch.profiler and adds `kernels`: the seconds a step spends inside its matmul and attention kernels, at
+the rates they ran in the step. That is the step's time if every other op and all Python cost nothing,
+so `kernels.ratio_to_floor` is as close to the floor as this machine's kernels let the step get.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Literal
 
 import torch
 
-from grpo import gemm
+from grpo import GrpoError, gemm
 from grpo.config import TrainConfig
 from grpo.models import MODEL_PRESETS
 
@@ -72,6 +75,9 @@ class BenchConfig:
     """The machine's GEMM peak (GFLOP/s) for the floor; unset: timed here on the step's matmul shapes."""
     json_out: str = ""
     """Also write the JSON object to this file."""
+    kernel_profile: int = 0
+    """Steps run after the timed ones under torch.profiler (CPU only; 0: none) to report the seconds a step
+    spends in its matmul and attention kernels."""
 
     @property
     def shape(self) -> dict:
@@ -160,6 +166,35 @@ def gemm_peak_gflops(shapes: list[tuple[int, int, int]], device: torch.device, d
         for call in calls:
             best = max(best, 2 * m * k * n / seconds_per_call(call, device, seconds) / 1e9)
     return best
+
+
+# The ops whose time is the FLOP model's: weight matmuls (torch's and oneDNN's), the rollout's attention
+# products, and SDPA forward and backward. Their self time excludes the wrappers above them (matmul, linear).
+KERNEL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "mkldnn::_linear_pointwise",
+              "aten::_scaled_dot_product_flash_attention_for_cpu",
+              "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
+
+
+def kernel_seconds(events, steps: int) -> dict[str, float]:
+    """Seconds a step spends in each of KERNEL_OPS, from (op name, self seconds) pairs of `steps` profiled
+    steps; ops that did not run are left out."""
+    totals: dict[str, float] = {}
+    for name, seconds in events:
+        if name in KERNEL_OPS:
+            totals[name] = totals.get(name, 0.0) + seconds / steps
+    return totals
+
+
+def profile_kernels(t, first_step: int, steps: int) -> dict[str, float]:
+    """Run `steps` more GRPO steps under torch.profiler; `kernel_seconds` of them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from grpo.trainer import grpo_step
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for step in range(first_step, first_step + steps):
+            grpo_step(t, step)
+    return kernel_seconds(((e.key, e.self_cpu_time_total / 1e6) for e in prof.key_averages()), steps)
 
 
 def seconds_per_call(call, device: torch.device, seconds: float) -> float:
@@ -255,6 +290,13 @@ def run_bench(b: BenchConfig) -> dict:
         },
         "torch": torch.__version__,
     }
+    if b.kernel_profile:
+        by_op = profile_kernels(t, b.warmup + b.steps + 1, b.kernel_profile)
+        kernel_s = sum(by_op.values())
+        result["kernels"] = {
+            "profiled_steps": b.kernel_profile, "s_per_step": kernel_s, "by_op_s": by_op,
+            "ratio_to_floor": kernel_s / floor, "share_of_median_step": kernel_s / median,
+        }
     if t.device.type == "cuda":
         result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return result
@@ -262,8 +304,13 @@ def run_bench(b: BenchConfig) -> dict:
 
 def main(argv: list[str]) -> int:
     from grpo.cli import parse_flags
+    from grpo.trainer import resolve_device
 
     b = parse_flags(BenchConfig, argv, "grpo bench")
+    if b.kernel_profile < 0:
+        raise GrpoError(f"--kernel-profile must be >= 0 steps, got {b.kernel_profile}")
+    if b.kernel_profile and resolve_device(b.device).type == "cuda":
+        raise GrpoError("--kernel-profile times CPU kernels; on a GPU use torch.profiler with CUDA activity")
     result = run_bench(b)
     text = json.dumps(result, indent=2)
     print(text)

@@ -78,3 +78,35 @@ def test_bench_json_floor_and_efficiency_follow_from_its_numbers(tmp_path, capsy
     assert result["floor_s_per_step"] == pytest.approx(result["flops_per_step"] / (result["gemm_peak_gflops"] * 1e9))
     assert result["efficiency"] == pytest.approx(result["floor_s_per_step"] / result["median_s_per_step"])
     assert result["timed_steps"] == 2 and result["completion_len"] == 4
+
+
+def test_kernel_seconds_sum_the_kernel_ops_per_step():
+    # Two profiled steps: mm 0.3 + 0.1 s, oneDNN's linear 0.5 s, SDPA backward 0.2 s -> per step 0.2, 0.25, 0.1.
+    # The wrappers (matmul, linear) and elementwise ops are not kernels of the FLOP model.
+    events = [("aten::mm", 0.3), ("aten::matmul", 0.7), ("mkldnn::_linear_pointwise", 0.5), ("aten::mm", 0.1),
+              ("aten::mul", 0.9), ("aten::_scaled_dot_product_flash_attention_for_cpu_backward", 0.2),
+              ("aten::linear", 0.4)]
+    assert bench.kernel_seconds(events, steps=2) == pytest.approx(
+        {"aten::mm": 0.2, "mkldnn::_linear_pointwise": 0.25,
+         "aten::_scaled_dot_product_flash_attention_for_cpu_backward": 0.1}, rel=1e-12)
+
+
+def test_bench_kernel_profile_reports_kernels_inside_the_step(tmp_path):
+    out = tmp_path / "bench.json"
+    args = ["bench", "--steps", "2", "--warmup", "0", "--threads", "1", "--completion-len", "4",
+            "--peak-gflops", "50", "--kernel-profile", "1", "--json-out", str(out)]
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    kernels = result["kernels"]
+    assert kernels["profiled_steps"] == 1
+    # The step's weight matmuls ran (torch.mm: W1's weights are below oneDNN's size threshold).
+    assert kernels["by_op_s"]["aten::mm"] > 0
+    assert kernels["s_per_step"] == pytest.approx(sum(kernels["by_op_s"].values()))
+    assert kernels["ratio_to_floor"] == pytest.approx(kernels["s_per_step"] / result["floor_s_per_step"])
+    assert kernels["share_of_median_step"] == pytest.approx(kernels["s_per_step"] / result["median_s_per_step"])
+
+
+def test_bench_kernel_profile_must_not_be_negative(capsys):
+    assert main(["bench", "--kernel-profile", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--kernel-profile must be >= 0" in err and "Traceback" not in err
