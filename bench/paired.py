@@ -12,7 +12,8 @@ paired (median of 16 step ratios). `--null` runs A twice, to show the noise floo
 
 Prints one JSON object: each step's seconds both ways, the median/min/max of the step ratios B/A, and the
 median seconds of each phase both ways. The config is `grpo train`'s (its defaults and any flags after
-`--`), without wandb.
+`--`), without wandb. A setting acts only where the code reads the name at step time: a constant read while
+the trainer is built, or imported by value into another module, is not switched.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import ast
 import contextlib
 import copy
 import dataclasses
+import gc
 import importlib
 import json
 import statistics
@@ -40,7 +42,7 @@ def parse_setting(text: str) -> tuple[object, str, object]:
         raise GrpoError(f"--set {text!r}: expected MODULE.NAME=VALUE, e.g. grpo.gemm.MIN_WEIGHT_ELEMENTS=0")
     try:
         module = importlib.import_module(module_name)
-    except ImportError:
+    except (ImportError, TypeError, ValueError):      # TypeError: a relative name such as ".gemm"
         raise GrpoError(f"--set {text!r}: no module {module_name!r}") from None
     if not hasattr(module, name):
         raise GrpoError(f"--set {text!r}: {module_name} has no {name!r}")
@@ -89,6 +91,9 @@ def paired_steps(t, steps: int, switch, first_step: int = 1, progress=None):
         record, after = {"step": step, "first": order[0]}, {}
         for side in order:
             trial = branch(t)
+            # Discarded branches hold reference cycles (the patched forwards of their layers): free them
+            # here, or the collector may do it inside a timed step.
+            gc.collect()
             with switch() if side == "b" else contextlib.nullcontext():
                 tick = time.perf_counter()
                 metrics, _ = grpo_step(trial, step)
@@ -105,8 +110,9 @@ def paired_steps(t, steps: int, switch, first_step: int = 1, progress=None):
 def summary(records: list[dict]) -> dict:
     """Step ratios B/A (median, min, max) and each phase's median seconds both ways."""
     ratios = [r["b_s"] / r["a_s"] for r in records]
-    phases = {side: {k: statistics.median(r[f"{side}_phases"].get(k, 0.0) for r in records)
-                     for k in records[0][f"{side}_phases"]} for side in ("a", "b")}
+    names = {side: list(dict.fromkeys(k for r in records for k in r[f"{side}_phases"])) for side in ("a", "b")}
+    phases = {side: {k: statistics.median(r[f"{side}_phases"].get(k, 0.0) for r in records) for k in names[side]}
+              for side in ("a", "b")}
     return {"steps": len(records), "ratio_b_over_a": {"median": statistics.median(ratios), "min": min(ratios),
                                                       "max": max(ratios)},
             "median_a_s": statistics.median(r["a_s"] for r in records),
@@ -115,10 +121,6 @@ def summary(records: list[dict]) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from grpo.cli import parse_flags
-    from grpo.config import TrainConfig
-    from grpo.trainer import build_trainer
-
     cut = argv.index("--") if "--" in argv else len(argv)
     own, train_flags = argv[:cut], argv[cut + 1:]
     parser = argparse.ArgumentParser(prog="bench/paired.py", description=__doc__.splitlines()[0])
@@ -130,9 +132,17 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(own)
     if args.steps < 1:
         raise GrpoError(f"--steps must be >= 1, got {args.steps}")
+    if args.settings and args.null:
+        raise GrpoError("--null runs A twice: it takes no --set")
     if not args.settings and not args.null:
         raise GrpoError("nothing to compare: give B's --set MODULE.NAME=VALUE, or --null")
+    if args.json_out and not args.json_out.parent.is_dir():
+        raise GrpoError(f"--json-out {args.json_out}: no folder {args.json_out.parent}")
     settings = [parse_setting(text) for text in args.settings]
+    from grpo.cli import parse_flags          # after the checks above: these imports take seconds
+    from grpo.config import TrainConfig
+    from grpo.trainer import build_trainer
+
     cfg = parse_flags(TrainConfig, train_flags, "bench/paired.py (grpo train flags after --)")
     cfg = dataclasses.replace(cfg, wandb_mode="disabled", quiet=True)
     t = build_trainer(cfg, log=lambda *_: None)
@@ -154,5 +164,5 @@ if __name__ == "__main__":
     try:
         raise SystemExit(main(sys.argv[1:]))
     except GrpoError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2)
+        print(f"bench/paired.py: error: {err}", file=sys.stderr)
+        raise SystemExit(err.exit_code)

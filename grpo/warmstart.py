@@ -24,9 +24,7 @@ from grpo.models import MODEL_PRESETS, build_model, check_model_dir, is_preset, 
 from grpo.tasks import render_prompt, task_identity
 from grpo.tracking import progress_bar
 
-# 2: warm starts run in micro-batches (`WARMSTART_MICRO_BATCH`): the same gradients to float rounding, so
-# other weights than version 1's.
-CACHE_VERSION = 2
+CACHE_VERSION = 1
 
 
 def cache_root() -> Path:
@@ -45,7 +43,7 @@ def model_identity(model: str):
 def warmstart_key(cfg, vocab_size: int) -> str:
     spec = {"version": CACHE_VERSION, **task_identity(cfg), "model": model_identity(cfg.model), "vocab_size": vocab_size,
             "steps": cfg.num_warmstart_steps, "lr": cfg.warmstart_lr, "batch": cfg.warmstart_batch_size,
-            "seed": cfg.warmstart_seed}
+            "seed": cfg.warmstart_seed, "micro_batch": WARMSTART_MICRO_BATCH}   # it moves the weights' rounding
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -92,12 +90,14 @@ def supervised_finetune(model, task, tokenizer, *, steps: int, lr: float, batch_
 
 # Rows per forward/backward of a warm-start batch. The default task's demonstrations vary in length (52% of
 # a 64-row batch padded to its longest row is padding); shortest rows first, 16 at a time, each run only to
-# its own longest row: 0.44-0.48 -> 0.28-0.32 s a step on 2 threads (32 rows: 0.29-0.39, 8: 0.34-0.37).
+# its own longest row. 2 threads, one batch of 64 against micro-batches of 16: 0.42-0.43 -> 0.29-0.30 s a step
+# (60 steps each way, in one process; 1 thread: 0.66-0.69 -> 0.40-0.42 s). Of 32 rows: 0.29-0.39 s, of 8:
+# 0.34-0.37 s (15 steps each).
 WARMSTART_MICRO_BATCH = 16
 
 
 def demonstration_loss_backward(model, ids: torch.Tensor, attention: torch.Tensor, loss_mask: torch.Tensor,
-                                micro_batch: int = WARMSTART_MICRO_BATCH) -> float:
+                                micro_batch: int = WARMSTART_MICRO_BATCH) -> torch.Tensor:
     """Backward of the mean cross-entropy over the batch's demonstration tokens (`loss_mask` 1), run in
     micro-batches of `micro_batch` rows, shortest first, each cut to its own longest row (rows are left-padded,
     so the cut drops padding columns only); each micro-batch's sum is divided by the whole batch's token

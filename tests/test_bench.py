@@ -106,6 +106,30 @@ def test_bench_kernel_profile_reports_kernels_inside_the_step(tmp_path):
     assert kernels["share_of_median_step"] == pytest.approx(kernels["s_per_step"] / result["median_s_per_step"])
 
 
+def test_kernel_ops_cover_every_matmul_and_attention_op_a_step_runs(tmp_path):
+    """Profile one W1-shaped step (3 tokens) and the lean head's log-probs with their gradient (the head of
+    models of 50M+ parameters): every op whose name says mm, linear or attention is a kernel of KERNEL_OPS
+    or one of the wrappers that call them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from grpo.lean_layers import head_logp
+    from grpo.trainer import build_trainer, grpo_step
+
+    t = build_trainer(bench.workload_config(bench.BenchConfig(completion_len=3, threads=1)), log=lambda *_: None)
+    hidden = torch.randn(2, 3, 8, requires_grad=True)
+    weight = torch.randn(5, 8, requires_grad=True)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        grpo_step(t, 1)
+        head_logp(hidden, weight, torch.tensor([[1, 2, 3], [4, 0, 1]]), 1.0).sum().backward()
+    names = {e.key for e in prof.key_averages()}
+    wrappers = {"aten::matmul", "aten::linear", "aten::scaled_dot_product_attention", "aten::_addmm_activation"}
+    looks_like = {n for n in names if any(w in n.lower() for w in ("mm", "linear", "attention"))
+                  and n.startswith(("aten::", "mkldnn::"))}
+    assert looks_like - wrappers <= set(bench.KERNEL_OPS), looks_like - wrappers - set(bench.KERNEL_OPS)
+    assert {"aten::mm", "aten::addmm_", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
+            "aten::_scaled_dot_product_flash_attention_for_cpu_backward"} <= names
+
+
 def test_bench_kernel_profile_must_not_be_negative(capsys):
     assert main(["bench", "--kernel-profile", "-1"]) == 2
     err = capsys.readouterr().err

@@ -77,18 +77,43 @@ def test_a_bad_setting_is_named(text, message):
         paired.parse_setting(text)
 
 
-def test_main_prints_the_ratio_of_its_own_steps(tmp_path, capsys):
-    out = tmp_path / "paired.json"
+def test_summary_by_hand():
+    # Ratios B/A: 3/2 = 1.5, 2/4 = 0.5, 4/4 = 1.0 -> median 1.0; "probe" ran on step 2 only (0 elsewhere).
+    records = [
+        {"step": 1, "first": "a", "a_s": 2.0, "b_s": 3.0, "a_phases": {"rollout": 1.0}, "b_phases": {"rollout": 2.0}},
+        {"step": 2, "first": "b", "a_s": 4.0, "b_s": 2.0, "a_phases": {"rollout": 3.0, "probe": 0.9},
+         "b_phases": {"rollout": 1.0}},
+        {"step": 3, "first": "a", "a_s": 4.0, "b_s": 4.0, "a_phases": {"rollout": 2.0}, "b_phases": {"rollout": 3.0}},
+    ]
+    result = paired.summary(records)
+    assert result["ratio_b_over_a"] == {"median": 1.0, "min": 0.5, "max": 1.5}
+    assert result["median_a_s"] == 4.0 and result["median_b_s"] == 3.0
+    assert result["phases_s"] == {"a": {"rollout": 2.0, "probe": 0.0}, "b": {"rollout": 2.0}}
+
+
+def test_main_writes_its_json_and_puts_the_setting_back(tmp_path, capsys):
+    import grpo.fast_sampler as fast_sampler
+
+    before, out = fast_sampler.COMPACT_AT, tmp_path / "paired.json"
     flags = ["--warmstart-steps", "2", "--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "8",
              "--threads", "1"]
     assert paired.main(["--set", "grpo.fast_sampler.COMPACT_AT=2", "--steps", "2", "--json-out", str(out), "--", *flags]) == 0
     result = json.loads(out.read_text())
     assert json.loads(capsys.readouterr().out) == result
-    ratios = [s["b_s"] / s["a_s"] for s in result["per_step"]]
-    assert result["ratio_b_over_a"]["median"] == pytest.approx(sorted(ratios)[0] / 2 + sorted(ratios)[1] / 2)
-    assert result["steps"] == 2 and result["set"] == ["grpo.fast_sampler.COMPACT_AT=2"]
+    assert result["steps"] == 2 and [s["first"] for s in result["per_step"]] == ["a", "b"]
+    assert result["set"] == ["grpo.fast_sampler.COMPACT_AT=2"] and fast_sampler.COMPACT_AT == before
 
 
-def test_nothing_to_compare_is_an_error():
-    with pytest.raises(GrpoError, match="nothing to compare"):
-        paired.main(["--steps", "2"])
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "2"], "nothing to compare"),
+    (["--null", "--set", "grpo.fast_sampler.COMPACT_AT=2"], "--null runs A twice"),
+    (["--set", ".gemm.X=1"], "no module '.gemm'"),
+    (["--null", "--json-out", "/no/such/folder/x.json"], "no folder /no/such/folder"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, str(Path(paired.__file__)), *args], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
