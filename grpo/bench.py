@@ -175,7 +175,8 @@ def gemm_peak_gflops(shapes: list[tuple[int, int, int]], device: torch.device, d
 
 
 # The ops whose time is the FLOP model's: weight matmuls (torch's and oneDNN's; addmm_ is the lean head's
-# weight gradient), the rollout's attention products, and SDPA forward and backward. Their self time excludes the wrappers above them (matmul, linear).
+# weight gradient), the rollout's attention products, and SDPA forward and backward. Their self time
+# excludes the wrappers above them (matmul, linear).
 KERNEL_OPS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "mkldnn::_linear_pointwise",
               "aten::_scaled_dot_product_flash_attention_for_cpu",
               "aten::_scaled_dot_product_flash_attention_for_cpu_backward")

@@ -40,7 +40,12 @@ def test_both_sides_of_a_null_pair_compute_the_same_step_and_the_run_follows_a(m
 def test_b_runs_under_the_switch_and_a_without_it(make_cfg, tmp_path, monkeypatch):
     calls, active = [], []
     step_fn = grpo.trainer.grpo_step
-    monkeypatch.setattr(grpo.trainer, "grpo_step", lambda t, step: (calls.append((step, bool(active))), step_fn(t, step))[1])
+
+    def recorded(t, step):
+        calls.append((step, bool(active)))
+        return step_fn(t, step)
+
+    monkeypatch.setattr(grpo.trainer, "grpo_step", recorded)
 
     @contextlib.contextmanager
     def switch():
@@ -97,7 +102,8 @@ def test_main_writes_its_json_and_puts_the_setting_back(tmp_path, capsys):
     before, out = fast_sampler.COMPACT_AT, tmp_path / "paired.json"
     flags = ["--warmstart-steps", "2", "--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "8",
              "--threads", "1"]
-    assert paired.main(["--set", "grpo.fast_sampler.COMPACT_AT=2", "--steps", "2", "--json-out", str(out), "--", *flags]) == 0
+    args = ["--set", "grpo.fast_sampler.COMPACT_AT=2", "--steps", "2", "--json-out", str(out), "--", *flags]
+    assert paired.main(args) == 0
     result = json.loads(out.read_text())
     assert json.loads(capsys.readouterr().out) == result
     assert result["steps"] == 2 and [s["first"] for s in result["per_step"]] == ["a", "b"]
