@@ -166,7 +166,7 @@ def gemm_peak_gflops(shapes: list[tuple[int, int, int]], device: torch.device, d
         a = torch.randn(m, k, generator=generator).to(device, dtype)
         b = torch.randn(k, n, generator=generator).to(device, dtype)
         calls = [lambda: torch.mm(a, b)]
-        if gemm.applies(a) and gemm.worth(b):
+        if gemm.worth(b) and gemm.applies(a):
             packed = gemm.pack(b.t().contiguous())
             calls.append(lambda: gemm.linear(a, packed))
         for call in calls:

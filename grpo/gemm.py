@@ -56,7 +56,8 @@ MIN_WEIGHT_ELEMENTS = 1 << 18
 
 
 def worth(weight: Tensor) -> bool:
-    """Whether a linear layer with this weight [N, K] runs through oneDNN."""
+    """Whether a linear layer with this weight [N, K] runs through oneDNN. Callers ask it before `applies(x)`:
+    for a small model's weights the size alone says no, and the decode loop asks at every matmul."""
     return weight.numel() >= MIN_WEIGHT_ELEMENTS and applies(weight)
 
 
@@ -94,7 +95,7 @@ def _onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """x W^T + b for x [..., K] and W [N, K] (packed or not), through oneDNN where it applies. No autograd:
     for inference (the rollout, the reference); the learner's linear layers use `OneDnnLinear` below."""
-    if weight.layout == torch._mkldnn or (applies(x) and worth(weight)):
+    if weight.layout == torch._mkldnn or (worth(weight) and applies(x)):
         return _onednn_linear(x, weight, bias)
     return F.linear(x, weight, bias)
 
@@ -121,7 +122,7 @@ class OneDnnLinear(torch.autograd.Function):
 def linear_forward(self, x: Tensor) -> Tensor:
     """An nn.Linear's forward through oneDNN where it applies, differentiable (`OneDnnLinear`) when a
     gradient is wanted; torch's F.linear elsewhere."""
-    if not (applies(x) and worth(self.weight)):
+    if not (worth(self.weight) and applies(x)):
         return F.linear(x, self.weight, self.bias)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, self.weight, self.bias)):
         return OneDnnLinear.apply(x, self.weight, self.bias)
