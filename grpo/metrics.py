@@ -45,7 +45,7 @@ policy (means over all inner epochs and micro-batches, token-weighted; over the 
   clip/seq_frac               gspo, gmpo: share of completions with a clipped ratio (gspo: the sequence
                               ratio; gmpo: at least one token)
   is_weight/clip_frac         cispo: share of tokens whose importance weight is clipped (they keep a gradient)
-  sapo/gate_mean              sapo: mean gradient weight 4 s (1 - s) of the soft gate (1 on-policy)
+  sapo/grad_weight_mean       sapo: mean gradient weight 4 s (1 - s) of the soft gate s (1 on-policy)
   cov/selected_frac           kl_cov, clip_cov: share of tokens selected by Cov(A, logp)
   entropy/kept_frac           share of tokens the top-entropy selection keeps (--top-entropy-quantile < 1)
   ratio/mean, ratio/max       importance ratio pi_theta / pi_old

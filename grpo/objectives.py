@@ -143,7 +143,8 @@ def sapo_objective(logp, old_logp, adv, mask, p: ObjectiveParams, selected=None,
     loss = -(4.0 / tau) * gate * adv
     # d loss / d logp = -4 gate (1 - gate) r A: the gate's factor is 1 at r = 1.
     weight = (4.0 * gate * (1.0 - gate)).detach()
-    return ObjectiveOutput(loss, torch.zeros_like(mask, dtype=torch.bool), {"sapo/gate_mean": masked_mean(weight, mask)})
+    return ObjectiveOutput(loss, torch.zeros_like(mask, dtype=torch.bool),
+                           {"sapo/grad_weight_mean": masked_mean(weight, mask)})
 
 
 def gmpo_objective(logp, old_logp, adv, mask, p: ObjectiveParams, selected=None, keep=None) -> ObjectiveOutput:
