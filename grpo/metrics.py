@@ -70,21 +70,28 @@ length
   len/wrong_mean              mean length of wrong completions (absent if none)
   len/truncated_frac          share of completions that hit max_new_tokens without EOS
 by difficulty level d (the task's label of the prompt, e.g. "d2"; only levels drawn in the step;
-prompts without a label count in the denominator of groups only)
+prompts without a label count in the denominators of groups and weight only)
   by_difficulty/<d>/accuracy  share of level-d completions the correctness reward calls right (absent
                               without it)
   by_difficulty/<d>/zero_var_frac share of level-d groups whose total reward is constant (no signal)
-  by_difficulty/<d>/weight    mean |A| over level-d completions, zero-variance groups' zeros included:
-                              the scale of the gradient the step gave level d
-  by_difficulty/<d>/groups    share of the step's groups at level d (weight * groups is level d's part
-                              of adv/abs_mean)
-length bias (Pearson correlation over completions with tokens in the loss; absent with fewer than 3
-such completions or a constant variable)
-  bias/len_corr_pos           corr(w_i, |o_i|) over completions with A_i > 0, w_i = |A_i| times the
-                              aggregation's weight per token of completion i: < 0 when longer correct
-                              completions get less gradient per token
+  by_difficulty/<d>/weight    level d's share of the step's gradient weight sum_i |A_i| w_i |o_i|
+                              (w_i: the aggregation's weight per token of completion i, |o_i| its tokens
+                              in the loss), comparable across aggregations; the levels sum to 1 when
+                              every prompt has a level; absent when the sum is 0 (no gradient)
+  by_difficulty/<d>/groups    share of the step's groups at level d
+length bias (within groups: over completions with tokens in the loss, each value taken relative to the
+mean of its group's completions of the same sign, then correlated over all groups; absent with fewer
+than 2 within-group degrees of freedom or lengths that never differ within a group)
+  bias/len_corr_pos           corr(w_i, |o_i|) within groups over completions with A_i > 0, w_i = |A_i|
+                              times the aggregation's weight per token of completion i: < 0 when longer
+                              correct completions of a prompt get less gradient per token; 0 when w
+                              never differs within a group (Dr. GRPO's aggregation, binary rewards)
   bias/len_corr_neg           the same over A_i < 0: < 0 when longer wrong completions are penalised
                               less per token (Dr. GRPO's length bias)
+  bias/len_spread_within      pooled within-group coefficient of variation of the lengths |o_i| > 0:
+                              sqrt(sum_p sum_i ((|o_i| - m_p) / m_p)^2 / sum_p (n_p - 1)), m_p and n_p
+                              the mean and count of group p; under seq_mean_token_mean a group's
+                              per-token weights differ relatively by about as much
 prompt ledger (fixed prompt pool; a prompt's state: all wrong, mixed or all correct; the moves and
 zero_var keys are over the step's prompts seen before, absent when there are none)
   ledger/revisit_frac         share of the step's prompts with an earlier visit
@@ -95,9 +102,11 @@ zero_var keys are over the step's prompts seen before, absent when there are non
   ledger/mixed_to_wrong       ... mixed then, all wrong now
   ledger/correct_to_wrong     ... all correct then, all wrong now (the rest stayed in their state)
   ledger/zero_var_measured    share of revisited prompts whose group is all correct or all wrong now
-  ledger/zero_var_predicted   mean of q^G + (1-q)^G, q = the prompt's solve rate at its previous visit:
-                              the share expected if the rate had not moved (q comes from G samples, so
-                              a previous constant group predicts 1)
+  ledger/zero_var_predicted   unbiased estimate of the share expected if no prompt's solve rate q had
+                              moved, E[q^G + (1-q)^G]: with G samples at the previous visit, the share
+                              of revisited prompts whose group was constant then (under a frozen policy
+                              predicted - measured averages 0; with dynamic sampling both count only
+                              the groups that entered a batch)
 counterfactual gradients (every --counterfactual-every steps; <a> names an alternative of --counterfactuals)
   cf/<a>/cos                  cosine between the alternative's full-batch on-policy gradient on this
                               step's rollouts and the run's own, at the same weights

@@ -8,8 +8,8 @@ reward weights (grpo.batch.total_reward), the advantages with the chosen estimat
 lengths (completion_mask row sums) and the loss lengths (0 for truncated completions under
 --mask-truncated), and logs the metrics grpo_step computes that need no model: reward/*, accuracy,
 adv/*, zero_var/*, accuracy/constant_group_frac, len/*, entropy (the sampler's, stored), by_difficulty/*,
-bias/len_corr_* (under the chosen aggregation) and grad_tokens/*, plus step, samples and tokens. Each
-comes from the function in grpo/metrics.py or grpo/probes.py the trainer calls, with the trainer's arguments.
+bias/len_corr_*, bias/len_spread_within and grad_tokens/*, plus step, samples and tokens (by_difficulty/<d>/weight
+and bias/* under the chosen aggregation). Each comes from the function in grpo/metrics.py or grpo/probes.py the trainer calls, with the trainer's arguments.
 
 What it cannot see, it does not log: loss, ratios, clipping, KL, gradient norms and evaluation need the
 model. grad_tokens/* take cut_frac = 0, i.e. the update is taken as exactly on-policy (ratio 1, no clip):
@@ -162,6 +162,8 @@ def step_metrics(stored: StoredStep, cfg: TrainConfig) -> dict[str, Tensor]:
     # --mask-truncated: a truncated completion has no token in the loss.
     loss_lengths = stored.lengths * (1 - stored.truncated) if cfg.mask_truncated else stored.lengths
     correct = stored.parts.get(cfg.correctness_reward)
+    norms = dict(aggregation=cfg.aggregation, num_seqs=float(P * G), num_tokens=float(loss_lengths.sum()),
+                 max_len=cfg.max_new_tokens)
     return {
         **reward_metrics(rewards, stored.parts, correct),
         **advantage_metrics(advantages),
@@ -171,9 +173,8 @@ def step_metrics(stored: StoredStep, cfg: TrainConfig) -> dict[str, Tensor]:
         # On-policy: no token's policy gradient is cut.
         **gradient_token_metrics(advantages.flatten(), stored.lengths, loss_lengths, torch.tensor(0.0),
                                  cfg.mask_truncated),
-        **difficulty_metrics(rewards, correct, advantages, stored.difficulty),
-        **length_bias_metrics(advantages.flatten(), loss_lengths, cfg.aggregation, num_seqs=float(P * G),
-                              num_tokens=float(loss_lengths.sum()), max_len=cfg.max_new_tokens),
+        **difficulty_metrics(rewards, correct, advantages, stored.difficulty, loss_lengths.view(P, G), **norms),
+        **length_bias_metrics(advantages, loss_lengths.view(P, G), **norms),
     }
 
 
@@ -279,7 +280,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--advantage", choices=sorted(ADVANTAGES), help="advantage estimator")
     parser.add_argument("--adv-eps", type=float, help="added to the std in std-normalised advantages")
     parser.add_argument("--aggregation", choices=sorted(AGGREGATIONS),
-                        help="token-loss aggregation (changes bias/len_corr_*)")
+                        help="token-loss aggregation (changes bias/len_corr_* and by_difficulty/<d>/weight)")
     parser.add_argument("--objective", choices=sorted(OBJECTIVES),
                         help="policy objective: recorded in the config only (see below)")
     parser.add_argument("--mask-truncated", action=argparse.BooleanOptionalAction, default=None,

@@ -368,10 +368,13 @@ def probe_metrics(t: Trainer, batch, rewards, correct, all_advantages, all_lengt
     (which also updates t.ledger). Inputs are the gathered [P, G] / [N] tensors of grpo_step."""
     cfg, G = t.cfg, t.cfg.group_size
     examples = [e for part in dist.gather_objects(batch.examples) for e in part]
-    out = difficulty_metrics(rewards, correct, all_advantages, [e.difficulty for e in examples])
-    out.update(length_bias_metrics(all_advantages.flatten(), loss_lengths, cfg.aggregation,
-                                   num_seqs=float(len(loss_lengths)), num_tokens=float(loss_lengths.sum()),
-                                   max_len=cfg.max_new_tokens))
+    # The loss's normalisers with the step taken as one mini-batch: all its completions and loss tokens.
+    norms = dict(aggregation=cfg.aggregation, num_seqs=float(len(loss_lengths)),
+                 num_tokens=float(loss_lengths.sum()), max_len=cfg.max_new_tokens)
+    loss_lengths = loss_lengths.view(all_advantages.shape)                            # [P, G]
+    out = difficulty_metrics(rewards, correct, all_advantages, [e.difficulty for e in examples], loss_lengths,
+                             **norms)
+    out.update(length_bias_metrics(all_advantages, loss_lengths, **norms))
     if t.pool is not None and correct is not None:
         rates = correct.mean(-1)
         previous = torch.tensor([t.ledger.get(e.index, (float("nan"), 0))[0] for e in examples])

@@ -222,7 +222,8 @@ STEP_KEYS = {
     "len/mean", "len/max", "len/truncated_frac",
     "time/rollout", "time/reward", "time/train", "time/optimizer", "time/metrics", "time/step",
 }
-OPTIONAL_KEYS = {"len/correct_mean", "len/wrong_mean", "bias/len_corr_pos", "bias/len_corr_neg"}
+OPTIONAL_KEYS = {"len/correct_mean", "len/wrong_mean", "bias/len_corr_pos", "bias/len_corr_neg",
+                 "bias/len_spread_within"}
 EVAL_KEYS = {"eval/accuracy", "eval/pass@1", "eval/pass@4", "time/eval"}
 
 

@@ -27,43 +27,88 @@ ADVANTAGES = torch.tensor([[0.0, 0.0],
                            [0.0, 0.0]])
 
 
+# Tokens in the loss of each completion, [P, G]; 32 in all.
+LOSS_LENGTHS = torch.tensor([[2, 4], [3, 1], [2, 10], [5, 5]])
+TOKEN_MEAN = dict(aggregation="token_mean", num_seqs=8.0, num_tokens=32.0, max_len=10.0)
+
+
 def test_difficulty_metrics_by_hand():
-    out = difficulty_metrics(CORRECT.clone(), CORRECT, ADVANTAGES, LABELS)
+    out = difficulty_metrics(CORRECT.clone(), CORRECT, ADVANTAGES, LABELS, LOSS_LENGTHS, **TOKEN_MEAN)
     # The empty label makes no level: 2 levels x 4 keys.
     assert sorted(out) == sorted(f"by_difficulty/{d}/{k}" for d in ("d1", "d2")
                                  for k in ("accuracy", "zero_var_frac", "weight", "groups"))
     # d1 = prompts 0 and 2: correctness [1, 1, 0, 1] -> 3/4; prompt 0 constant, 2 not -> 1/2;
-    # |A| = [0, 0, 0.5, 0.5] -> 1/4; 2 of the 4 groups -> 1/2 (the unlabelled prompt counts in the 4).
+    # 2 of the 4 groups -> 1/2 (the unlabelled prompt counts in the 4).
     assert out["by_difficulty/d1/accuracy"].item() == 0.75
     assert out["by_difficulty/d1/zero_var_frac"].item() == 0.5
-    assert out["by_difficulty/d1/weight"].item() == 0.25
     assert out["by_difficulty/d1/groups"].item() == 0.5
-    # d2 = prompt 1: correctness [1, 0] -> 1/2; not constant -> 0; |A| = [1, 1] -> 1; 1 of 4 groups.
+    # d2 = prompt 1: correctness [1, 0] -> 1/2; not constant -> 0; 1 of 4 groups.
     assert out["by_difficulty/d2/accuracy"].item() == 0.5
     assert out["by_difficulty/d2/zero_var_frac"].item() == 0.0
-    assert out["by_difficulty/d2/weight"].item() == 1.0
     assert out["by_difficulty/d2/groups"].item() == 0.25
-    # weight * groups summed over levels = 0.25 * 0.5 + 1 * 0.25 = 0.375 = adv/abs_mean (3 / 8), since
-    # the unlabelled prompt has A = 0.
-    parts = sum(out[f"by_difficulty/{d}/weight"] * out[f"by_difficulty/{d}/groups"] for d in ("d1", "d2"))
-    assert parts.item() == ADVANTAGES.abs().mean().item() == 0.375
+    # token_mean gives every token 1/32: a group's weight is sum |A| |o| / 32.
+    #   prompt 0: 0; prompt 1: 1*3 + 1*1 = 4; prompt 2: 0.5*2 + 0.5*10 = 6; prompt 3: 0.  Total 10.
+    #   d1 = 6/10, d2 = 4/10 (the mean |A| would say d2 = 1 against d1 = 0.25).
+    assert out["by_difficulty/d1/weight"].item() == pytest.approx(0.6, abs=1e-6)
+    assert out["by_difficulty/d2/weight"].item() == pytest.approx(0.4, abs=1e-6)
+
+
+def test_difficulty_weight_is_the_share_the_aggregation_gives():
+    """Two levels, equal |A| = 1, lengths 20 and 40 (G = 2, every completion of a prompt as long)."""
+    total = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    advantages = torch.tensor([[1.0, -1.0], [1.0, -1.0]])
+    lengths = torch.tensor([[20, 20], [40, 40]])
+    norms = dict(num_seqs=4.0, num_tokens=120.0, max_len=64.0)
+    # token_mean: every token weighs 1/120, so a level's share is its share of the tokens: 40 vs 80 -> 1/3, 2/3.
+    out = difficulty_metrics(total, total, advantages, ["d1", "d2"], lengths, "token_mean", **norms)
+    assert out["by_difficulty/d1/weight"].item() == pytest.approx(1 / 3, abs=1e-6)
+    assert out["by_difficulty/d2/weight"].item() == pytest.approx(2 / 3, abs=1e-6)
+    # seq_mean_token_sum_norm: every token 1 / (4 * 64): again proportional to tokens.
+    out = difficulty_metrics(total, total, advantages, ["d1", "d2"], lengths, "seq_mean_token_sum_norm", **norms)
+    assert out["by_difficulty/d2/weight"].item() == pytest.approx(2 / 3, abs=1e-6)
+    # seq_mean_token_mean: a completion's tokens together weigh |A| / num_seqs whatever its length -> 1/2 each.
+    out = difficulty_metrics(total, total, advantages, ["d1", "d2"], lengths, "seq_mean_token_mean", **norms)
+    assert out["by_difficulty/d1/weight"].item() == pytest.approx(0.5, abs=1e-6)
+    assert out["by_difficulty/d2/weight"].item() == pytest.approx(0.5, abs=1e-6)
+
+
+def test_difficulty_weights_sum_to_one_only_over_labelled_prompts():
+    # Prompt 2 has no label and a third of the tokens with |A| > 0 -> the two levels share 2/3.
+    total = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    advantages = torch.tensor([[1.0, -1.0], [1.0, -1.0], [-1.0, 1.0]])
+    lengths = torch.full((3, 2), 10)
+    out = difficulty_metrics(total, total, advantages, ["d1", "d2", ""], lengths, "token_mean", 6.0, 60.0, 16.0)
+    assert out["by_difficulty/d1/weight"].item() == pytest.approx(1 / 3, abs=1e-6)
+    assert out["by_difficulty/d2/weight"].item() == pytest.approx(1 / 3, abs=1e-6)
+    # A truncated completion masked out of the loss (0 tokens) takes no share: d1 now has 10 of 50 tokens.
+    lengths = torch.tensor([[10, 0], [10, 10], [10, 10]])
+    out = difficulty_metrics(total, total, advantages, ["d1", "d2", ""], lengths, "token_mean", 6.0, 50.0, 16.0)
+    assert out["by_difficulty/d1/weight"].item() == pytest.approx(1 / 5, abs=1e-6)
+
+
+def test_difficulty_weight_is_absent_when_no_gradient():
+    # Every group constant: A = 0 everywhere, nothing to share; the other keys stay.
+    total = torch.ones(2, 2)
+    out = difficulty_metrics(total, total, torch.zeros(2, 2), ["d1", "d2"], torch.full((2, 2), 5), **TOKEN_MEAN)
+    assert not any(key.endswith("/weight") for key in out)
+    assert out["by_difficulty/d1/zero_var_frac"].item() == 1.0 and len(out) == 2 * 3
 
 
 def test_difficulty_zero_var_uses_the_total_reward():
     # Prompt 0 is all correct but a format reward makes its total vary ([1.1, 1.0]): it carries signal,
     # so d1 has no constant group left -> 0, while its accuracy is still 3/4.
     total = CORRECT + torch.tensor([[0.1, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
-    out = difficulty_metrics(total, CORRECT, ADVANTAGES, LABELS)
+    out = difficulty_metrics(total, CORRECT, ADVANTAGES, LABELS, LOSS_LENGTHS, **TOKEN_MEAN)
     assert out["by_difficulty/d1/zero_var_frac"].item() == 0.0
     assert out["by_difficulty/d1/accuracy"].item() == 0.75        # correctness itself is unchanged
 
 
 def test_difficulty_without_correct_reward_or_labels():
-    out = difficulty_metrics(CORRECT, None, ADVANTAGES, LABELS)
+    out = difficulty_metrics(CORRECT, None, ADVANTAGES, LABELS, LOSS_LENGTHS, **TOKEN_MEAN)
     assert not any(key.endswith("/accuracy") for key in out) and len(out) == 6
-    assert difficulty_metrics(CORRECT, CORRECT, ADVANTAGES, [""] * 4) == {}
+    assert difficulty_metrics(CORRECT, CORRECT, ADVANTAGES, [""] * 4, LOSS_LENGTHS, **TOKEN_MEAN) == {}
     with pytest.raises(GrpoError, match="3 labels for 4 prompts"):
-        difficulty_metrics(CORRECT, CORRECT, ADVANTAGES, LABELS[:3])
+        difficulty_metrics(CORRECT, CORRECT, ADVANTAGES, LABELS[:3], LOSS_LENGTHS, **TOKEN_MEAN)
 
 
 # ---------------------------------------------------------------- aggregation weights
@@ -114,59 +159,97 @@ def test_aggregation_token_weights_follow_the_registry(monkeypatch):
 
 # ---------------------------------------------------------------- length bias
 
-# Three correct and three wrong completions of lengths 1, 2, 4, all with |A| = 1.
-EQUAL_ADV = torch.tensor([1.0, 1.0, 1.0, -1.0, -1.0, -1.0])
-LENGTHS = torch.tensor([1, 2, 4, 1, 2, 4])
+# One group: three correct and three wrong completions of lengths 1, 2, 4, all with |A| = 1. [P, G] = [1, 6].
+EQUAL_ADV = torch.tensor([[1.0, 1.0, 1.0, -1.0, -1.0, -1.0]])
+LENGTHS = torch.tensor([[1, 2, 4, 1, 2, 4]])
 NORMS = dict(num_seqs=6.0, num_tokens=14.0, max_len=4.0)
 
 
 def test_seq_mean_token_mean_length_bias_by_hand():
-    # w = 1 / (6 |o|) = (1/6, 1/12, 1/24): not linear in |o|, so the correlation is not -1.
-    # Deviations: |o| - 7/3 = (-4, -1, 5) / 3; w * 6 - 7/12 = (5, -1, -4) / 12. The scales cancel:
-    #   r = (-20 + 1 - 20) / sqrt(42 * 42) = -39/42 = -13/14.
+    # w = 1 / (6 |o|) = (1/6, 1/12, 1/24), mean 7/72: relative deviations w / mean - 1 = (5, -1, -4) / 7;
+    # lengths (1, 2, 4), mean 7/3: (-4, -1, 5) / 7. The sevens cancel:
+    #   r = (-20 + 1 - 20) / sqrt(42 * 42) = -39/42 = -13/14  (1/|o| is not linear in |o|: not -1).
     out = length_bias_metrics(EQUAL_ADV, LENGTHS, "seq_mean_token_mean", **NORMS)
     assert out["bias/len_corr_pos"].item() == pytest.approx(-13 / 14, abs=1e-6)
     assert out["bias/len_corr_neg"].item() == pytest.approx(-13 / 14, abs=1e-6)   # same |A|, same lengths
     # Two distinct lengths (2, 2, 4): three points on two abscissae lie on a line -> exactly -1.
-    out = length_bias_metrics(EQUAL_ADV, torch.tensor([2, 2, 4, 2, 2, 4]), "seq_mean_token_mean", **NORMS)
+    out = length_bias_metrics(EQUAL_ADV, torch.tensor([[2, 2, 4, 2, 2, 4]]), "seq_mean_token_mean", **NORMS)
     assert out["bias/len_corr_pos"].item() == pytest.approx(-1.0, abs=1e-6)
     assert out["bias/len_corr_neg"].item() == pytest.approx(-1.0, abs=1e-6)
 
 
 def test_no_length_bias_without_per_sequence_normalisation():
-    # token_mean and sum_norm: equal A gives equal w, a constant variable -> no key (never NaN).
+    # token_mean and sum_norm: equal |A| in a group gives equal w, which does not move with length -> 0.
     for aggregation in ("token_mean", "seq_mean_token_sum_norm"):
-        assert length_bias_metrics(EQUAL_ADV, LENGTHS, aggregation, **NORMS) == {}, aggregation
+        out = length_bias_metrics(EQUAL_ADV, LENGTHS, aggregation, **NORMS)
+        assert out["bias/len_corr_pos"].item() == 0.0 and out["bias/len_corr_neg"].item() == 0.0, aggregation
+    # Exactly 0 also where the group mean of equal weights is off by an ulp: |A| = 0.1 three times
+    # (0.1 + 0.1 + 0.1 = 0.30000000000000004 in float64) in each of 4 groups of various lengths.
+    advantages = torch.tensor([[0.1, 0.1, 0.1, -0.3]] * 4, dtype=torch.float64)
+    lengths = torch.tensor([[3, 7, 11, 2], [5, 1, 9, 2], [13, 2, 6, 2], [1, 4, 8, 2]])
+    out = length_bias_metrics(advantages, lengths, "token_mean", 16.0, float(lengths.sum()), 16.0)
+    assert out["bias/len_corr_pos"].item() == 0.0
 
 
-def test_length_correlation_comes_from_advantages_under_token_mean():
-    # A = (1, 2, 3) on lengths (1, 2, 4). token_mean: w ∝ |A|, deviations (-1, 0, 1) and (-4, -1, 5)/3:
-    #   r = (4 + 0 + 5) / sqrt(2 * 42) = 9 / sqrt(84)  (positive: here the longer completions got more A)
-    # seq_mean_token_mean: w ∝ |A| / |o| = (1, 1, 3/4), deviations (1, 1, -2)/12:
-    #   r = (-4 - 1 - 10) / sqrt(42 * 6) = -15 / sqrt(252)  (the 1/|o| turns the sign)
-    advantages, lengths = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1, 2, 4])
-    norms = dict(num_seqs=3.0, num_tokens=7.0, max_len=4.0)
+def test_length_correlation_is_within_groups_by_hand():
+    # token_mean: w is |A| / num_tokens, so only |A| varies. Two groups of three:
+    #   group 0: A = (1, 2, -3), lengths (2, 4, 3); group 1: A = (3, 1, -4), lengths (10, 30, 20).
+    # A > 0, relative to the group's mean (over its A > 0 completions):
+    #   group 0: |A| (1, 2) / 1.5 - 1 = (-1/3, 1/3); lengths (2, 4) / 3 - 1 = (-1/3, 1/3)
+    #   group 1: |A| (3, 1) / 2 - 1 = (1/2, -1/2);  lengths (10, 30) / 20 - 1 = (-1/2, 1/2)
+    #   sum dx dy = 2/9 - 1/2 = -5/18; sum dx^2 = sum dy^2 = 2/9 + 1/2 = 13/18 -> r = -5/13.
+    advantages = torch.tensor([[1.0, 2.0, -3.0], [3.0, 1.0, -4.0]])
+    lengths = torch.tensor([[2, 4, 3], [10, 30, 20]])
+    norms = dict(num_seqs=6.0, num_tokens=69.0, max_len=30.0)
     for aggregation in ("token_mean", "seq_mean_token_sum_norm"):
         out = length_bias_metrics(advantages, lengths, aggregation, **norms)
-        assert set(out) == {"bias/len_corr_pos"}                      # no A < 0 at all
-        assert out["bias/len_corr_pos"].item() == pytest.approx(9 / math.sqrt(84), abs=1e-6)
-    out = length_bias_metrics(advantages, lengths, "seq_mean_token_mean", **norms)
-    assert out["bias/len_corr_pos"].item() == pytest.approx(-15 / math.sqrt(252), abs=1e-6)
+        # One A < 0 per group: no within-group degree of freedom -> no neg key.
+        assert set(out) == {"bias/len_corr_pos", "bias/len_spread_within"}, aggregation
+        assert out["bias/len_corr_pos"].item() == pytest.approx(-5 / 13, abs=1e-6)
     # The same magnitudes with A < 0 land on the other key, with the same value (w uses |A|).
     out = length_bias_metrics(-advantages, lengths, "token_mean", **norms)
-    assert set(out) == {"bias/len_corr_neg"}
-    assert out["bias/len_corr_neg"].item() == pytest.approx(9 / math.sqrt(84), abs=1e-6)
+    assert out["bias/len_corr_neg"].item() == pytest.approx(-5 / 13, abs=1e-6) and "bias/len_corr_pos" not in out
 
 
-def test_length_bias_needs_three_completions_with_tokens():
-    # Two with A > 0 -> no pos key; three with A < 0 and varying lengths -> a neg key. A = 0 counts in neither.
-    advantages = torch.tensor([1.0, 1.0, 0.0, -1.0, -1.0, -1.0])
-    out = length_bias_metrics(advantages, torch.tensor([1, 2, 3, 1, 2, 4]), "seq_mean_token_mean", **NORMS)
-    assert set(out) == {"bias/len_corr_neg"}
+def test_length_spread_within_by_hand():
+    # The groups above: (2, 4, 3), mean 3 -> relative (-1/3, 1/3, 0); (10, 30, 20), mean 20 -> (-1/2, 1/2, 0).
+    #   sum of squares 2/9 + 1/2 = 13/18 over sum (n_p - 1) = 2 + 2 = 4 -> sqrt(13/72).
+    assert probes.length_spread_within(torch.tensor([[2, 4, 3], [10, 30, 20]])).item() == \
+        pytest.approx(math.sqrt(13 / 72), abs=1e-9)
+    # A completion with no token in the loss is left out: (2, 4, 0) is (2, 4), 1 degree of freedom:
+    #   (-1/3)^2 + (1/3)^2 = 2/9 over 1 + 2 -> sqrt(13/54).
+    assert probes.length_spread_within(torch.tensor([[2, 4, 0], [10, 30, 20]])).item() == \
+        pytest.approx(math.sqrt(13 / 54), abs=1e-9)
+    # A group scaled by 10 has the same relative spread; equal lengths within groups give 0; no pair gives None.
+    assert probes.length_spread_within(torch.tensor([[20, 40, 30], [100, 300, 200]])).item() == \
+        pytest.approx(math.sqrt(13 / 72), abs=1e-9)
+    assert probes.length_spread_within(torch.tensor([[3, 3], [8, 8]])).item() == 0.0
+    assert probes.length_spread_within(torch.tensor([[3, 0], [0, 8]])) is None
+
+
+def test_length_bias_needs_two_degrees_of_freedom_and_varying_lengths():
+    norms = dict(num_seqs=4.0, num_tokens=10.0, max_len=4.0)
+    # One group with two A > 0: one degree of freedom (a pair always correlates +-1) -> absent.
+    out = length_bias_metrics(torch.tensor([[1.0, 1.0, -1.0, 0.0]]), torch.tensor([[1, 3, 2, 4]]),
+                              "seq_mean_token_mean", **norms)
+    assert set(out) == {"bias/len_spread_within"}
+    # Two such groups: two degrees of freedom -> present (each pair falls: w = 1 / (4 |o|)) -> -1.
+    out = length_bias_metrics(torch.tensor([[1.0, 1.0, -1.0, 0.0]] * 2), torch.tensor([[1, 3, 2, 4]] * 2),
+                              "seq_mean_token_mean", 8.0, 20.0, 4.0)
+    assert out["bias/len_corr_pos"].item() == pytest.approx(-1.0, abs=1e-9) and "bias/len_corr_neg" not in out
     # Three A > 0 but one has no token in the loss (e.g. masked truncated): only two remain -> absent.
-    out = length_bias_metrics(torch.tensor([1.0, 1.0, 1.0]), torch.tensor([0, 2, 4]), "seq_mean_token_mean",
+    out = length_bias_metrics(torch.tensor([[1.0, 1.0, 1.0]]), torch.tensor([[0, 2, 4]]), "seq_mean_token_mean",
                               num_seqs=3.0, num_tokens=6.0, max_len=4.0)
-    assert out == {}
+    assert set(out) == {"bias/len_spread_within"}
+    # Lengths equal within every group (they differ only between groups): nothing to correlate.
+    out = length_bias_metrics(torch.tensor([[1.0, 1.0, -1.0]] * 2), torch.tensor([[2, 2, 2], [5, 5, 5]]),
+                              "seq_mean_token_mean", 6.0, 21.0, 8.0)
+    assert out == {"bias/len_spread_within": pytest.approx(0.0)}
+
+
+def test_length_bias_wants_the_group_shape():
+    with pytest.raises(GrpoError, match=r"\[P, G\]"):
+        length_bias_metrics(EQUAL_ADV.flatten(), LENGTHS.flatten(), "token_mean", **NORMS)
 
 
 # ---------------------------------------------------------------- prompt ledger
@@ -193,19 +276,43 @@ def test_ledger_by_hand():
     # Now constant among the revisited: prompts 1, 2 (correct), 4, 5, 9 (wrong) -> 5/8. The new prompts
     # 7 (correct) and 8 (wrong) are not counted (counting them would give 7/10).
     assert out["ledger/zero_var_measured"].item() == 5 / 8
-    # Predicted from the previous rates q: q^2 + (1-q)^2 = 1 at q in {0, 1} and 0.5 at q = 0.5:
-    #   prompts 0..6, 9 -> 1 + .5 + 1 + 1 + .5 + 1 + .5 + 1 = 6.5, over 8 = 13/16: not the measured 5/8.
-    assert out["ledger/zero_var_predicted"].item() == 13 / 16
+    # Predicted: with the same G, the unbiased estimate of q^2 + (1-q)^2 is the previous visit's own
+    # indicator of a constant group: prompts 0, 2, 9 (wrong), 3, 5 (correct) -> 5/8. (Plugging the previous
+    # rates into q^2 + (1-q)^2, the old predictor, gives 1 at q in {0, 1} and 0.5 at q = 0.5: 13/16.)
+    assert out["ledger/zero_var_predicted"].item() == 5 / 8
     assert len(out) == 1 + 6 + 2
 
 
-def test_ledger_predicted_uses_the_previous_rate_and_group_size():
-    # G = 4. q = 0.5: 2 * (1/2)^4 = 1/8; q = 0.25: (1/4)^4 + (3/4)^4 = (1 + 81) / 256 = 82/256.
-    # Both groups are all correct now (measured 1), which does not enter the prediction.
+def test_ledger_predicted_from_a_larger_previous_group():
+    # G = 4 now. Previous groups of G' = 4 with q = 0.5, 0.25 were mixed: predicted 0 (the plug-in gave
+    # (2/16 + 82/256) / 2). Both groups are all correct now (measured 1), which does not enter the prediction.
     out = ledger_metrics(torch.tensor([0.5, 0.25]), torch.tensor([1.0, 1.0]), group_size=4)
-    assert out["ledger/zero_var_predicted"].item() == pytest.approx((1 / 8 + 82 / 256) / 2)
+    assert out["ledger/zero_var_predicted"].item() == 0.0
     assert out["ledger/zero_var_measured"].item() == 1.0
     assert out["ledger/mixed_to_correct"].item() == 1.0
+    # Previous groups of G' = 8: k correct -> C(k, 4)/C(8, 4) + C(8-k, 4)/C(8, 4), C(8, 4) = 70.
+    #   k = 6: 15/70 + 0; k = 8: 1 + 0; k = 2: 0 + 15/70; k = 4: 1/70 + 1/70. Mean (15 + 70 + 15 + 2) / 280.
+    previous = torch.tensor([6, 8, 2, 4]) / 8
+    out = ledger_metrics(previous, torch.full((4,), 0.5), group_size=4, previous_group_size=8)
+    assert out["ledger/zero_var_predicted"].item() == pytest.approx(102 / 280, abs=1e-7)
+    # G' = 2 < G = 4: no unbiased estimate -> no predicted key (the moves and measured stay).
+    out = ledger_metrics(torch.tensor([0.5, 1.0]), torch.tensor([0.5, 1.0]), group_size=4, previous_group_size=2)
+    assert "ledger/zero_var_predicted" not in out and out["ledger/zero_var_measured"].item() == 0.5
+
+
+def test_unbiased_power_is_unbiased():
+    """E[C(k, m) / C(n, m)] over k ~ Binomial(n, q) is q^m: summed over the binomial pmf, not sampled."""
+    for n, m in ((5, 3), (8, 8), (8, 1), (6, 0)):
+        k = torch.arange(n + 1)
+        estimates = probes.unbiased_power(k, n, m)
+        for q in (0.0, 0.3, 0.77, 1.0):
+            pmf = torch.tensor([math.comb(n, j) * q ** j * (1 - q) ** (n - j) for j in range(n + 1)],
+                               dtype=torch.float64)
+            assert (pmf * estimates).sum().item() == pytest.approx(q ** m, abs=1e-12), (n, m, q)
+    # m = n: the indicator that every trial succeeded.
+    assert probes.unbiased_power(torch.arange(5), 4, 4).tolist() == [0.0, 0.0, 0.0, 0.0, 1.0]
+    with pytest.raises(GrpoError, match="q\\^4 from 2 trials"):
+        probes.unbiased_power(torch.arange(3), 2, 4)
 
 
 def test_ledger_without_revisits_has_only_the_revisit_share():
@@ -225,9 +332,9 @@ def test_every_emitted_key_is_in_the_catalogue():
     for line in entries:
         if len(line.split()[0]) < 28:                   # a longer key is followed by one space
             assert line[30] != " " and line[2:30].rstrip() == line.split()[0], line
-    emitted = set(difficulty_metrics(CORRECT, CORRECT, ADVANTAGES, LABELS))
+    emitted = set(difficulty_metrics(CORRECT, CORRECT, ADVANTAGES, LABELS, LOSS_LENGTHS, **TOKEN_MEAN))
     emitted |= set(length_bias_metrics(EQUAL_ADV, LENGTHS, "seq_mean_token_mean", **NORMS))
     emitted |= set(ledger_metrics(torch.tensor([0.0, float("nan")]), torch.tensor([0.5, 0.5]), 2))
     emitted = {re.sub(r"by_difficulty/[^/]+/", "by_difficulty/<d>/", key) for key in emitted}
-    assert len(emitted) == 4 + 2 + 9
+    assert len(emitted) == 4 + 3 + 9
     assert emitted <= listed, emitted - listed

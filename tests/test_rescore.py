@@ -112,7 +112,9 @@ def test_hand_run_gives_the_numbers_on_paper(tmp_path, capsys):
         "accuracy/constant_group_frac": 0.5,
         "len/mean": 3.0, "len/max": 4.0, "len/truncated_frac": 0.25, "len/correct_mean": 8 / 3, "len/wrong_mean": 4.0,
         "entropy": (2 * 0.5 + 4 * 0.5 + 6 * 0.25) / 12,
-        "by_difficulty/d1/weight": 0.5, "by_difficulty/d2/weight": 0.0, "by_difficulty/d1/zero_var_frac": 0.0,
+        # seq_mean_token_mean: a completion's loss tokens together weigh |A| / 4; the truncated one has none:
+        # d1 0.5 / 4 of a total 0.5 / 4 -> the whole share, d2 (constant group) none
+        "by_difficulty/d1/weight": 1.0, "by_difficulty/d2/weight": 0.0, "by_difficulty/d1/zero_var_frac": 0.0,
         "by_difficulty/d2/zero_var_frac": 1.0, "by_difficulty/d1/groups": 0.5, "by_difficulty/d1/accuracy": 0.5,
         # --mask-truncated drops the truncated completion's 4 tokens; the constant group's 6 have A = 0
         "grad_tokens/truncated_frac": 4 / 12, "grad_tokens/zero_adv_frac": 6 / 12, "grad_tokens/active_frac": 2 / 12,
@@ -120,7 +122,9 @@ def test_hand_run_gives_the_numbers_on_paper(tmp_path, capsys):
     }
     for key, value in expected.items():
         assert r[key] == pytest.approx(value, abs=1e-6), key
-    assert not any(key.startswith("bias/") for key in r)      # one completion per sign: no correlation
+    assert not any(key.startswith("bias/len_corr") for key in r)      # one completion per sign: no correlation
+    # lengths within groups: d1 keeps one completion in the loss (2 tokens), d2's two have 3 each -> spread 0
+    assert r["bias/len_spread_within"] == 0.0
     assert records[1]["samples"] == 4 and records[1]["tokens"] == 12
     config = json.loads((out / "config.json").read_text())
     # A run logged without experiment or arm is named by its path, as the analysis names it.
@@ -189,23 +193,41 @@ def test_dr_grpo_abs_mean_is_the_mean_distance_to_the_group_mean(stored_run, cap
     assert differs, "the run's groups were all constant: the test needs mixed groups"
 
 
-def test_token_mean_length_bias_is_the_correlation_of_abs_advantage_and_length(stored_run, capsys):
+def within_group_correlation(x: np.ndarray, y: np.ndarray, chosen: np.ndarray) -> float | None:
+    """A loop over groups (rows): each chosen value relative to its group's chosen mean, then one
+    correlation of all the deviations about 0. None without 2 degrees of freedom or y varying."""
+    dx, dy, dof = [], [], 0
+    for xs, ys, keep in zip(x, y, chosen):
+        xs, ys = xs[keep], ys[keep]
+        if len(xs) == 0:
+            continue
+        dof += len(xs) - 1
+        dx += list(xs / xs.mean() - 1) if xs.max() > xs.min() else [0.0] * len(xs)
+        dy += list(ys / ys.mean() - 1) if ys.max() > ys.min() else [0.0] * len(ys)
+    dx, dy = np.array(dx), np.array(dy)
+    if dof < 2 or not (dy ** 2).sum() > 0:
+        return None
+    return float((dx * dy).sum() / np.sqrt((dx ** 2).sum() * (dy ** 2).sum())) if (dx ** 2).sum() > 0 else 0.0
+
+
+def test_token_mean_length_bias_is_the_within_group_correlation_of_abs_advantage_and_length(stored_run, capsys):
     run_dir = stored_run("mixed")
+    G = json.loads((run_dir / "config.json").read_text())["group_size"]
     logged = read_records(run_dir)
     rescored = read_records(rescore([run_dir, "--aggregation", "token_mean"], capsys))
     compared, pulled = 0, []
     for step, record in rescored.items():
         tensors = stored(run_dir, step)
-        advantages, lengths = tensors["advantages"], tensors["completion_mask"].sum(1)   # the run's grpo A
+        advantages = tensors["advantages"].reshape(-1, G)                              # the run's grpo A
+        lengths = tensors["completion_mask"].sum(1).reshape(-1, G)
         for key, sign in (("bias/len_corr_pos", advantages > 0), ("bias/len_corr_neg", advantages < 0)):
-            x, y = np.abs(advantages[sign]), lengths[sign]
-            if len(x) < 3 or x.min() == x.max() or y.min() == y.max():
+            # token_mean weighs every token by 1 / num_tokens: only |A_i| varies with the completion
+            expected = within_group_correlation(np.abs(advantages), lengths, sign)
+            if expected is None:
                 assert key not in record
                 continue
-            # token_mean weighs every token by 1 / num_tokens: only |A_i| varies with the completion
-            assert record[key] == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-6), (step, key)
-            # seq_mean_token_mean (the run's) also divides by |o_i|, pulling the correlation down on average
-            # (not at every step: near -1 a correlation can barely move)
+            assert record[key] == pytest.approx(expected, abs=1e-6), (step, key)
+            # seq_mean_token_mean (the run's) also divides by |o_i|, pulling the correlation down
             pulled.append(record[key] - logged[step][key])
             compared += 1
     assert compared >= 2
