@@ -68,6 +68,7 @@ def difficulty_metrics(total: Tensor, correct: Tensor | None, advantages: Tensor
     per_prompt = (gradient_weights(advantages, lengths, aggregation, num_seqs, num_tokens, max_len)
                   * lengths.double()).sum(-1)                            # [P]: |A| w |o| summed over the group
     step_weight = per_prompt.sum()
+    has_weight = bool(step_weight > 0)                                   # False also for NaN (num_tokens 0)
     out = {}
     for level in sorted(set(labels) - {""}):
         at_level = torch.tensor([label == level for label in labels], device=total.device)   # [P]
@@ -75,7 +76,7 @@ def difficulty_metrics(total: Tensor, correct: Tensor | None, advantages: Tensor
         if correct is not None:
             out[f"{prefix}/accuracy"] = correct[at_level].float().mean()
         out[f"{prefix}/zero_var_frac"] = constant[at_level].float().mean()
-        if step_weight > 0:
+        if has_weight:
             out[f"{prefix}/weight"] = (per_prompt[at_level].sum() / step_weight).float()
         out[f"{prefix}/groups"] = at_level.float().mean()
     return out
