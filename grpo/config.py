@@ -298,9 +298,9 @@ class TrainConfig:
         if unknown or not self.reward_weights:
             raise GrpoError(f"--reward-weights names unknown reward(s) {unknown}; choose from {sorted(REWARDS)}")
         if self.counterfactuals:
-            from grpo.counterfactual import parse_alternatives
+            from grpo.counterfactual import check_alternatives
 
-            parse_alternatives(self.counterfactuals)          # names the bad item, exit 2
+            check_alternatives(self)          # names the bad item, exit 2
         if self.advantage not in ADVANTAGES:
             raise GrpoError(f"unknown --advantage {self.advantage!r}")
 

@@ -35,7 +35,7 @@ from grpo.models import is_preset, load_tokenizer
 from grpo.objectives import SELECTIONS, ObjectiveParams, token_covariance, top_entropy_keep
 from grpo.policy import completion_logp, worth_sharing
 from grpo.sampler import KVCacheSampler, Rollout
-from grpo.counterfactual import alternative_configs, counterfactual_metrics
+from grpo.counterfactual import counterfactual_metrics
 from grpo.probes import difficulty_metrics, ledger_metrics, length_bias_metrics
 from grpo.tasks import PromptPool, make_task
 from grpo.timing import StageTimer
@@ -130,10 +130,6 @@ def build_trainer(cfg: TrainConfig, log=print) -> Trainer:
     # (ranks each evaluate a share of the blocks, so a data-parallel run does not).
     keeps_eval = cfg.num_warmstart_steps > 0 and dist.world_size() == 1
     eval_store = warmstart_entry(cfg, tokenizer) / "eval" if keeps_eval else None
-    if cfg.counterfactuals:
-        alternatives = alternative_configs(cfg)            # each value checked now, not at step K
-        if reference is None and any(a.kl_beta > 0 and a.kl_placement == "loss" for _, a in alternatives):
-            raise GrpoError("--counterfactuals with kl_beta > 0 needs a reference: give the run --kl-beta > 0")
     return Trainer(cfg=cfg, task=task, tokenizer=tokenizer, policy=policy, reference=reference,
                    pool=PromptPool(task, cfg.prompt_pool, cfg.seed) if cfg.prompt_pool else None,
                    optimizer=optimizer, sampler=make_sampler(cfg, policy), device=device,

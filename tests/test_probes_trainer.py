@@ -90,7 +90,8 @@ def test_counterfactual_ratios_by_hand(make_cfg, tmp_path):
 
 
 def test_counterfactuals_run_only_every_k_steps_and_change_nothing(make_cfg, tmp_path):
-    plain = make_cfg(tmp_path, **MIXED, steps=3, out_dir=str(tmp_path / "plain"))
+    """With two mini-batches, so the probe runs between the step's two updates."""
+    plain = make_cfg(tmp_path, **MIXED, steps=3, mini_batches=2, out_dir=str(tmp_path / "plain"))
     probed = dataclasses.replace(plain, counterfactual_every=2, counterfactuals="objective=gspo",
                                  out_dir=str(tmp_path / "probed"))
     warm_cache(plain)
@@ -132,6 +133,10 @@ def test_store_rollouts_writes_each_step(make_cfg, tmp_path):
     (["--counterfactuals", "advantage", "--counterfactual-every", "1"], "field=value"),
     (["--counterfactual-every", "2"], "--counterfactuals"),
     (["--counterfactuals", "advantage=nope", "--counterfactual-every", "1"], "nope"),
+    (["--counterfactuals", "objective=gspo", "--counterfactual-every", "1"], "ratio 1"),
+    (["--kl-beta", "0", "--counterfactuals", "kl_estimator=k1", "--counterfactual-every", "1"], "--kl-beta 0"),
+    (["--kl-placement", "reward", "--counterfactuals", "kl_beta=0.1", "--counterfactual-every", "1"],
+     "--kl-placement reward"),
     (["--prompt-pool", "-1"], "--prompt-pool"),
     (["--digits", "0-3"], "--digits"),
 ])
