@@ -6,10 +6,19 @@ fields joined by '+'), with g the run's gradient and g_a the alternative's:
     cf/<a>/cos         = <g_a, g> / (|g_a| |g|)   does the variant point elsewhere?
     cf/<a>/norm_ratio  = |g_a| / |g|              or does it take a step of another size?
 
-Both gradients are the full-batch, on-policy (ratio 1) gradients at the step's starting weights, with
-advantages recomputed from the step's rewards by each setting's estimator and the loss aggregated
-over the whole batch. With one inner epoch and one mini-batch g is exactly the step the run takes
-(before clipping the norm); otherwise it is the direction all its mini-batches start from.
+Where: every gradient of a step, g and each g_a, is the full-batch gradient at one point, the weights
+theta_L that the step's last optimizer update starts from, with the ratio r = pi_theta_L / pi_old
+against pi_old (the step's log-probs before its first update), advantages recomputed from the step's
+rewards by each setting's estimator, and the loss aggregated over the whole batch. With one update per
+step (one inner epoch, one mini-batch) theta_L is the step's starting weights, r = 1 everywhere, and g
+is exactly the step the run takes (before clipping its norm). With more updates, theta_L has moved
+from pi_old, so the settings that act only through the ratio (clip bounds, dual-clip, delta, SAPO's
+tau, KL-Cov, and most objectives, see `inert_at_ratio_one`) take gradients that differ there.
+All settings share the one point, rather than each taking the point where it can differ, so that the
+cosines of a run all measure against the same g and compare with each other (an arm x alternative
+heatmap). The point is a function of the config alone (it never varies within a run), so it is not
+logged. The price: in multi-update runs g is not a step the run takes (its last update uses one
+mini-batch of it), and advantage or aggregation alternatives are compared off-policy too.
 
 Refused when the config is built (one line each, `grpo: error: ...`):
   - with one update per step, a change that gives the same gradient at ratio 1 (`inert_at_ratio_one`);
@@ -131,8 +140,9 @@ def flat_grad(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
 
 
 def counterfactual_metrics(t, step: int, rollout, shaped_rewards: torch.Tensor, lengths: torch.Tensor,
-                           mask: torch.Tensor, ref_logp) -> dict[str, torch.Tensor]:
-    """cf/<name>/cos and cf/<name>/norm_ratio for every alternative of t.cfg.counterfactuals."""
+                           mask: torch.Tensor, ref_logp, old_logp) -> dict[str, torch.Tensor]:
+    """cf/<name>/cos and cf/<name>/norm_ratio for every alternative of t.cfg.counterfactuals, at t.policy's
+    weights now, against pi_old's log-probs old_logp [N, T] (None: pi_old is the policy now, ratio 1)."""
     from grpo.trainer import loss_kwargs, micro_batches, objective_params, rollout_logp
 
     settings = [("run", t.cfg), *alternative_configs(t.cfg)]
@@ -146,10 +156,11 @@ def counterfactual_metrics(t, step: int, rollout, shaped_rewards: torch.Tensor, 
             if cfg.top_entropy_quantile < 1 else None
         adv = advantages[rows].flatten().to(t.device)
         selected = None
-        if cfg.objective in SELECTIONS:
+        if cfg.objective in SELECTIONS:     # from pi_old's log-probs, as update_policy selects
             generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-            selected = SELECTIONS[cfg.objective](token_covariance(adv[:, None], rollout.logp, loss_mask), loss_mask,
-                                                 objective_params(cfg), generator)
+            selection_logp = rollout.logp if old_logp is None else old_logp
+            selected = SELECTIONS[cfg.objective](token_covariance(adv[:, None], selection_logp, loss_mask),
+                                                 loss_mask, objective_params(cfg), generator)
         norms = dict(num_seqs=float(dist.sum_across(torch.tensor(float(len(adv))))),
                      num_tokens=float(dist.sum_across(loss_mask.sum().cpu())), max_len=cfg.max_new_tokens)
         prepared.append((name, cfg, adv, loss_mask, keep, selected, norms))
@@ -161,7 +172,8 @@ def counterfactual_metrics(t, step: int, rollout, shaped_rewards: torch.Tensor, 
         logp, entropy = learner if needs_entropy else (learner, None)
         for name, cfg, adv, loss_mask, keep, selected, norms in prepared:
             kwargs = loss_kwargs(cfg)
-            loss, _ = policy_loss(logp, logp.detach(), None if ref_logp is None else ref_logp[micro], adv[micro],
+            pi_old = logp.detach() if old_logp is None else old_logp[micro]
+            loss, _ = policy_loss(logp, pi_old, None if ref_logp is None else ref_logp[micro], adv[micro],
                                   loss_mask[micro], cov_selected=None if selected is None else selected[micro],
                                   entropy=entropy, entropy_keep=None if keep is None else keep[micro],
                                   **norms, **kwargs)

@@ -1,9 +1,11 @@
 """Tests for grpo/counterfactual.py without a run: which alternatives ratio 1 makes identical (checked
-against the loss's own gradients) and the refusals when the config is built."""
+against the loss's own gradients), the refusals when the config is built, and the probe's cosines at a
+hand-set pi_old on a policy small enough to differentiate on paper."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -11,9 +13,10 @@ import torch
 
 from grpo import GrpoError
 from grpo.config import TrainConfig
-from grpo.counterfactual import inert_at_ratio_one
+from grpo.counterfactual import counterfactual_metrics, inert_at_ratio_one
 from grpo.losses import policy_loss
-from grpo.trainer import loss_kwargs
+from grpo.sampler import Rollout
+from grpo.trainer import Trainer, loss_kwargs
 
 F64 = torch.float64
 
@@ -136,3 +139,58 @@ def test_std_norm_experiment_keeps_its_counterfactuals():
 
     for cfg in EXPERIMENT.arms.values():
         assert cfg.inner_epochs * cfg.mini_batches == 1 and cfg.counterfactuals.count("+aggregation=") == 4
+
+
+# ---------------------------------------------------------------- the probe at a hand-set pi_old
+
+class PositionLogits(torch.nn.Module):
+    """A policy whose logits at sequence position p are the row W[p] of a table: log-probs and their
+    gradients can be written down by hand."""
+
+    def __init__(self, positions: int, vocab: int) -> None:
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.zeros(positions, vocab))
+
+    def forward(self, input_ids, attention_mask, position_ids, use_cache=False, logits_to_keep=0):
+        logits = self.table[position_ids]
+        return SimpleNamespace(logits=logits[:, -logits_to_keep:] if logits_to_keep else logits)
+
+
+def hand_trainer(counterfactuals: str) -> Trainer:
+    cfg = TrainConfig(prompts_per_step=1, group_size=2, max_new_tokens=2, kl_beta=0.0, mini_batches=2,
+                      micro_batch_size=1, counterfactuals=counterfactuals, counterfactual_every=1)
+    return Trainer(cfg=cfg, task=None, tokenizer=SimpleNamespace(eos_token_id=1), policy=PositionLogits(3, 2),
+                   reference=None, optimizer=None, sampler=None, device=torch.device("cpu"),
+                   prompt_rng=None, shuffle_rng=None, sample_rng=None, resample_rng=None)
+
+
+def test_probe_at_a_hand_set_pi_old_by_hand():
+    """One prompt token, two completions of two tokens, [0, 0] and [1, 1], rewards 1 and 0, so A = +a, -a.
+    The table is 0: every log-prob is log 1/2, and d logp / dW of token k at completion position j is
+    e_j (x) (onehot(k) - 1/2): +v_j for token 0, -v_j for token 1 (v_j orthogonal across positions).
+    pi_old is set so that the ratio of completion 0's first token is 1.5, every other ratio 1.
+    seq_mean_token_mean weighs each token 1/4; the policy term's gradient is -A r grad logp unless cut:
+      clip (eps 0.2):       r = 1.5 > 1.2 with A > 0 is cut      g   = -a/4 (  v_0 + 2 v_1)
+      gpg (no ratio):       -A grad logp                          g_a = -a/4 (2 v_0 + 2 v_1)
+      gspo: completion 0's s = sqrt(1.5) = 1.2247 > 1.2, cut     g_a = -a/4 (  v_0 +   v_1)
+      clip_eps_high=0.6:    1.5 < 1.6, not cut                   g_a = -a/4 (2.5 v_0 + 2 v_1)
+    cos = 6 / sqrt(5 * 8), 3 / sqrt(5 * 2), 6.5 / sqrt(5 * 10.25); norm ratios sqrt(8/5), sqrt(2/5),
+    sqrt(10.25/5). At ratio 1 (no pi_old) nothing is cut and all three are clip's gradient."""
+    t = hand_trainer("objective=gpg,objective=gspo,clip_eps_high=0.6")
+    half = math.log(0.5)
+    rollout = Rollout(prompt_ids=torch.zeros(2, 1, dtype=torch.long), prompt_mask=torch.ones(2, 1),
+                      completion_ids=torch.tensor([[0, 0], [1, 1]]), completion_mask=torch.ones(2, 2),
+                      truncated=torch.zeros(2, dtype=torch.bool), entropy=torch.zeros(2, 2),
+                      logp=torch.full((2, 2), half))
+    old_logp = torch.full((2, 2), half)
+    old_logp[0, 0] = half - math.log(1.5)                    # ratio pi / pi_old = 1.5
+    args = (t, 1, rollout, torch.tensor([[1.0, 0.0]]), torch.tensor([[2, 2]]), rollout.completion_mask, None)
+    out = {k: float(v) for k, v in counterfactual_metrics(*args, old_logp).items()}
+    assert out["cf/objective=gpg/cos"] == pytest.approx(6 / math.sqrt(40), abs=1e-6)
+    assert out["cf/objective=gpg/norm_ratio"] == pytest.approx(math.sqrt(8 / 5), abs=1e-6)
+    assert out["cf/objective=gspo/cos"] == pytest.approx(3 / math.sqrt(10), abs=1e-6)
+    assert out["cf/objective=gspo/norm_ratio"] == pytest.approx(math.sqrt(2 / 5), abs=1e-6)
+    assert out["cf/clip_eps_high=0.6/cos"] == pytest.approx(6.5 / math.sqrt(51.25), abs=1e-6)
+    assert out["cf/clip_eps_high=0.6/norm_ratio"] == pytest.approx(math.sqrt(10.25 / 5), abs=1e-6)
+    on_policy = {k: float(v) for k, v in counterfactual_metrics(*args, None).items()}
+    assert on_policy == pytest.approx({k: 1.0 for k in out}, abs=1e-6)

@@ -105,6 +105,40 @@ def test_counterfactuals_run_only_every_k_steps_and_change_nothing(make_cfg, tmp
     assert [strip(r) for r in a] == [strip(r) for r in b]
 
 
+@pytest.mark.parametrize(("mini_batches", "inner_epochs"), [(1, 1), (2, 1), (1, 2), (2, 2)])
+def test_counterfactuals_are_taken_where_the_last_update_starts(make_cfg, tmp_path, monkeypatch,
+                                                                mini_batches, inner_epochs):
+    """The probe sees the weights the step's last optimizer update starts from, and pi_old's log-probs
+    (none with one update: there the ratio is 1, and objective=gpg would be refused)."""
+    import grpo.trainer
+
+    updates = mini_batches * inner_epochs
+    cfg = make_cfg(tmp_path, **MIXED, mini_batches=mini_batches, inner_epochs=inner_epochs,
+                   counterfactual_every=1,
+                   counterfactuals="aggregation=token_mean" + (",objective=gpg" if updates > 1 else ""))
+    warm_cache(cfg)
+    t = build_trainer(cfg, **QUIET)
+    flat = lambda: torch.cat([p.detach().flatten() for p in t.policy.parameters()]).clone()   # noqa: E731
+    before_updates, probed = [], []
+    t.optimizer.register_step_pre_hook(lambda *_: before_updates.append(flat()))
+    real = grpo.trainer.counterfactual_metrics
+
+    def spy(*args):
+        probed.append((flat(), args[-1]))
+        return real(*args)
+
+    monkeypatch.setattr(grpo.trainer, "counterfactual_metrics", spy)
+    metrics, _ = grpo_step(t, 1)
+    assert len(before_updates) == updates and len(probed) == 1
+    weights, old_logp = probed[0]
+    assert torch.equal(weights, before_updates[-1])
+    assert (old_logp is None) == (updates == 1)
+    if updates > 1:     # the point has moved from pi_old: gpg, no ratio and no clip, parts from clip there
+        assert not torch.equal(weights, before_updates[0])
+        assert metrics["cf/objective=gpg/cos"] < 1 - 1e-6
+    assert metrics["cf/aggregation=token_mean/cos"] < 1 - 1e-4
+
+
 # ---------------------------------------------------------------- the rollout store
 
 def test_store_rollouts_writes_each_step(make_cfg, tmp_path):
