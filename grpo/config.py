@@ -191,7 +191,7 @@ class TrainConfig:
 
     # --- probes
     counterfactuals: str = ""
-    """Alternatives whose gradient on the same rollouts is compared with the run's (cf/<name>/cos, cf/<name>/norm_ratio), comma-separated field=value, '+' joins changes: advantage=dr_grpo,aggregation=token_mean,objective=gspo."""
+    """Alternatives whose gradient on the same rollouts is compared with the run's (cf/<name>/cos, cf/<name>/norm_ratio), comma-separated field=value, '+' joins changes: advantage=dr_grpo,aggregation=token_mean,objective=gspo. Settings that act only through the ratio (objective, clip bounds) need more than one update per step (--mini-batches, --inner-epochs)."""
     counterfactual_every: int = 0
     """Compute the counterfactual gradients every this many steps (1 + alternatives extra backward passes); 0 is off."""
     store_rollouts: bool = False
@@ -298,9 +298,9 @@ class TrainConfig:
         if unknown or not self.reward_weights:
             raise GrpoError(f"--reward-weights names unknown reward(s) {unknown}; choose from {sorted(REWARDS)}")
         if self.counterfactuals:
-            from grpo.counterfactual import parse_alternatives
+            from grpo.counterfactual import check_alternatives
 
-            parse_alternatives(self.counterfactuals)          # names the bad item, exit 2
+            check_alternatives(self)          # names the bad item, exit 2
         if self.advantage not in ADVANTAGES:
             raise GrpoError(f"unknown --advantage {self.advantage!r}")
 

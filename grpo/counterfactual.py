@@ -5,10 +5,26 @@ For alternative a (e.g. `advantage=dr_grpo`: the run's config with that one fiel
 fields joined by '+'), with g the run's gradient and g_a the alternative's:
     cf/<a>/cos         = <g_a, g> / (|g_a| |g|)   does the variant point elsewhere?
     cf/<a>/norm_ratio  = |g_a| / |g|              or does it take a step of another size?
-Both gradients are the full-batch, on-policy (ratio 1) gradients at the step's starting weights, with
-advantages recomputed from the step's rewards by each setting's estimator and the loss aggregated
-over the whole batch. With one inner epoch and one mini-batch g is exactly the step the run takes
-(before clipping the norm); otherwise it is the direction all its mini-batches start from.
+
+Where: every gradient of a step, g and each g_a, is the full-batch gradient at one point, the weights
+theta_L that the step's last optimizer update starts from, with the ratio r = pi_theta_L / pi_old
+against pi_old (the step's log-probs before its first update), advantages recomputed from the step's
+rewards by each setting's estimator, and the loss aggregated over the whole batch. With one update per
+step (one inner epoch, one mini-batch) theta_L is the step's starting weights, r = 1 everywhere, and g
+is exactly the step the run takes (before clipping its norm). With more updates, theta_L has moved
+from pi_old, so the settings that act only through the ratio (clip bounds, dual-clip, delta, SAPO's
+tau, KL-Cov, and most objectives, see `inert_at_ratio_one`) take gradients that differ there.
+All settings share the one point, rather than each taking the point where it can differ, so that the
+cosines of a run all measure against the same g and compare with each other (an arm x alternative
+heatmap). The point is a function of the config alone (it never varies within a run), so it is not
+logged. The price: in multi-update runs g is not a step the run takes (its last update uses one
+mini-batch of it), and advantage or aggregation alternatives are compared off-policy too.
+
+Refused when the config is built (one line each, `grpo: error: ...`):
+  - with one update per step, a change that gives the same gradient at ratio 1 (`inert_at_ratio_one`);
+  - a KL change (kl_beta, kl_estimator) when the run's kl_beta is 0: no reference model is built;
+  - a KL change under --kl-placement reward: the KL there shapes the reward before the advantage, and
+    the probe reuses the run's shaped reward, so it would not reach the alternative's gradient.
 
 Cost, on the steps it runs (--counterfactual-every K): one more forward per micro-batch, shared by
 all settings, and 1 + (number of alternatives) backward passes; `time/counterfactual` records it.
@@ -31,6 +47,14 @@ LOSS_FIELDS = frozenset({
     "sapo_tau_pos", "sapo_tau_neg", "kl_cov_ratio", "kl_cov_coef", "clip_cov_ratio", "clip_cov_lb", "clip_cov_ub",
     "kl_beta", "kl_estimator", "entropy_coef", "top_entropy_quantile", "mask_truncated",
 })
+# Fields that act on the loss only through the ratio r: at r = 1 no clip bound is reached (eps > 0,
+# dual_clip > 1, delta > 1 + eps_high), SAPO's gate weighs every token 4 s (1 - s) = 1 whatever tau, and
+# KL-Cov's |log r| has zero gradient (torch's sign(0) = 0).
+RATIO_FIELDS = frozenset({"clip_eps_low", "clip_eps_high", "dual_clip", "delta", "sapo_tau_pos", "sapo_tau_neg",
+                          "kl_cov_ratio", "kl_cov_coef"})
+# Which tokens clip_cov detaches, at any ratio; no other objective reads them.
+CLIP_COV_FIELDS = frozenset({"clip_cov_ratio", "clip_cov_lb", "clip_cov_ub"})
+KL_FIELDS = frozenset({"kl_beta", "kl_estimator"})
 
 
 def parse_alternatives(spec: str) -> list[tuple[str, dict[str, str]]]:
@@ -56,12 +80,58 @@ def alternative_configs(cfg) -> list[tuple[str, object]]:
     from grpo.cli import parse_flags
     from grpo.config import TrainConfig
 
+    # The alternatives carry no alternatives of their own (their configs would check them again, forever).
+    base = dataclasses.replace(cfg, counterfactuals="", counterfactual_every=0)
     out = []
     for name, changes in parse_alternatives(cfg.counterfactuals):
         flags = [arg for field, value in changes.items() for arg in (f"--{field.replace('_', '-')}", value)]
-        alternative = parse_flags(TrainConfig, flags, "--counterfactuals", default=cfg)
-        out.append((name, dataclasses.replace(alternative, counterfactuals="", counterfactual_every=0)))
+        out.append((name, parse_flags(TrainConfig, flags, "--counterfactuals", default=base)))
     return out
+
+
+def on_policy_objective(cfg) -> str:
+    """The objective whose gradient cfg's objective takes at ratio 1. There every objective's policy term
+    has clip's gradient, -A grad logp per token (gspo's s_i, cispo's weight, sapo's gate factor are 1;
+    gmpo's geometric mean spreads -A_i over a sequence's tokens as the aggregation does), except
+    clip_cov's, which detaches its selected tokens, and gmpo's under a top-entropy selection: its
+    sequence value averages the kept tokens only, so each weighs |o_i| / |kept_i| times clip's."""
+    if cfg.objective == "clip_cov" or (cfg.objective == "gmpo" and cfg.top_entropy_quantile < 1):
+        return cfg.objective
+    return "clip"
+
+
+def inert_at_ratio_one(run, alternative, field: str) -> bool:
+    """Whether `alternative`'s value of `field` gives the gradient the run's value would give (the
+    alternative's other fields as they are) wherever the ratio is 1."""
+    if field in RATIO_FIELDS:
+        return True
+    if field in CLIP_COV_FIELDS:
+        return alternative.objective != "clip_cov"
+    if field == "objective":
+        reverted = dataclasses.replace(alternative, objective=run.objective)
+        return on_policy_objective(alternative) == on_policy_objective(reverted)
+    return False
+
+
+def check_alternatives(cfg) -> None:
+    """Raise a one-line GrpoError for an alternative of cfg.counterfactuals that cannot be compared
+    (see the module docstring); called when the config is built."""
+    updates = cfg.inner_epochs * cfg.mini_batches
+    for (_, changes), (_, alternative) in zip(parse_alternatives(cfg.counterfactuals), alternative_configs(cfg)):
+        for field, value in changes.items():
+            change = f"{field}={value}"
+            if field in KL_FIELDS and cfg.kl_beta == 0:
+                raise GrpoError(f"--counterfactuals: {change} needs the reference model, which a run with "
+                                f"--kl-beta 0 does not build")
+            if field in KL_FIELDS and cfg.kl_placement == "reward":
+                raise GrpoError(f"--counterfactuals: {change} would reshape the reward under --kl-placement "
+                                f"reward, and the probe reuses the run's shaped reward; compare KL settings under "
+                                f"--kl-placement loss")
+            if (updates == 1 and getattr(alternative, field) != getattr(cfg, field)
+                    and inert_at_ratio_one(cfg, alternative, field)):
+                raise GrpoError(f"--counterfactuals: {change} gives the same gradient as {field}={getattr(cfg, field)} "
+                                f"at ratio 1; with one update per step every ratio is 1 (set --mini-batches or "
+                                f"--inner-epochs > 1)")
 
 
 def flat_grad(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
@@ -70,8 +140,9 @@ def flat_grad(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
 
 
 def counterfactual_metrics(t, step: int, rollout, shaped_rewards: torch.Tensor, lengths: torch.Tensor,
-                           mask: torch.Tensor, ref_logp) -> dict[str, torch.Tensor]:
-    """cf/<name>/cos and cf/<name>/norm_ratio for every alternative of t.cfg.counterfactuals."""
+                           mask: torch.Tensor, ref_logp, old_logp) -> dict[str, torch.Tensor]:
+    """cf/<name>/cos and cf/<name>/norm_ratio for every alternative of t.cfg.counterfactuals, at t.policy's
+    weights now, against pi_old's log-probs old_logp [N, T] (None: pi_old is the policy now, ratio 1)."""
     from grpo.trainer import loss_kwargs, micro_batches, objective_params, rollout_logp
 
     settings = [("run", t.cfg), *alternative_configs(t.cfg)]
@@ -85,10 +156,11 @@ def counterfactual_metrics(t, step: int, rollout, shaped_rewards: torch.Tensor, 
             if cfg.top_entropy_quantile < 1 else None
         adv = advantages[rows].flatten().to(t.device)
         selected = None
-        if cfg.objective in SELECTIONS:
+        if cfg.objective in SELECTIONS:     # from pi_old's log-probs, as update_policy selects
             generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-            selected = SELECTIONS[cfg.objective](token_covariance(adv[:, None], rollout.logp, loss_mask), loss_mask,
-                                                 objective_params(cfg), generator)
+            selection_logp = rollout.logp if old_logp is None else old_logp
+            selected = SELECTIONS[cfg.objective](token_covariance(adv[:, None], selection_logp, loss_mask),
+                                                 loss_mask, objective_params(cfg), generator)
         norms = dict(num_seqs=float(dist.sum_across(torch.tensor(float(len(adv))))),
                      num_tokens=float(dist.sum_across(loss_mask.sum().cpu())), max_len=cfg.max_new_tokens)
         prepared.append((name, cfg, adv, loss_mask, keep, selected, norms))
@@ -100,7 +172,8 @@ def counterfactual_metrics(t, step: int, rollout, shaped_rewards: torch.Tensor, 
         logp, entropy = learner if needs_entropy else (learner, None)
         for name, cfg, adv, loss_mask, keep, selected, norms in prepared:
             kwargs = loss_kwargs(cfg)
-            loss, _ = policy_loss(logp, logp.detach(), None if ref_logp is None else ref_logp[micro], adv[micro],
+            pi_old = logp.detach() if old_logp is None else old_logp[micro]
+            loss, _ = policy_loss(logp, pi_old, None if ref_logp is None else ref_logp[micro], adv[micro],
                                   loss_mask[micro], cov_selected=None if selected is None else selected[micro],
                                   entropy=entropy, entropy_keep=None if keep is None else keep[micro],
                                   **norms, **kwargs)

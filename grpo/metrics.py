@@ -108,8 +108,9 @@ zero_var keys are over the step's prompts seen before, absent when there are non
                               predicted - measured averages 0; with dynamic sampling both count only
                               the groups that entered a batch)
 counterfactual gradients (every --counterfactual-every steps; <a> names an alternative of --counterfactuals)
-  cf/<a>/cos                  cosine between the alternative's full-batch on-policy gradient on this
-                              step's rollouts and the run's own, at the same weights
+  cf/<a>/cos                  cosine between the alternative's full-batch gradient on this step's
+                              rollouts and the run's own, both at the weights the step's last update
+                              starts from, ratio against pi_old (so at ratio 1 with one update a step)
   cf/<a>/norm_ratio           the alternative's gradient norm / the run's
 dynamic sampling (only with --dynamic-sampling; summed over ranks, rounds: the most any rank needed)
   dynamic/rounds              generation rounds this step needed

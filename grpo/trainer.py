@@ -35,7 +35,7 @@ from grpo.models import is_preset, load_tokenizer
 from grpo.objectives import SELECTIONS, ObjectiveParams, token_covariance, top_entropy_keep
 from grpo.policy import completion_logp, worth_sharing
 from grpo.sampler import KVCacheSampler, Rollout
-from grpo.counterfactual import alternative_configs, counterfactual_metrics
+from grpo.counterfactual import counterfactual_metrics
 from grpo.probes import difficulty_metrics, ledger_metrics, length_bias_metrics
 from grpo.tasks import PromptPool, make_task
 from grpo.timing import StageTimer
@@ -130,10 +130,6 @@ def build_trainer(cfg: TrainConfig, log=print) -> Trainer:
     # (ranks each evaluate a share of the blocks, so a data-parallel run does not).
     keeps_eval = cfg.num_warmstart_steps > 0 and dist.world_size() == 1
     eval_store = warmstart_entry(cfg, tokenizer) / "eval" if keeps_eval else None
-    if cfg.counterfactuals:
-        alternatives = alternative_configs(cfg)            # each value checked now, not at step K
-        if reference is None and any(a.kl_beta > 0 and a.kl_placement == "loss" for _, a in alternatives):
-            raise GrpoError("--counterfactuals with kl_beta > 0 needs a reference: give the run --kl-beta > 0")
     return Trainer(cfg=cfg, task=task, tokenizer=tokenizer, policy=policy, reference=reference,
                    pool=PromptPool(task, cfg.prompt_pool, cfg.seed) if cfg.prompt_pool else None,
                    optimizer=optimizer, sampler=make_sampler(cfg, policy), device=device,
@@ -220,13 +216,14 @@ def optimizer_step(t: Trainer, step: int, epoch: int) -> torch.Tensor:
 
 
 def update_policy(t: Trainer, step: int, rollout: Rollout, advantages: torch.Tensor, loss_mask: torch.Tensor,
-                  ref_logp, old_logp) -> dict:
+                  ref_logp, old_logp, before_last_update=None) -> dict:
     """Inner epochs x mini-batches (one optimizer step each) x micro-batches (gradient accumulation).
 
     Normalisers are the whole mini-batch's (over all ranks), so micro-batch losses add up exactly; the
     token selections (kl_cov / clip_cov per mini-batch from pi_old's log-probs, the top-entropy quantile
     over the step) are made before the split for the same reason. old_logp None means exactly
-    on-policy (one epoch, one mini-batch): pi_old = pi_theta detached. Returns the policy statistics
+    on-policy (one epoch, one mini-batch): pi_old = pi_theta detached. before_last_update (a probe) is
+    called once, at the weights the step's last update starts from. Returns the policy statistics
     over all epochs plus the per-epoch keys, loss and grad_norm.
     """
     cfg = t.cfg
@@ -242,6 +239,8 @@ def update_policy(t: Trainer, step: int, rollout: Rollout, advantages: torch.Ten
         epoch_stats, epoch_losses = TokenWeightedMean(), []
         order = torch.randperm(loss_mask.shape[0], generator=t.shuffle_rng).to(t.device)
         for mini_batch in order.tensor_split(cfg.mini_batches):   # exactly mini_batches pieces (chunk may give fewer)
+            if before_last_update is not None and len(grad_norms) == cfg.inner_epochs * cfg.mini_batches - 1:
+                before_last_update()
             with t.timer("train"):
                 num_seqs = float(dist.sum_across(torch.tensor(float(len(mini_batch)))))
                 num_tokens = float(dist.sum_across(loss_mask[mini_batch].sum().cpu()))
@@ -320,14 +319,18 @@ def grpo_step(t: Trainer, step: int) -> tuple[dict, list[dict]]:
         on_policy = cfg.inner_epochs == 1 and cfg.mini_batches == 1
         old_logp = None if on_policy else frozen_logp(t, t.policy, rollout)
 
-    # Probe: the gradient other settings would take on these rollouts, at the same weights.
+    # Probe: the gradient other settings would take on these rollouts, all at the weights the step's
+    # last update starts from (the step's own with one update), against pi_old.
     counterfactual = {}
-    if cfg.counterfactual_every and step % cfg.counterfactual_every == 0:
+
+    def probe() -> None:
         with t.timer("counterfactual"):
-            counterfactual = counterfactual_metrics(t, step, rollout, shaped, lengths, mask, ref_logp)
+            counterfactual.update(counterfactual_metrics(t, step, rollout, shaped, lengths, mask, ref_logp, old_logp))
 
     # 6. Inner epochs of clipped updates.
-    policy_stats = update_policy(t, step, rollout, advantages, loss_mask, ref_logp, old_logp)
+    probes = bool(cfg.counterfactual_every) and step % cfg.counterfactual_every == 0
+    policy_stats = update_policy(t, step, rollout, advantages, loss_mask, ref_logp, old_logp,
+                                 before_last_update=probe if probes else None)
 
     # 7. Metrics over the whole step's batch: pure functions of tensors at hand, one .item() each.
     with t.timer("metrics"):

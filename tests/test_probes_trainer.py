@@ -90,7 +90,8 @@ def test_counterfactual_ratios_by_hand(make_cfg, tmp_path):
 
 
 def test_counterfactuals_run_only_every_k_steps_and_change_nothing(make_cfg, tmp_path):
-    plain = make_cfg(tmp_path, **MIXED, steps=3, out_dir=str(tmp_path / "plain"))
+    """With two mini-batches, so the probe runs between the step's two updates."""
+    plain = make_cfg(tmp_path, **MIXED, steps=3, mini_batches=2, out_dir=str(tmp_path / "plain"))
     probed = dataclasses.replace(plain, counterfactual_every=2, counterfactuals="objective=gspo",
                                  out_dir=str(tmp_path / "probed"))
     warm_cache(plain)
@@ -102,6 +103,40 @@ def test_counterfactuals_run_only_every_k_steps_and_change_nothing(make_cfg, tmp
     # the probe reads the weights and draws no random numbers: the run itself is unchanged
     strip = lambda r: {k: v for k, v in without_time(r).items() if not k.startswith("cf/")}   # noqa: E731
     assert [strip(r) for r in a] == [strip(r) for r in b]
+
+
+@pytest.mark.parametrize(("mini_batches", "inner_epochs"), [(1, 1), (2, 1), (1, 2), (2, 2)])
+def test_counterfactuals_are_taken_where_the_last_update_starts(make_cfg, tmp_path, monkeypatch,
+                                                                mini_batches, inner_epochs):
+    """The probe sees the weights the step's last optimizer update starts from, and pi_old's log-probs
+    (none with one update: there the ratio is 1, and objective=gpg would be refused)."""
+    import grpo.trainer
+
+    updates = mini_batches * inner_epochs
+    cfg = make_cfg(tmp_path, **MIXED, mini_batches=mini_batches, inner_epochs=inner_epochs,
+                   counterfactual_every=1,
+                   counterfactuals="aggregation=token_mean" + (",objective=gpg" if updates > 1 else ""))
+    warm_cache(cfg)
+    t = build_trainer(cfg, **QUIET)
+    flat = lambda: torch.cat([p.detach().flatten() for p in t.policy.parameters()]).clone()   # noqa: E731
+    before_updates, probed = [], []
+    t.optimizer.register_step_pre_hook(lambda *_: before_updates.append(flat()))
+    real = grpo.trainer.counterfactual_metrics
+
+    def spy(*args):
+        probed.append((flat(), args[-1]))
+        return real(*args)
+
+    monkeypatch.setattr(grpo.trainer, "counterfactual_metrics", spy)
+    metrics, _ = grpo_step(t, 1)
+    assert len(before_updates) == updates and len(probed) == 1
+    weights, old_logp = probed[0]
+    assert torch.equal(weights, before_updates[-1])
+    assert (old_logp is None) == (updates == 1)
+    if updates > 1:     # the point has moved from pi_old: gpg, no ratio and no clip, parts from clip there
+        assert not torch.equal(weights, before_updates[0])
+        assert metrics["cf/objective=gpg/cos"] < 1 - 1e-6
+    assert metrics["cf/aggregation=token_mean/cos"] < 1 - 1e-4
 
 
 # ---------------------------------------------------------------- the rollout store
@@ -132,6 +167,10 @@ def test_store_rollouts_writes_each_step(make_cfg, tmp_path):
     (["--counterfactuals", "advantage", "--counterfactual-every", "1"], "field=value"),
     (["--counterfactual-every", "2"], "--counterfactuals"),
     (["--counterfactuals", "advantage=nope", "--counterfactual-every", "1"], "nope"),
+    (["--counterfactuals", "objective=gspo", "--counterfactual-every", "1"], "ratio 1"),
+    (["--kl-beta", "0", "--counterfactuals", "kl_estimator=k1", "--counterfactual-every", "1"], "--kl-beta 0"),
+    (["--kl-placement", "reward", "--counterfactuals", "kl_beta=0.1", "--counterfactual-every", "1"],
+     "--kl-placement reward"),
     (["--prompt-pool", "-1"], "--prompt-pool"),
     (["--digits", "0-3"], "--digits"),
 ])
