@@ -1,12 +1,18 @@
 """The sweep runner: every (arm, seed) of an experiment as a `grpo train` run of its own process, resumable.
 
     python -m experiments.<name> [--out-dir D] [--seeds N] [--steps S] [--parallel K] [--quick]
-                                 [--dry-run] [--executor local|ray] [any grpo train flag ...]
+                                 [--dry-run] [--executor local|ray] [--warmstart-seed same|per-seed]
+                                 [any grpo train flag ...]
 
 Run directories are `<out-dir>/<arm>/seed<k>`. Restarting a sweep skips finished runs, resumes
 unfinished ones (the trainer continues from its last checkpoint) and starts the rest. A failed run is
 reported with its log and does not stop the others; the sweep exits 1 if any run failed. Each run's
 output goes to `<run>/train.log`; the runs share one `<out-dir>/wandb/` so `wandb leet` browses all.
+
+What the seeds vary: the RL seed (prompts, sampling). By default every run of an arm starts from the
+one warm start its config names (`--warmstart-seed same`), so an interval over seeds is conditional on
+that warm start; `--warmstart-seed per-seed` seeds each run's warm start with its own seed (each seed
+trains, and caches, its own), so the intervals include the warm start's variance too.
 
 On Linux the local runs are forks of the sweep process, which imports torch, transformers and the
 trainer once (a `grpo train` process spends ~4 s on them; a demo run takes ~38 s). The sweep process
@@ -56,6 +62,14 @@ class Experiment:
     seeds: int = 3
     quick: dict = field(default_factory=lambda: dict(QUICK))   # overrides applied to every arm by --quick
     report_x: str = "step"           # x axis of the report's curves (samples: arms that generate more per step)
+    # arm -> one line naming where the arm deliberately departs from its paper's method (a budget, a
+    # component the harness lacks); written to sweep.json for the report's "what was run" table.
+    departures: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.departures) - set(self.arms))
+        if unknown:
+            raise GrpoError(f"experiment {self.name!r}: departures name unknown arm(s) {unknown}")
 
 
 @dataclass(eq=False)     # identity hash: runs are dict keys while they execute
@@ -110,8 +124,10 @@ def plan_runs(experiment: Experiment, out_dir: Path, seeds: list[int], overrides
         # Any grpo train flag given to the sweep applies to every arm, on top of the arm's own values.
         arm_config = parse_flags(TrainConfig, overrides["train_args"], "sweep overrides", default=arm_config)
         for seed in seeds:
+            # --warmstart-seed per-seed: each seed's own warm start (the cache keys on warmstart_seed).
+            warmstart_seed = seed if overrides.get("warmstart_seed") == "per-seed" else arm_config.warmstart_seed
             config = dataclasses.replace(
-                arm_config, seed=seed, experiment=experiment.name, arm=arm, quiet=True,
+                arm_config, seed=seed, warmstart_seed=warmstart_seed, experiment=experiment.name, arm=arm, quiet=True,
                 threads=arm_config.threads or threads, out_dir=str(out_dir / arm / f"seed{seed}"),
                 wandb_dir=str(out_dir), wandb_group=arm_config.wandb_group or experiment.name)
             if tyro.cli(TrainConfig, args=config_args(config)) != config:
@@ -306,8 +322,13 @@ def run_ray(runs: list[Run], progress) -> dict[str, int]:
     return codes
 
 
-def write_sweep_json(experiment: Experiment, out_dir: Path, runs: list[Run], seeds: list[int]) -> None:
+def write_sweep_json(experiment: Experiment, out_dir: Path, runs: list[Run], seeds: list[int],
+                     warmstart_seed: str = "same") -> None:
     """Declare the sweep in <out-dir>/sweep.json, merged with what an earlier invocation declared.
+
+    "warmstart_seed" says what the seeds vary ("same": one warm start per arm; "per-seed": each seed its
+    own, so a run's warmstart_seed is its seed and is not an arm setting); "departures" names where each
+    arm deliberately departs from its paper.
 
     `--arms a,b` or fewer `--seeds` add to the declaration instead of shrinking it (the report then still
     lists the other arms); the first invocation's provenance (created, git commit, versions) is kept and
@@ -320,12 +341,13 @@ def write_sweep_json(experiment: Experiment, out_dir: Path, runs: list[Run], see
     from grpo.tracking import git_commit
 
     base = TrainConfig()
+    per_run = ("out_dir", "seed", "experiment", "arm") + (("warmstart_seed",) if warmstart_seed == "per-seed" else ())
     arms = {arm: {k: v for k, v in dataclasses.asdict(cfg).items()
-                  if k not in ("out_dir", "seed", "experiment", "arm") and v != getattr(base, k)}
+                  if k not in per_run and v != getattr(base, k)}
             for arm, cfg in {r.arm: r.config for r in runs}.items()}
     now = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_commit": git_commit(),
            "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "grpo_lab": __version__},
-           "arms": list(arms), "seeds": seeds}
+           "arms": list(arms), "seeds": seeds, "warmstart_seed": warmstart_seed}
     path = out_dir / "sweep.json"
     try:
         previous = json.loads(path.read_text())
@@ -335,7 +357,8 @@ def write_sweep_json(experiment: Experiment, out_dir: Path, runs: list[Run], see
     info = {"experiment": experiment.name,
             "arms": {a: declared[a] for a in [*experiment.arms, *declared] if a in declared},
             "seeds": sorted(set(previous.get("seeds", [])) | set(seeds)), "budget": experiment.budget,
-            "baseline": experiment.baseline, "knob": experiment.knob,
+            "baseline": experiment.baseline, "knob": experiment.knob, "warmstart_seed": warmstart_seed,
+            "departures": {a: experiment.departures[a] for a in [*experiment.arms] if a in experiment.departures},
             "created": previous.get("created", now["at"]),
             "git_commit": previous.get("git_commit", now["git_commit"]),
             "versions": previous.get("versions", now["versions"]),
@@ -363,7 +386,17 @@ def parse_args(experiment: Experiment, argv: list[str]) -> tuple[argparse.Namesp
     parser.add_argument("--arms", type=lambda text: text.split(","), default=None,
                         help=f"comma-separated subset of the arms ({','.join(experiment.arms)})")
     parser.add_argument("--no-report", action="store_true", help="do not write the analysis report at the end")
+    parser.add_argument("--warmstart-seed", default="same", metavar="same|per-seed|N",
+                        help="same: every run starts from its arm's warm start (intervals are conditional on it); "
+                             "per-seed: each run's warm start is seeded by its seed, so the seeds vary it too; "
+                             "a number: grpo train's --warmstart-seed for every arm (as same)")
     args, train_args = parser.parse_known_args(argv)
+    if args.warmstart_seed not in ("same", "per-seed"):
+        try:
+            train_args = [*train_args, "--warmstart-seed", str(int(args.warmstart_seed))]
+        except ValueError:
+            parser.error(f"--warmstart-seed takes same, per-seed or a number, got {args.warmstart_seed!r}")
+        args.warmstart_seed = "same"
     if args.seeds < 1 or args.parallel < 1 or (args.steps is not None and args.steps < 1):
         parser.error("--seeds, --parallel and --steps must be >= 1")
     unknown = sorted(set(args.arms or ()) - set(experiment.arms))
@@ -384,9 +417,13 @@ def main(experiment: Experiment, argv: list[str] | None = None) -> int:
 def sweep(experiment: Experiment, args: argparse.Namespace, train_args: list[str]) -> int:
     seeds = list(range(args.seeds))
     runs = plan_runs(experiment, args.out_dir, seeds,
-                     {"quick": args.quick, "steps": args.steps, "train_args": train_args, "arms": args.arms},
+                     {"quick": args.quick, "steps": args.steps, "train_args": train_args, "arms": args.arms,
+                      "warmstart_seed": args.warmstart_seed},
                      args.parallel)
     if args.dry_run:
+        print(f"# warmstart_seed: {args.warmstart_seed} ("
+              + ("each run's warm start is seeded by its seed" if args.warmstart_seed == "per-seed"
+                 else "every run of an arm starts from the arm's warm start") + ")")
         for run in runs:
             print(shlex.join(["grpo", "train", *config_args(run.config)]))
         return 0
@@ -413,7 +450,7 @@ def sweep(experiment: Experiment, args: argparse.Namespace, train_args: list[str
 
     if ggufs and (code := isolated(convert)):
         return code
-    write_sweep_json(experiment, args.out_dir, runs, seeds)
+    write_sweep_json(experiment, args.out_dir, runs, seeds, args.warmstart_seed)
     todo = [r for r in runs if run_status(r) != "finished"]
     print(f"{experiment.name}: {len(runs)} runs ({len(runs) - len(todo)} already finished) in {args.out_dir}; "
           f"{args.parallel} at a time, logs in <run>/train.log", flush=True)

@@ -173,7 +173,7 @@ class TrainConfig:
     micro_batch_size: int | None = None
     """Completions per forward/backward (gradient accumulation); changes results only by float rounding. Completions of like length share one and it runs only to its longest, so smaller ones compute less padding after EOS. Unset: 16 for a preset model, 4 for a pretrained one (SmolLM2-135M: ~1.3 GB of activations and logits per 4 completions of 128 tokens)."""
     lr: float = 1e-4
-    """AdamW learning rate."""
+    """AdamW learning rate; 0 freezes the policy (a null run for calibrating probes)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
@@ -253,7 +253,8 @@ class TrainConfig:
             (self.prompts_per_step >= 1, f"--prompts-per-step must be >= 1, got {self.prompts_per_step}"),
             (self.max_new_tokens >= 1, f"--max-new-tokens must be >= 1, got {self.max_new_tokens}"),
             (math.isfinite(self.temperature) and self.temperature > 0, f"--temperature must be > 0, got {self.temperature}"),
-            (math.isfinite(self.lr) and self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            # lr 0 is a frozen policy: the null run a probe is calibrated on (AdamW then moves no weight).
+            (math.isfinite(self.lr) and self.lr >= 0, f"--lr must be a finite number >= 0, got {self.lr}"),
             (self.adv_eps > 0, f"--adv-eps must be > 0, got {self.adv_eps}"),
             (self.max_grad_norm > 0, f"--max-grad-norm must be > 0, got {self.max_grad_norm}"),
             (self.warmstart_steps is None or self.warmstart_steps >= 0,

@@ -2,14 +2,16 @@
 and its wandb mirror, the progress bar, and the summary a failure leaves behind.
 
 `train(cfg)` is what `grpo train` calls. Resuming loads the newest readable checkpoint (a corrupt one
-is skipped with a warning naming it), truncates metrics.jsonl to its step and recomputes the rest,
-which reproduces the same lines: the RNG streams of every rank travel in the checkpoint.
+is skipped with a warning naming it), truncates metrics.jsonl to its step, deletes the stored rollout
+files (--store-rollouts) of the steps after it, and recomputes the rest, which reproduces the same lines:
+the RNG streams of every rank travel in the checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 
@@ -24,6 +26,8 @@ from grpo.tracking import RunStore, WandbMirror, progress_bar, read_summary
 from grpo.trainer import Trainer, build_trainer, grpo_step, resolve_device
 
 RNG_STREAMS = ("prompt", "shuffle", "sample", "resample")
+# A stored rollout file, <run>/rollouts/step_<n>_rank<r>.safetensors, or its temporary form before the rename.
+ROLLOUT_NAME = re.compile(r"step_(\d+)_rank(\d+)\.(safetensors|tmp)")
 
 
 def warn(message: str) -> None:
@@ -61,6 +65,7 @@ def restore(t: Trainer, store: RunStore | None, warn=lambda message: None) -> in
     if state is None:
         if store:
             store.truncate_after(-1)
+            prune_rollouts(t.cfg.run_dir, 0)
         return 0
     if state["step"] > t.cfg.steps:
         raise GrpoError(f"{t.cfg.run_dir} already has a checkpoint at step {state['step']}, past --steps {t.cfg.steps}")
@@ -79,7 +84,19 @@ def restore(t: Trainer, store: RunStore | None, warn=lambda message: None) -> in
     t.ledger = {int(k): (float(rate), int(visits)) for k, (rate, visits) in state.get("ledger", {}).items()}
     if store:
         store.truncate_after(state["step"])   # lines after the checkpoint are recomputed identically
+        prune_rollouts(t.cfg.run_dir, state["step"])
     return state["step"]
+
+
+def prune_rollouts(run_dir, step: int) -> None:
+    """Delete every rank's stored rollout files of steps > `step`, as metrics.jsonl is truncated: a
+    resume that stops short of them (fewer --steps, or killed again) would leave `grpo rescore` steps
+    the run never logged. Rank 0 does it for all ranks before any of them steps again."""
+    folder = run_dir / "rollouts"
+    for path in folder.iterdir() if folder.is_dir() else []:
+        match = ROLLOUT_NAME.fullmatch(path.name)
+        if match and int(match[1]) > step:
+            path.unlink(missing_ok=True)
 
 
 def write_step_record(t: Trainer, run_dir, store: RunStore | None) -> None:
@@ -93,7 +110,7 @@ def write_step_record(t: Trainer, run_dir, store: RunStore | None) -> None:
         meta = record["rollout_meta"]
         folder = run_dir / "rollouts"
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"step_{meta['step']:06d}_rank{meta['rank']}.safetensors"
+        path = folder / f"step_{meta['step']:06d}_rank{meta['rank']}.safetensors"     # ROLLOUT_NAME
         tensors = {k: v.detach().cpu().clone() for k, v in record["rollout"].items()}   # no shared storage
         tmp = path.with_suffix(".tmp")
         save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta)})

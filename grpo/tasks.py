@@ -7,6 +7,7 @@ whose in-context example already contains an answer).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Literal, Protocol
 
@@ -31,6 +32,8 @@ class Example:
     question: str = ""          # the problem in words, for a real model's chat template
     difficulty: str = ""        # the example's difficulty level ("d2"), "" when the task has none
     index: int = -1             # the problem's number within its task (stable across runs)
+    identity: str = ""          # the problem up to what leaves it the same problem (arithmetic: sorted
+                                # operands, "3+5" for 5+3); "" when each index is its own problem
 
 
 # One-shot prompting (--worked-example): a solved problem shown before the real one, in the tag format.
@@ -113,8 +116,12 @@ class Arithmetic:
     --digits 1-3 mixes 1-, 2- and 3-digit sums in equal shares (1-digit numbers are 0-9, d-digit ones
     10^(d-1) .. 10^d - 1); each example carries its level's label ("d2"; "d2x3" when the operand count
     varies too). A level's problems are numbered 0 .. count^operands - 1, and an example's `index` is
-    unique across levels (the per-prompt ledger keys on it). Each level holds out its own eval problems
-    (half of a level smaller than twice its share), and training never draws them.
+    unique across levels (the per-prompt ledger keys on it).
+
+    A problem's identity is its canonical form, the sorted multiset of its operands (`canonical`): 3+5
+    and 5+3 are one problem, since the sum commutes. Each level holds out its own eval problems, distinct
+    canonical forms (half of a level's forms when it has fewer than twice its share: 27 of the 55 one-digit
+    pairs), and training never draws any ordering of one. Defaults (--digits 1-3): 27 + 200 + 200 = 427.
 
     The completion is `<think>scratchpad</think><answer>sum</answer>`. The scratchpad adds column by
     column from the units, writing a carry only when there is one ("7+5=12 4+8+1=13" for 47+85). Its
@@ -126,7 +133,9 @@ class Arithmetic:
 
     name = "arithmetic"
     num_eval = 600            # held-out problems, spread evenly over the levels
-    warmstart_steps = 300     # greedy held-out d1 .90, d2 .82, d3 .51; sampled at T=1 .81, .61, .24: room for RL
+    # Greedy held-out accuracy after it (defaults, 1 thread, 2026-12-06): .79 (d1 .78, d2 .86, d3 .73) with
+    # --warmstart-seed 0, .45 (.78, .64, .22) with 1: partial, room for RL, and far apart by warm-start seed.
+    warmstart_steps = 300
 
     def __init__(self, digits: str = "2", operands: str = "2") -> None:
         self.tokenizer = char_tokenizer(ARITHMETIC_CHARS)
@@ -139,8 +148,9 @@ class Arithmetic:
         self.offsets = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
         generator = torch.Generator().manual_seed(1234)
         per_level = self.num_eval // len(self.levels)
-        self.held_out = [self._distinct(size, min(per_level, size // 2), generator) for size in self.sizes]
-        self._held_out_sets = [set(held) for held in self.held_out]
+        self.held_out = [self._distinct(level, min(per_level, self._forms(level) // 2), generator)
+                         for level in range(len(self.levels))]
+        self._held_out_forms = [{self.canonical(level, n) for n in held} for level, held in enumerate(self.held_out)]
         # Round-robin over the levels, so the first n eval prompts cover every level alike.
         self._eval = [self._example(level, held[i]) for i in range(max(map(len, self.held_out)))
                       for level, held in enumerate(self.held_out) if i < len(held)]
@@ -149,15 +159,24 @@ class Arithmetic:
     def _count(digits: int) -> int:
         return 10 if digits == 1 else 9 * 10 ** (digits - 1)
 
-    @staticmethod
-    def _distinct(size: int, n: int, generator) -> list[int]:
-        """n distinct problem numbers below size, drawn with generator (a permutation when size is small)."""
-        if size <= 100_000:
-            return torch.randperm(size, generator=generator)[:n].tolist()
-        chosen: dict[int, None] = {}
+    def _forms(self, level: int) -> int:
+        """Canonical forms of a level: multisets of `operands` numbers out of `count`, C(count + k - 1, k)."""
+        digits, operands = self.levels[level]
+        return math.comb(self._count(digits) + operands - 1, operands)
+
+    def canonical(self, level: int, number: int) -> tuple[int, ...]:
+        """The problem's identity: its operands sorted (a sum is the same problem in any order)."""
+        return tuple(sorted(self.operands_of(level, number)))
+
+    def _distinct(self, level: int, n: int, generator) -> list[int]:
+        """n problem numbers of `level` with distinct canonical forms, drawn with generator (from a
+        permutation when the level is small), each in the order it was drawn."""
+        size, chosen = self.sizes[level], {}
+        numbers = iter(torch.randperm(size, generator=generator).tolist()) if size <= 100_000 else None
         while len(chosen) < n:
-            chosen[int(torch.randint(size, (), generator=generator))] = None
-        return list(chosen)
+            number = next(numbers) if numbers is not None else int(torch.randint(size, (), generator=generator))
+            chosen.setdefault(self.canonical(level, number), number)
+        return list(chosen.values())
 
     def operands_of(self, level: int, number: int) -> list[int]:
         digits, count = self.levels[level]
@@ -168,15 +187,17 @@ class Arithmetic:
         terms = self.operands_of(level, number)
         text = "+".join(map(str, terms))
         return Example(prompt=f"<bos>{text}=", answer=str(sum(terms)), question=f"What is {text}?",
-                       difficulty=self.labels[level], index=self.offsets[level] + number)
+                       difficulty=self.labels[level], index=self.offsets[level] + number,
+                       identity="+".join(map(str, sorted(terms))))
 
     def sample(self, generator: torch.Generator, n: int) -> list[Example]:
-        """n training problems: a level uniformly, then a problem of it that is not held out."""
+        """n training problems: a level uniformly, then a problem of it whose canonical form (any
+        ordering of its operands) is not held out."""
         out = []
         for _ in range(n):
             level = int(torch.randint(len(self.levels), (), generator=generator))
             number = int(torch.randint(self.sizes[level], (), generator=generator))
-            while number in self._held_out_sets[level]:     # redraw within the level: its share stays 1/L
+            while self.canonical(level, number) in self._held_out_forms[level]:   # redraw within the level
                 number = int(torch.randint(self.sizes[level], (), generator=generator))
             out.append(self._example(level, number))
         return out
@@ -310,7 +331,8 @@ def make_task(cfg) -> Task:
 class PromptPool:
     """--prompt-pool N: N fixed training problems, visited in epochs, as a data set like GSM8K is.
 
-    The pool is the same for every seed and arm (drawn once with a fixed generator, distinct problems).
+    The pool is the same for every seed and arm (drawn once with a fixed generator, distinct problems:
+    no two share an `identity`).
     Epoch e visits it in the order of a permutation drawn from (seed, e); the prompts of a step are the
     next ones in that sequence, so the stream is a function of (seed, step) alone: arms pair, and a
     resumed run continues where it stopped without any state of its own.
@@ -321,7 +343,8 @@ class PromptPool:
         chosen: dict[object, Example] = {}
         for _ in range(100 * size):                    # a task smaller than the pool ends the search
             for example in task.sample(generator, 1):
-                chosen.setdefault((example.index, example.prompt, example.question), example)
+                # Distinct problems: 3+5 and 5+3 are one (identity), else one per index.
+                chosen.setdefault(example.identity or (example.index, example.prompt, example.question), example)
             if len(chosen) == size:
                 break
         if len(chosen) < size:

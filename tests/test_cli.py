@@ -38,6 +38,9 @@ def snapshot(run_dir: Path) -> dict[str, tuple[bytes, int]]:
     ("--steps", "0"),
     ("--temperature", "0"),
     ("--max-new-tokens", "0"),
+    ("--lr", "-1e-4"),
+    ("--lr", "nan"),
+    ("--lr", "inf"),
 ])
 def test_bad_value_is_one_line_naming_the_flag(make_cfg, tmp_path, capsys, flag, value):
     code = main(["train", *tiny_flags(make_cfg, tmp_path), flag, value])

@@ -300,3 +300,34 @@ def test_help_says_objective_changes_nothing(capsys):
         main(["rescore", "--help"])
     assert exit_info.value.code == 0
     assert "--objective changes no recomputed value" in " ".join(capsys.readouterr().out.split())
+
+
+# ---------------------------------------------------------------- a resumed run's stored rollouts
+
+def test_resume_deletes_the_rollouts_of_steps_after_the_checkpoint(tmp_path, capsys, monkeypatch):
+    """Killed after step 4's rollouts were written (newest checkpoint: step 2), then resumed to 3 steps:
+    metrics.jsonl is cut back to step 2 and recomputed to 3, so step 4's rollout file must go too, or
+    rescore would emit a step the run never logged."""
+    import grpo.runner as runner_module
+
+    cfg = TrainConfig(**{**SMALL_CONFIG, **MIXED, "steps": 4, "save_every": 2, "store_rollouts": True,
+                         "out_dir": str(tmp_path / "run")})
+    save_checkpoint = runner_module.save_checkpoint
+
+    def killed_at_step_4(run_dir, step, *args, **kwargs):
+        if step == 4:
+            raise KeyboardInterrupt          # after step 4's metrics line and rollout file, before its checkpoint
+        return save_checkpoint(run_dir, step, *args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "save_checkpoint", killed_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, log=lambda *_: None)
+    rollouts = cfg.run_dir / "rollouts"
+    assert sorted(p.name for p in rollouts.iterdir()) == [f"step_{s:06d}_rank0.safetensors" for s in (1, 2, 3, 4)]
+
+    monkeypatch.setattr(runner_module, "save_checkpoint", save_checkpoint)
+    assert train(TrainConfig(**{**cfg.to_dict(), "steps": 3}), log=lambda *_: None)["status"] == "finished"
+    logged = sorted(set(read_records(cfg.run_dir)) - {0})
+    assert logged == [1, 2, 3]
+    assert sorted(p.name for p in rollouts.iterdir()) == [f"step_{s:06d}_rank0.safetensors" for s in logged]
+    assert sorted(read_records(rescore([cfg.run_dir], capsys))) == logged

@@ -60,10 +60,57 @@ def test_overrides_apply_to_every_arm_and_bad_ones_are_refused(tmp_path):
 def test_dry_run_prints_one_command_per_run_and_runs_nothing(tmp_path):
     out = subprocess.run([sys.executable, "-m", "experiments.inner_epochs", "--dry-run", "--seeds", "2",
                           "--out-dir", str(tmp_path / "sweep")], capture_output=True, text=True, check=True)
-    lines = out.stdout.strip().splitlines()
+    header, *lines = out.stdout.strip().splitlines()
+    assert header.startswith("# warmstart_seed: same ")
     assert len(lines) == 3 * 2 and all(line.startswith("grpo train ") for line in lines)
     assert "--inner-epochs 4" in out.stdout
     assert not (tmp_path / "sweep").exists()
+
+
+# ---------------------------------------------------------------- what the seeds vary
+
+def test_warmstart_seed_per_seed_gives_each_seed_its_own_warm_start(tmp_path):
+    from experiments.sweep import write_sweep_json
+    from grpo.tasks import make_task
+    from grpo.warmstart import warmstart_entry
+
+    plan = {"quick": True, "steps": None, "train_args": ["--warmstart-seed", "7"]}
+    same = plan_runs(kl_beta.EXPERIMENT, tmp_path, [0, 1, 2], plan, 1)
+    assert {r.config.warmstart_seed for r in same} == {7}                       # the arm's value, every seed
+    per_seed = plan_runs(kl_beta.EXPERIMENT, tmp_path, [0, 1, 2], {**plan, "warmstart_seed": "per-seed"}, 1)
+    assert all(r.config.warmstart_seed == r.seed for r in per_seed)
+    assert all(tyro.cli(TrainConfig, args=config_args(r.config)) == r.config for r in per_seed)
+    # three seeds, three warm starts in the cache (it keys on warmstart_seed); one with "same"
+    entries = {warmstart_entry(r.config, make_task(r.config).tokenizer) for r in per_seed}
+    assert len(entries) == 3
+    assert len({warmstart_entry(r.config, make_task(r.config).tokenizer) for r in same}) == 1
+
+    write_sweep_json(kl_beta.EXPERIMENT, tmp_path, per_seed, [0, 1, 2], "per-seed")
+    declared = json.loads((tmp_path / "sweep.json").read_text())
+    assert declared["warmstart_seed"] == "per-seed"
+    assert all("warmstart_seed" not in fields for fields in declared["arms"].values())   # a run's, not an arm's
+    write_sweep_json(kl_beta.EXPERIMENT, tmp_path / "same", same, [0, 1, 2])
+    assert json.loads((tmp_path / "same" / "sweep.json").read_text())["warmstart_seed"] == "same"
+
+
+def test_dry_run_shows_the_warmstart_seed_choice(tmp_path):
+    def dry(*flags: str) -> list[str]:
+        out = subprocess.run([sys.executable, "-m", "experiments.kl_beta", "--dry-run", "--seeds", "2", "--arms",
+                              "beta0", "--out-dir", str(tmp_path / "sweep"), *flags],
+                             capture_output=True, text=True, check=True)
+        return out.stdout.strip().splitlines()
+
+    header, seed0, seed1 = dry("--warmstart-seed", "per-seed")
+    assert header.startswith("# warmstart_seed: per-seed ")
+    assert "--warmstart-seed" not in seed0 and "--seed 1 " in seed1 and "--warmstart-seed 1" in seed1
+    header, seed0, seed1 = dry()
+    assert header.startswith("# warmstart_seed: same ") and "--warmstart-seed" not in seed0 + seed1
+    header, seed0, seed1 = dry("--warmstart-seed", "5")                 # a number: grpo train's flag, every run
+    assert header.startswith("# warmstart_seed: same ")
+    assert "--warmstart-seed 5" in seed0 and "--warmstart-seed 5" in seed1
+    bad = subprocess.run([sys.executable, "-m", "experiments.kl_beta", "--dry-run", "--warmstart-seed", "each"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--warmstart-seed" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def _finished(sweep: Path) -> list[Path]:
@@ -232,3 +279,75 @@ def test_forked_runs_use_several_threads_after_the_sweep_built_warm_starts(tmp_p
     assert "2 supervised steps" in out.stdout                 # the warm start was built before the runs
     assert sorted(_finished(sweep)) == [sweep / "beta0" / "seed0", sweep / "beta0.1" / "seed0"]
     assert json.loads((sweep / "beta0" / "seed0" / "config.json").read_text())["threads"] == 2
+
+
+# ---------------------------------------------------------------- each arm is its paper's method
+
+# What each paper defines, as we read it (the experiment modules' docstrings cite them): every field an arm
+# sets away from the shared base TrainConfig(mini_batches=4). GRPO (Shao et al. 2024) is the base itself:
+# std-normalised advantage, clip 0.2, seq_mean_token_mean, k3 KL at beta 0.04.
+NO_KL = {"kl_beta": 0.0}
+PAPER_CHOICES = {
+    "clip": {},
+    # DAPO: clip-higher 0.2 / 0.28, token-level loss, soft overlong punishment over the last fifth of the
+    # budget (4096 of 20480) down to -1, dynamic sampling, KL removed (its section 2.3).
+    "dapo": {"clip_eps_high": 0.28, "aggregation": "token_mean", "overlong_buffer": 13, "dynamic_sampling": True,
+             **NO_KL},
+    # Dr. GRPO: no std, token sums over a constant (the max length), no KL.
+    "dr_grpo": {"advantage": "dr_grpo", "aggregation": "seq_mean_token_sum_norm", **NO_KL},
+    # GSPO: sequence ratio clipped at 3e-4 / 4e-4, sequence-level mean, std-normalised advantage, no KL.
+    "gspo": {"objective": "gspo", "clip_eps_low": 3e-4, "clip_eps_high": 4e-4, **NO_KL},
+    # CISPO: 1 / sum |o_i| (token_mean), the IS weight unbounded below (0.99: the largest eps_low allows), no KL.
+    "cispo": {"objective": "cispo", "clip_eps_low": 0.99, "clip_eps_high": 0.28, "aggregation": "token_mean", **NO_KL},
+    # SAPO: tau_pos 1.0, tau_neg 1.05 (the defaults), sequence mean of token means, no KL.
+    "sapo": {"objective": "sapo", **NO_KL},
+    # GMPO: log-space clip (e^-0.4, e^0.4), no KL.
+    "gmpo": {"objective": "gmpo", "clip_eps_low": 0.4, "clip_eps_high": 0.4, **NO_KL},
+    # GPG: the GPG advantage (no std, rescaled by the share of groups with signal), 1 / sum |o_i|, no KL.
+    "gpg": {"objective": "gpg", "advantage": "gpg", "aggregation": "token_mean", **NO_KL},
+}
+
+
+def set_fields(config: TrainConfig, base: TrainConfig) -> dict:
+    return {k: v for k, v in config.to_dict().items() if v != getattr(base, k)}
+
+
+def test_each_objectives_arm_is_its_papers_method():
+    base = TrainConfig(mini_batches=4)
+    assert objectives.EXPERIMENT.base == base
+    assert set(objectives.EXPERIMENT.arms) == set(PAPER_CHOICES)
+    for arm, config in objectives.EXPERIMENT.arms.items():
+        assert set_fields(config, base) == PAPER_CHOICES[arm], arm
+    assert base.kl_beta == 0.04 and base.clip_eps_low == base.clip_eps_high == 0.2 and base.advantage == "grpo"
+
+
+def test_dapo_ladder_adds_one_component_per_rung_in_table_1_order_without_kl():
+    # DAPO's table 1: naive GRPO, + overlong filtering, + clip-higher, + soft overlong punishment,
+    # + token-level loss, + dynamic sampling. KL is off on every rung (DAPO removes it).
+    added = [("baseline", {}), ("overlong_filter", {"mask_truncated": True}),
+             ("clip_higher", {"clip_eps_high": 0.28}), ("overlong", {"overlong_buffer": 13}),
+             ("token_level", {"aggregation": "token_mean"}), ("dynamic", {"dynamic_sampling": True})]
+    arms = dapo.EXPERIMENT.arms
+    assert list(arms) == [name for name, _ in added]
+    assert set_fields(arms["baseline"], TrainConfig(mini_batches=4)) == NO_KL
+    for (before, _), (after, fields) in zip(added, added[1:]):
+        assert set_fields(arms[after], arms[before]) == fields, after
+    assert {c.kl_beta for c in arms.values()} == {0.0} and {c.overlong_penalty for c in arms.values()} == {1.0}
+
+
+def test_departures_are_declared_per_arm_and_written_to_sweep_json(tmp_path):
+    from experiments.sweep import Experiment, write_sweep_json
+    from grpo import GrpoError
+
+    for experiment in (objectives.EXPERIMENT, dapo.EXPERIMENT):
+        assert experiment.departures and set(experiment.departures) <= set(experiment.arms)
+        assert all(line and "\n" not in line for line in experiment.departures.values())
+    assert set(objectives.EXPERIMENT.departures) == {"dapo", "cispo", "gpg"}
+    assert set(dapo.EXPERIMENT.departures) == {"dynamic"}
+    runs = plan_runs(objectives.EXPERIMENT, tmp_path, [0], {"quick": True, "steps": None, "train_args": [],
+                                                            "arms": ["clip", "gpg"]}, 1)
+    write_sweep_json(objectives.EXPERIMENT, tmp_path, runs, [0])
+    assert json.loads((tmp_path / "sweep.json").read_text())["departures"] == objectives.EXPERIMENT.departures
+    with pytest.raises(GrpoError, match="unknown arm"):
+        Experiment(name="x", base=TrainConfig(), arms={"a": TrainConfig()}, budget="", baseline="a",
+                   departures={"b": "not an arm"})

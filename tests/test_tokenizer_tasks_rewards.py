@@ -12,7 +12,7 @@ import torch
 from grpo.rewards import (REWARDS, answers_match, correct_reward, extract_answer, format_partial_reward, format_reward,
                           response_text, score)
 from grpo.sampler import completion_mask, decode_completions, encode_prompts
-from grpo.tasks import TASKS, Arithmetic, Example, SeedTokens
+from grpo.tasks import TASKS, Arithmetic, Example, PromptPool, SeedTokens
 
 # ---------------------------------------------------------------- tokenizers
 
@@ -104,12 +104,50 @@ def test_arithmetic_eval_split_is_disjoint_from_training_draws(digits, operands)
     assert max(counts) - min(counts) < 0.1 * len(drawn) / len(counts)
 
 
+def operand_multiset(example: Example) -> tuple[int, ...]:
+    """The problem's canonical form, read from its prompt text: "<bos>5+3=" -> (3, 5)."""
+    return tuple(sorted(int(x) for x in example.prompt.removeprefix("<bos>").rstrip("=").split("+")))
+
+
+ARITHMETIC_OPTIONS = [("1-3", "2"), ("1", "2"), ("2", "2"), ("3", "2"), ("1-2", "2-3"), ("1", "3"), ("1", "4"),
+                      ("4-6", "3")]
+
+
+@pytest.mark.parametrize(("digits", "operands"), ARITHMETIC_OPTIONS)
+def test_no_training_problem_is_a_held_out_one_reordered(digits, operands):
+    """A sum is the same problem in any operand order: no training draw, and no --prompt-pool problem,
+    is a held-out problem with its operands permuted (old code: 3+5 held out, 5+3 trained on)."""
+    task = Arithmetic(digits, operands)
+    held_out = [operand_multiset(e) for e in task.eval_examples()]
+    assert len(set(held_out)) == len(held_out)                          # no held-out problem twice either
+    drawn = task.sample(torch.Generator().manual_seed(3), 20_000)
+    assert not {operand_multiset(e) for e in drawn} & set(held_out)
+    pool = PromptPool(task, 20, seed=0).examples
+    assert not {operand_multiset(e) for e in pool} & set(held_out)
+    assert len({operand_multiset(e) for e in pool}) == 20               # 20 distinct problems, not orderings
+
+
+def test_one_digit_pairs_split_by_canonical_form():
+    """--digits 1: 55 pairs up to order (C(10 + 1, 2)), 27 of them held out, so training has the other 28,
+    and a prompt pool of 29 distinct problems cannot be filled."""
+    task = Arithmetic("1")
+    assert len(task.eval_examples()) == 27
+    trained = {operand_multiset(e) for e in task.sample(torch.Generator().manual_seed(0), 5_000)}
+    assert len(trained) == 28
+    assert len(PromptPool(task, 28, seed=0).examples) == 28
+    from grpo import GrpoError
+
+    with pytest.raises(GrpoError, match="exceeds the 28 distinct"):
+        PromptPool(task, 29, seed=0)
+
+
 def test_arithmetic_levels_by_hand():
-    """--digits 1-3: 1-digit numbers are 0-9 (100 sums, half held out), 2-digit 10-99, 3-digit 100-999."""
+    """--digits 1-3: 1-digit numbers are 0-9 (100 sums, 55 up to order, 27 of those held out), 2-digit
+    10-99, 3-digit 100-999."""
     task = Arithmetic("1-3")
     assert task.labels == ["d1", "d2", "d3"]
     assert task.sizes == [10 * 10, 90 * 90, 900 * 900]
-    assert [len(h) for h in task.held_out] == [50, 200, 200]           # 600 // 3 = 200, capped at 100 // 2
+    assert [len(h) for h in task.held_out] == [27, 200, 200]           # 600 // 3 = 200, capped at 55 // 2
     first = task.eval_examples()[:3]                                    # round-robin over the levels
     assert [e.difficulty for e in first] == ["d1", "d2", "d3"]
     example = task._example(1, 0)                                       # level d2, problem 0: 10 + 10

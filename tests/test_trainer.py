@@ -280,6 +280,18 @@ def test_different_seed_gives_different_rollouts(make_cfg, tmp_path):
     assert (tmp_path / "s0" / "samples.jsonl").read_text() != (tmp_path / "s1" / "samples.jsonl").read_text()
 
 
+def test_lr_zero_leaves_the_weights_unchanged(make_cfg, tmp_path):
+    """--lr 0 is a frozen policy (a probe's null run): two steps with gradients, two epochs of two
+    mini-batches each and weight decay move no weight at all (AdamW scales both by lr)."""
+    cfg = make_cfg(tmp_path, **MIXED, steps=2, lr=0.0, weight_decay=0.1, inner_epochs=2, mini_batches=2)
+    t = build_trainer(cfg, **QUIET)
+    before = {name: p.detach().clone() for name, p in t.policy.named_parameters()}
+    norms = [grpo_step(t, step)[0]["grad_norm"] for step in (1, 2)]
+    assert max(norms) > 0          # there was a gradient to follow: lr 1e-4 would have moved the weights
+    for name, p in t.policy.named_parameters():
+        assert torch.equal(p.detach(), before[name]), name
+
+
 # ---------------------------------------------------------------- kill and resume
 
 # Runs `grpo train` but blocks forever right after the metrics line of step BLOCK_AT is written:
