@@ -6,7 +6,8 @@ Keys read (their meanings are defined once, where the trainer computes them):
   cf/<name>/{cos,norm_ratio}  every K steps only (NaN between); <name> may hold '=', ',' and '/'
 A key is split on its first and last '/', so the middle part is the level or the alternative's name.
 A run's value is its mean over training steps (step >= 1); seeds are then summarised with
-`aggregate.across_seeds` (mean, 95% t-interval) or paired by seed with `aggregate.paired_differences`.
+`aggregate.across_seeds` (mean, 95% t-interval) or paired by seed (`paired_values`) and tested as a family
+with `aggregate.family_verdicts` (Holm).
 """
 
 from __future__ import annotations
@@ -64,13 +65,14 @@ def arm_pairs(df: pd.DataFrame, field: str, first: str, second: str) -> list[tup
             and all(_same(values.at[a, c], values.at[b, c]) for c in others)]
 
 
-def paired_difference(per_run: pd.DataFrame, column: str, arm: str, baseline: str) -> pd.Series | None:
-    """Row of `aggregate.paired_differences` for `arm` - `baseline` in a per-run column (diff, diff_lo,
-    diff_hi, n_pairs); None when the two arms share no seed with a value."""
+def paired_values(per_run: pd.DataFrame, column: str, arm: str, baseline: str) -> np.ndarray:
+    """`arm` - `baseline` in a per-run column, one value per seed both have a value for (in seed order);
+    empty when they share none."""
     runs = per_run.loc[per_run["arm"].isin([arm, baseline]), [*agg.RUN_KEYS, column]].dropna()
-    diffs = agg.paired_differences(runs.rename(columns={column: "score"}), baseline)
-    diffs = diffs[diffs["arm"] == arm]
-    return diffs.iloc[0] if len(diffs) else None
+    wide = runs.pivot_table(index=["experiment", "seed"], columns="arm", values=column)
+    if arm not in wide or baseline not in wide:
+        return np.array([])
+    return (wide[arm] - wide[baseline]).dropna().to_numpy(dtype=float)
 
 
 # ----- difficulty levels -----

@@ -1,6 +1,6 @@
 """Write report.md and report.html for one or more sweeps: what ran, final scores with CIs, figures.
 
-    python -m analysis.report <sweep-dir>... [--out DIR] [--x step|samples|tokens]
+    python -m analysis.report <sweep-dir>... [--out DIR] [--x step|samples|tokens] [--effect POINTS]
 
 The report is assembled as a list of blocks (heading, paragraph, list, table, figure) and rendered
 twice: Markdown with figures linked, and self-contained HTML with the PNGs embedded as base64.
@@ -27,9 +27,11 @@ from analysis import figures as fig
 from analysis import probe_captions as probe_cap
 from analysis import probe_figures as probe_fig
 from analysis import probes
+from analysis import verdicts
 from analysis.captions import Context
 from analysis.render import render_html, render_markdown
-from analysis.load import AnalysisError, AnalysisWarning, load_runs, load_statuses, load_sweep_specs
+from analysis.load import (AnalysisError, AnalysisWarning, load_run_field, load_runs, load_statuses,
+                           load_sweep_specs)
 
 # Below this many seeds the t quantile is large (t_{0.975,n-1} >= 3.18, against 1.96 for many seeds):
 # the intervals keep their coverage but are wide, and lean on the scores being roughly normal.
@@ -45,7 +47,24 @@ def _has(*columns: str) -> Callable[[pd.DataFrame, Context], bool]:
 
 
 def _knob_varies(df: pd.DataFrame, ctx: Context) -> bool:
-    return ctx.knob is not None and agg.final_scores(df, ctx.metric, ctx.window)["arm"].nunique() >= 2
+    return ctx.knob is not None and cap.run_scores(df, ctx)["arm"].nunique() >= 2
+
+
+def is_rescored(arms: pd.Series) -> pd.Series:
+    """Arms `grpo rescore` wrote ('<arm>@<name>'): they share their run's rollouts, so they were not trained."""
+    return arms.astype(str).str.contains("@", regex=False)
+
+
+# A budget line that starts by naming samples or tokens holds compute fixed: score at matched compute.
+_COMPUTE_BUDGET = re.compile(r"\s*(?:generated |completion )?(samples|tokens)\b")
+
+
+def matched_axis(budget: str | None, x: str) -> str | None:
+    """'samples' or 'tokens' when the report's x axis is one, or the budget held fixed is; else None."""
+    if x in ("samples", "tokens"):
+        return x
+    match = _COMPUTE_BUDGET.match(budget or "")
+    return match.group(1) if match else None
 
 
 @dataclass(frozen=True)
@@ -57,6 +76,7 @@ class FigureSpec:
     when: Callable[[pd.DataFrame, Context], bool]
     build: Callable[[pd.DataFrame, Context], object]
     caption: Callable[[pd.DataFrame, Context], str]
+    rescored: bool = False  # shows rescored arms: probes on the same rollouts, not outcomes of training
 
 
 LATE = "over the last 10% of steps"
@@ -89,7 +109,8 @@ FIGURES = [
                lambda df, c: "len/mean: completion tokens per sampled completion, EOS included, truncated ones at "
                f"--max-new-tokens (curves EMA-smoothed); {LATE}: {cap.arm_text(df, ['len/mean'], c, digits=1)}."),
     FigureSpec("final_vs_knob", "Final score against the ablated knob", _knob_varies,
-               lambda df, c: fig.final_vs_knob(df, c.knob, c.metric, c.window, c.order), cap.caption_knob),
+               lambda df, c: fig.final_vs_knob(df, c.knob, c.metric, c.window, c.order, cap.run_scores(df, c)),
+               cap.caption_knob),
     FigureSpec("zero_variance", "Groups without signal",  # the bars; the two markers are optional
                _has("zero_var/frac", "zero_var/all_correct_frac", "zero_var/all_wrong_frac"),
                lambda df, c: fig.zero_variance(df, order=c.order), cap.caption_zero_variance),
@@ -116,12 +137,13 @@ FIGURES = [
                f"the round limit was hit: {cap.arm_text(df, ['dynamic/filled_groups'], c, digits=2, late=False)}."),
     FigureSpec("difficulty_weight", "Gradient weight by difficulty",
                lambda df, c: not probes.difficulty_shares(df).empty,
-               lambda df, c: probe_fig.gradient_weight_by_difficulty(df, c.order), probe_cap.caption_difficulty),
+               lambda df, c: probe_fig.gradient_weight_by_difficulty(df, c.order), probe_cap.caption_difficulty, True),
     FigureSpec("ledger", "Prompt ledger", _has(*probes.LEDGER_MOVES),
-               lambda df, c: probe_fig.prompt_ledger(df, c.order), probe_cap.caption_ledger),
+               lambda df, c: probe_fig.prompt_ledger(df, c.order), probe_cap.caption_ledger, True),
     FigureSpec("counterfactual", "Counterfactual gradients",
                lambda df, c: bool(probes.keyed_columns(df, probes.COUNTERFACTUAL, "cos")),
-               lambda df, c: probe_fig.counterfactual_gradients(df, c.order), probe_cap.caption_counterfactual),
+               lambda df, c: probe_fig.counterfactual_gradients(df, c.order), probe_cap.caption_counterfactual,
+               True),
 ]
 
 
@@ -133,22 +155,44 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
-def _context(df: pd.DataFrame, spec: dict, x: str, metric: str, window: int) -> Context:
-    """Arm order of sweep.json (then any extra arms), its baseline and knob."""
+def _context(df: pd.DataFrame, spec: dict, x: str, metric: str, window: int,
+             effect: float | None = None) -> Context:
+    """Arm order of sweep.json (then any extra arms), its baseline and knob, matched compute, effect."""
     arms = [str(a) for a in spec.get("arms") or []]
     order = [a for a in arms if a in set(df["arm"])] + [a for a in agg.arm_order(df) if a not in arms]
-    return Context(order, spec.get("baseline"), spec.get("knob"), x, metric, window)
+    return Context(order, spec.get("baseline"), spec.get("knob"), x, metric, window,
+                   matched_axis(spec.get("budget"), x), effect)
 
 
-def what_was_run(spec: dict, df: pd.DataFrame, ctx: Context) -> list[tuple]:
-    """The sweep's declaration, and the config fields that differ between arms."""
+def warm_start_text(warm: pd.DataFrame) -> str:
+    """What the seeds vary, from the runs' warmstart_seed (experiment, arm, seed, warmstart_seed frame)."""
+    known = warm.dropna(subset=["warmstart_seed"]) if "warmstart_seed" in warm else warm.iloc[:0]
+    if known.empty:
+        return ("not recorded; if the seeds shared one warm start (the default), every interval is conditional "
+                "on it")
+    varies = known.groupby("arm")["warmstart_seed"].nunique() > 1
+    if not varies.any():
+        values = ", ".join(map(str, sorted(known["warmstart_seed"].astype(int).unique())))
+        return (f"one shared by all seeds of an arm (warmstart_seed {values}): the seeds vary the RL run only, so "
+                "every interval is conditional on that warm start")
+    if varies.all():
+        return ("one per seed (warmstart_seed varies with the seed): the intervals include the warm start's "
+                "variance")
+    return (f"one per seed in {', '.join(varies.index[varies])} (their intervals include the warm start's "
+            f"variance); one shared in {', '.join(varies.index[~varies])} (their intervals are conditional on it)")
+
+
+def what_was_run(spec: dict, df: pd.DataFrame, ctx: Context, warm: pd.DataFrame | None = None) -> list[tuple]:
+    """The sweep's declaration, the config fields that differ between arms, and its departures from the papers."""
     versions = ", ".join(f"{k} {v}" for k, v in (spec.get("versions") or {}).items()) or "not recorded"
     seeds = sorted(df["seed"].unique().tolist())
     declared = spec.get("seeds")
     seeds_text = ", ".join(map(str, seeds)) + (f" (declared: {', '.join(map(str, declared))})"
                                                if declared and list(declared) != seeds else "")
-    arms = [f"{a} (baseline)" if a == ctx.baseline else a for a in ctx.order]
-    rows = [["arms", ", ".join(arms)], ["seeds", seeds_text],
+    arms = [f"{a} (baseline)" if a == ctx.baseline else f"{a} (rescored, not trained)" if "@" in a else a
+            for a in ctx.order]
+    warm = warm if warm is not None else pd.DataFrame(columns=["arm", "warmstart_seed"])
+    rows = [["arms", ", ".join(arms)], ["seeds", seeds_text], ["warm start", warm_start_text(warm)],
             ["budget held fixed", spec.get("budget") or "not recorded (no sweep.json)"],
             ["ablated knob", ctx.knob or "none"], ["git commit", spec.get("git_commit") or "not recorded"],
             ["versions", versions], ["created", spec.get("created") or "not recorded"]]
@@ -158,11 +202,23 @@ def what_was_run(spec: dict, df: pd.DataFrame, ctx: Context) -> list[tuple]:
         values = df.groupby("arm")[fields].first().reindex(ctx.order)
         blocks += [("p", "Config fields that differ between arms:"),
                    ("table", ["arm", *fields], [[a, *map(str, r)] for a, r in zip(values.index, values.values)])]
+    departures = spec.get("departures") or {}
+    if departures:
+        blocks += [("p", "Deliberate departures from the paper:"),
+                   ("table", ["arm", "departure"], [[str(arm), str(text)] for arm, text in departures.items()])]
     return blocks
 
 
+def _samples_at_final_step(df: pd.DataFrame, scores: pd.DataFrame) -> pd.Series:
+    """Per arm: mean over its runs of the samples drawn by the step its final score ends at."""
+    ends = scores[[*agg.RUN_KEYS, "last_step"]].rename(columns={"last_step": "step"})
+    reached = df.merge(ends, on=[*agg.RUN_KEYS, "step"])
+    return reached.groupby("arm")["samples"].mean()
+
+
 def experiment_warnings(df: pd.DataFrame, statuses: pd.DataFrame, ctx: Context) -> list[str]:
-    """Plain-language warnings: failed, missing and unfinished runs; too few seeds; no baseline."""
+    """Plain-language warnings: failed, missing and unfinished runs; too few seeds; no baseline; unmatched
+    compute; rescored arms left out of the outcomes."""
     notes = []
     for row in statuses[statuses["status"] == "failed"].itertuples():
         done = "?" if pd.isna(row.steps_done) else row.steps_done
@@ -171,7 +227,12 @@ def experiment_warnings(df: pd.DataFrame, statuses: pd.DataFrame, ctx: Context) 
     for status, runs in others.groupby("status"):
         names = ", ".join(f"{r.arm}/seed{r.seed}" for r in runs.itertuples())
         notes.append(f"{len(runs)} run(s) {STATUS_NOTES.get(status, status)}: {names}")
-    scores = agg.final_scores(df, ctx.metric, ctx.window)
+    rescored = sorted(set(df.loc[is_rescored(df["arm"]), "arm"]))
+    if rescored:
+        notes.append(f"Rescored arms ({', '.join(rescored)}) share their run's rollouts: they appear in the probe "
+                     "figures and claims only, not in the final scores or the curves of training outcomes.")
+        df = df.loc[~is_rescored(df["arm"])]
+    scores = cap.run_scores(df, ctx)
     if scores.empty:
         notes.append(f"No {ctx.metric} after step 0 yet: no final scores.")
         return notes
@@ -190,33 +251,61 @@ def experiment_warnings(df: pd.DataFrame, statuses: pd.DataFrame, ctx: Context) 
         notes.append("No baseline arm declared: no paired differences.")
     elif ctx.baseline not in set(scores["arm"]):
         notes.append(f"Baseline arm {ctx.baseline!r} has no final score: no paired differences.")
-    if scores["last_step"].nunique() > 1:
+    if ctx.matched is None and scores["last_step"].nunique() > 1:
         notes.append(f"Final scores come from different steps ({scores['last_step'].min()}–"
                      f"{scores['last_step'].max()}): runs of unequal length are compared.")
+    if ctx.matched is None and "samples" in df.columns:
+        samples = _samples_at_final_step(df, scores).reindex(ctx.order).dropna()
+        if len(samples) > 1 and samples.max() > 1.1 * samples.min():
+            notes.append("Compared at equal steps, but the arms had sampled different numbers of completions by "
+                         "then (" + ", ".join(f"{a} {v:.0f}" for a, v in samples.items()) + ", mean over seeds): "
+                         "not matched compute; --x samples scores every run at the samples all of them reached.")
     return notes
 
 
-def scores_section(df: pd.DataFrame, ctx: Context) -> list[tuple]:
-    """The final-score table: mean with CI, IQM (from 4 seeds), paired difference to the baseline."""
-    scores = agg.final_scores(df, ctx.metric, ctx.window)
+def _detectable_cells(r: pd.Series, scale: float, ctx: Context) -> list[str]:
+    """The 'detectable' cell, and the 'seeds for <effect>' cell when ctx.effect is set."""
+    if r["tie"] or r["n_pairs"] < 2:
+        why = "no spread" if r["tie"] else ""
+        return [why] + ([why] if ctx.effect is not None else [])
+    cells = [cap.format_number(r["detectable"] * scale)]
+    if ctx.effect is not None:
+        needed = verdicts.seeds_needed(r["sd"] * scale, ctx.effect, int(r["m"]))
+        cells.append(f"> {verdicts.MAX_SEEDS}" if needed is None else str(needed))
+    return cells
+
+
+def scores_section(df: pd.DataFrame, ctx: Context, warm_note: str = "") -> list[tuple]:
+    """The final-score table: mean with CI, IQM (from 4 seeds), the Holm verdict on the paired difference
+    to the baseline with its interval, level and adjusted p, and the smallest effect the seeds detect."""
+    scores = cap.run_scores(df, ctx)
     if scores.empty:
         return [("h", 3, "Final scores"), ("p", f"No {ctx.metric} recorded after step 0 yet.")]
     summary = agg.summarize_scores(scores).set_index("arm")
     has_baseline = ctx.baseline in summary.index
-    diffs = agg.paired_differences(scores, ctx.baseline).set_index("arm") if has_baseline else pd.DataFrame()
+    diffs = agg.paired_verdicts(scores, ctx.baseline).set_index("arm") if has_baseline else pd.DataFrame()
+    m = int(diffs["m"].max()) if len(diffs) else 0
     scale = cap.scale_of(ctx.metric)
+    effect_unit = " points" if scale == 100 else ""
     header = ["arm", "seeds", "mean [95% CI]", "IQM (no CI)"]
-    header += [f"Δ vs {ctx.baseline} [95% CI]"] if has_baseline else []
+    if has_baseline:
+        header += [f"Δ vs {ctx.baseline} [Holm CI]", "CI level", "p (Holm)", "detectable"]
+        header += [f"seeds for {cap.format_number(ctx.effect, 1)}{effect_unit}"] if ctx.effect is not None else []
     rows = []
     for arm in [a for a in ctx.order if a in summary.index]:
         r = summary.loc[arm]
         iqm = cap.IQM_EQUALS_MEAN if pd.isna(r.iqm) else cap.format_number(r.iqm * scale)
         row = [arm, str(int(r.n_seeds)), cap.format_ci(r["mean"], r.mean_lo, r.mean_hi, scale), iqm]
-        if has_baseline:
-            d = diffs.loc[arm] if arm in diffs.index else None
-            pairs = "" if d is None else f" ({int(d.n_pairs)} pairs)"
-            row.append("baseline" if arm == ctx.baseline else "no shared seeds" if d is None else
-                       cap.format_difference(d["diff"], d.diff_lo, d.diff_hi, scale, pairs=pairs))
+        if has_baseline and arm == ctx.baseline:
+            row += ["baseline"] + [""] * (len(header) - len(row) - 1)
+        elif has_baseline and arm not in diffs.index:
+            row += ["no shared seeds"] + [""] * (len(header) - len(row) - 1)
+        elif has_baseline:
+            d = diffs.loc[arm]
+            tested = not d["tie"] and d["n_pairs"] >= 2
+            row += [cap.format_difference(d, scale, pairs=f" ({int(d.n_pairs)} pairs)"),
+                    f"{cap.format_number(100 * (1 - d.level), 1)}%" if tested else "",
+                    f"{d.p_holm:.3f}" if tested else "", *_detectable_cells(d, scale, ctx)]
         rows.append(row)
     unit = " in %, differences in points" if scale == 100 else ""
     # What was averaged: the last `window` points, or fewer where a run logged fewer.
@@ -224,27 +313,44 @@ def scores_section(df: pd.DataFrame, ctx: Context) -> list[tuple]:
     averaged = f"its last {ctx.window} eval points after step 0"
     if most < ctx.window or fewest < most:
         averaged += f" (here {fewest})" if fewest == most else f" (here {fewest}–{most})"
-    text = (f"Score of a run: {ctx.metric}{unit}, averaged over {averaged} "
-            "(no smoothing). Mean over seeds with a 95% Student-t interval, mean ± t·s/√n: valid at few seeds "
+    budget = agg.matched_budget(df, ctx.metric, ctx.matched) if ctx.matched else None
+    matched = ("" if budget is None else
+               f" At matched compute: every run is scored at {budget:.0f} {ctx.matched}, the most that all of them "
+               f"reached; the last point of its window is its eval curve interpolated there.")
+    text = (f"Score of a run: {ctx.metric}{unit}, averaged over {averaged} (no smoothing).{matched} "
+            "Mean over seeds with a 95% Student-t interval, mean ± t·s/√n: valid at few seeds "
             f"but wide. IQM (25% trimmed mean) only from {agg.IQM_MIN_SEEDS} seeds on, where it trims "
-            "something, and without a CI: no interval for it has known coverage at so few seeds."
-            + (f" Δ is the per-seed paired difference to {ctx.baseline}, with its t-interval; one that covers 0 "
-               f"is {cap.NOT_DETECTED}: these seeds cannot tell the arms apart, which does not show that "
-               "they are equal." if has_baseline else ""))
+            "something, and without a CI: no interval for it has known coverage at so few seeds.")
+    if has_baseline:
+        text += (f" Δ is the per-seed paired difference to {ctx.baseline}. The {m} comparison(s) are tested together "
+                 "with Holm's step-down paired t-tests, so the chance that a report with no real difference claims "
+                 "one stays under 5%. Each interval is at its comparison's Holm level (CI level), so it excludes 0 "
+                 "exactly when the verdict is higher or lower, and p (Holm) ≤ 0.05 then too; one that covers 0 is "
+                 f"{cap.NOT_DETECTED}: these seeds cannot tell the arms apart, which does not show that they are "
+                 "equal. Identical differences for every seed have no spread and get no verdict. detectable: the "
+                 "smallest true Δ these seeds find 80% of the time, (t(1−α/2m) + t(0.8))·s/√n with n−1 degrees "
+                 f"of freedom and s the observed spread of the paired differences, at α/m = 0.05/{max(m, 1)}, the "
+                 "strictest Holm step (so the verdict finds it at least that often).")
+        if ctx.effect is not None:
+            text += (f" seeds for {cap.format_number(ctx.effect, 1)}{effect_unit}: the seeds the same test would need to "
+                     "detect that effect 80% of the time, if the paired spread stays as observed.")
+    text += f" {warm_note}" if warm_note else ""
     return [("h", 3, "Final scores"), ("p", text), ("table", header, rows)]
 
 
 def figures_section(df: pd.DataFrame, ctx: Context, out_dir: Path, prefix: str) -> tuple[list[tuple], list[str]]:
     """Build, save and caption every figure whose metrics are present; a failing figure becomes a warning."""
     blocks, problems = [("h", 3, "Figures")], []
+    trained = df.loc[~is_rescored(df["arm"])]
     for spec in FIGURES:
-        if not spec.when(df, ctx):
+        data = df if spec.rescored else trained
+        if data.empty or not spec.when(data, ctx):
             continue
         try:
-            figure = spec.build(df, ctx)
+            figure = spec.build(data, ctx)
             png, svg = fig.save(figure, out_dir / "figures", f"{prefix}{spec.name}")
             paths = [path.relative_to(out_dir).as_posix() for path in (png, svg)]
-            blocks.append(("fig", spec.title, *paths, spec.caption(df, ctx)))
+            blocks.append(("fig", spec.title, *paths, spec.caption(data, ctx)))
         except Exception as err:  # one broken figure must not cost the whole report
             problems.append(f"figure {spec.name} failed: {type(err).__name__}: {err}")
     return blocks, problems
@@ -258,13 +364,15 @@ def status_section(statuses: pd.DataFrame, order: list[str]) -> list[tuple]:
     return [("h", 3, "Runs"), ("table", ["arm", "seed", "status", "steps done", "steps planned"], rows)]
 
 
-def build_blocks(paths: list[Path], out_dir: Path, x: str, metric: str, window: int) -> list[tuple]:
+def build_blocks(paths: list[Path], out_dir: Path, x: str, metric: str, window: int,
+                 effect: float | None = None) -> list[tuple]:
     """Load everything and assemble the report; loader warnings are collected into the report."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", AnalysisWarning)
         df = load_runs(paths)
         statuses = load_statuses(paths)
         specs = load_sweep_specs(paths)
+        warm = load_run_field(paths, "warmstart_seed")
     load_notes = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, AnalysisWarning)))
     for note in load_notes:
         print(f"warning: {note}", file=sys.stderr)
@@ -276,32 +384,39 @@ def build_blocks(paths: list[Path], out_dir: Path, x: str, metric: str, window: 
     experiments = list(dict.fromkeys(df["experiment"]))
     for experiment in experiments:
         exp_df = df[df["experiment"] == experiment].dropna(axis=1, how="all")
-        ctx = _context(exp_df, specs.get(experiment, {}), x, metric, window)
+        ctx = _context(exp_df, specs.get(experiment, {}), x, metric, window, effect)
         exp_statuses = statuses[statuses["experiment"] == experiment]
+        exp_warm = warm[(warm["experiment"] == experiment) & ~is_rescored(warm["arm"])]
         prefix = f"{_slug(experiment)}_" if len(experiments) > 1 else ""
         fig_blocks, problems = figures_section(exp_df, ctx, out_dir, prefix)
         notes = experiment_warnings(exp_df, exp_statuses, ctx) + problems
-        blocks += [("h", 2, f"Experiment: {experiment}"), *what_was_run(specs.get(experiment, {}), exp_df, ctx)]
+        blocks += [("h", 2, f"Experiment: {experiment}"),
+                   *what_was_run(specs.get(experiment, {}), exp_df, ctx, exp_warm)]
         blocks += [("h", 3, "Warnings"), ("ul", notes)] if notes else []
-        blocks += [*scores_section(exp_df, ctx), *fig_blocks, *status_section(exp_statuses, ctx.order)]
+        warm_note = f"What the seeds vary: the warm start is {warm_start_text(exp_warm)}."
+        blocks += [*scores_section(exp_df.loc[~is_rescored(exp_df["arm"])], ctx, warm_note), *fig_blocks,
+                   *status_section(exp_statuses, ctx.order)]
     return blocks
 
 
 def write_report(sweep_dirs, out_dir=None, x: str = "step", metric: str = "eval/accuracy",
-                 window: int = 3) -> Path:
+                 window: int = 3, effect: float | None = None) -> Path:
     """Write report.md, report.html and figures/ for `sweep_dirs`; return the path of report.md.
 
-    out_dir defaults to the first sweep dir. Raises AnalysisError on bad input.
+    out_dir defaults to the first sweep dir. effect: an effect in display units (points of accuracy) for
+    which the table gives the seeds needed. Raises AnalysisError on bad input.
     """
     paths = [Path(p) for p in ([sweep_dirs] if isinstance(sweep_dirs, (str, Path)) else sweep_dirs)]
     if not paths:
         raise AnalysisError("no sweep directory given")
     if x not in ("step", "samples", "tokens"):
         raise AnalysisError(f"x must be step, samples or tokens, not {x!r}")
+    if effect is not None and not (effect > 0 and effect < float("inf")):
+        raise AnalysisError(f"effect must be a positive number, not {effect!r}")
     out = Path(out_dir) if out_dir is not None else paths[0]
     out.mkdir(parents=True, exist_ok=True)
     out = out.resolve()
-    blocks = build_blocks(paths, out, x, metric, window)
+    blocks = build_blocks(paths, out, x, metric, window, effect)
     (out / "report.html").write_text(render_html(blocks, out))
     report = out / "report.md"
     report.write_text(render_markdown(blocks, out))
@@ -317,9 +432,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="x axis of the curves; samples/tokens compare arms at matched compute")
     parser.add_argument("--metric", default="eval/accuracy", help="metric of the final-score table")
     parser.add_argument("--window", type=int, default=3, help="eval points averaged into a run's final score")
+    parser.add_argument("--effect", type=float, default=None,
+                        help="an effect in the metric's display units (points of accuracy): the table gives the "
+                             "seeds each comparison would need to detect it")
     args = parser.parse_args(argv)
     try:
-        report = write_report(args.sweep_dirs, args.out, args.x, args.metric, args.window)
+        report = write_report(args.sweep_dirs, args.out, args.x, args.metric, args.window, args.effect)
     except (AnalysisError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -123,10 +123,11 @@ def test_report_end_to_end_on_a_2_arm_3_seed_sweep(tmp_path):
     # half-width is t_{0.975,2} * 12.5 / sqrt(3) = 4.3027 * 7.217 = 31.05. IQM of 3 seeds trims nothing.
     assert "| grpo | 3 | 50.0 [18.9, 81.1] | = mean (n < 4 trims nothing) | baseline |" in text
     assert "| dr_grpo | 3 | 62.5 [31.4, 93.6] |" in text
-    # Every seed differs by exactly 12.5: the CI collapses and excludes 0, so it is a difference.
-    assert "+12.5 [12.5, 12.5] (3 pairs): higher |" in text
+    # Every seed differs by exactly 12.5: no spread, so no interval and no verdict (it used to read
+    # "+12.5 [12.5, 12.5] (3 pairs): higher").
+    assert "| +12.5 (3 pairs): no verdict: identical differences, no spread |  |  | no spread |" in text
     # Data-generated captions.
-    assert "dr_grpo vs grpo: +12.5 points [12.5, 12.5], 3 seeds: higher" in text
+    assert "dr_grpo vs grpo: +12.5 points, 3 seeds: no verdict: identical differences, no spread" in text
     assert ("All correct or all wrong (accuracy/constant_group_frac) vs the share expected if every prompt "
             "had the step's solve rate pbar, pbar^G + (1-pbar)^G (zero_var/expected_frac): "
             "grpo 30.0 vs 18.0, dr_grpo 30.0 vs 18.0") in text
@@ -216,13 +217,14 @@ def test_probe_figures_and_claims_in_the_report(tmp_path):
     assert "failed" not in text
     # d1's share, w / (w + 0.5): grpo 0.6/1.1, 0.7/1.2, 0.8/1.3 against dr_grpo 0.5/1.0, 0.6/1.1, 0.7/1.2,
     # paired differences 0.04545, 0.03788, 0.03205: mean 0.03846, s 0.006721, half-width
-    # 4.30265 * 0.006721 / sqrt(3) = 0.01670, so [0.0218, 0.0552] in points.
+    # 4.30265 * 0.006721 / sqrt(3) = 0.01670, so [0.0218, 0.0552] in points (one pair: a family of one).
     assert ('Claim "std normalisation up-weights near-solved groups" (the easiest level\'s share under advantage=grpo '
-            "minus under advantage=dr_grpo, paired by seed; it holds if positive): grpo vs dr_grpo, easiest level with "
-            "signal d1: holds (+3.8 points [2.2, 5.5]), 3 seeds.") in text
+            "minus under advantage=dr_grpo, paired by seed; it holds if positive; 95% t-interval): grpo vs dr_grpo, "
+            "easiest level with signal d1: holds (+3.8 points [2.2, 5.5]), 3 seeds.") in text
     assert "it needs two arms that differ only in aggregation (seq_mean_token_mean vs" in text
-    assert "grpo 30.0 vs 20.0, difference +10.0 points [10.0, 10.0]" in text
-    assert "grpo: lowest cosine aggregation=token_mean 0.90 [0.90, 0.90]" in text
+    # Measured minus predicted is 10 points in every run: no spread, no verdict.
+    assert "grpo 30.0 vs 20.0, difference +10.0 points, 3 seeds: no verdict: identical differences" in text
+    assert "grpo: lowest cosine aggregation=token_mean 0.90 (no spread)" in text
 
 
 def test_probe_figures_are_skipped_without_their_keys(tmp_path):
