@@ -64,8 +64,9 @@ def arm_names(arms: int) -> list[str]:
 def tidy(scores: np.ndarray, metric: str = "eval/accuracy", experiment: str = "sim") -> pd.DataFrame:
     """One report's [A, S] scores as a tidy frame: per run, an eval at step 0 (the value 0) and one at
     step 10 holding its score, so `aggregate.final_scores` gives the score back."""
-    names = arm_names(scores.shape[0])
-    rows = [{"experiment": experiment, "arm": names[a], "seed": s, "step": step, "samples": 80 * step,
-             "tokens": 800 * step, metric: float(scores[a, s]) if step else 0.0}
-            for a in range(scores.shape[0]) for s in range(scores.shape[1]) for step in (0, 10)]
-    return pd.DataFrame(rows)
+    arms, seeds = scores.shape
+    arm, seed, step = np.meshgrid(np.arange(arms), np.arange(seeds), [0, 10], indexing="ij")
+    step = step.ravel()
+    return pd.DataFrame({"experiment": experiment, "arm": np.asarray(arm_names(arms))[arm.ravel()],
+                         "seed": seed.ravel(), "step": step, "samples": 80 * step, "tokens": 800 * step,
+                         metric: np.where(step > 0, np.repeat(scores.ravel(), 2), 0.0)})
