@@ -363,6 +363,9 @@ def parse_args(experiment: Experiment, argv: list[str]) -> tuple[argparse.Namesp
     parser.add_argument("--arms", type=lambda text: text.split(","), default=None,
                         help=f"comma-separated subset of the arms ({','.join(experiment.arms)})")
     parser.add_argument("--no-report", action="store_true", help="do not write the analysis report at the end")
+    parser.add_argument("--effect", type=float, default=None,
+                        help="the report gives the seeds each comparison needs to detect this effect "
+                             "(in points of accuracy)")
     args, train_args = parser.parse_known_args(argv)
     if args.seeds < 1 or args.parallel < 1 or (args.steps is not None and args.steps < 1):
         parser.error("--seeds, --parallel and --steps must be >= 1")
@@ -443,7 +446,7 @@ def sweep(experiment: Experiment, args: argparse.Namespace, train_args: list[str
         from analysis.report import write_report
 
         try:
-            report = write_report([args.out_dir], x=experiment.report_x)
+            report = write_report([args.out_dir], x=experiment.report_x, effect=args.effect)
             print(f"report: {report}\nreport (html): {report.with_suffix('.html')}")
         except AnalysisError as err:
             print(f"{experiment.name}: no report: {err}", file=sys.stderr)
