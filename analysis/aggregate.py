@@ -94,8 +94,10 @@ def arm_order(df: pd.DataFrame) -> list[str]:
 def matched_budget(df: pd.DataFrame, metric: str, axis: Axis, min_step: int = 1) -> float | None:
     """The largest `axis` value (samples or tokens) every run reached with a `metric` point after min_step:
     the smallest, over runs, of the axis at the run's last such point. None without any."""
-    points = df.loc[df[metric].notna() & (df["step"] >= min_step), [*RUN_KEYS, axis]] if metric in df else None
-    if points is None or points.empty:
+    if metric not in df.columns or axis not in df.columns:
+        return None
+    points = df.loc[df[metric].notna() & (df["step"] >= min_step), [*RUN_KEYS, axis]].dropna()
+    if points.empty:
         return None
     return float(points.groupby(RUN_KEYS)[axis].max().min())
 

@@ -187,9 +187,10 @@ def scores_section(df: pd.DataFrame, ctx: Context, warm_note: str = "") -> list[
             f"but wide. IQM (25% trimmed mean) only from {agg.IQM_MIN_SEEDS} seeds on, where it trims "
             "something, and without a CI: no interval for it has known coverage at so few seeds.")
     if has_baseline:
-        text += (f" Δ is the per-seed paired difference to {ctx.baseline}. The {m} comparison(s) are tested together "
-                 "with Holm's step-down paired t-tests, so the chance that a report with no real difference claims "
-                 "one stays under 5%. Each interval is at its comparison's Holm level (CI level), so it excludes 0 "
+        family = (f"The {m} comparisons are tested together with Holm's step-down paired t-tests, so the chance "
+                  "that a report with no real difference claims one stays under 5%." if m > 1 else
+                  "With one comparison, Holm's step-down procedure is the paired t-test at 5%.")
+        text += (f" Δ is the per-seed paired difference to {ctx.baseline}. {family} Each interval is at its comparison's Holm level (CI level), so it excludes 0 "
                  "exactly when the verdict is higher or lower, and p (Holm) ≤ 0.05 then too; one that covers 0 is "
                  f"{cap.NOT_DETECTED}: these seeds cannot tell the arms apart, which does not show that they are "
                  "equal. Identical differences for every seed have no spread and get no verdict. detectable: the "

@@ -369,6 +369,8 @@ def parse_args(experiment: Experiment, argv: list[str]) -> tuple[argparse.Namesp
     args, train_args = parser.parse_known_args(argv)
     if args.seeds < 1 or args.parallel < 1 or (args.steps is not None and args.steps < 1):
         parser.error("--seeds, --parallel and --steps must be >= 1")
+    if args.effect is not None and not args.effect > 0:
+        parser.error("--effect must be > 0")
     unknown = sorted(set(args.arms or ()) - set(experiment.arms))
     if unknown:
         parser.error(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(experiment.arms)}")

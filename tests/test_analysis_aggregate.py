@@ -213,5 +213,6 @@ def test_final_scores_at_matched_compute_interpolate_at_the_samples_every_run_re
     # b: halfway between samples 20 (0.3) and 40 (0.5): 0.4; before it only step 1's 0.3: mean 0.35.
     assert result.loc["b", "score"] == pytest.approx(0.35)
     assert result.loc["b", "n_points"] == 2 and result.loc["b", "last_step"] == 2
+    assert agg.matched_budget(df.drop(columns="samples"), "eval/accuracy", "samples") is None  # old runs
     # At equal steps b would score mean(0.3, 0.5, 0.7) = 0.5, with twice a's samples.
     assert agg.final_scores(df, window=3).set_index("arm").loc["b", "score"] == pytest.approx(0.5)

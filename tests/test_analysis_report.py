@@ -341,3 +341,5 @@ def test_sweep_takes_effect_for_its_report():
     args, _ = parse_args(EXPERIMENT, ["--effect", "1.5"])
     assert args.effect == 1.5
     assert parse_args(EXPERIMENT, [])[0].effect is None
+    with pytest.raises(SystemExit):     # refused before any run, not after the sweep
+        parse_args(EXPERIMENT, ["--effect", "0"])
