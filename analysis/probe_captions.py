@@ -27,6 +27,13 @@ def _seeds(n: float) -> str:
     return f"{int(n)} seed{'s' if n != 1 else ''}"
 
 
+def _versus(arm: str, other: str) -> str:
+    """'a vs b', marked '(same rollouts)' when one is the other rescored (`grpo rescore`: '<arm>@<name>'),
+    where the paired difference of a probe has no rollout noise at all."""
+    same = arm.startswith(f"{other}@") or other.startswith(f"{arm}@")
+    return f"{arm} vs {other}" + (" (same rollouts)" if same else "")
+
+
 def _pair_claims(diffs: dict[str, np.ndarray], scale: float, unit: str) -> tuple[dict[str, str], str]:
     """({name: 'holds (+6.0 points [2.0, 10.0]), 3 seeds'}, how the intervals were made) for one family
     of paired differences, tested together with Holm."""
@@ -63,10 +70,10 @@ def caption_difficulty(df: pd.DataFrame, ctx: Context) -> str:
                        "(grpo vs dr_grpo, every other config field equal), run on the same seeds.")
     shares = probes.difficulty_shares(df)
     levels = {pair: probes.easiest_level_with_signal(df, list(pair)) for pair in pairs}
-    claims, note = _pair_claims({f"{a} vs {b}": probes.paired_values(shares, level, a, b)
+    claims, note = _pair_claims({_versus(a, b): probes.paired_values(shares, level, a, b)
                                  for (a, b), level in levels.items() if level is not None}, 100, " points")
-    parts = [f"{a} vs {b}: no level with both accuracy and gradient weight" if level is None else
-             f"{a} vs {b}, easiest level with signal {level}: {claims[f'{a} vs {b}']}"
+    parts = [f"{_versus(a, b)}: no level with both accuracy and gradient weight" if level is None else
+             f"{_versus(a, b)}, easiest level with signal {level}: {claims[_versus(a, b)]}"
              for (a, b), level in levels.items()]
     return text + (f'Claim "{STD_CLAIM}" (the easiest level\'s share under advantage=grpo minus under '
                    f"advantage=dr_grpo, paired by seed; it holds if positive; {note}): " + "; ".join(parts) + ".")
@@ -80,7 +87,7 @@ def caption_length(df: pd.DataFrame, ctx: Context) -> str:
     pairs = probes.arm_pairs(df, "aggregation", "seq_mean_token_mean", "seq_mean_token_sum_norm")
     if pairs:
         late = agg.late_run_means(df, ["len/wrong_mean"])
-        claims, note = _pair_claims({f"{mean} vs {norm}": probes.paired_values(late, "len/wrong_mean", mean, norm)
+        claims, note = _pair_claims({_versus(mean, norm): probes.paired_values(late, "len/wrong_mean", mean, norm)
                                      for mean, norm in pairs}, 1.0, " tokens")
         text += (f'Claim "{LENGTH_CLAIM}" (len/wrong_mean over the last 10% of steps, seq_mean_token_mean arm '
                  f"minus seq_mean_token_sum_norm arm, paired by seed; it holds if positive; {note}): "

@@ -262,6 +262,8 @@ def test_rescored_arms_stay_out_of_the_final_scores_and_outcome_curves(tmp_path)
     # It stays in the probe figures, where the comparison is on the same rollouts.
     ledger_caption = text.split("![Prompt ledger]")[1].split("####")[0]
     assert "grpo@dr 30.0 vs 20.0" in ledger_caption
+    # grpo@dr has advantage=dr_grpo and grpo's rollouts: a pair for the std claim, marked as exact.
+    assert "grpo vs grpo@dr (same rollouts), easiest level with signal d1:" in text
 
 
 def test_matched_axis_from_the_x_axis_or_the_budget_held_fixed():
