@@ -19,6 +19,11 @@ IQM is `scipy.stats.trim_mean(x, 0.25)` (rliable's interquartile mean). It cuts 
 from each end, none below n=4, so it is reported only from 4 seeds on, and as a point value without a
 CI: no interval for it has known coverage at a handful of seeds.
 Smoothing is an option for curves only; final scores are never smoothed.
+
+Claims (`paired_verdicts`) are not these per-comparison intervals: the comparisons of a report are tested
+as one family with Holm's step-down t-tests (`analysis.verdicts`), beside the smallest effect the seeds
+could detect. At matched compute (`matched_budget`), a run is scored at the largest sample or token count
+every run reached, its eval curve interpolated there.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from analysis import verdicts
 
 RUN_KEYS = ["experiment", "arm", "seed"]
 ARM_KEYS = ["experiment", "arm"]
@@ -84,17 +91,48 @@ def arm_order(df: pd.DataFrame) -> list[str]:
     return sorted(df["arm"].unique(), key=natural_key)
 
 
+def matched_budget(df: pd.DataFrame, metric: str, axis: Axis, min_step: int = 1) -> float | None:
+    """The largest `axis` value (samples or tokens) every run reached with a `metric` point after min_step:
+    the smallest, over runs, of the axis at the run's last such point. None without any."""
+    if metric not in df.columns or axis not in df.columns:
+        return None
+    points = df.loc[df[metric].notna() & (df["step"] >= min_step), [*RUN_KEYS, axis]].dropna()
+    if points.empty:
+        return None
+    return float(points.groupby(RUN_KEYS)[axis].max().min())
+
+
+def _score_at(points: pd.DataFrame, metric: str, axis: str, at: float, window: int, min_step: int) -> dict:
+    """One run's score at `axis` = at: its eval curve (step 0 included, as the left end) interpolated at
+    `at`, averaged with the `window` - 1 eval points before it (step >= min_step)."""
+    points = points.sort_values(axis).drop_duplicates(axis, keep="last")
+    value = float(np.interp(at, points[axis].to_numpy(float), points[metric].to_numpy(float)))
+    before = points.loc[(points["step"] >= min_step) & (points[axis] < at)].tail(window - 1)
+    reached = points.loc[points[axis] >= at, "step"]
+    return {"score": float(np.mean([*before[metric], value])), "last_step": int(reached.min()),
+            "n_points": len(before) + 1}
+
+
 def final_scores(df: pd.DataFrame, metric: str = "eval/accuracy", window: int = 3,
-                 min_step: int = 1) -> pd.DataFrame:
+                 min_step: int = 1, at: tuple[Axis, float] | None = None) -> pd.DataFrame:
     """Final score of each run: mean of `metric` over its last `window` points with step >= min_step.
 
     min_step=1 leaves out the step-0 eval, which scores the model before training. A run with no such
     point has no row. An unfinished run is scored on its points so far (the report warns).
-    Returns experiment, arm, seed, score, last_step, n_points.
+    at=(axis, value), matched compute: the last point is the run's curve interpolated at that many
+    samples or tokens (`matched_budget`), and the window's other points come before it; last_step is
+    then the first eval step at or past it. Returns experiment, arm, seed, score, last_step, n_points.
     """
     columns = [*RUN_KEYS, "score", "last_step", "n_points"]
     if metric not in df.columns:
         return pd.DataFrame(columns=columns)
+    if at is not None:
+        axis, value = at
+        points = df.loc[df[metric].notna(), [*RUN_KEYS, "step", axis, metric]]
+        rows = [{**dict(zip(RUN_KEYS, key)), **_score_at(run, metric, axis, value, window, min_step)}
+                for key, run in points.groupby(RUN_KEYS, sort=True)
+                if ((run["step"] >= min_step) & (run[axis] >= value)).any()]
+        return pd.DataFrame(rows, columns=columns)
     points = df.loc[df[metric].notna() & (df["step"] >= min_step), [*RUN_KEYS, "step", metric]]
     last = points.sort_values("step").groupby(RUN_KEYS).tail(window)
     grouped = last.groupby(RUN_KEYS)
@@ -135,6 +173,40 @@ def paired_differences(scores: pd.DataFrame, baseline: str, confidence: float = 
                      "diff": float(np.mean(diffs)), "diff_lo": low, "diff_hi": high})
     return pd.DataFrame(rows, columns=["experiment", "arm", "baseline", "n_pairs", "diff", "diff_lo",
                                        "diff_hi"])
+
+
+VERDICT_COLUMNS = ["n_pairs", "diff", "diff_lo", "diff_hi", "level", "p_holm", "tie", "claim", "sd",
+                   "detectable", "m"]
+
+
+def family_verdicts(diffs: dict[str, np.ndarray]) -> pd.DataFrame:
+    """One Holm family {name: its paired differences} tested with `verdicts.paired_tests`, indexed by name.
+
+    Columns: n_pairs, diff (mean), diff_lo, diff_hi (the interval at the comparison's Holm level; NaN for
+    one pair or a tie), level, p_holm, tie, claim (+1 higher, -1 lower, 0 none), sd, detectable, m.
+    """
+    tests = verdicts.paired_tests(verdicts.ragged([np.asarray(d, dtype=float) for d in diffs.values()]))
+    names = {"n": "n_pairs", "mean": "diff", "lo": "diff_lo", "hi": "diff_hi"}
+    frame = pd.DataFrame({names.get(k, k): v for k, v in tests.items() if k != "p"}, index=list(diffs))
+    return frame[VERDICT_COLUMNS]
+
+
+def paired_verdicts(scores: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Per non-baseline arm: the paired difference to `baseline` as `paired_differences` pairs it, tested
+    with the experiment's other arms as one Holm family (`family_verdicts`).
+
+    Returns experiment, arm, baseline and the VERDICT_COLUMNS.
+    """
+    columns = ["experiment", "arm", "baseline", *VERDICT_COLUMNS]
+    base = scores.loc[scores["arm"] == baseline, ["experiment", "seed", "score"]]
+    paired = scores.loc[scores["arm"] != baseline].merge(base, on=["experiment", "seed"],
+                                                          suffixes=("", "_baseline"))
+    frames = []
+    for experiment, runs in paired.groupby("experiment", sort=False):
+        diffs = {arm: (g["score"] - g["score_baseline"]).to_numpy(float) for arm, g in runs.groupby("arm", sort=False)}
+        table = family_verdicts(diffs).rename_axis("arm").reset_index()
+        frames.append(table.assign(experiment=experiment, baseline=baseline))
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
 
 def smooth(df: pd.DataFrame, metrics: list[str], method: Literal["ema", "rolling"] = "ema",

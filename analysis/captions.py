@@ -1,9 +1,11 @@
 """The report's sentences about numbers: CIs, paired differences and figure captions, from the data.
 
-How a result may be worded follows from the interval (`analysis.aggregate`): a paired difference whose
-95% t-interval covers 0 reads "not detected at this budget" (the seeds cannot tell the arms apart;
-that does not show they are equal); one that excludes 0 may be stated as a difference; with one seed
-there is no interval and the text says so.
+How a result may be worded follows from its Holm verdict (`analysis.verdicts`): the comparisons of a
+figure or table are one family, and a paired difference Holm does not reject reads "not detected at this
+budget" (the seeds cannot tell the arms apart; that does not show they are equal); one it rejects may be
+stated as "higher" or "lower". Its interval is shown at its Holm level, so it covers 0 exactly when the
+verdict is "not detected". Identical paired differences (no spread) get no verdict; with one seed there
+is no interval, and the text says so.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pandas as pd
 from analysis import aggregate as agg
 
 NOT_DETECTED = "not detected at this budget"
+NO_SPREAD = "no verdict: identical differences, no spread"
 IQM_EQUALS_MEAN = f"= mean (n < {agg.IQM_MIN_SEEDS} trims nothing)"
 
 
@@ -28,6 +31,15 @@ class Context:
     x: str
     metric: str
     window: int
+    matched: str | None = None      # "samples"/"tokens": final scores at the largest count every run reached
+    effect: float | None = None     # an effect in display units (points of accuracy) to size seeds for
+
+
+def run_scores(df: pd.DataFrame, ctx: Context) -> pd.DataFrame:
+    """`aggregate.final_scores` of every run, at matched compute when ctx.matched names an axis."""
+    budget = agg.matched_budget(df, ctx.metric, ctx.matched) if ctx.matched and ctx.metric in df else None
+    at = (ctx.matched, budget) if budget is not None else None
+    return agg.final_scores(df, ctx.metric, ctx.window, at=at)
 
 
 def format_number(value: float, digits: int = 1) -> str:
@@ -49,34 +61,48 @@ def format_ci(value: float, low: float, high: float, scale: float = 1.0, sign: b
     return f"{text} [{format_number(low * scale)}, {format_number(high * scale)}]"
 
 
-def difference_verdict(low: float, high: float) -> str:
-    """What a paired difference's CI allows one to say: NOT_DETECTED when it covers 0 (a bound of
-    exactly 0 included), 'higher' or 'lower' when it excludes 0, '' without a CI (one pair)."""
-    if pd.isna(low) or pd.isna(high):
+def verdict(row: pd.Series) -> str:
+    """What a row of `aggregate.family_verdicts` allows one to say: 'higher' or 'lower' when Holm rejects
+    it, NOT_DETECTED when not, NO_SPREAD for identical differences, '' for one pair (no test)."""
+    if row["tie"]:
+        return NO_SPREAD
+    if row["n_pairs"] < 2:
         return ""
-    if low <= 0 <= high:
-        return NOT_DETECTED
-    return "higher" if low > 0 else "lower"
+    return {1: "higher", -1: "lower"}.get(int(row["claim"]), NOT_DETECTED)
 
 
-CLAIM_WORDS = {"higher": "holds", "lower": "opposite of the claim", NOT_DETECTED: NOT_DETECTED}
+def format_tested(row: pd.Series, scale: float = 1.0, unit: str = "") -> str:
+    """'+3.1 points [−0.4, 6.5]' at the row's Holm level; a tie has no interval: '+0.5 points'."""
+    if row["tie"]:
+        return f"{'+' if row['diff'] > 0 else ''}{format_number(row['diff'] * scale)}{unit}"
+    return format_ci(row["diff"], row["diff_lo"], row["diff_hi"], scale, True, unit)
 
 
-def claim_verdict(diff: float, low: float, high: float, scale: float = 1.0, unit: str = "") -> str:
-    """How a paired difference answers a claim that predicts it to be positive: 'holds (+6.0 [2.0, 10.0])'
-    when its CI lies above 0, 'opposite of the claim (...)' below 0, NOT_DETECTED (...) when it covers 0,
-    and 'no verdict (+6.0; 1 seed, no CI)' without an interval."""
-    verdict = difference_verdict(low, high)
-    if not verdict:
-        return f"no verdict ({'+' if diff > 0 else ''}{format_number(diff * scale)}{unit}; 1 seed, no CI)"
-    return f"{CLAIM_WORDS[verdict]} ({format_ci(diff, low, high, scale, True, unit)})"
+CLAIM_WORDS = {"higher": "holds", "lower": "opposite of the claim", NOT_DETECTED: NOT_DETECTED, NO_SPREAD: NO_SPREAD}
 
 
-def format_difference(diff: float, low: float, high: float, scale: float = 1.0, unit: str = "",
-                      pairs: str = "") -> str:
+def claim_verdict(row: pd.Series, scale: float = 1.0, unit: str = "") -> str:
+    """How a tested paired difference answers a claim that predicts it to be positive: 'holds (+6.0 [2.0,
+    10.0])' when Holm rejects it above 0, 'opposite of the claim (...)' below 0, NOT_DETECTED (...) when
+    not rejected, NO_SPREAD (...) for a tie, and 'no verdict (+6.0; 1 seed, no CI)' for one pair."""
+    word = verdict(row)
+    if not word:
+        return f"no verdict ({'+' if row['diff'] > 0 else ''}{format_number(row['diff'] * scale)}{unit}; 1 seed, no CI)"
+    return f"{CLAIM_WORDS[word]} ({format_tested(row, scale, unit)})"
+
+
+def format_difference(row: pd.Series, scale: float = 1.0, unit: str = "", pairs: str = "") -> str:
     """'+3.1 points [−0.4, 6.5] (3 pairs): not detected at this budget'; the numbers always stay."""
-    verdict = difference_verdict(low, high)
-    return format_ci(diff, low, high, scale, True, unit) + pairs + (f": {verdict}" if verdict else "")
+    word = verdict(row)
+    return format_tested(row, scale, unit) + pairs + (f": {word}" if word else "")
+
+
+def holm_note(m: int) -> str:
+    """How the intervals beside Holm verdicts were made, for a family of m comparisons."""
+    if m <= 1:
+        return "95% t-interval"
+    return (f"Holm over {m} comparisons: each interval at its step's level, so it excludes 0 exactly when the "
+            "verdict is a difference; family-wise 95%")
 
 
 def arm_text(df: pd.DataFrame, metrics: list[str], ctx: Context, scale: float = 1.0, digits: int = 2,
@@ -93,22 +119,22 @@ def arm_text(df: pd.DataFrame, metrics: list[str], ctx: Context, scale: float = 
 
 def caption_final(df: pd.DataFrame, ctx: Context) -> str:
     """'dr_grpo vs grpo: +3.1 points [−0.4, 6.5], 5 seeds: not detected at this budget' for every arm."""
-    scores = agg.final_scores(df, ctx.metric, ctx.window)
+    scores = run_scores(df, ctx)
     scale = scale_of(ctx.metric)
     if ctx.baseline not in set(scores["arm"]) or scores["arm"].nunique() < 2:
         summary = agg.summarize_scores(scores).set_index("arm").reindex(ctx.order).dropna(how="all")
         return f"Final {ctx.metric}: " + ", ".join(f"{arm} {format_ci(r['mean'], r.mean_lo, r.mean_hi, scale)}"
                                                    for arm, r in summary.iterrows()) + "."
-    diffs = agg.paired_differences(scores, ctx.baseline).set_index("arm").reindex(ctx.order).dropna(how="all")
+    diffs = agg.paired_verdicts(scores, ctx.baseline).set_index("arm").reindex(ctx.order).dropna(how="all")
     unit = " points" if scale == 100 else ""
     parts = [f"{arm} vs {ctx.baseline}: " + format_difference(
-        r["diff"], r.diff_lo, r.diff_hi, scale, unit, f", {int(r.n_pairs)} seed{'s' if r.n_pairs != 1 else ''}")
-        for arm, r in diffs.iterrows()]
-    return "; ".join(parts) + f" (final {ctx.metric}, paired by seed, 95% t-interval)."
+        r, scale, unit, f", {int(r.n_pairs)} seed{'s' if r.n_pairs != 1 else ''}") for arm, r in diffs.iterrows()]
+    m = int(diffs["m"].max()) if len(diffs) else 0
+    return "; ".join(parts) + f" (final {ctx.metric}, paired by seed; {holm_note(m)})."
 
 
 def caption_knob(df: pd.DataFrame, ctx: Context) -> str:
-    summary = agg.summarize_scores(agg.final_scores(df, ctx.metric, ctx.window)).sort_values("mean")
+    summary = agg.summarize_scores(run_scores(df, ctx)).sort_values("mean")
     best, worst, scale = summary.iloc[-1], summary.iloc[0], scale_of(ctx.metric)
     return (f"Final {ctx.metric} against {ctx.knob}: highest {best.arm} "
             f"{format_ci(best['mean'], best.mean_lo, best.mean_hi, scale)}, lowest {worst.arm} "

@@ -99,13 +99,14 @@ def _is_numeric(values: pd.Series) -> bool:
 
 
 def final_vs_knob(df: pd.DataFrame, knob: str, metric: str = "eval/accuracy", window: int = 3,
-                  order: list[str] | None = None) -> Figure:
+                  order: list[str] | None = None, scores: pd.DataFrame | None = None) -> Figure:
     """Final score per arm against the ablated config field: mean with 95% CI, seeds as dots.
 
     A numeric knob is placed at its value (log2 axis when it doubles, as G does); any other knob, or
-    one missing from the frame, gets one evenly spaced position per arm.
+    one missing from the frame, gets one evenly spaced position per arm. `scores`: the runs' final
+    scores when given (at matched compute, say), else `aggregate.final_scores(df, metric, window)`.
     """
-    scores = agg.final_scores(df, metric, window)
+    scores = agg.final_scores(df, metric, window) if scores is None else scores
     summary = agg.summarize_scores(scores)
     if knob in df.columns:
         summary = summary.merge(agg.arm_values(df, knob), on=agg.ARM_KEYS)

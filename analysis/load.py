@@ -293,6 +293,19 @@ def load_runs(paths, cache: bool = True) -> pd.DataFrame:
     return frame.sort_values(["experiment", "arm", "seed", "step"], ignore_index=True)
 
 
+def load_run_field(paths, field: str) -> pd.DataFrame:
+    """experiment, arm, seed and each run's config value of `field` (None where its config lacks it),
+    for fields `load_runs` leaves out because they vary between seeds (warmstart_seed, say)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AnalysisWarning)  # load_runs has already warned
+        runs, _ = _discover(paths)
+    rows = {}
+    for run_dir, config, sweep in runs:
+        identity = run_identity(run_dir, config, sweep)
+        rows.setdefault(tuple(identity.values()), {**identity, field: (config or {}).get(field)})
+    return pd.DataFrame.from_records(list(rows.values()), columns=[*ID_COLUMNS, field])
+
+
 def load_sweep_specs(paths) -> dict[str, dict]:
     """sweep.json contents by experiment name, each with `sweep_dir` added; {} for bare run dirs."""
     with warnings.catch_warnings():

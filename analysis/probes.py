@@ -6,7 +6,8 @@ Keys read (their meanings are defined once, where the trainer computes them):
   cf/<name>/{cos,norm_ratio}  every K steps only (NaN between); <name> may hold '=', ',' and '/'
 A key is split on its first and last '/', so the middle part is the level or the alternative's name.
 A run's value is its mean over training steps (step >= 1); seeds are then summarised with
-`aggregate.across_seeds` (mean, 95% t-interval) or paired by seed with `aggregate.paired_differences`.
+`aggregate.across_seeds` (mean, 95% t-interval) or paired by seed (`paired_values`) and tested as a family
+with `aggregate.family_verdicts` (Holm).
 """
 
 from __future__ import annotations
@@ -64,13 +65,14 @@ def arm_pairs(df: pd.DataFrame, field: str, first: str, second: str) -> list[tup
             and all(_same(values.at[a, c], values.at[b, c]) for c in others)]
 
 
-def paired_difference(per_run: pd.DataFrame, column: str, arm: str, baseline: str) -> pd.Series | None:
-    """Row of `aggregate.paired_differences` for `arm` - `baseline` in a per-run column (diff, diff_lo,
-    diff_hi, n_pairs); None when the two arms share no seed with a value."""
+def paired_values(per_run: pd.DataFrame, column: str, arm: str, baseline: str) -> np.ndarray:
+    """`arm` - `baseline` in a per-run column, one value per seed both have a value for (in seed order);
+    empty when they share none."""
     runs = per_run.loc[per_run["arm"].isin([arm, baseline]), [*agg.RUN_KEYS, column]].dropna()
-    diffs = agg.paired_differences(runs.rename(columns={column: "score"}), baseline)
-    diffs = diffs[diffs["arm"] == arm]
-    return diffs.iloc[0] if len(diffs) else None
+    wide = runs.pivot_table(index=["experiment", "seed"], columns="arm", values=column)
+    if arm not in wide or baseline not in wide:
+        return np.array([])
+    return (wide[arm] - wide[baseline]).dropna().to_numpy(dtype=float)
 
 
 # ----- difficulty levels -----
@@ -84,19 +86,20 @@ def difficulty_levels(df: pd.DataFrame) -> list[str]:
 def difficulty_shares(df: pd.DataFrame, min_step: int = 1) -> pd.DataFrame:
     """Per run, each level's share of the gradient weight: wide frame experiment, arm, seed, <level>...
 
-    weight (mean |A| of the level's completions) times groups (the level's share of the step's groups)
-    is the level's part of the step's mean |A|. It is averaged over the run's training steps that logged
-    the probe, then normalised to sum 1 over levels. A level absent at such a step was not drawn and
-    counts 0 there, not as a gap. A run whose weight is 0 everywhere (no signal at all) has no shares.
+    by_difficulty/<d>/weight is already level d's share of its step's gradient weight (|A| x per-token
+    weight x tokens, as the run's aggregation gives it), logged only at steps with some weight. The
+    shares are averaged over the run's training steps that logged them, then normalised to sum 1 over
+    levels (they sum to less than 1 only where some prompts have no level). A level absent at such a
+    step was not drawn and counts 0 there, not as a gap. A run with no gradient weight at any step (no
+    signal at all) has no shares.
     """
     levels = difficulty_levels(df)
     if not levels:
         return pd.DataFrame(columns=agg.RUN_KEYS)
     training = df.loc[df["step"] >= min_step]
-    groups = training[[f"by_difficulty/{d}/groups" for d in levels]].to_numpy(dtype=float)
     weight = training[[f"by_difficulty/{d}/weight" for d in levels]].to_numpy(dtype=float)
-    probed = ~np.isnan(groups).all(axis=1)
-    mass = pd.DataFrame((np.nan_to_num(weight) * np.nan_to_num(groups))[probed], columns=levels,
+    probed = ~np.isnan(weight).all(axis=1)
+    mass = pd.DataFrame(np.nan_to_num(weight)[probed], columns=levels,
                         index=pd.MultiIndex.from_frame(training.loc[probed, agg.RUN_KEYS]))
     mass = mass.groupby(level=agg.RUN_KEYS).mean()
     total = mass.sum(axis=1)

@@ -1,6 +1,6 @@
 """Write report.md and report.html for one or more sweeps: what ran, final scores with CIs, figures.
 
-    python -m analysis.report <sweep-dir>... [--out DIR] [--x step|samples|tokens]
+    python -m analysis.report <sweep-dir>... [--out DIR] [--x step|samples|tokens] [--effect POINTS]
 
 The report is assembled as a list of blocks (heading, paragraph, list, table, figure) and rendered
 twice: Markdown with figures linked, and self-contained HTML with the PNGs embedded as base64.
@@ -28,16 +28,11 @@ from analysis import probe_captions as probe_cap
 from analysis import probe_figures as probe_fig
 from analysis import probes
 from analysis.captions import Context
+from analysis.load import (AnalysisError, AnalysisWarning, load_run_field, load_runs, load_statuses,
+                           load_sweep_specs)
 from analysis.render import render_html, render_markdown
-from analysis.load import AnalysisError, AnalysisWarning, load_runs, load_statuses, load_sweep_specs
-
-# Below this many seeds the t quantile is large (t_{0.975,n-1} >= 3.18, against 1.96 for many seeds):
-# the intervals keep their coverage but are wide, and lean on the scores being roughly normal.
-FEW_SEEDS = 5
-STATUS_NOTES = {
-    "missing": "missing (declared in sweep.json, no run on disk)",
-    "running": "unfinished (running, or killed before writing summary.json); final scores use the evals so far",
-}
+from analysis.sections import (experiment_warnings, is_rescored, scores_section, status_section, warm_start_text,
+                               what_was_run)
 
 
 def _has(*columns: str) -> Callable[[pd.DataFrame, Context], bool]:
@@ -45,7 +40,19 @@ def _has(*columns: str) -> Callable[[pd.DataFrame, Context], bool]:
 
 
 def _knob_varies(df: pd.DataFrame, ctx: Context) -> bool:
-    return ctx.knob is not None and agg.final_scores(df, ctx.metric, ctx.window)["arm"].nunique() >= 2
+    return ctx.knob is not None and cap.run_scores(df, ctx)["arm"].nunique() >= 2
+
+
+# A budget line that starts by naming samples or tokens holds compute fixed: score at matched compute.
+_COMPUTE_BUDGET = re.compile(r"\s*(?:generated |completion )?(samples|tokens)\b")
+
+
+def matched_axis(budget: str | None, x: str) -> str | None:
+    """'samples' or 'tokens' when the report's x axis is one, or the budget held fixed is; else None."""
+    if x in ("samples", "tokens"):
+        return x
+    match = _COMPUTE_BUDGET.match(budget or "")
+    return match.group(1) if match else None
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,7 @@ class FigureSpec:
     when: Callable[[pd.DataFrame, Context], bool]
     build: Callable[[pd.DataFrame, Context], object]
     caption: Callable[[pd.DataFrame, Context], str]
+    rescored: bool = False  # shows rescored arms: probes on the same rollouts, not outcomes of training
 
 
 LATE = "over the last 10% of steps"
@@ -89,7 +97,8 @@ FIGURES = [
                lambda df, c: "len/mean: completion tokens per sampled completion, EOS included, truncated ones at "
                f"--max-new-tokens (curves EMA-smoothed); {LATE}: {cap.arm_text(df, ['len/mean'], c, digits=1)}."),
     FigureSpec("final_vs_knob", "Final score against the ablated knob", _knob_varies,
-               lambda df, c: fig.final_vs_knob(df, c.knob, c.metric, c.window, c.order), cap.caption_knob),
+               lambda df, c: fig.final_vs_knob(df, c.knob, c.metric, c.window, c.order, cap.run_scores(df, c)),
+               cap.caption_knob),
     FigureSpec("zero_variance", "Groups without signal",  # the bars; the two markers are optional
                _has("zero_var/frac", "zero_var/all_correct_frac", "zero_var/all_wrong_frac"),
                lambda df, c: fig.zero_variance(df, order=c.order), cap.caption_zero_variance),
@@ -116,12 +125,13 @@ FIGURES = [
                f"the round limit was hit: {cap.arm_text(df, ['dynamic/filled_groups'], c, digits=2, late=False)}."),
     FigureSpec("difficulty_weight", "Gradient weight by difficulty",
                lambda df, c: not probes.difficulty_shares(df).empty,
-               lambda df, c: probe_fig.gradient_weight_by_difficulty(df, c.order), probe_cap.caption_difficulty),
+               lambda df, c: probe_fig.gradient_weight_by_difficulty(df, c.order), probe_cap.caption_difficulty, True),
     FigureSpec("ledger", "Prompt ledger", _has(*probes.LEDGER_MOVES),
-               lambda df, c: probe_fig.prompt_ledger(df, c.order), probe_cap.caption_ledger),
+               lambda df, c: probe_fig.prompt_ledger(df, c.order), probe_cap.caption_ledger, True),
     FigureSpec("counterfactual", "Counterfactual gradients",
                lambda df, c: bool(probes.keyed_columns(df, probes.COUNTERFACTUAL, "cos")),
-               lambda df, c: probe_fig.counterfactual_gradients(df, c.order), probe_cap.caption_counterfactual),
+               lambda df, c: probe_fig.counterfactual_gradients(df, c.order), probe_cap.caption_counterfactual,
+               True),
 ]
 
 
@@ -133,138 +143,42 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
-def _context(df: pd.DataFrame, spec: dict, x: str, metric: str, window: int) -> Context:
-    """Arm order of sweep.json (then any extra arms), its baseline and knob."""
+def _context(df: pd.DataFrame, spec: dict, x: str, metric: str, window: int,
+             effect: float | None = None) -> Context:
+    """Arm order of sweep.json (then any extra arms), its baseline and knob, matched compute, effect."""
     arms = [str(a) for a in spec.get("arms") or []]
     order = [a for a in arms if a in set(df["arm"])] + [a for a in agg.arm_order(df) if a not in arms]
-    return Context(order, spec.get("baseline"), spec.get("knob"), x, metric, window)
-
-
-def what_was_run(spec: dict, df: pd.DataFrame, ctx: Context) -> list[tuple]:
-    """The sweep's declaration, and the config fields that differ between arms."""
-    versions = ", ".join(f"{k} {v}" for k, v in (spec.get("versions") or {}).items()) or "not recorded"
-    seeds = sorted(df["seed"].unique().tolist())
-    declared = spec.get("seeds")
-    seeds_text = ", ".join(map(str, seeds)) + (f" (declared: {', '.join(map(str, declared))})"
-                                               if declared and list(declared) != seeds else "")
-    arms = [f"{a} (baseline)" if a == ctx.baseline else a for a in ctx.order]
-    rows = [["arms", ", ".join(arms)], ["seeds", seeds_text],
-            ["budget held fixed", spec.get("budget") or "not recorded (no sweep.json)"],
-            ["ablated knob", ctx.knob or "none"], ["git commit", spec.get("git_commit") or "not recorded"],
-            ["versions", versions], ["created", spec.get("created") or "not recorded"]]
-    blocks = [("h", 3, "What was run"), ("table", ["", ""], rows)]
-    fields = [c for c in df.columns[3:df.columns.get_loc("step")] if df[c].nunique() > 1 or c == ctx.knob]
-    if fields:
-        values = df.groupby("arm")[fields].first().reindex(ctx.order)
-        blocks += [("p", "Config fields that differ between arms:"),
-                   ("table", ["arm", *fields], [[a, *map(str, r)] for a, r in zip(values.index, values.values)])]
-    return blocks
-
-
-def experiment_warnings(df: pd.DataFrame, statuses: pd.DataFrame, ctx: Context) -> list[str]:
-    """Plain-language warnings: failed, missing and unfinished runs; too few seeds; no baseline."""
-    notes = []
-    for row in statuses[statuses["status"] == "failed"].itertuples():
-        done = "?" if pd.isna(row.steps_done) else row.steps_done
-        notes.append(f"{row.arm}/seed{row.seed} failed after {done} steps: {row.error or 'no error recorded'}")
-    others = statuses[~statuses["status"].isin(["finished", "failed"])]
-    for status, runs in others.groupby("status"):
-        names = ", ".join(f"{r.arm}/seed{r.seed}" for r in runs.itertuples())
-        notes.append(f"{len(runs)} run(s) {STATUS_NOTES.get(status, status)}: {names}")
-    scores = agg.final_scores(df, ctx.metric, ctx.window)
-    if scores.empty:
-        notes.append(f"No {ctx.metric} after step 0 yet: no final scores.")
-        return notes
-    counts = scores.groupby("arm").size().reindex(ctx.order).dropna().astype(int)
-    if (counts == 1).all():
-        notes.append("Only one seed per arm: no confidence interval is possible. "
-                     "This is a smoke test, not a result.")
-    elif (counts == 1).any():
-        notes.append("One seed only, so no confidence interval: " + ", ".join(counts.index[counts == 1]) + ".")
-    few = counts[(counts > 1) & (counts < FEW_SEEDS)]
-    if len(few):
-        notes.append(f"Fewer than {FEW_SEEDS} seeds ({', '.join(f'{a}: {n}' for a, n in few.items())}): "
-                     "the t-intervals are valid but wide (at 2 seeds ±6.4 times the gap between them), "
-                     f"so a real difference smaller than its half-width will read '{cap.NOT_DETECTED}'.")
-    if ctx.baseline is None:
-        notes.append("No baseline arm declared: no paired differences.")
-    elif ctx.baseline not in set(scores["arm"]):
-        notes.append(f"Baseline arm {ctx.baseline!r} has no final score: no paired differences.")
-    if scores["last_step"].nunique() > 1:
-        notes.append(f"Final scores come from different steps ({scores['last_step'].min()}–"
-                     f"{scores['last_step'].max()}): runs of unequal length are compared.")
-    return notes
-
-
-def scores_section(df: pd.DataFrame, ctx: Context) -> list[tuple]:
-    """The final-score table: mean with CI, IQM (from 4 seeds), paired difference to the baseline."""
-    scores = agg.final_scores(df, ctx.metric, ctx.window)
-    if scores.empty:
-        return [("h", 3, "Final scores"), ("p", f"No {ctx.metric} recorded after step 0 yet.")]
-    summary = agg.summarize_scores(scores).set_index("arm")
-    has_baseline = ctx.baseline in summary.index
-    diffs = agg.paired_differences(scores, ctx.baseline).set_index("arm") if has_baseline else pd.DataFrame()
-    scale = cap.scale_of(ctx.metric)
-    header = ["arm", "seeds", "mean [95% CI]", "IQM (no CI)"]
-    header += [f"Δ vs {ctx.baseline} [95% CI]"] if has_baseline else []
-    rows = []
-    for arm in [a for a in ctx.order if a in summary.index]:
-        r = summary.loc[arm]
-        iqm = cap.IQM_EQUALS_MEAN if pd.isna(r.iqm) else cap.format_number(r.iqm * scale)
-        row = [arm, str(int(r.n_seeds)), cap.format_ci(r["mean"], r.mean_lo, r.mean_hi, scale), iqm]
-        if has_baseline:
-            d = diffs.loc[arm] if arm in diffs.index else None
-            pairs = "" if d is None else f" ({int(d.n_pairs)} pairs)"
-            row.append("baseline" if arm == ctx.baseline else "no shared seeds" if d is None else
-                       cap.format_difference(d["diff"], d.diff_lo, d.diff_hi, scale, pairs=pairs))
-        rows.append(row)
-    unit = " in %, differences in points" if scale == 100 else ""
-    # What was averaged: the last `window` points, or fewer where a run logged fewer.
-    fewest, most = int(scores["n_points"].min()), int(scores["n_points"].max())
-    averaged = f"its last {ctx.window} eval points after step 0"
-    if most < ctx.window or fewest < most:
-        averaged += f" (here {fewest})" if fewest == most else f" (here {fewest}–{most})"
-    text = (f"Score of a run: {ctx.metric}{unit}, averaged over {averaged} "
-            "(no smoothing). Mean over seeds with a 95% Student-t interval, mean ± t·s/√n: valid at few seeds "
-            f"but wide. IQM (25% trimmed mean) only from {agg.IQM_MIN_SEEDS} seeds on, where it trims "
-            "something, and without a CI: no interval for it has known coverage at so few seeds."
-            + (f" Δ is the per-seed paired difference to {ctx.baseline}, with its t-interval; one that covers 0 "
-               f"is {cap.NOT_DETECTED}: these seeds cannot tell the arms apart, which does not show that "
-               "they are equal." if has_baseline else ""))
-    return [("h", 3, "Final scores"), ("p", text), ("table", header, rows)]
+    return Context(order, spec.get("baseline"), spec.get("knob"), x, metric, window,
+                   matched_axis(spec.get("budget"), x), effect)
 
 
 def figures_section(df: pd.DataFrame, ctx: Context, out_dir: Path, prefix: str) -> tuple[list[tuple], list[str]]:
     """Build, save and caption every figure whose metrics are present; a failing figure becomes a warning."""
     blocks, problems = [("h", 3, "Figures")], []
+    trained = df.loc[~is_rescored(df["arm"])]
     for spec in FIGURES:
-        if not spec.when(df, ctx):
+        data = df if spec.rescored else trained
+        if data.empty or not spec.when(data, ctx):
             continue
         try:
-            figure = spec.build(df, ctx)
+            figure = spec.build(data, ctx)
             png, svg = fig.save(figure, out_dir / "figures", f"{prefix}{spec.name}")
             paths = [path.relative_to(out_dir).as_posix() for path in (png, svg)]
-            blocks.append(("fig", spec.title, *paths, spec.caption(df, ctx)))
+            blocks.append(("fig", spec.title, *paths, spec.caption(data, ctx)))
         except Exception as err:  # one broken figure must not cost the whole report
             problems.append(f"figure {spec.name} failed: {type(err).__name__}: {err}")
     return blocks, problems
 
 
-def status_section(statuses: pd.DataFrame, order: list[str]) -> list[tuple]:
-    rank = {arm: i for i, arm in enumerate(order)}
-    statuses = statuses.assign(rank=statuses["arm"].map(rank).fillna(len(rank))).sort_values(["rank", "seed"])
-    rows = [[r.arm, str(r.seed), r.status, "" if pd.isna(r.steps_done) else str(int(r.steps_done)),
-             "" if pd.isna(r.steps) else str(int(r.steps))] for r in statuses.itertuples()]
-    return [("h", 3, "Runs"), ("table", ["arm", "seed", "status", "steps done", "steps planned"], rows)]
-
-
-def build_blocks(paths: list[Path], out_dir: Path, x: str, metric: str, window: int) -> list[tuple]:
+def build_blocks(paths: list[Path], out_dir: Path, x: str, metric: str, window: int,
+                 effect: float | None = None) -> list[tuple]:
     """Load everything and assemble the report; loader warnings are collected into the report."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", AnalysisWarning)
         df = load_runs(paths)
         statuses = load_statuses(paths)
         specs = load_sweep_specs(paths)
+        warm = load_run_field(paths, "warmstart_seed")
     load_notes = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, AnalysisWarning)))
     for note in load_notes:
         print(f"warning: {note}", file=sys.stderr)
@@ -276,32 +190,39 @@ def build_blocks(paths: list[Path], out_dir: Path, x: str, metric: str, window: 
     experiments = list(dict.fromkeys(df["experiment"]))
     for experiment in experiments:
         exp_df = df[df["experiment"] == experiment].dropna(axis=1, how="all")
-        ctx = _context(exp_df, specs.get(experiment, {}), x, metric, window)
+        ctx = _context(exp_df, specs.get(experiment, {}), x, metric, window, effect)
         exp_statuses = statuses[statuses["experiment"] == experiment]
+        exp_warm = warm[(warm["experiment"] == experiment) & ~is_rescored(warm["arm"])]
         prefix = f"{_slug(experiment)}_" if len(experiments) > 1 else ""
         fig_blocks, problems = figures_section(exp_df, ctx, out_dir, prefix)
         notes = experiment_warnings(exp_df, exp_statuses, ctx) + problems
-        blocks += [("h", 2, f"Experiment: {experiment}"), *what_was_run(specs.get(experiment, {}), exp_df, ctx)]
+        blocks += [("h", 2, f"Experiment: {experiment}"),
+                   *what_was_run(specs.get(experiment, {}), exp_df, ctx, exp_warm)]
         blocks += [("h", 3, "Warnings"), ("ul", notes)] if notes else []
-        blocks += [*scores_section(exp_df, ctx), *fig_blocks, *status_section(exp_statuses, ctx.order)]
+        warm_note = f"What the seeds vary: the warm start is {warm_start_text(exp_warm)}."
+        blocks += [*scores_section(exp_df.loc[~is_rescored(exp_df["arm"])], ctx, warm_note), *fig_blocks,
+                   *status_section(exp_statuses, ctx.order)]
     return blocks
 
 
 def write_report(sweep_dirs, out_dir=None, x: str = "step", metric: str = "eval/accuracy",
-                 window: int = 3) -> Path:
+                 window: int = 3, effect: float | None = None) -> Path:
     """Write report.md, report.html and figures/ for `sweep_dirs`; return the path of report.md.
 
-    out_dir defaults to the first sweep dir. Raises AnalysisError on bad input.
+    out_dir defaults to the first sweep dir. effect: an effect in display units (points of accuracy) for
+    which the table gives the seeds needed. Raises AnalysisError on bad input.
     """
     paths = [Path(p) for p in ([sweep_dirs] if isinstance(sweep_dirs, (str, Path)) else sweep_dirs)]
     if not paths:
         raise AnalysisError("no sweep directory given")
     if x not in ("step", "samples", "tokens"):
         raise AnalysisError(f"x must be step, samples or tokens, not {x!r}")
+    if effect is not None and not (effect > 0 and effect < float("inf")):
+        raise AnalysisError(f"effect must be a positive number, not {effect!r}")
     out = Path(out_dir) if out_dir is not None else paths[0]
     out.mkdir(parents=True, exist_ok=True)
     out = out.resolve()
-    blocks = build_blocks(paths, out, x, metric, window)
+    blocks = build_blocks(paths, out, x, metric, window, effect)
     (out / "report.html").write_text(render_html(blocks, out))
     report = out / "report.md"
     report.write_text(render_markdown(blocks, out))
@@ -317,9 +238,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="x axis of the curves; samples/tokens compare arms at matched compute")
     parser.add_argument("--metric", default="eval/accuracy", help="metric of the final-score table")
     parser.add_argument("--window", type=int, default=3, help="eval points averaged into a run's final score")
+    parser.add_argument("--effect", type=float, default=None,
+                        help="an effect in the metric's display units (points of accuracy): the table gives the "
+                             "seeds each comparison would need to detect it")
     args = parser.parse_args(argv)
     try:
-        report = write_report(args.sweep_dirs, args.out, args.x, args.metric, args.window)
+        report = write_report(args.sweep_dirs, args.out, args.x, args.metric, args.window, args.effect)
     except (AnalysisError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

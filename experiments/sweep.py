@@ -390,6 +390,9 @@ def parse_args(experiment: Experiment, argv: list[str]) -> tuple[argparse.Namesp
                         help="same: every run starts from its arm's warm start (intervals are conditional on it); "
                              "per-seed: each run's warm start is seeded by its seed, so the seeds vary it too; "
                              "a number: grpo train's --warmstart-seed for every arm (as same)")
+    parser.add_argument("--effect", type=float, default=None,
+                        help="the report gives the seeds each comparison needs to detect this effect "
+                             "(in points of accuracy)")
     args, train_args = parser.parse_known_args(argv)
     if args.warmstart_seed not in ("same", "per-seed"):
         try:
@@ -399,6 +402,8 @@ def parse_args(experiment: Experiment, argv: list[str]) -> tuple[argparse.Namesp
         args.warmstart_seed = "same"
     if args.seeds < 1 or args.parallel < 1 or (args.steps is not None and args.steps < 1):
         parser.error("--seeds, --parallel and --steps must be >= 1")
+    if args.effect is not None and not args.effect > 0:
+        parser.error("--effect must be > 0")
     unknown = sorted(set(args.arms or ()) - set(experiment.arms))
     if unknown:
         parser.error(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(experiment.arms)}")
@@ -480,7 +485,7 @@ def sweep(experiment: Experiment, args: argparse.Namespace, train_args: list[str
         from analysis.report import write_report
 
         try:
-            report = write_report([args.out_dir], x=experiment.report_x)
+            report = write_report([args.out_dir], x=experiment.report_x, effect=args.effect)
             print(f"report: {report}\nreport (html): {report.with_suffix('.html')}")
         except AnalysisError as err:
             print(f"{experiment.name}: no report: {err}", file=sys.stderr)

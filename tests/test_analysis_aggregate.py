@@ -197,3 +197,22 @@ def test_late_run_means_and_inner_epoch_table():
 def test_natural_arm_order():
     df = frame([(arm, 0, 0, {}) for arm in ("G16", "G4", "G8")])
     assert agg.arm_order(df) == ["G4", "G8", "G16"]
+
+
+def test_final_scores_at_matched_compute_interpolate_at_the_samples_every_run_reached():
+    # Run a: evals at samples 0, 10, 20, 30 (steps 0-3) of 0.0, 0.2, 0.4, 0.6. Run b samples twice as fast:
+    # samples 0, 20, 40, 60 with 0.0, 0.3, 0.5, 0.7. Every run reached 30 samples (a's last eval).
+    df = frame([("a", 0, s, {"eval/accuracy": v}) for s, v in enumerate([0.0, 0.2, 0.4, 0.6])]
+               + [("b", 0, s, {"eval/accuracy": v}) for s, v in enumerate([0.0, 0.3, 0.5, 0.7])])
+    df.loc[df["arm"] == "b", "samples"] = 20 * df.loc[df["arm"] == "b", "step"]
+    df.loc[df["arm"] == "a", "samples"] = 10 * df.loc[df["arm"] == "a", "step"]
+    assert agg.matched_budget(df, "eval/accuracy", "samples") == 30.0
+    result = agg.final_scores(df, window=3, at=("samples", 30.0)).set_index("arm")
+    # a: 30 is its step-3 eval: mean(0.2, 0.4, 0.6) = 0.4, as at equal steps.
+    assert result.loc["a", "score"] == pytest.approx(0.4) and result.loc["a", "last_step"] == 3
+    # b: halfway between samples 20 (0.3) and 40 (0.5): 0.4; before it only step 1's 0.3: mean 0.35.
+    assert result.loc["b", "score"] == pytest.approx(0.35)
+    assert result.loc["b", "n_points"] == 2 and result.loc["b", "last_step"] == 2
+    assert agg.matched_budget(df.drop(columns="samples"), "eval/accuracy", "samples") is None  # old runs
+    # At equal steps b would score mean(0.3, 0.5, 0.7) = 0.5, with twice a's samples.
+    assert agg.final_scores(df, window=3).set_index("arm").loc["b", "score"] == pytest.approx(0.5)

@@ -52,20 +52,23 @@ def test_arm_pairs_isolate_one_config_field():
 # ----- gradient weight by difficulty -----
 
 def test_difficulty_shares_by_hand():
-    # Step 1: d1 weight 0.8 on 50% of groups, d2 0.4 on 50%. Step 2: d1 not drawn (absent: counts 0),
-    # d2 weight 0.75 on 80% of groups, d10 weight 0 (all its groups solved) on 20%. Step 0 (eval) has no
-    # probe. Mass d1 = (0.4 + 0) / 2 = 0.2, d2 = (0.2 + 0.6) / 2 = 0.4, d10 = 0: shares 1/3, 2/3, 0.
+    # by_difficulty/<d>/weight is the level's share of its step's gradient weight, absent at a step with no
+    # weight at all. Step 1: d1 0.25, d2 0.75. Step 2: d1 not drawn (absent: counts 0), d2 1.0, d10 0 (all
+    # its groups solved). Step 3: no gradient weight at all (only groups logged): left out, not counted as
+    # zero shares. Step 0 (eval) has no probe. Means d1 = (0.25 + 0) / 2 = 0.125, d2 = (0.75 + 1) / 2 =
+    # 0.875, d10 = 0: they already sum to 1.
     rows = [("a", 0, 0, {}),
-            ("a", 0, 1, {"by_difficulty/d1/weight": 0.8, "by_difficulty/d1/groups": 0.5,
-                         "by_difficulty/d2/weight": 0.4, "by_difficulty/d2/groups": 0.5}),
-            ("a", 0, 2, {"by_difficulty/d2/weight": 0.75, "by_difficulty/d2/groups": 0.8,
+            ("a", 0, 1, {"by_difficulty/d1/weight": 0.25, "by_difficulty/d1/groups": 0.5,
+                         "by_difficulty/d2/weight": 0.75, "by_difficulty/d2/groups": 0.5}),
+            ("a", 0, 2, {"by_difficulty/d2/weight": 1.0, "by_difficulty/d2/groups": 0.8,
                          "by_difficulty/d10/weight": 0.0, "by_difficulty/d10/groups": 0.2}),
-            ("b", 0, 1, {"by_difficulty/d1/weight": 0.0, "by_difficulty/d1/groups": 1.0})]  # no signal at all
+            ("a", 0, 3, {"by_difficulty/d1/groups": 0.5, "by_difficulty/d2/groups": 0.5}),
+            ("b", 0, 1, {"by_difficulty/d1/groups": 1.0})]  # no signal at all: no weight logged
     df = frame(rows)
     assert probes.difficulty_levels(df) == ["d1", "d2", "d10"]
     shares = probes.difficulty_shares(df)
     assert shares["arm"].tolist() == ["a"]  # b has no weight anywhere: no shares
-    assert shares[["d1", "d2", "d10"]].iloc[0].tolist() == pytest.approx([1 / 3, 2 / 3, 0.0])
+    assert shares[["d1", "d2", "d10"]].iloc[0].tolist() == pytest.approx([0.125, 0.875, 0.0])
 
 
 def difficulty_frame(grpo_minus_dr, other_aggregation=False):
@@ -238,10 +241,33 @@ def test_counterfactual_heatmap_shows_the_mean_cosines():
 def test_counterfactual_caption_names_the_lowest_cosine_and_the_norm_ratios():
     df = counterfactual_frame()
     caption = probe_captions.caption_counterfactual(df, context(df))
-    # a: seeds 0.8 and 0.5 for the two alternatives are constant across seeds: lo = hi = the value.
-    assert ("a: lowest cosine objective=gspo,clip=0.2 0.50 [0.50, 0.50] "
+    # a: seeds 0.8 and 0.5 for the two alternatives are constant across seeds: no spread, no interval.
+    assert ("a: lowest cosine objective=gspo,clip=0.2 0.50 (no spread) of 2 "
             "(norm ratios: advantage=dr_grpo 2.00, objective=gspo,clip=0.2 1.00)") in caption
     assert "b: lowest cosine advantage=dr_grpo 0.20 (no CI: 1 seed) (norm ratios: advantage=dr_grpo 0.50)" in caption
+
+
+def test_lowest_cosine_gets_an_interval_simultaneous_over_the_alternatives_and_no_verdict():
+    # Alternative x: cos 0.1, 0.2, 0.3 by seed (mean 0.2, s 0.1); y: 0.8, 0.9, 1.0. x is the lowest of k = 2,
+    # picked after seeing both, so its interval is at 1 - 0.05/2: t_{0.9875,2} = 0.975 * sqrt(2 / 0.049375)
+    # = 6.2053, half-width 6.2053 * 0.1 / sqrt(3) = 0.358: [-0.16, 0.56] (its own 95% would be [-0.05, 0.45]).
+    df = frame([("a", seed, 1, {"cf/x/cos": 0.1 * (seed + 1), "cf/y/cos": 0.8 + 0.1 * seed}) for seed in range(3)])
+    caption = probe_captions.caption_counterfactual(df, context(df))
+    assert "a: lowest cosine x 0.20 [−0.16, 0.56] of 2." in caption
+    assert "higher" not in caption and "lower" not in caption and NOT_DETECTED not in caption
+
+
+def test_ledger_comparisons_of_several_arms_are_one_holm_family():
+    # Three arms, each measured - predicted = UP: alone each is measured above prediction (p = 0.0351,
+    # [2.6, 27.4]). Holm over 3 needs 0.0351 <= 0.05/3: none is claimed, each interval at 1 - 0.05/3:
+    # t_{0.991667,2} = 0.983333 * sqrt(2 / 0.0330556) = 7.6488, half-width 7.6488 * 5 / sqrt(3) = 22.08 points:
+    # [−7.1, 37.1].
+    one = ledger_frame(UP)
+    df = pd.concat([one.assign(arm=arm) for arm in ("a", "b", "c")], ignore_index=True)
+    caption = probe_captions.caption_ledger(df, context(df))
+    for arm in ("a", "b", "c"):
+        assert f"{arm} 55.0 vs 40.0, difference +15.0 points [−7.1, 37.1], 3 seeds: {NOT_DETECTED}" in caption
+    assert "Holm over 3 comparisons" in caption and "measured above" not in caption
 
 
 def test_key_with_slashes_in_the_name_splits_on_first_and_last_slash():

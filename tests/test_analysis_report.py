@@ -123,10 +123,11 @@ def test_report_end_to_end_on_a_2_arm_3_seed_sweep(tmp_path):
     # half-width is t_{0.975,2} * 12.5 / sqrt(3) = 4.3027 * 7.217 = 31.05. IQM of 3 seeds trims nothing.
     assert "| grpo | 3 | 50.0 [18.9, 81.1] | = mean (n < 4 trims nothing) | baseline |" in text
     assert "| dr_grpo | 3 | 62.5 [31.4, 93.6] |" in text
-    # Every seed differs by exactly 12.5: the CI collapses and excludes 0, so it is a difference.
-    assert "+12.5 [12.5, 12.5] (3 pairs): higher |" in text
+    # Every seed differs by exactly 12.5: no spread, so no interval and no verdict (it used to read
+    # "+12.5 [12.5, 12.5] (3 pairs): higher").
+    assert "| +12.5 (3 pairs): no verdict: identical differences, no spread |  |  | no spread |" in text
     # Data-generated captions.
-    assert "dr_grpo vs grpo: +12.5 points [12.5, 12.5], 3 seeds: higher" in text
+    assert "dr_grpo vs grpo: +12.5 points, 3 seeds: no verdict: identical differences, no spread" in text
     assert ("All correct or all wrong (accuracy/constant_group_frac) vs the share expected if every prompt "
             "had the step's solve rate pbar, pbar^G + (1-pbar)^G (zero_var/expected_frac): "
             "grpo 30.0 vs 18.0, dr_grpo 30.0 vs 18.0") in text
@@ -216,13 +217,14 @@ def test_probe_figures_and_claims_in_the_report(tmp_path):
     assert "failed" not in text
     # d1's share, w / (w + 0.5): grpo 0.6/1.1, 0.7/1.2, 0.8/1.3 against dr_grpo 0.5/1.0, 0.6/1.1, 0.7/1.2,
     # paired differences 0.04545, 0.03788, 0.03205: mean 0.03846, s 0.006721, half-width
-    # 4.30265 * 0.006721 / sqrt(3) = 0.01670, so [0.0218, 0.0552] in points.
+    # 4.30265 * 0.006721 / sqrt(3) = 0.01670, so [0.0218, 0.0552] in points (one pair: a family of one).
     assert ('Claim "std normalisation up-weights near-solved groups" (the easiest level\'s share under advantage=grpo '
-            "minus under advantage=dr_grpo, paired by seed; it holds if positive): grpo vs dr_grpo, easiest level with "
-            "signal d1: holds (+3.8 points [2.2, 5.5]), 3 seeds.") in text
+            "minus under advantage=dr_grpo, paired by seed; it holds if positive; 95% t-interval): grpo vs dr_grpo, "
+            "easiest level with signal d1: holds (+3.8 points [2.2, 5.5]), 3 seeds.") in text
     assert "it needs two arms that differ only in aggregation (seq_mean_token_mean vs" in text
-    assert "grpo 30.0 vs 20.0, difference +10.0 points [10.0, 10.0]" in text
-    assert "grpo: lowest cosine aggregation=token_mean 0.90 [0.90, 0.90]" in text
+    # Measured minus predicted is 10 points in every run: no spread, no verdict.
+    assert "grpo 30.0 vs 20.0, difference +10.0 points, 3 seeds: no verdict: identical differences" in text
+    assert "grpo: lowest cosine aggregation=token_mean 0.90 (no spread)" in text
 
 
 def test_probe_figures_are_skipped_without_their_keys(tmp_path):
@@ -230,3 +232,116 @@ def test_probe_figures_are_skipped_without_their_keys(tmp_path):
     write_report(sweep)
     drawn = {p.stem for p in (sweep / "figures").glob("*.png")}
     assert not drawn & {"difficulty_weight", "ledger", "counterfactual"} and "length" in drawn
+
+
+# ----- rescored arms, matched compute, warm start, departures, --effect -----
+
+def add_rescored_run(sweep, arm="grpo", name="dr", seeds=(0, 1, 2)):
+    """<arm>/seed<k>/rescore/<name>/ as `grpo rescore` writes it: arm '<arm>@<name>', the run's own steps,
+    and (for this test) the run's eval/accuracy copied, so a paired difference to its run would be exactly 0."""
+    for seed in seeds:
+        run = sweep / arm / f"seed{seed}"
+        out = run / "rescore" / name
+        out.mkdir(parents=True)
+        config = json.loads((run / "config.json").read_text())
+        (out / "config.json").write_text(json.dumps({**config, "arm": f"{arm}@{name}", "advantage": "dr_grpo"}))
+        (out / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text())
+        (out / "summary.json").write_text(json.dumps({"status": "finished", "steps_done": 6, "final": {}}))
+
+
+def test_rescored_arms_stay_out_of_the_final_scores_and_outcome_curves(tmp_path):
+    sweep = write_sweep(tmp_path / "sweep", probes=True)
+    add_rescored_run(sweep)
+    text = write_report(sweep).read_text()
+    table = text.split("### Final scores")[1].split("### Figures")[0]
+    assert "grpo@dr" not in table and "0.0 [0.0, 0.0]" not in text
+    eval_caption = text.split("![Eval accuracy]")[1].split("####")[0]
+    assert "grpo@dr" not in eval_caption
+    assert "Rescored arms (grpo@dr) share their run's rollouts" in text
+    assert "grpo@dr (rescored, not trained)" in text
+    # It stays in the probe figures, where the comparison is on the same rollouts.
+    ledger_caption = text.split("![Prompt ledger]")[1].split("####")[0]
+    assert "grpo@dr 30.0 vs 20.0" in ledger_caption
+    # grpo@dr has advantage=dr_grpo and grpo's rollouts: a pair for the std claim, marked as exact.
+    assert "grpo vs grpo@dr (same rollouts), easiest level with signal d1:" in text
+
+
+def test_matched_axis_from_the_x_axis_or_the_budget_held_fixed():
+    from analysis.report import matched_axis
+
+    assert matched_axis("completions per step (16) and steps (40)", "step") is None
+    assert matched_axis("completions per step (16) and steps (40)", "tokens") == "tokens"
+    assert matched_axis("generated samples (the report's x axis); prompts per step and steps are equal", "step") \
+        == "samples"
+    assert matched_axis("tokens generated", "step") == "tokens" and matched_axis(None, "step") is None
+
+
+def double_sampler_sweep(root):
+    """Arm 'dynamic' samples twice as many completions per step as 'grpo' (16 vs 8 per step)."""
+    sweep = write_sweep(root, arms=("grpo", "dynamic"), lean=True)
+    for seed in (0, 1, 2):
+        path = sweep / "dynamic" / f"seed{seed}" / "metrics.jsonl"
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        path.write_text("".join(json.dumps({**r, "samples": 16 * r["step"]}) + "\n" for r in records))
+    return sweep
+
+
+def test_equal_steps_with_unequal_samples_are_warned_and_samples_x_scores_at_matched_compute(tmp_path):
+    sweep = double_sampler_sweep(tmp_path / "sweep")
+    text = write_report(sweep).read_text()
+    assert ("Compared at equal steps, but the arms had sampled different numbers of completions by then "
+            "(grpo 48, dynamic 96, mean over seeds): not matched compute") in text
+    # At equal steps both arms score as in eval_accuracy: 37.5, 50, 62.5 by seed (paired differences all 0).
+    assert "| 0.0 (3 pairs): no verdict" in text
+    # At matched samples: grpo reaches 48 samples at step 6, dynamic at step 3, so dynamic is scored there:
+    # its curve at 48 samples is its step-3 eval, 0.25 + 0.125 * seed, and no eval after step 0 comes before
+    # it: 25, 37.5, 50 (mean 37.5). grpo keeps 37.5, 50, 62.5. Every seed's difference is -12.5.
+    text = write_report(sweep, out_dir=tmp_path / "samples", x="samples").read_text()
+    assert "At matched compute: every run is scored at 48 samples, the most that all of them reached" in text
+    assert "| dynamic | 3 | 37.5 [6.4, 68.6] |" in text and "| −12.5 (3 pairs): no verdict" in text
+    assert "Compared at equal steps" not in text
+
+
+def set_configs(sweep, **fields):
+    """Rewrite every run's config.json with `fields`; a callable value gets (arm, seed)."""
+    for config_path in sweep.glob("*/seed*/config.json"):
+        config = json.loads(config_path.read_text())
+        config.update({k: v(config["arm"], config["seed"]) if callable(v) else v for k, v in fields.items()})
+        config_path.write_text(json.dumps(config))
+
+
+def test_report_says_what_the_seeds_vary_and_shows_the_departures(tmp_path):
+    sweep = write_sweep(tmp_path / "sweep", lean=True)
+    set_configs(sweep, warmstart_seed=0)
+    spec = json.loads((sweep / "sweep.json").read_text())
+    spec["departures"] = {"dr_grpo": "no std normalisation but the paper's token-sum norm"}
+    (sweep / "sweep.json").write_text(json.dumps(spec))
+    text = write_report(sweep).read_text()
+    assert ("| warm start | one shared by all seeds of an arm (warmstart_seed 0): the seeds vary the RL run only, "
+            "so every interval is conditional on that warm start |") in text
+    assert "What the seeds vary: the warm start is one shared by all seeds" in text
+    assert "Deliberate departures from the paper:" in text
+    assert "| dr_grpo | no std normalisation but the paper's token-sum norm |" in text
+
+    set_configs(sweep, warmstart_seed=lambda arm, seed: seed)
+    text = write_report(sweep).read_text()
+    assert "one per seed (warmstart_seed varies with the seed): the intervals include the warm start's variance" in text
+
+
+def test_cli_effect_adds_the_seeds_needed_column_and_refuses_a_non_positive_effect(tmp_path):
+    sweep = write_sweep(tmp_path / "sweep", arms=("grpo", "dr_grpo", "G4"), lean=True)
+    assert run_cli(sweep, "--effect", "2").returncode == 0
+    assert "| seeds for 2.0 points |" in (sweep / "report.md").read_text()
+    bad = run_cli(sweep, "--effect", "0")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: effect must be a positive number")
+
+
+def test_sweep_takes_effect_for_its_report():
+    from experiments.demo import EXPERIMENT
+    from experiments.sweep import parse_args
+
+    args, _ = parse_args(EXPERIMENT, ["--effect", "1.5"])
+    assert args.effect == 1.5
+    assert parse_args(EXPERIMENT, [])[0].effect is None
+    with pytest.raises(SystemExit):     # refused before any run, not after the sweep
+        parse_args(EXPERIMENT, ["--effect", "0"])
