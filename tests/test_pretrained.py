@@ -6,6 +6,7 @@ with the `gguf` package; the real SmolLM2 file is tested under `-m slow` (`make 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from conftest import SMALL_CONFIG, cli_args, one_error_line
 from grpo import GrpoError
 from grpo import pretrained
 from grpo.cli import main
-from grpo.config import TrainConfig
+from grpo.config import PRETRAINED_DEFAULTS, TrainConfig, format_weights
 from grpo.models import check_model_dir, load_pretrained, load_tokenizer
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -148,6 +149,64 @@ def test_a_pretrained_model_trains_without_a_warm_start_by_default(tiny_gguf, tm
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [0, 1, 2, 3]
     assert all(np.isfinite(r["loss"]) for r in records[1:])
+
+
+def test_grpo_train_gives_a_pretrained_model_its_defaults_records_them_and_explicit_flags_win(tiny_gguf, tmp_path):
+    """`grpo train --model <gguf>` without the flags runs with PRETRAINED_DEFAULTS (worked example on, the
+    gated rewards, lr 1e-5, 2 prompts x G 8), as its config.json records; a flag given wins, even one
+    that equals a preset's default; a preset model keeps the fields' own defaults."""
+    shared = ["--steps", "1", "--max-new-tokens", "12", "--eval-prompts", "8", "--eval-samples", "8",
+              "--wandb-mode", "disabled", "--quiet", "--threads", "1"]
+
+    def run(name: str, *flags: str) -> dict:
+        assert main(["train", "--model", str(tiny_gguf), "--out-dir", str(tmp_path / name), *shared, *flags]) == 0
+        return json.loads((tmp_path / name / "config.json").read_text())
+
+    used = run("defaults")
+    assert {name: used[name] for name in PRETRAINED_DEFAULTS} == {
+        "worked_example": True, "lr": 1e-5, "prompts_per_step": 2,
+        "reward_weights": {"correct_extracted": 1.0, "format_if_correct": 0.5, "format_partial": 0.0}}
+    assert used["group_size"] == 8
+    explicit = run("explicit", "--no-worked-example", "--lr", "1e-4", "--prompts-per-step", "3",
+                   "--reward-weights", "correct=1,format=0.1", "--group-size", "4")
+    assert {name: explicit[name] for name in [*PRETRAINED_DEFAULTS, "group_size"]} == {
+        "worked_example": False, "lr": 1e-4, "prompts_per_step": 3, "group_size": 4,
+        "reward_weights": {"correct": 1.0, "format": 0.1}}
+    assert TrainConfig.flag_defaults(["--steps", "3"]) == TrainConfig()               # no --model: tiny
+    assert TrainConfig.flag_defaults(["--model=seed"]) == TrainConfig(model="seed")   # a preset: the fields'
+    assert TrainConfig.flag_defaults(["--model=my.gguf"]).lr == 1e-5
+
+
+def test_for_model_hands_out_its_own_copy_of_the_defaults():
+    cfg = TrainConfig.for_model("path/to/model")
+    cfg.reward_weights["correct_extracted"] = 7.0
+    assert PRETRAINED_DEFAULTS["reward_weights"]["correct_extracted"] == 1.0
+    assert TrainConfig.for_model("path/to/model", lr=3e-4).lr == 3e-4
+
+
+def test_help_names_both_defaults_and_shows_the_pretrained_ones_for_a_pretrained_model(capsys, monkeypatch):
+    """`grpo train --help` names each PRETRAINED_DEFAULTS value in its flag's text (a docstring that
+    drifted from the table fails here); with a pretrained --model, the shown defaults are that model's."""
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def help_text(*args: str) -> str:
+        with pytest.raises(SystemExit):
+            main(["train", *args, "--help"])
+        return re.sub(r"[│\s]+", "", capsys.readouterr().out)     # wrapped anywhere: no spaces, no borders
+
+    def said(value) -> str:
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return format_weights(value) if isinstance(value, dict) else f"{value:g}".replace("e-0", "e-")
+
+    text = help_text()
+    for name, value in PRETRAINED_DEFAULTS.items():
+        assert f"{said(value)}forapretrainedmodel" in text, name
+    assert "(default:0.0001)" in text
+    pretrained_text = help_text("--model", "smollm2-135m")      # the model is not loaded for --help
+    for shown in ("(default:1e-05)", "(default:2)", "(default:True)",
+                  f"(default:{format_weights(PRETRAINED_DEFAULTS['reward_weights'])})"):
+        assert shown in pretrained_text, shown
 
 
 def test_dtype_defaults_to_bf16_only_for_pretrained_models_on_bf16_hardware(monkeypatch):
