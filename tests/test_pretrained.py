@@ -152,8 +152,8 @@ def test_a_pretrained_model_trains_without_a_warm_start_by_default(tiny_gguf, tm
 
 
 def test_grpo_train_gives_a_pretrained_model_its_defaults_records_them_and_explicit_flags_win(tiny_gguf, tmp_path):
-    """`grpo train --model <gguf>` without the flags runs with PRETRAINED_DEFAULTS (worked example on, the
-    gated rewards, lr 1e-5, 2 prompts x G 8), as its config.json records; a flag given wins, even one
+    """`grpo train --model <gguf>` without the flags runs with PRETRAINED_DEFAULTS (1-2 digits, worked example
+    on, the gated rewards, lr 1e-5, 2 prompts x G 8), as its config.json records; a flag given wins, even one
     that equals a preset's default; a preset model keeps the fields' own defaults."""
     shared = ["--steps", "1", "--max-new-tokens", "12", "--eval-prompts", "8", "--eval-samples", "8",
               "--wandb-mode", "disabled", "--quiet", "--threads", "1"]
@@ -164,13 +164,13 @@ def test_grpo_train_gives_a_pretrained_model_its_defaults_records_them_and_expli
 
     used = run("defaults")
     assert {name: used[name] for name in PRETRAINED_DEFAULTS} == {
-        "worked_example": True, "lr": 1e-5, "prompts_per_step": 2,
+        "digits": "1-2", "worked_example": True, "lr": 1e-5, "prompts_per_step": 2,
         "reward_weights": {"correct_extracted": 1.0, "format_if_correct": 0.5, "format_partial": 0.0}}
     assert used["group_size"] == 8
-    explicit = run("explicit", "--no-worked-example", "--lr", "1e-4", "--prompts-per-step", "3",
+    explicit = run("explicit", "--digits", "1-3", "--no-worked-example", "--lr", "1e-4", "--prompts-per-step", "3",
                    "--reward-weights", "correct=1,format=0.1", "--group-size", "4")
     assert {name: explicit[name] for name in [*PRETRAINED_DEFAULTS, "group_size"]} == {
-        "worked_example": False, "lr": 1e-4, "prompts_per_step": 3, "group_size": 4,
+        "digits": "1-3", "worked_example": False, "lr": 1e-4, "prompts_per_step": 3, "group_size": 4,
         "reward_weights": {"correct": 1.0, "format": 0.1}}
     assert TrainConfig.flag_defaults(["--steps", "3"]) == TrainConfig()               # no --model: tiny
     assert TrainConfig.flag_defaults(["--model=seed"]) == TrainConfig(model="seed")   # a preset: the fields'
@@ -197,7 +197,9 @@ def test_help_names_both_defaults_and_shows_the_pretrained_ones_for_a_pretrained
     def said(value) -> str:
         if isinstance(value, bool):
             return "on" if value else "off"
-        return format_weights(value) if isinstance(value, dict) else f"{value:g}".replace("e-0", "e-")
+        if isinstance(value, float):
+            return f"{value:g}".replace("e-0", "e-")                  # 1e-05 -> 1e-5, as a docstring writes it
+        return format_weights(value) if isinstance(value, dict) else str(value)
 
     text = help_text()
     for name, value in PRETRAINED_DEFAULTS.items():
@@ -279,15 +281,14 @@ def test_smollm2_converts_to_the_packaged_model_and_writes_about_the_question(tm
 
 
 @pytest.mark.slow
-def test_smollm2_with_a_worked_example_learns_from_step_1(tmp_path):
-    """One GRPO step of the real SmolLM2 with --worked-example and the tolerant rewards: the groups have reward
-    variance (measured: 6% of 16 groups without it at step 1, against 81% without the worked example), the
-    model writes tags (format_partial > 0), and the step moves the weights."""
+def test_smollm2_with_the_pretrained_defaults_learns_from_step_1(tmp_path):
+    """One GRPO step of the real SmolLM2 with what `grpo train --model smollm2-135m` gives it
+    (PRETRAINED_DEFAULTS): the groups have reward variance (with a preset's defaults: zero_var/frac 1.0),
+    the model writes tags (format_partial, logged at weight 0, > 0), and the step moves the weights."""
     from grpo.trainer import build_trainer, grpo_step
 
-    cfg = TrainConfig(model="smollm2-135m", digits="1-2", worked_example=True, prompts_per_step=4, group_size=4,
-                      reward_weights={"correct_extracted": 1.0, "format_partial": 0.5}, lr=2e-5, seed=1,
-                      dtype="fp32", wandb_mode="disabled", out_dir=str(tmp_path / "run"))   # fp32: KL exactly 0
+    cfg = TrainConfig.for_model("smollm2-135m", seed=1, dtype="fp32", wandb_mode="disabled",
+                                out_dir=str(tmp_path / "run"))                              # fp32: KL exactly 0
     t = build_trainer(cfg, log=lambda *_: None)
     before = t.policy.lm_head.weight.detach().clone()
     metrics, _ = grpo_step(t, 1)
@@ -328,3 +329,25 @@ def test_accuracy_and_evaluation_follow_the_correctness_reward(tiny_gguf, tmp_pa
     assert extracted[0]["eval/accuracy"] == 1.0 and extracted[1]["accuracy"] == 1.0
     strict = first_records("strict", {"correct": 1.0, "correct_extracted": 0.5})
     assert strict[0]["eval/accuracy"] == 0.0 and strict[1]["accuracy"] == 0.0
+
+
+def test_a_sweep_writes_pretrained_arms_as_flags_grpo_train_rebuilds_exactly(tmp_path):
+    """A sweep runs each arm as `grpo train <flags>`, which gives a pretrained model PRETRAINED_DEFAULTS for
+    the flags left out: so an arm that sets a preset's default (lr 1e-4, no worked example) must still
+    name it. Parsed as grpo train parses, every arm of experiments.real_model and such an arm rebuild."""
+    import dataclasses
+
+    import tyro
+
+    from experiments.real_model import EXPERIMENT
+    from experiments.sweep import config_args, plan_runs
+
+    experiment = dataclasses.replace(EXPERIMENT, arms={
+        **EXPERIMENT.arms, "preset_values": dataclasses.replace(EXPERIMENT.base, lr=1e-4, worked_example=False)})
+    runs = plan_runs(experiment, tmp_path, [0], {"quick": False, "steps": None, "train_args": []}, 1)
+    assert [run.arm for run in runs] == ["grpo", "dr_grpo", "preset_values"]
+    for run in runs:
+        args = config_args(run.config)
+        assert tyro.cli(TrainConfig, args=args, default=TrainConfig.flag_defaults(args)) == run.config
+    preset_values = config_args(runs[-1].config)
+    assert "--lr" in preset_values and "--no-worked-example" in preset_values
