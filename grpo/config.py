@@ -81,9 +81,13 @@ SIZED_DEFAULTS = {"micro_batch_size": (16, 4), "eval_prompts": (200, 64), "eval_
 #   (TRL's GRPOConfig and DeepSeekMath: 1e-6, for 7B models over thousands of steps); a 135M-1B model
 #   tolerates the top of that range, which shows progress within tens of steps. Our 25-step SmolLM2 sweep
 #   learned without divergence at 2e-5; this halves it. A preset's 1e-4 is for random-init toys.
-# - 2 prompts x G 8 (G as a preset's) = 16 completions: ~30 s a step for SmolLM2 on 2 cores (16 x 8 took
-#   minutes), and G 8 (TRL's default group) leaves fewer all-wrong groups than 4 x 4 when few are right.
+# - 2 prompts x G 8 (G as a preset's) = 16 completions, as the W3 benchmark's 4 x 4 (31.5 s a step in bf16 on
+#   2 cores, at 128 tokens, twice this max-new-tokens); 16 x 8 took 128-192 s. G 8 (TRL's default group)
+#   leaves fewer all-wrong groups than 4 x 4 when few answers are right, and only right answers pay.
+# - digits 1-2: SmolLM2-135M gets almost no 3-digit sum right (sampled), so with only correct answers paying
+#   the default 1-3 left its groups without reward variance (2026-12-06: zero_var/frac 1.0 at steps 1, 2).
 PRETRAINED_DEFAULTS: dict[str, object] = {
+    "digits": "1-2",
     "worked_example": True,
     "reward_weights": {"correct_extracted": 1.0, "format_if_correct": 0.5, "format_partial": 0.0},
     "lr": 1e-5,
@@ -107,7 +111,7 @@ class TrainConfig:
     task: TaskName = "arithmetic"
     """Task registry key: the prompts, answers and demonstrations (reasoning_gym needs a local --model)."""
     digits: str = "1-3"
-    """arithmetic: digits per operand, a number or a range mixed in equal shares (1-3: easy, mixed and hard problems)."""
+    """arithmetic: digits per operand, a number or a range mixed in equal shares (1-3: easy, mixed and hard problems). Default: 1-3 for a preset, 1-2 for a pretrained model."""
     operands: str = "2"
     """arithmetic: numbers added per problem, a number or a range (2-3)."""
     prompt_pool: int = 0
