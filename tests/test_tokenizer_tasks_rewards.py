@@ -342,7 +342,8 @@ def test_under_the_pretrained_defaults_only_a_right_answer_earns_and_the_maximum
 
     totals = {True: [], False: []}
     for _ in range(2000):
-        parts = ["<think>", pick(words) + pick(numbers), "</think>", "<answer>", pick(numbers), "</answer>", pick(words)]
+        parts = ["<think>", pick(words) + pick(numbers), "</think>", "<answer>", pick(numbers), "</answer>",
+                 pick(words)]
         kept = [part for part in parts if torch.rand(1, generator=generator) < 0.7]
         if torch.rand(1, generator=generator) < 0.25:
             kept = [kept[i] for i in torch.randperm(len(kept), generator=generator)]
