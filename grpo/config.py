@@ -77,8 +77,8 @@ SIZED_DEFAULTS = {"micro_batch_size": (16, 4), "eval_prompts": (200, 64), "eval_
 #   needs a correct answer and a wrong one earns 0 however it is written: ungated format_partial at 0.5
 #   paid well-formed tags around any number 0.5 for certain, and a run's held-out accuracy fell as it
 #   learned that. format_partial at weight 0 is logged (how the tags are written, right or wrong), unpaid.
-# - lr 1e-5: full fine-tuning of a pretrained model moves its weights ~1e-6..1e-5 a step in GRPO recipes
-#   (TRL's GRPOConfig and DeepSeekMath: 1e-6, for 7B models over thousands of steps); a 135M-1B model
+# - lr 1e-5: GRPO recipes fine-tune all of a pretrained model's weights at 1e-6..1e-5 (TRL's GRPOConfig
+#   default and DeepSeekMath's GRPO: 1e-6, for 7B models over thousands of steps); a 135M-1B model
 #   tolerates the top of that range, which shows progress within tens of steps. Our 25-step SmolLM2 sweep
 #   learned without divergence at 2e-5; this halves it. A preset's 1e-4 is for random-init toys.
 # - 2 prompts x G 8 (G as a preset's) = 16 completions, as the W3 benchmark's 4 x 4 (31.5 s a step in bf16 on
