@@ -1,16 +1,19 @@
 """A real pretrained model: SmolLM2-135M-Instruct (`--model smollm2-135m`, installed by `make smollm2`)
 trained with GRPO and with Dr. GRPO's fix on word-problem additions ("What is 38+47?"), on the CPU.
 
-The model answers in prose at first. Its prompts go through its chat template with an instruction and
-one worked example in the <think>/<answer> format (--worked-example), and it is scored tolerantly:
-correct_extracted (the answer tag, else \\boxed{}, else the last number) plus half a point for
-format_partial (a fifth per tag present once, a fifth for a parsable answer). Measured on 64 step-1
-completions: without the worked example 81% of the groups had zero reward variance (no tag was ever
-written), with it 6%. Evaluation is greedy accuracy on 32 held-out problems and pass@k from 4 samples on
-32, at the start and the end; the training curves (reward, accuracy, format, length) come from every
-step's own completions. Forwards run in bf16 where the CPU does bf16 matmuls (the pretrained default,
-`TrainConfig.dtype`): 33.6 min for the sweep on 2 AVX512-BF16 cores (fp32: 51.6 min, on another day); a W3 step
-57.5 s in fp32 against 31.5 s in bf16, side by side.
+The base is what `grpo train --model smollm2-135m` runs (TrainConfig.for_model: PRETRAINED_DEFAULTS), on
+1-2 digit sums for 25 steps: the prompts go through the chat template with an instruction and one worked
+example in the <think>/<answer> format, the reward is correct_extracted (the answer tag, else \\boxed{},
+else the last number) plus half a point of format_if_correct (format_partial's credit, paid only with a
+correct answer), at lr 1e-5, 4 prompts x G 8. Evaluation is greedy accuracy on 32 held-out problems and
+pass@k from 8 samples on 32, at the start and the end; the training curves (reward, accuracy, format,
+length) come from every step's own completions.
+
+Measured before these defaults (2026-12-02/03: 4 prompts x G 4, lr 2e-5, format_partial at 0.5 ungated;
+the README has the numbers): without the worked example 81% of the step-1 groups had zero reward variance,
+with it 6%; 33.6 min for the sweep in bf16 on 2 AVX512-BF16 cores (fp32: 51.6 min), a W3 step 57.5 s in
+fp32 against 31.5 s in bf16. grpo's seed 0 learned the format hack (well-formed tags around any number
+paid 0.5) while its held-out accuracy fell; format_if_correct pays that nothing. Not rerun since.
 """
 
 from dataclasses import replace
@@ -18,11 +21,9 @@ from dataclasses import replace
 from experiments.sweep import Experiment, main
 from grpo.config import TrainConfig
 
-base = TrainConfig(
-    model="smollm2-135m", task="arithmetic", digits="1-2", worked_example=True,
-    reward_weights={"correct_extracted": 1.0, "format_partial": 0.5},
-    steps=25, prompts_per_step=4, group_size=4, max_new_tokens=64, lr=2e-5,
-    eval_prompts=32, eval_samples=4, eval_every=25, save_every=5, log_samples_every=5,
+base = TrainConfig.for_model(
+    "smollm2-135m", task="arithmetic", steps=25, max_new_tokens=64,
+    eval_prompts=32, eval_every=25, save_every=5, log_samples_every=5,
 )
 EXPERIMENT = Experiment(
     name="real_model",

@@ -88,11 +88,13 @@ class Run:
 
 
 def config_args(config: TrainConfig) -> list[str]:
-    """`grpo train` flags that rebuild `config` (fields equal to the defaults are left out)."""
-    defaults = TrainConfig()
+    """`grpo train` flags that rebuild `config` (fields equal to the defaults are left out: those `grpo train`
+    gives the config's model, PRETRAINED_DEFAULTS for a pretrained one; --model unless it is the default)."""
+    defaults = TrainConfig.for_model(config.model)
     args = []
     for f in dataclasses.fields(TrainConfig):
-        value, default = getattr(config, f.name), getattr(defaults, f.name)
+        value = getattr(config, f.name)
+        default = TrainConfig.model if f.name == "model" else getattr(defaults, f.name)
         if value == default:
             continue
         flag = "--" + f.name.replace("_", "-")
@@ -130,7 +132,8 @@ def plan_runs(experiment: Experiment, out_dir: Path, seeds: list[int], overrides
                 arm_config, seed=seed, warmstart_seed=warmstart_seed, experiment=experiment.name, arm=arm, quiet=True,
                 threads=arm_config.threads or threads, out_dir=str(out_dir / arm / f"seed{seed}"),
                 wandb_dir=str(out_dir), wandb_group=arm_config.wandb_group or experiment.name)
-            if tyro.cli(TrainConfig, args=config_args(config)) != config:
+            args = config_args(config)
+            if tyro.cli(TrainConfig, args=args, default=TrainConfig.flag_defaults(args)) != config:  # as grpo train
                 raise GrpoError(f"arm {arm!r} cannot be written as grpo train flags")
             runs.append(Run(arm, seed, config))
     return runs

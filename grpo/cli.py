@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             from grpo.config import TrainConfig
             from grpo.runner import train
 
-            config = parse_flags(TrainConfig, rest, "grpo train")
+            config = parse_flags(TrainConfig, rest, "grpo train", default=TrainConfig.flag_defaults(rest))
             summary = train(config)
             if summary.get("status") == "finished":
                 print(f"run finished: {config.run_dir}")

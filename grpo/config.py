@@ -6,6 +6,7 @@ built (`__post_init__`) and raise `GrpoError` naming the flag, which the CLI pri
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -67,6 +68,35 @@ def bf16_is_native(device: str) -> bool:
 SIZED_DEFAULTS = {"micro_batch_size": (16, 4), "eval_prompts": (200, 64), "eval_samples": (16, 4)}
 
 
+# What `grpo train` uses for a pretrained model (not a preset) where a flag is not given; explicit flags win,
+# and the run's config.json records the values used. A preset's defaults are the fields' own. With those,
+# SmolLM2-135M logged reward 0 and zero_var/frac 1.0 at 128-192 s a step (strict tags, no worked example).
+# - worked_example: the model writes the tags once it has seen them (zero-variance groups 81% -> 6%).
+# - reward_weights: correctness read tolerantly (correct_extracted, the last number of prose counts), and
+#   the format paid only alongside a correct answer (format_if_correct), so the reward's maximum, 1.5,
+#   needs a correct answer and a wrong one earns 0 however it is written: ungated format_partial at 0.5
+#   paid well-formed tags around any number 0.5 for certain, and a run's held-out accuracy fell as it
+#   learned that. format_partial at weight 0 is logged (how the tags are written, right or wrong), unpaid.
+# - lr 1e-5: GRPO recipes fine-tune all of a pretrained model's weights at 1e-6..1e-5 (TRL's GRPOConfig
+#   default and DeepSeekMath's GRPO: 1e-6, for 7B models over thousands of steps); a 135M-1B model
+#   tolerates the top of that range, which shows progress within tens of steps. Our 25-step SmolLM2 sweep
+#   learned without divergence at 2e-5; this halves it. A preset's 1e-4 is for random-init toys.
+# - 4 prompts x G 8 (G as a preset's) = 32 completions of at most 64 tokens, as many tokens as the W3
+#   benchmark's 4 x 4 at 128 (31.5 s a step in bf16 on 2 cores); 16 x 8 took 128-192 s. G 8 (TRL's default
+#   group) leaves fewer all-wrong groups than G 4 when few answers are right, and only right answers pay.
+#   About half of SmolLM2's groups had no reward variance at step 1 (2026-12-06), so 2 prompts would leave
+#   a step without any signal ~25% of the time, 4 prompts ~6%.
+# - digits 1-2: SmolLM2-135M gets almost no 3-digit sum right (sampled), so with only correct answers paying
+#   the default 1-3 left its groups without reward variance (2026-12-06: zero_var/frac 1.0 at steps 1, 2).
+PRETRAINED_DEFAULTS: dict[str, object] = {
+    "digits": "1-2",
+    "worked_example": True,
+    "reward_weights": {"correct_extracted": 1.0, "format_if_correct": 0.5, "format_partial": 0.0},
+    "lr": 1e-5,
+    "prompts_per_step": 4,
+}
+
+
 def sized_value(name: str, value: int | None, model: str) -> int:
     """A SIZED_DEFAULTS field's value: as given, or the default for this kind of model when unset."""
     if value is not None:
@@ -77,13 +107,13 @@ def sized_value(name: str, value: int | None, model: str) -> int:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Train a policy with GRPO; writes a run directory (config, metrics.jsonl, summary, checkpoints)."""
+    """Train a policy with GRPO; writes a run directory (config, metrics.jsonl, summary, checkpoints). A pretrained --model (not a preset) takes PRETRAINED_DEFAULTS for the flags not given: each flag below names both defaults."""
 
     # --- what to train
     task: TaskName = "arithmetic"
     """Task registry key: the prompts, answers and demonstrations (reasoning_gym needs a local --model)."""
     digits: str = "1-3"
-    """arithmetic: digits per operand, a number or a range mixed in equal shares (1-3: easy, mixed and hard problems)."""
+    """arithmetic: digits per operand, a number or a range mixed in equal shares (1-3: easy, mixed and hard problems). Default: 1-3 for a preset, 1-2 for a pretrained model."""
     operands: str = "2"
     """arithmetic: numbers added per problem, a number or a range (2-3)."""
     prompt_pool: int = 0
@@ -95,13 +125,13 @@ class TrainConfig:
     seed: int = 0
     """RL seed: prompt order, sampling, shuffling. The warm start has its own seed."""
     worked_example: bool = False
-    """Real tokenizers: one worked example (a question and its tagged answer, as an earlier chat turn) before each question: one-shot prompting for the tag format."""
+    """Real tokenizers: one worked example (a question and its tagged answer, as an earlier chat turn) before each question: one-shot prompting for the tag format. Default: off for a preset, on for a pretrained model (PRETRAINED_DEFAULTS)."""
 
     # --- rollout
     steps: int = 250
     """Total number of GRPO steps (a resumed run continues up to this number)."""
     prompts_per_step: int = 16
-    """Prompts P drawn per step; each gets group-size completions."""
+    """Prompts P drawn per step; each gets group-size completions. Default: 16 for a preset, 4 for a pretrained model."""
     group_size: int = 8
     """Completions G sampled per prompt (the group that forms the baseline)."""
     max_new_tokens: int = 64
@@ -111,7 +141,7 @@ class TrainConfig:
     min_new_tokens: int = 0
     """Suppress EOS until this many tokens (benchmarks use it to fix the completion length)."""
     reward_weights: RewardWeights = field(default_factory=lambda: {"correct": 1.0, "format": 0.1})
-    """Weight of each reward function in the total reward, as name=weight pairs. Registry: correct, format (strict: the answer tag's text, the exact tag layout); for pretrained models, whose first answers are prose, correct_extracted (answer tag, else \\boxed{}, else the last number) and format_partial (a fifth per tag present once, a fifth for a parsable answer)."""
+    """Weight of each reward function in the total reward, as name=weight pairs. Registry: correct, format (strict: the answer tag's text, the exact tag layout); for pretrained models, whose first answers are prose, correct_extracted (answer tag, else \\boxed{}, else the last number), format_partial (a fifth per tag present once, a fifth for a parsable answer) and format_if_correct (format_partial paid only when correct_extracted is 1). Default: correct=1.0,format=0.1 for a preset; correct_extracted=1.0,format_if_correct=0.5,format_partial=0.0 for a pretrained model (weight 0: logged, unpaid)."""
     mask_truncated: bool = False
     """DAPO's overlong filtering: completions that hit max-new-tokens without EOS carry no loss (policy or KL)."""
     overlong_buffer: int = 0
@@ -173,7 +203,8 @@ class TrainConfig:
     micro_batch_size: int | None = None
     """Completions per forward/backward (gradient accumulation); changes results only by float rounding. Completions of like length share one and it runs only to its longest, so smaller ones compute less padding after EOS. Unset: 16 for a preset model, 4 for a pretrained one (SmolLM2-135M: ~1.3 GB of activations and logits per 4 completions of 128 tokens)."""
     lr: float = 1e-4
-    """AdamW learning rate; 0 freezes the policy (a null run for calibrating probes)."""
+    """AdamW learning rate; 0 freezes the policy (a null run for calibrating probes). Default: 1e-4 for a
+    preset (random init), 1e-5 for a pretrained model."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
@@ -315,6 +346,24 @@ class TrainConfig:
             notes.append(f"--kl-placement reward always uses k1 in the reward; --kl-estimator {self.kl_estimator} "
                          f"is only logged")
         return notes
+
+    @classmethod
+    def for_model(cls, model: str, **values) -> "TrainConfig":
+        """The config `grpo train --model <model>` starts from: a preset's defaults are the fields' own, a
+        pretrained model's are PRETRAINED_DEFAULTS; `values` (explicit settings) win over both."""
+        defaults = {} if is_preset(model) else copy.deepcopy(PRETRAINED_DEFAULTS)
+        return cls(**{**defaults, **values, "model": model})
+
+    @classmethod
+    def flag_defaults(cls, args: list[str]) -> "TrainConfig":
+        """The defaults `grpo train` parses `args` against: for_model of the --model the flags name (tiny when
+        none), so a flag the user did not give takes that model's default and one given always wins."""
+        import argparse
+
+        reader = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+        reader.add_argument("--model", default=cls.model)
+        known, _ = reader.parse_known_args(args)
+        return cls.for_model(known.model)
 
     @property
     def num_completions(self) -> int:

@@ -81,11 +81,19 @@ def format_partial_reward(response: str, example: Example) -> float:
     return (sum(checks) + parsable) / 5
 
 
+def format_if_correct_reward(response: str, example: Example) -> float:
+    """format_partial's credit paid only alongside a correct answer (correct_extracted 1), else 0: the tag
+    format as a bonus a wrong answer cannot collect. Ungated, well-formed tags around any number earned
+    format_partial's full credit for certain, and a SmolLM2 run learned that instead of the sums."""
+    return format_partial_reward(response, example) if correct_extracted_reward(response, example) else 0.0
+
+
 REWARDS: dict[str, Callable[[str, Example], float]] = {
     "correct": correct_reward,
     "format": format_reward,
     "correct_extracted": correct_extracted_reward,
     "format_partial": format_partial_reward,
+    "format_if_correct": format_if_correct_reward,
 }
 
 

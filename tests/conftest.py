@@ -64,12 +64,13 @@ def make_cfg():
 
 
 def cli_args(cfg: TrainConfig) -> list[str]:
-    """`grpo train` flags that reproduce every field of `cfg` that differs from the default."""
-    defaults = TrainConfig()
-    args = []
+    """`grpo train` flags that reproduce every field of `cfg` that differs from the default `grpo train`
+    gives its model (a pretrained model's are PRETRAINED_DEFAULTS)."""
+    defaults = TrainConfig.for_model(cfg.model)
+    args = ["--model", cfg.model]
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        if value == getattr(defaults, f.name):
+        if f.name == "model" or value == getattr(defaults, f.name):
             continue
         flag = "--" + f.name.replace("_", "-")
         if isinstance(value, bool):

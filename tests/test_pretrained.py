@@ -6,6 +6,7 @@ with the `gguf` package; the real SmolLM2 file is tested under `-m slow` (`make 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from conftest import SMALL_CONFIG, cli_args, one_error_line
 from grpo import GrpoError
 from grpo import pretrained
 from grpo.cli import main
-from grpo.config import TrainConfig
+from grpo.config import PRETRAINED_DEFAULTS, TrainConfig, format_weights
 from grpo.models import check_model_dir, load_pretrained, load_tokenizer
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -150,6 +151,66 @@ def test_a_pretrained_model_trains_without_a_warm_start_by_default(tiny_gguf, tm
     assert all(np.isfinite(r["loss"]) for r in records[1:])
 
 
+def test_grpo_train_gives_a_pretrained_model_its_defaults_records_them_and_explicit_flags_win(tiny_gguf, tmp_path):
+    """`grpo train --model <gguf>` without the flags runs with PRETRAINED_DEFAULTS (1-2 digits, worked example
+    on, the gated rewards, lr 1e-5, 4 prompts x G 8), as its config.json records; a flag given wins, even one
+    that equals a preset's default; a preset model keeps the fields' own defaults."""
+    shared = ["--steps", "1", "--max-new-tokens", "12", "--eval-prompts", "8", "--eval-samples", "8",
+              "--wandb-mode", "disabled", "--quiet", "--threads", "1"]
+
+    def run(name: str, *flags: str) -> dict:
+        assert main(["train", "--model", str(tiny_gguf), "--out-dir", str(tmp_path / name), *shared, *flags]) == 0
+        return json.loads((tmp_path / name / "config.json").read_text())
+
+    used = run("defaults")
+    assert {name: used[name] for name in PRETRAINED_DEFAULTS} == {
+        "digits": "1-2", "worked_example": True, "lr": 1e-5, "prompts_per_step": 4,
+        "reward_weights": {"correct_extracted": 1.0, "format_if_correct": 0.5, "format_partial": 0.0}}
+    assert used["group_size"] == 8
+    explicit = run("explicit", "--digits", "1-3", "--no-worked-example", "--lr", "1e-4", "--prompts-per-step", "3",
+                   "--reward-weights", "correct=1,format=0.1", "--group-size", "4")
+    assert {name: explicit[name] for name in [*PRETRAINED_DEFAULTS, "group_size"]} == {
+        "digits": "1-3", "worked_example": False, "lr": 1e-4, "prompts_per_step": 3, "group_size": 4,
+        "reward_weights": {"correct": 1.0, "format": 0.1}}
+    assert TrainConfig.flag_defaults(["--steps", "3"]) == TrainConfig()               # no --model: tiny
+    assert TrainConfig.flag_defaults(["--model=seed"]) == TrainConfig(model="seed")   # a preset: the fields'
+    assert TrainConfig.flag_defaults(["--model=my.gguf"]).lr == 1e-5
+
+
+def test_for_model_hands_out_its_own_copy_of_the_defaults():
+    cfg = TrainConfig.for_model("path/to/model")
+    cfg.reward_weights["correct_extracted"] = 7.0
+    assert PRETRAINED_DEFAULTS["reward_weights"]["correct_extracted"] == 1.0
+    assert TrainConfig.for_model("path/to/model", lr=3e-4).lr == 3e-4
+
+
+def test_help_names_both_defaults_and_shows_the_pretrained_ones_for_a_pretrained_model(capsys, monkeypatch):
+    """`grpo train --help` names each PRETRAINED_DEFAULTS value in its flag's text (a docstring that
+    drifted from the table fails here); with a pretrained --model, the shown defaults are that model's."""
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def help_text(*args: str) -> str:
+        with pytest.raises(SystemExit):
+            main(["train", *args, "--help"])
+        return re.sub(r"[│\s]+", "", capsys.readouterr().out)     # wrapped anywhere: no spaces, no borders
+
+    def said(value) -> str:
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, float):
+            return f"{value:g}".replace("e-0", "e-")                  # 1e-05 -> 1e-5, as a docstring writes it
+        return format_weights(value) if isinstance(value, dict) else str(value)
+
+    text = help_text()
+    for name, value in PRETRAINED_DEFAULTS.items():
+        assert f"{said(value)}forapretrainedmodel" in text, name
+    assert "(default:0.0001)" in text
+    pretrained_text = help_text("--model", "smollm2-135m")      # the model is not loaded for --help
+    for shown in ("(default:1e-05)", "(default:2)", "(default:True)",
+                  f"(default:{format_weights(PRETRAINED_DEFAULTS['reward_weights'])})"):
+        assert shown in pretrained_text, shown
+
+
 def test_dtype_defaults_to_bf16_only_for_pretrained_models_on_bf16_hardware(monkeypatch):
     from grpo import config
 
@@ -220,15 +281,17 @@ def test_smollm2_converts_to_the_packaged_model_and_writes_about_the_question(tm
 
 
 @pytest.mark.slow
-def test_smollm2_with_a_worked_example_learns_from_step_1(tmp_path):
-    """One GRPO step of the real SmolLM2 with --worked-example and the tolerant rewards: the groups have reward
-    variance (measured: 6% of 16 groups without it at step 1, against 81% without the worked example), the
-    model writes tags (format_partial > 0), and the step moves the weights."""
+def test_smollm2_with_the_pretrained_defaults_learns_from_step_1(tmp_path):
+    """One GRPO step of the real SmolLM2 with what `grpo train --model smollm2-135m` gives it
+    (PRETRAINED_DEFAULTS), on 8 prompts instead of 2: some groups have reward variance (with a preset's
+    defaults: zero_var/frac 1.0), the model writes tags (format_partial, logged at weight 0, > 0), and the
+    step moves the weights. Only right answers pay, and SmolLM2 gets ~11% of its samples right (8 x 8 at
+    step 1, 2026-12-06: 3 of 8 groups had variance), so 2 prompts have no variance about 40% of the time;
+    8 prompts all without, at that rate, ~2%."""
     from grpo.trainer import build_trainer, grpo_step
 
-    cfg = TrainConfig(model="smollm2-135m", digits="1-2", worked_example=True, prompts_per_step=4, group_size=4,
-                      reward_weights={"correct_extracted": 1.0, "format_partial": 0.5}, lr=2e-5, seed=1,
-                      dtype="fp32", wandb_mode="disabled", out_dir=str(tmp_path / "run"))   # fp32: KL exactly 0
+    cfg = TrainConfig.for_model("smollm2-135m", prompts_per_step=8, dtype="fp32", wandb_mode="disabled",
+                                out_dir=str(tmp_path / "run"))                              # fp32: KL exactly 0
     t = build_trainer(cfg, log=lambda *_: None)
     before = t.policy.lm_head.weight.detach().clone()
     metrics, _ = grpo_step(t, 1)
@@ -269,3 +332,25 @@ def test_accuracy_and_evaluation_follow_the_correctness_reward(tiny_gguf, tmp_pa
     assert extracted[0]["eval/accuracy"] == 1.0 and extracted[1]["accuracy"] == 1.0
     strict = first_records("strict", {"correct": 1.0, "correct_extracted": 0.5})
     assert strict[0]["eval/accuracy"] == 0.0 and strict[1]["accuracy"] == 0.0
+
+
+def test_a_sweep_writes_pretrained_arms_as_flags_grpo_train_rebuilds_exactly(tmp_path):
+    """A sweep runs each arm as `grpo train <flags>`, which gives a pretrained model PRETRAINED_DEFAULTS for
+    the flags left out: so an arm that sets a preset's default (lr 1e-4, no worked example) must still
+    name it. Parsed as grpo train parses, every arm of experiments.real_model and such an arm rebuild."""
+    import dataclasses
+
+    import tyro
+
+    from experiments.real_model import EXPERIMENT
+    from experiments.sweep import config_args, plan_runs
+
+    experiment = dataclasses.replace(EXPERIMENT, arms={
+        **EXPERIMENT.arms, "preset_values": dataclasses.replace(EXPERIMENT.base, lr=1e-4, worked_example=False)})
+    runs = plan_runs(experiment, tmp_path, [0], {"quick": False, "steps": None, "train_args": []}, 1)
+    assert [run.arm for run in runs] == ["grpo", "dr_grpo", "preset_values"]
+    for run in runs:
+        args = config_args(run.config)
+        assert tyro.cli(TrainConfig, args=args, default=TrainConfig.flag_defaults(args)) == run.config
+    preset_values = config_args(runs[-1].config)
+    assert "--lr" in preset_values and "--no-worked-example" in preset_values

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from grpo.rewards import (REWARDS, answers_match, correct_reward, extract_answer, format_partial_reward, format_reward,
-                          response_text, score)
+from grpo.config import PRETRAINED_DEFAULTS
+from grpo.rewards import (REWARDS, answers_match, correct_extracted_reward, correct_reward, extract_answer,
+                          format_if_correct_reward, format_partial_reward, format_reward, response_text, score)
 from grpo.sampler import completion_mask, decode_completions, encode_prompts
 from grpo.tasks import TASKS, Arithmetic, Example, PromptPool, SeedTokens
 
@@ -327,3 +328,66 @@ def test_rewards_on_real_smollm2_completions():
     score = {name: [REWARDS[name](row["completion"], ex) for row, ex in zip(rows, examples)] for name in REWARDS}
     assert score["correct_extracted"] == [1, 0, 0, 1, 0, 0, 0, 0]
     assert score["correct"] == score["format"] == score["format_partial"] == [0] * 8
+
+
+@pytest.mark.parametrize(("response", "expected"), [
+    ("<think>60+40=100, 8+7=15</think><answer>115</answer>", 5 / 5),   # right: format_partial's whole credit
+    ("<think>8+7=15<answer>115</answer>", 4 / 5),                       # right, </think> missing
+    ("68 + 47 = 115", 0.0),                                             # right in prose: no tag, none parsable
+    ("<think>67</think><answer>48</answer>", 0.0),                      # wrong: well formed, paid nothing
+    ("<think>115</think><answer>48</answer>", 0.0),                     # wrong: the answer tag is what counts
+])
+def test_format_if_correct_pays_format_partial_only_on_a_right_answer(response, expected):
+    assert format_if_correct_reward(response, HACKED) == pytest.approx(expected, abs=1e-12)
+
+
+# The SmolLM2 run that found the format hack: for 68+47 it answered `<think>67</think><answer>48</answer>`.
+HACKED = Example(prompt="", answer="115", question="What is 68+47?")
+
+
+def weighted(response: str, example: Example, weights: dict[str, float]) -> float:
+    """The total reward the trainer gives: sum over weights of weight * reward (grpo/metrics.py's reward/mean)."""
+    return sum(weight * REWARDS[name](response, example) for name, weight in weights.items())
+
+
+def test_the_format_hack_earns_nothing_under_the_pretrained_defaults():
+    """By hand, with the defaults correct_extracted 1, format_if_correct 0.5, format_partial 0:
+    hack (wrong 48, all four tags once, a number inside): 1*0 + 0.5*0 + 0*1 = 0;
+    right in prose ("68 + 47 = 115", last number 115): 1*1 + 0.5*0 + 0*0 = 1;
+    right and tagged: 1*1 + 0.5*1 + 0*1 = 1.5, the maximum (the sum of the weights, each reward <= 1).
+    The old recommendation, format_partial at 0.5 ungated, paid the hack 0.5 for certain."""
+    weights = PRETRAINED_DEFAULTS["reward_weights"]
+    hack, prose, tagged = ("<think>67</think><answer>48</answer>", "68 + 47 = 115",
+                           "<think>8+7=15, 6+4+1=11</think><answer>115</answer>")
+    assert weighted(hack, HACKED, weights) == 0.0
+    assert weighted(prose, HACKED, weights) == 1.0
+    assert weighted(tagged, HACKED, weights) == 1.5 == sum(weights.values())
+    assert weighted(hack, HACKED, {"correct_extracted": 1.0, "format_partial": 0.5}) == 0.5     # the old hack
+
+
+def test_under_the_pretrained_defaults_only_a_right_answer_earns_and_the_maximum_needs_one():
+    """2000 responses assembled at random (seed 0): the parts of <think>..</think><answer>..</answer>, each kept
+    with probability 0.7 and shuffled one time in four, around numbers (the right 115 among wrong ones, bare
+    and in \\boxed{}) and words. Every one that earns anything is right (correct_extracted 1), so a wrong
+    answer earns 0 and a right one at least 1; and the maximum, 1.5, is reached, only by right ones."""
+    weights = PRETRAINED_DEFAULTS["reward_weights"]
+    numbers = ["115", "48", "67", "1,15", "-115", "\\boxed{115}", "\\boxed{48}", "68+47=115", "115 or 116"]
+    words = ["", "so ", "68+47=", "the answer is ", "115. Then ", "."]
+    generator = torch.Generator().manual_seed(0)
+
+    def pick(options: list[str]) -> str:
+        return options[int(torch.randint(len(options), (1,), generator=generator))]
+
+    totals = {True: [], False: []}
+    for _ in range(2000):
+        parts = ["<think>", pick(words) + pick(numbers), "</think>", "<answer>", pick(numbers), "</answer>",
+                 pick(words)]
+        kept = [part for part in parts if torch.rand(1, generator=generator) < 0.7]
+        if torch.rand(1, generator=generator) < 0.25:
+            kept = [kept[i] for i in torch.randperm(len(kept), generator=generator)]
+        response = "".join(kept)
+        right = correct_extracted_reward(response, HACKED) == 1.0
+        totals[right].append(weighted(response, HACKED, weights))
+    assert set(totals[False]) == {0.0}                               # wrong: nothing, however it is written
+    assert min(totals[True]) >= 1.0 and max(totals[True]) == 1.5    # right: at least 1, and the maximum
+    assert len(totals[True]) > 100 and len(totals[False]) > 100     # both kinds were drawn, often
