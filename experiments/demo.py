@@ -24,6 +24,7 @@ EXPERIMENT = Experiment(
     budget=f"completions per step ({base.num_completions}) and steps ({base.steps})",
     baseline="grpo",
     seeds=5,
+    effect=1.0,   # the report says how many seeds a 1-point question needs
     quick={"steps": 10, "eval_every": 5, "save_every": 5},
 )
 

@@ -62,6 +62,7 @@ class Experiment:
     seeds: int = 3
     quick: dict = field(default_factory=lambda: dict(QUICK))   # overrides applied to every arm by --quick
     report_x: str = "step"           # x axis of the report's curves (samples: arms that generate more per step)
+    effect: float | None = None      # the report's "seeds for E points" column unless --effect is given
     # arm -> one line naming where the arm deliberately departs from its paper's method (a budget, a
     # component the harness lacks); written to sweep.json for the report's "what was run" table.
     departures: dict[str, str] = field(default_factory=dict)
@@ -393,9 +394,9 @@ def parse_args(experiment: Experiment, argv: list[str]) -> tuple[argparse.Namesp
                         help="same: every run starts from its arm's warm start (intervals are conditional on it); "
                              "per-seed: each run's warm start is seeded by its seed, so the seeds vary it too; "
                              "a number: grpo train's --warmstart-seed for every arm (as same)")
-    parser.add_argument("--effect", type=float, default=None,
+    parser.add_argument("--effect", type=float, default=experiment.effect,
                         help="the report gives the seeds each comparison needs to detect this effect "
-                             "(in points of accuracy)")
+                             f"(in points of accuracy; default {experiment.effect})")
     args, train_args = parser.parse_known_args(argv)
     if args.warmstart_seed not in ("same", "per-seed"):
         try:

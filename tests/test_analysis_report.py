@@ -342,6 +342,8 @@ def test_sweep_takes_effect_for_its_report():
 
     args, _ = parse_args(EXPERIMENT, ["--effect", "1.5"])
     assert args.effect == 1.5
-    assert parse_args(EXPERIMENT, [])[0].effect is None
+    assert parse_args(EXPERIMENT, [])[0].effect == 1.0      # the demo asks how many seeds a 1-point question needs
+    from experiments.std_norm import EXPERIMENT as STD_NORM
+    assert parse_args(STD_NORM, [])[0].effect is None       # no column unless an experiment or the user names one
     with pytest.raises(SystemExit):     # refused before any run, not after the sweep
         parse_args(EXPERIMENT, ["--effect", "0"])
