@@ -7,6 +7,7 @@ correct probe with probability about 6e-5; the simulated effects are many standa
 
 from __future__ import annotations
 
+import json
 import math
 
 import torch
@@ -270,3 +271,29 @@ def test_difficulty_weight_null_and_planted():
         shares = difficulty_shares(generator, [0.9, 0.5], [40.0, 40.0], advantage, "token_mean")
         easy, medium = expected_sum(0.9, per_group), expected_sum(0.5, per_group)
         assert abs(shares["d1"] - easy / (easy + medium)) < 0.02, (advantage, shares)
+
+
+def test_a_frozen_policy_run_reads_the_ledger_null_and_the_old_plug_in_does_not(make_cfg, tmp_path):
+    """The null as a real run: --lr 0 freezes the policy, so every prompt's solve rate q stays put. The
+    ledger's predicted share of constant groups must then match the measured one: with a pool of 8 seen
+    whole every step, each prompt's predicted - measured telescopes over the run to (I_first - I_last) /
+    (steps - 1), |mean| <= 1 / 19 here. The old plug-in q^G + (1 - q)^G of the previous visit's rate,
+    read off the same prompts.jsonl, sits above the measured share (Jensen), by more than that bound."""
+    import conftest
+    from grpo.runner import train
+    from test_trainer import QUIET, warm_cache
+
+    cfg = make_cfg(tmp_path, **conftest.MIXED, lr=0.0, steps=20, prompt_pool=8, prompts_per_step=8,
+                   group_size=4, kl_beta=0.0, eval_every=20, save_every=20)
+    warm_cache(cfg)
+    train(cfg, **QUIET)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    records = [r for r in records if "ledger/zero_var_predicted" in r]
+    assert len(records) == 19                                       # every step from the second revisits
+    gap = sum(r["ledger/zero_var_predicted"] - r["ledger/zero_var_measured"] for r in records) / len(records)
+    assert abs(gap) <= 1 / 19 + 1e-9
+    rows = [json.loads(line) for line in (tmp_path / "run" / "prompts.jsonl").read_text().splitlines()]
+    previous = [[r["solve_rate"] for r in rows if r["step"] == step] for step in range(1, 20)]
+    plug_in = [sum(q ** 4 + (1 - q) ** 4 for q in rates) / len(rates) for rates in previous]
+    old_gap = sum(p - r["ledger/zero_var_measured"] for p, r in zip(plug_in, records)) / len(records)
+    assert old_gap > 1 / 19 + 0.02                                  # measured 2026-12-06: 0.113 vs 0.007
