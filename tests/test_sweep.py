@@ -246,8 +246,12 @@ def test_warm_starts_are_built_once_before_the_runs_and_are_the_ones_a_run_build
     assert len(logged) == 1                                             # cached: nothing trained again
     built_here, built_by_run = warm(tmp_path / "cache", cfg), warm(tmp_path / "own_cache", cfg)
     assert built_here.keys() == built_by_run.keys()
+    # The sweep trains on all cores and this process on its own thread count: the sums' order differs, so
+    # the weights agree to float32 rounding, not bit for bit (on a 2-core AMD EPYC one weight of 65536 was
+    # 1.2e-6 off after 2 steps). Another warm start (another seed, step count or lr) moves every weight by
+    # ~lr = 1e-3 per step, far outside this tolerance.
     for name in built_here:
-        torch.testing.assert_close(built_here[name], built_by_run[name], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(built_here[name], built_by_run[name], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="runs are forked only on Linux")
