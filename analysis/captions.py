@@ -101,8 +101,8 @@ def holm_note(m: int) -> str:
     """How the intervals beside Holm verdicts were made, for a family of m comparisons."""
     if m <= 1:
         return "95% t-interval"
-    return (f"Holm over {m} comparisons: each interval at its step's level, so it excludes 0 exactly when the "
-            "verdict is a difference; family-wise 95%")
+    return (f"Holm over {m} comparisons: the verdicts are family-wise at 5%; each interval is at its own step's "
+            "level, so it excludes 0 exactly when the verdict is a difference (the intervals are not simultaneous)")
 
 
 def arm_text(df: pd.DataFrame, metrics: list[str], ctx: Context, scale: float = 1.0, digits: int = 2,

@@ -112,7 +112,9 @@ def seeds_needed(sd: float, effect: float, m: int, alpha: float = ALPHA, power: 
 
 def ragged(rows: list) -> np.ndarray:
     """[m, n_max] matrix of paired differences from m arrays of different lengths, NaN-padded."""
-    width = max((len(r) for r in rows), default=0)
+    # At least one column: a family whose comparisons have no pair at all gives NaN rows (no test), not an
+    # empty reduction.
+    width = max((len(r) for r in rows), default=0) or 1
     out = np.full((len(rows), width), np.nan)
     for i, row in enumerate(rows):
         out[i, :len(row)] = row

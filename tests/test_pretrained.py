@@ -206,9 +206,13 @@ def test_help_names_both_defaults_and_shows_the_pretrained_ones_for_a_pretrained
         assert f"{said(value)}forapretrainedmodel" in text, name
     assert "(default:0.0001)" in text
     pretrained_text = help_text("--model", "smollm2-135m")      # the model is not loaded for --help
-    for shown in ("(default:1e-05)", "(default:2)", "(default:True)",
-                  f"(default:{format_weights(PRETRAINED_DEFAULTS['reward_weights'])})"):
-        assert shown in pretrained_text, shown
+    shown = {"lr": "1e-05", "prompts_per_step": str(PRETRAINED_DEFAULTS["prompts_per_step"]),
+             "digits": PRETRAINED_DEFAULTS["digits"], "worked_example": "True",
+             "reward_weights": format_weights(PRETRAINED_DEFAULTS["reward_weights"])}
+    assert shown.keys() == PRETRAINED_DEFAULTS.keys()
+    for name, value in shown.items():     # the first default shown after the flag is its own
+        after = pretrained_text[pretrained_text.index("--" + name.replace("_", "-")):]
+        assert re.search(r"\(default:(.*?)\)(?=--|$)", after).group(1) == value, name
 
 
 def test_dtype_defaults_to_bf16_only_for_pretrained_models_on_bf16_hardware(monkeypatch):
