@@ -102,15 +102,26 @@ def matched_budget(df: pd.DataFrame, metric: str, axis: Axis, min_step: int = 1)
     return float(points.groupby(RUN_KEYS)[axis].max().min())
 
 
-def _score_at(points: pd.DataFrame, metric: str, axis: str, at: float, window: int, min_step: int) -> dict:
-    """One run's score at `axis` = at: its eval curve (step 0 included, as the left end) interpolated at
-    `at`, averaged with the `window` - 1 eval points before it (step >= min_step)."""
+def matched_grid(points: pd.DataFrame, metric: str, axis: str, at: float, window: int, min_step: int) -> np.ndarray:
+    """The axis values every run is scored at, at matched compute: the last `window` eval points (step >=
+    min_step) of the run that reached the least (its last one is `at`), so all runs average the same
+    stretch of compute. points: RUN_KEYS, step, axis, metric rows of all runs."""
+    evals = points.loc[points[metric].notna() & (points["step"] >= min_step)]
+    last = evals.groupby(RUN_KEYS)[axis].transform("max")
+    limiting = evals.loc[last == last.min()]
+    key = tuple(limiting.iloc[0][RUN_KEYS])       # the first run (in sort order) that reached only `at`
+    own = limiting.loc[(limiting[RUN_KEYS] == pd.Series(key, index=RUN_KEYS)).all(axis=1), axis]
+    grid = np.sort(own.to_numpy(float))[-window:]
+    return grid[grid <= at]
+
+
+def _score_on(points: pd.DataFrame, metric: str, axis: str, grid: np.ndarray) -> dict:
+    """One run's score at matched compute: its eval curve (step 0 included, as the left end) interpolated at
+    each axis value of `grid`, averaged; last_step is its first eval step at or past the grid's end."""
     points = points.sort_values(axis).drop_duplicates(axis, keep="last")
-    value = float(np.interp(at, points[axis].to_numpy(float), points[metric].to_numpy(float)))
-    before = points.loc[(points["step"] >= min_step) & (points[axis] < at)].tail(window - 1)
-    reached = points.loc[points[axis] >= at, "step"]
-    return {"score": float(np.mean([*before[metric], value])), "last_step": int(reached.min()),
-            "n_points": len(before) + 1}
+    values = np.interp(grid, points[axis].to_numpy(float), points[metric].to_numpy(float))
+    reached = points.loc[points[axis] >= grid[-1], "step"]
+    return {"score": float(np.mean(values)), "last_step": int(reached.min()), "n_points": len(grid)}
 
 
 def final_scores(df: pd.DataFrame, metric: str = "eval/accuracy", window: int = 3,
@@ -119,19 +130,22 @@ def final_scores(df: pd.DataFrame, metric: str = "eval/accuracy", window: int = 
 
     min_step=1 leaves out the step-0 eval, which scores the model before training. A run with no such
     point has no row. An unfinished run is scored on its points so far (the report warns).
-    at=(axis, value), matched compute: the last point is the run's curve interpolated at that many
-    samples or tokens (`matched_budget`), and the window's other points come before it; last_step is
-    then the first eval step at or past it. Returns experiment, arm, seed, score, last_step, n_points.
+    at=(axis, value), matched compute: every run's curve is interpolated at the same `window` axis values
+    (`matched_grid`: the eval points of the run that reached the least, ending at `value`, the
+    `matched_budget`) and averaged there; last_step is then the first eval step at or past `value`. Returns experiment, arm, seed, score, last_step, n_points.
     """
     columns = [*RUN_KEYS, "score", "last_step", "n_points"]
     if metric not in df.columns:
         return pd.DataFrame(columns=columns)
     if at is not None:
         axis, value = at
-        points = df.loc[df[metric].notna(), [*RUN_KEYS, "step", axis, metric]]
-        rows = [{**dict(zip(RUN_KEYS, key)), **_score_at(run, metric, axis, value, window, min_step)}
-                for key, run in points.groupby(RUN_KEYS, sort=True)
-                if ((run["step"] >= min_step) & (run[axis] >= value)).any()]
+        points = df.loc[df[metric].notna(), [*RUN_KEYS, "step", axis, metric]].dropna(subset=[axis])
+        reached = [(key, run) for key, run in points.groupby(RUN_KEYS, sort=True)
+                   if ((run["step"] >= min_step) & (run[axis] >= value)).any()]
+        if not reached:
+            return pd.DataFrame(columns=columns)
+        grid = matched_grid(pd.concat([run for _, run in reached]), metric, axis, value, window, min_step)
+        rows = [{**dict(zip(RUN_KEYS, key)), **_score_on(run, metric, axis, grid)} for key, run in reached]
         return pd.DataFrame(rows, columns=columns)
     points = df.loc[df[metric].notna() & (df["step"] >= min_step), [*RUN_KEYS, "step", metric]]
     last = points.sort_values("step").groupby(RUN_KEYS).tail(window)

@@ -181,7 +181,9 @@ def scores_section(df: pd.DataFrame, ctx: Context, warm_note: str = "") -> list[
     budget = agg.matched_budget(df, ctx.metric, ctx.matched) if ctx.matched else None
     matched = ("" if budget is None else
                f" At matched compute: every run is scored at {budget:.0f} {ctx.matched}, the most that all of them "
-               f"reached; the last point of its window is its eval curve interpolated there.")
+               f"reached: each run's eval curve is interpolated at the same {ctx.matched} values (the eval points of "
+               f"the run that reached the least, its last {ctx.window} after step 0), so every run averages the same "
+               f"stretch of compute.")
     text = (f"Score of a run: {ctx.metric}{unit}, averaged over {averaged} (no smoothing).{matched} "
             "Mean over seeds with a 95% Student-t interval, mean ± t·s/√n: valid at few seeds "
             f"but wide. IQM (25% trimmed mean) only from {agg.IQM_MIN_SEEDS} seeds on, where it trims "

@@ -208,11 +208,20 @@ def test_final_scores_at_matched_compute_interpolate_at_the_samples_every_run_re
     df.loc[df["arm"] == "a", "samples"] = 10 * df.loc[df["arm"] == "a", "step"]
     assert agg.matched_budget(df, "eval/accuracy", "samples") == 30.0
     result = agg.final_scores(df, window=3, at=("samples", 30.0)).set_index("arm")
-    # a: 30 is its step-3 eval: mean(0.2, 0.4, 0.6) = 0.4, as at equal steps.
+    # Both are scored at a's last 3 eval points, samples 10, 20 and 30, so both average the same compute.
+    # a: its own evals there: mean(0.2, 0.4, 0.6) = 0.4, as at equal steps.
     assert result.loc["a", "score"] == pytest.approx(0.4) and result.loc["a", "last_step"] == 3
-    # b: halfway between samples 20 (0.3) and 40 (0.5): 0.4; before it only step 1's 0.3: mean 0.35.
-    assert result.loc["b", "score"] == pytest.approx(0.35)
-    assert result.loc["b", "n_points"] == 2 and result.loc["b", "last_step"] == 2
+    # b: interpolated at 10 (between 0 and 20: 0.15), 20 (0.3) and 30 (between 20 and 40: 0.4): mean 0.85 / 3.
+    assert result.loc["b", "score"] == pytest.approx(0.85 / 3)
+    assert result.loc["b", "n_points"] == 3 and result.loc["b", "last_step"] == 2
     assert agg.matched_budget(df.drop(columns="samples"), "eval/accuracy", "samples") is None  # old runs
     # At equal steps b would score mean(0.3, 0.5, 0.7) = 0.5, with twice a's samples.
     assert agg.final_scores(df, window=3).set_index("arm").loc["b", "score"] == pytest.approx(0.5)
+
+
+def test_a_family_with_no_pair_at_all_gives_rows_without_a_test():
+    # Two arms run on disjoint seeds: every comparison of the family has 0 pairs. No crash, no verdict.
+    tests = agg.family_verdicts({"a vs b": np.array([]), "c vs b": np.array([])})
+    assert tests["n_pairs"].tolist() == [0, 0]
+    assert tests["claim"].tolist() == [0, 0]
+    assert tests[["diff", "diff_lo", "diff_hi", "p_holm", "detectable"]].isna().all().all()

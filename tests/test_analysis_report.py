@@ -293,12 +293,14 @@ def test_equal_steps_with_unequal_samples_are_warned_and_samples_x_scores_at_mat
             "(grpo 48, dynamic 96, mean over seeds): not matched compute") in text
     # At equal steps both arms score as in eval_accuracy: 37.5, 50, 62.5 by seed (paired differences all 0).
     assert "| 0.0 (3 pairs): no verdict" in text
-    # At matched samples: grpo reaches 48 samples at step 6, dynamic at step 3, so dynamic is scored there:
-    # its curve at 48 samples is its step-3 eval, 0.25 + 0.125 * seed, and no eval after step 0 comes before
-    # it: 25, 37.5, 50 (mean 37.5). grpo keeps 37.5, 50, 62.5. Every seed's difference is -12.5.
+    # At matched samples: grpo reaches 48 samples at step 6 (its evals after step 0: 24 and 48 samples),
+    # dynamic at step 3. Both are scored at grpo's eval points, 24 and 48 samples. grpo keeps 37.5, 50, 62.5.
+    # dynamic (evals 0.125 * seed at 0 samples, 0.25 + 0.125 * seed at 48): at 24 halfway, 0.125 + 0.125 *
+    # seed; at 48, 0.25 + 0.125 * seed; mean 18.75, 31.25, 43.75 (mean 31.25, s 12.5, t(0.975, 2) 4.303:
+    # +-31.05). Every seed's difference is -18.75: no spread, no verdict.
     text = write_report(sweep, out_dir=tmp_path / "samples", x="samples").read_text()
     assert "At matched compute: every run is scored at 48 samples, the most that all of them reached" in text
-    assert "| dynamic | 3 | 37.5 [6.4, 68.6] |" in text and "| −12.5 (3 pairs): no verdict" in text
+    assert "| dynamic | 3 | 31.2 [0.2, 62.3] |" in text and "| −18.8 (3 pairs): no verdict" in text
     assert "Compared at equal steps" not in text
 
 
