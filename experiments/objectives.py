@@ -4,8 +4,9 @@ advantage estimator, aggregation, clip values and KL term the paper pairs it wit
 
   clip     GRPO (Shao et al. 2024): std-normalised advantage, PPO clip 0.2, seq_mean_token_mean, k3 KL
            to the reference at beta 0.04
-  dapo     DAPO (Yu et al. 2025): clip-higher 0.2 / 0.28, token_mean, soft overlong punishment (a fifth
-           of the length budget, as the paper's 4096 of 20480), dynamic sampling, no KL term
+  dapo     DAPO (Yu et al. 2025), as the dapo ladder's last rung (every row of its table 1): overlong
+           filtering, clip-higher 0.2 / 0.28, soft overlong punishment (a fifth of the length budget, as the
+           paper's 4096 of 20480), token_mean, dynamic sampling, no KL term
   dr_grpo  Dr. GRPO (Liu et al. 2025): no std in the advantage, seq_mean_token_sum_norm (the constant
            max length), no KL term
   gspo     GSPO (Zheng et al. 2025): sequence ratio clipped at the paper's 3e-4 / 4e-4, sequence mean, no KL
@@ -17,8 +18,7 @@ advantage estimator, aggregation, clip values and KL term the paper pairs it wit
 
 Departures from the papers, by arm (also in EXPERIMENT.departures, and so in sweep.json and the report):
   dapo   dynamic sampling gives up after --max-resample-rounds 4 and fills the batch with zero-variance
-         groups, where the paper samples until every group has signal; overlong filtering (a step of
-         the paper's table 1 ablation, not one of its four techniques) is not used
+         groups, where the paper samples until every group has signal
   cispo  the IS weight is bounded below at 0.01 (--clip-eps-low must be < 1) instead of not at all; its
          upper bound 0.28 is our choice (DAPO's clip-higher), not a value taken from the paper
   gpg    it shares the 4 mini-batches: from the second on, -A logp follows rollouts of an older policy
@@ -34,21 +34,20 @@ on the samples axis, `--x samples`).
 
 from dataclasses import replace
 
+from experiments.dapo import EXPERIMENT as DAPO_LADDER
 from experiments.sweep import Experiment, main
 from grpo.config import TrainConfig
 
 base = TrainConfig(mini_batches=4)
-# DAPO's soft overlong punishment starts L_cache = 4096 tokens before L_max = 20480 (its section 4.1): the same
-# fifth of this run's budget.
-DAPO_OVERLONG_BUFFER = round(base.max_new_tokens * 4096 / 20480)
 NO_KL = dict(kl_beta=0.0)
+# DAPO as its ladder's last rung defines it (table 1, every component), on this experiment's base.
+DAPO = DAPO_LADDER.arms["dynamic"]
 EXPERIMENT = Experiment(
     name="objectives",
     base=base,
     arms={
         "clip": base,
-        "dapo": replace(base, clip_eps_high=0.28, aggregation="token_mean", overlong_buffer=DAPO_OVERLONG_BUFFER,
-                        overlong_penalty=1.0, dynamic_sampling=True, **NO_KL),
+        "dapo": DAPO,
         "dr_grpo": replace(base, advantage="dr_grpo", aggregation="seq_mean_token_sum_norm", **NO_KL),
         "gspo": replace(base, objective="gspo", clip_eps_low=3e-4, clip_eps_high=4e-4, **NO_KL),
         "cispo": replace(base, objective="cispo", clip_eps_low=0.99, clip_eps_high=0.28, aggregation="token_mean",
@@ -62,8 +61,7 @@ EXPERIMENT = Experiment(
     baseline="clip",
     knob="objective",
     departures={
-        "dapo": "dynamic sampling stops after 4 rounds and fills with zero-variance groups (paper: until full); "
-                "no overlong filtering",
+        "dapo": DAPO_LADDER.departures["dynamic"],
         "cispo": "IS weight bounded below at 0.01 (paper: no lower bound); upper bound 0.28 is ours (DAPO's)",
         "gpg": "4 mini-batches: later ones follow -A logp off-policy with no ratio to correct it",
     },

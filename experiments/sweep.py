@@ -344,10 +344,11 @@ def write_sweep_json(experiment: Experiment, out_dir: Path, runs: list[Run], see
     from grpo import __version__
     from grpo.tracking import git_commit
 
-    base = TrainConfig()
     per_run = ("out_dir", "seed", "experiment", "arm") + (("warmstart_seed",) if warmstart_seed == "per-seed" else ())
+    # An arm's settings are what differs from the defaults grpo train gives its model (PRETRAINED_DEFAULTS
+    # for a pretrained one), as config_args writes them.
     arms = {arm: {k: v for k, v in dataclasses.asdict(cfg).items()
-                  if k not in per_run and v != getattr(base, k)}
+                  if k not in per_run and v != getattr(TrainConfig.for_model(cfg.model), k)}
             for arm, cfg in {r.arm: r.config for r in runs}.items()}
     now = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_commit": git_commit(),
            "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "grpo_lab": __version__},

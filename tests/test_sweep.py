@@ -293,10 +293,11 @@ def test_forked_runs_use_several_threads_after_the_sweep_built_warm_starts(tmp_p
 NO_KL = {"kl_beta": 0.0}
 PAPER_CHOICES = {
     "clip": {},
-    # DAPO: clip-higher 0.2 / 0.28, token-level loss, soft overlong punishment over the last fifth of the
-    # budget (4096 of 20480) down to -1, dynamic sampling, KL removed (its section 2.3).
-    "dapo": {"clip_eps_high": 0.28, "aggregation": "token_mean", "overlong_buffer": 13, "dynamic_sampling": True,
-             **NO_KL},
+    # DAPO: every row of its table 1, as the ladder's last rung: overlong filtering, clip-higher 0.2 / 0.28,
+    # soft overlong punishment over the last fifth of the budget (4096 of 20480) down to -1, token-level loss,
+    # dynamic sampling; KL removed (its section 2.3).
+    "dapo": {"mask_truncated": True, "clip_eps_high": 0.28, "overlong_buffer": 13, "aggregation": "token_mean",
+             "dynamic_sampling": True, **NO_KL},
     # Dr. GRPO: no std, token sums over a constant (the max length), no KL.
     "dr_grpo": {"advantage": "dr_grpo", "aggregation": "seq_mean_token_sum_norm", **NO_KL},
     # GSPO: sequence ratio clipped at 3e-4 / 4e-4, sequence-level mean, std-normalised advantage, no KL.
