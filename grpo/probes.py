@@ -277,3 +277,17 @@ def ledger_metrics(previous_rates: Tensor, current_rates: Tensor, group_size: in
         predicted = unbiased_power(solved, trials, group_size) + unbiased_power(trials - solved, trials, group_size)
         out["ledger/zero_var_predicted"] = predicted.mean().to(current_rates.dtype)
     return out
+
+
+def step_probe_metrics(rewards: Tensor, correct: Tensor | None, advantages: Tensor, labels: list[str],
+                       loss_lengths: Tensor, aggregation: str, max_len: float) -> dict[str, Tensor]:
+    """The difficulty and length-bias probes of one whole step, with the loss's normalisers for the step
+    taken as one mini-batch (all its completions and loss tokens). The trainer and `grpo rescore` both
+    call this, so a rescored step is probed exactly as a trained one.
+
+    rewards, correct (or None), advantages, loss_lengths (tokens the loss covers): [P, G]; labels: P levels.
+    """
+    norms = dict(aggregation=aggregation, num_seqs=float(loss_lengths.numel()),
+                 num_tokens=float(loss_lengths.sum()), max_len=max_len)
+    return {**difficulty_metrics(rewards, correct, advantages, labels, loss_lengths, **norms),
+            **length_bias_metrics(advantages, loss_lengths, **norms)}

@@ -54,7 +54,7 @@ from grpo.losses import AGGREGATIONS
 from grpo.metrics import (advantage_metrics, entropy_metric, gradient_token_metrics, length_metrics,
                           reward_metrics, to_floats, zero_variance_metrics)
 from grpo.objectives import OBJECTIVES
-from grpo.probes import difficulty_metrics, length_bias_metrics
+from grpo.probes import step_probe_metrics
 from grpo.tracking import write_json
 
 ROLLOUT_FILE = re.compile(r"step_(\d+)_rank(\d+)\.safetensors")
@@ -162,8 +162,6 @@ def step_metrics(stored: StoredStep, cfg: TrainConfig) -> dict[str, Tensor]:
     # --mask-truncated: a truncated completion has no token in the loss.
     loss_lengths = stored.lengths * (1 - stored.truncated) if cfg.mask_truncated else stored.lengths
     correct = stored.parts.get(cfg.correctness_reward)
-    norms = dict(aggregation=cfg.aggregation, num_seqs=float(P * G), num_tokens=float(loss_lengths.sum()),
-                 max_len=cfg.max_new_tokens)
     return {
         **reward_metrics(rewards, stored.parts, correct),
         **advantage_metrics(advantages),
@@ -173,8 +171,8 @@ def step_metrics(stored: StoredStep, cfg: TrainConfig) -> dict[str, Tensor]:
         # On-policy: no token's policy gradient is cut.
         **gradient_token_metrics(advantages.flatten(), stored.lengths, loss_lengths, torch.tensor(0.0),
                                  cfg.mask_truncated),
-        **difficulty_metrics(rewards, correct, advantages, stored.difficulty, loss_lengths.view(P, G), **norms),
-        **length_bias_metrics(advantages, loss_lengths.view(P, G), **norms),
+        **step_probe_metrics(rewards, correct, advantages, stored.difficulty, loss_lengths.view(P, G),
+                             cfg.aggregation, cfg.max_new_tokens),
     }
 
 

@@ -36,7 +36,7 @@ from grpo.objectives import SELECTIONS, ObjectiveParams, token_covariance, top_e
 from grpo.policy import completion_logp, worth_sharing
 from grpo.sampler import KVCacheSampler, Rollout
 from grpo.counterfactual import counterfactual_metrics
-from grpo.probes import difficulty_metrics, ledger_metrics, length_bias_metrics
+from grpo.probes import ledger_metrics, step_probe_metrics
 from grpo.tasks import PromptPool, make_task
 from grpo.timing import StageTimer
 from grpo.warmstart import warm_started_model, warmstart_entry
@@ -371,13 +371,8 @@ def probe_metrics(t: Trainer, batch, rewards, correct, all_advantages, all_lengt
     (which also updates t.ledger). Inputs are the gathered [P, G] / [N] tensors of grpo_step."""
     cfg, G = t.cfg, t.cfg.group_size
     examples = [e for part in dist.gather_objects(batch.examples) for e in part]
-    # The loss's normalisers with the step taken as one mini-batch: all its completions and loss tokens.
-    norms = dict(aggregation=cfg.aggregation, num_seqs=float(len(loss_lengths)),
-                 num_tokens=float(loss_lengths.sum()), max_len=cfg.max_new_tokens)
-    loss_lengths = loss_lengths.view(all_advantages.shape)                            # [P, G]
-    out = difficulty_metrics(rewards, correct, all_advantages, [e.difficulty for e in examples], loss_lengths,
-                             **norms)
-    out.update(length_bias_metrics(all_advantages, loss_lengths, **norms))
+    out = step_probe_metrics(rewards, correct, all_advantages, [e.difficulty for e in examples],
+                             loss_lengths.view(all_advantages.shape), cfg.aggregation, cfg.max_new_tokens)
     if t.pool is not None and correct is not None:
         rates = correct.mean(-1)
         previous = torch.tensor([t.ledger.get(e.index, (float("nan"), 0))[0] for e in examples])
