@@ -174,7 +174,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--ref", required=True, help="the old code: a branch, tag or commit git can resolve")
     parser.add_argument("--out", type=Path, default=None,
                         help="keep the run directories here (must be empty or new); default: a temporary folder")
-    parser.add_argument("--steps", type=int, default=16, help="GRPO steps of every run")
+    parser.add_argument("--steps", type=int, default=12, help="GRPO steps of every run")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every run (both sides alike)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (the two sides of a config run together)")
     parser.add_argument("--only", default="", metavar="NAME,...", help=f"configs to run, of {', '.join(CONFIGS)}")
