@@ -81,7 +81,7 @@ def caption_difficulty(df: pd.DataFrame, ctx: Context) -> str:
 
 def caption_length(df: pd.DataFrame, ctx: Context) -> str:
     """Late lengths per arm, then the length claim for every pair of arms that differ only in
-    `aggregation`, then bias/len_corr_neg and bias/len_corr_pos where logged."""
+    `aggregation` (trained arms only: lengths are an outcome of training)."""
     text = ("Mean length in tokens, correct vs wrong, over the last 10% of steps: "
             f"{arm_text(df, ['len/correct_mean', 'len/wrong_mean'], ctx, digits=0)} (curves EMA-smoothed). ")
     pairs = probes.arm_pairs(df, "aggregation", "seq_mean_token_mean", "seq_mean_token_sum_norm")
@@ -95,6 +95,13 @@ def caption_length(df: pd.DataFrame, ctx: Context) -> str:
     else:
         text += (f'Claim "{LENGTH_CLAIM}": not tested, it needs two arms that differ only in aggregation '
                  "(seq_mean_token_mean vs seq_mean_token_sum_norm), run on the same seeds. ")
+    return text.rstrip()
+
+
+def caption_length_bias(df: pd.DataFrame, ctx: Context) -> str:
+    """bias/len_corr_neg, bias/len_corr_pos and bias/len_spread_within per arm, rescored arms included: a
+    rescoring under another aggregation reads the same rollouts' length bias exactly."""
+    text = ("Curves: bias/len_corr_neg over training (EMA-smoothed). ")
     for key, sign in (("bias/len_corr_neg", "A<0"), ("bias/len_corr_pos", "A>0")):
         if key in df.columns and df[key].notna().any():
             table = agg.across_seeds(agg.run_means(df, [key]), [key])

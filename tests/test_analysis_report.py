@@ -264,6 +264,12 @@ def test_rescored_arms_stay_out_of_the_final_scores_and_outcome_curves(tmp_path)
     assert "grpo@dr 30.0 vs 20.0" in ledger_caption
     # grpo@dr has advantage=dr_grpo and grpo's rollouts: a pair for the std claim, marked as exact.
     assert "grpo vs grpo@dr (same rollouts), easiest level with signal d1:" in text
+    # The length-bias probe is read on the same rollouts too, so the rescoring is in its caption; the
+    # lengths themselves are an outcome of training, so not in the length caption.
+    bias_caption = text.split("![Length bias")[1].split("####")[0]
+    assert "(bias/len_corr_neg), mean over the steps that logged it:" in bias_caption and "grpo@dr" in bias_caption
+    length_caption = text.split("![Length of correct vs wrong")[1].split("####")[0]
+    assert "grpo@dr" not in length_caption and "bias/len_corr" not in length_caption
 
 
 def test_matched_axis_from_the_x_axis_or_the_budget_held_fixed():
