@@ -155,7 +155,7 @@ class TrainConfig:
 
     # --- objective
     advantage: AdvantageName = "grpo"
-    """Advantage estimator: grpo (std-normalised), dr_grpo (no std), batch_std, rloo."""
+    """Advantage estimator (grpo/advantages.py): grpo (group mean and std), dr_grpo (group mean, no std; Liu et al. 2025), batch_std (group mean, batch std), rloo (leave-one-out mean), reinforce_pp (REINFORCE++: batch-normalised group-centred reward), opo (length-weighted group baseline), gpg (GPG: group mean, rescaled by the share of groups with signal)."""
     adv_eps: float = 1e-4
     """Added to the std in std-normalised advantages."""
     aggregation: AggregationName = "seq_mean_token_mean"
