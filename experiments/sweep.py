@@ -39,7 +39,7 @@ from pathlib import Path
 
 from grpo import GrpoError
 from grpo.cli import parse_flags
-from grpo.config import TrainConfig, config_mismatch, format_weights
+from grpo.config import TrainConfig, config_flags, config_mismatch
 from grpo.models import check_model_dir, is_preset
 from grpo.pretrained import is_gguf
 
@@ -88,28 +88,8 @@ class Run:
         return self.dir / "train.log"
 
 
-def config_args(config: TrainConfig) -> list[str]:
-    """`grpo train` flags that rebuild `config` (fields equal to the defaults are left out: those `grpo train`
-    gives the config's model, PRETRAINED_DEFAULTS for a pretrained one; --model unless it is the default)."""
-    defaults = TrainConfig.for_model(config.model)
-    args = []
-    for f in dataclasses.fields(TrainConfig):
-        value = getattr(config, f.name)
-        default = TrainConfig.model if f.name == "model" else getattr(defaults, f.name)
-        if value == default:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(value, bool):
-            args.append(flag if value else "--no-" + f.name.replace("_", "-"))
-        elif isinstance(value, dict):
-            args += [flag, format_weights(value)]
-        else:
-            args += [flag, "None" if value is None else str(value)]
-    return args
-
-
 def train_command(run: Run) -> list[str]:
-    return [sys.executable, "-m", "grpo.cli", "train", *config_args(run.config)]
+    return [sys.executable, "-m", "grpo.cli", "train", *config_flags(run.config)]
 
 
 def plan_runs(experiment: Experiment, out_dir: Path, seeds: list[int], overrides: dict, parallel: int) -> list[Run]:
@@ -133,7 +113,7 @@ def plan_runs(experiment: Experiment, out_dir: Path, seeds: list[int], overrides
                 arm_config, seed=seed, warmstart_seed=warmstart_seed, experiment=experiment.name, arm=arm, quiet=True,
                 threads=arm_config.threads or threads, out_dir=str(out_dir / arm / f"seed{seed}"),
                 wandb_dir=str(out_dir), wandb_group=arm_config.wandb_group or experiment.name)
-            args = config_args(config)
+            args = config_flags(config)
             if tyro.cli(TrainConfig, args=args, default=TrainConfig.flag_defaults(args)) != config:  # as grpo train
                 raise GrpoError(f"arm {arm!r} cannot be written as grpo train flags")
             runs.append(Run(arm, seed, config))
@@ -243,7 +223,7 @@ def start_run(run: Run):
             from grpo.cli import main as grpo_main
 
             os.environ.update(env)
-            return grpo_main(["train", *config_args(run.config)])
+            return grpo_main(["train", *config_flags(run.config)])
 
         return Forked(work, run.log)
     with open(run.log, "a") as log:
@@ -435,7 +415,7 @@ def sweep(experiment: Experiment, args: argparse.Namespace, train_args: list[str
               + ("each run's warm start is seeded by its seed" if args.warmstart_seed == "per-seed"
                  else "every run of an arm starts from the arm's warm start") + ")")
         for run in runs:
-            print(shlex.join(["grpo", "train", *config_args(run.config)]))
+            print(shlex.join(["grpo", "train", *config_flags(run.config)]))
         return 0
     conflicts = [r for r in runs if run_status(r) == "conflict"]
     if conflicts:     # refused before anything is written: sweep.json still describes the runs on disk

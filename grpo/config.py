@@ -454,3 +454,23 @@ def config_mismatch(saved: dict, config: TrainConfig) -> list[str]:
             values["dtype"] = "fp32"
     return sorted(k for k in set(saved) | set(current)
                   if k not in RESUMABLE_FIELDS and saved.get(k) != current.get(k))
+
+
+def config_flags(config: TrainConfig) -> list[str]:
+    """`grpo train` flags that rebuild `config` (fields equal to the defaults are left out: those `grpo train`
+    gives the config's model, PRETRAINED_DEFAULTS for a pretrained one; --model unless it is the default)."""
+    defaults = TrainConfig.for_model(config.model)
+    args = []
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(config, f.name)
+        default = TrainConfig.model if f.name == "model" else getattr(defaults, f.name)
+        if value == default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + f.name.replace("_", "-"))
+        elif isinstance(value, dict):
+            args += [flag, format_weights(value)]
+        else:
+            args += [flag, "None" if value is None else str(value)]
+    return args

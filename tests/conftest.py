@@ -7,13 +7,13 @@ the same (task, model, warm-start) settings.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import pytest
 import torch
 
-from grpo.config import TrainConfig, format_weights
+from grpo.config import TrainConfig
+from grpo.config import config_flags as cli_args  # noqa: F401  (the tests' `grpo train` flags of a config)
 
 # Small enough that a full run of a few steps takes about a second on one CPU core. One thread:
 # on a shared 2-core machine, two spinning OpenMP threads per process slow everything down.
@@ -61,25 +61,6 @@ def make_cfg():
         return TrainConfig(**values)
 
     return make
-
-
-def cli_args(cfg: TrainConfig) -> list[str]:
-    """`grpo train` flags that reproduce every field of `cfg` that differs from the default `grpo train`
-    gives its model (a pretrained model's are PRETRAINED_DEFAULTS)."""
-    defaults = TrainConfig.for_model(cfg.model)
-    args = ["--model", cfg.model]
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if f.name == "model" or value == getattr(defaults, f.name):
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(value, bool):
-            args.append(flag if value else "--no-" + flag[2:])
-        elif isinstance(value, dict):
-            args += [flag, format_weights(value)]
-        else:
-            args += [flag, str(value)]
-    return args
 
 
 def one_error_line(err: str) -> str:

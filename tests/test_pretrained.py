@@ -347,14 +347,15 @@ def test_a_sweep_writes_pretrained_arms_as_flags_grpo_train_rebuilds_exactly(tmp
     import tyro
 
     from experiments.real_model import EXPERIMENT
-    from experiments.sweep import config_args, plan_runs
+    from experiments.sweep import plan_runs
+    from grpo.config import config_flags
 
     experiment = dataclasses.replace(EXPERIMENT, arms={
         **EXPERIMENT.arms, "preset_values": dataclasses.replace(EXPERIMENT.base, lr=1e-4, worked_example=False)})
     runs = plan_runs(experiment, tmp_path, [0], {"quick": False, "steps": None, "train_args": []}, 1)
     assert [run.arm for run in runs] == ["grpo", "dr_grpo", "preset_values"]
     for run in runs:
-        args = config_args(run.config)
+        args = config_flags(run.config)
         assert tyro.cli(TrainConfig, args=args, default=TrainConfig.flag_defaults(args)) == run.config
-    preset_values = config_args(runs[-1].config)
+    preset_values = config_flags(runs[-1].config)
     assert "--lr" in preset_values and "--no-worked-example" in preset_values

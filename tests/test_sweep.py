@@ -14,8 +14,8 @@ import pytest
 import tyro
 
 from experiments import dapo, demo, entropy, group_size, inner_epochs, kl_beta, objectives, std_norm
-from experiments.sweep import config_args, plan_runs
-from grpo.config import TrainConfig
+from experiments.sweep import plan_runs
+from grpo.config import TrainConfig, config_flags
 
 EXPERIMENTS = [dapo, demo, entropy, group_size, inner_epochs, kl_beta, objectives, std_norm]
 TINY = ["--warmstart-steps", "2", "--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "8",
@@ -27,14 +27,14 @@ def test_every_arm_rebuilds_exactly_from_its_flags(module, tmp_path):
     runs = plan_runs(module.EXPERIMENT, tmp_path, [0, 1], {"quick": False, "steps": None, "train_args": []}, 1)
     assert len(runs) == 2 * len(module.EXPERIMENT.arms)
     for run in runs:
-        assert tyro.cli(TrainConfig, args=config_args(run.config)) == run.config
+        assert tyro.cli(TrainConfig, args=config_flags(run.config)) == run.config
         assert run.dir == tmp_path / run.arm / f"seed{run.seed}"
 
 
 def test_reward_weights_naming_any_reward_survive_the_flags():
     config = TrainConfig(reward_weights={"correct_extracted": 1.0, "format_partial": 0.25})   # no default key
-    assert config_args(config) == ["--reward-weights", "correct_extracted=1.0,format_partial=0.25"]
-    assert tyro.cli(TrainConfig, args=config_args(config)) == config
+    assert config_flags(config) == ["--reward-weights", "correct_extracted=1.0,format_partial=0.25"]
+    assert tyro.cli(TrainConfig, args=config_flags(config)) == config
 
 
 def test_arms_differ_only_in_the_ablated_knob():
@@ -79,7 +79,7 @@ def test_warmstart_seed_per_seed_gives_each_seed_its_own_warm_start(tmp_path):
     assert {r.config.warmstart_seed for r in same} == {7}                       # the arm's value, every seed
     per_seed = plan_runs(kl_beta.EXPERIMENT, tmp_path, [0, 1, 2], {**plan, "warmstart_seed": "per-seed"}, 1)
     assert all(r.config.warmstart_seed == r.seed for r in per_seed)
-    assert all(tyro.cli(TrainConfig, args=config_args(r.config)) == r.config for r in per_seed)
+    assert all(tyro.cli(TrainConfig, args=config_flags(r.config)) == r.config for r in per_seed)
     # three seeds, three warm starts in the cache (it keys on warmstart_seed); one with "same"
     entries = {warmstart_entry(r.config, make_task(r.config).tokenizer) for r in per_seed}
     assert len(entries) == 3
