@@ -38,7 +38,7 @@ import torch
 
 from grpo import GrpoError, distributed as dist
 from grpo.advantages import compute_advantages
-from grpo.losses import policy_loss
+from grpo.losses import loss_token_mask, policy_loss
 from grpo.objectives import SELECTIONS, token_covariance, top_entropy_keep
 
 # The fields an alternative may change: those that act on advantages or the loss of fixed rollouts.
@@ -151,7 +151,7 @@ def counterfactual_metrics(t, step: int, rollout, shaped_rewards: torch.Tensor, 
     prepared = []
     for name, cfg in settings:
         advantages = compute_advantages(shaped_rewards, cfg.advantage, eps=cfg.adv_eps, lengths=lengths)
-        loss_mask = mask * (~rollout.truncated).to(mask.dtype)[:, None] if cfg.mask_truncated else mask
+        loss_mask = loss_token_mask(mask, rollout.truncated, cfg.mask_truncated)
         keep = top_entropy_keep(rollout.entropy, loss_mask, cfg.top_entropy_quantile) \
             if cfg.top_entropy_quantile < 1 else None
         adv = advantages[rows].flatten().to(t.device)

@@ -54,6 +54,13 @@ AGGREGATIONS: dict[str, Callable[..., Tensor]] = {
 }
 
 
+def loss_token_mask(mask: Tensor, truncated: Tensor, mask_truncated: bool) -> Tensor:
+    """The tokens the policy loss covers: mask [N, T] (float 0/1; 0 = padding after EOS), with every token
+    of a truncated completion (truncated [N], bool) zeroed under DAPO's overlong filtering (--mask-truncated:
+    Yu et al. 2025, a truncated completion carries no loss at all)."""
+    return mask * (~truncated).to(mask.dtype)[:, None] if mask_truncated else mask
+
+
 def policy_loss(
     logp: Tensor,
     old_logp: Tensor,

@@ -27,7 +27,7 @@ from grpo.evaluation import evaluate
 from grpo.batch import collect_batch, total_reward
 from grpo.kl import kl_k1
 from grpo.lean_layers import install_lean_layers
-from grpo.losses import policy_loss
+from grpo.losses import loss_token_mask, policy_loss
 from grpo.memory import LARGE_MODEL_PARAMS
 from grpo.metrics import (TokenWeightedMean, advantage_metrics, entropy_metric, gradient_token_metrics,
                           length_metrics, reward_metrics, to_floats, zero_variance_metrics)
@@ -294,8 +294,7 @@ def grpo_step(t: Trainer, step: int) -> tuple[dict, list[dict]]:
     with t.timer("rollout"):
         batch = collect_batch(t, P, step)
     rollout, mask = batch.rollout, batch.rollout.completion_mask    # [N, T]; 0 = padding after EOS
-    # DAPO's overlong filtering: a truncated completion carries no loss at all.
-    loss_mask = mask * (~rollout.truncated).to(mask.dtype)[:, None] if cfg.mask_truncated else mask
+    loss_mask = loss_token_mask(mask, rollout.truncated, cfg.mask_truncated)
 
     with t.timer("reward"):
         # 2. Rewards [P, G] over every rank's prompts.

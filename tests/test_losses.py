@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from grpo import GrpoError
-from grpo.losses import AGGREGATIONS, policy_loss
+from grpo.losses import AGGREGATIONS, loss_token_mask, policy_loss
 
 AGGREGATION_NAMES = ["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"]
 LN2 = math.log(2.0)
@@ -465,3 +465,11 @@ def test_bool_mask_and_float32_inputs_work():
                           aggregation="token_mean")
     assert loss.dtype == torch.float32
     torch.testing.assert_close(loss, torch.tensor(-1.25))
+
+
+def test_loss_token_mask_zeroes_truncated_completions_only_under_overlong_filtering():
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])        # row 0 ended (EOS) at 2 tokens, row 1 ran out
+    truncated = torch.tensor([False, True])
+    assert torch.equal(loss_token_mask(mask, truncated, mask_truncated=False), mask)
+    assert torch.equal(loss_token_mask(mask, truncated, mask_truncated=True),
+                       torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]))
