@@ -10,7 +10,8 @@ pass@k from 8 samples on 32, at the start and the end; the training curves (rewa
 length) come from every step's own completions.
 
 Measured before these defaults (2026-12-02/03: 4 prompts x G 4, lr 2e-5, format_partial at 0.5 ungated;
-the README has the numbers): without the worked example 81% of the step-1 groups had zero reward variance,
+docs/2026-12-02-smollm2-first-runs.md and docs/2026-12-03-smollm2-bf16.md have the numbers): without the
+worked example 81% of the step-1 groups had zero reward variance,
 with it 6%; 33.6 min for the sweep in bf16 on 2 AVX512-BF16 cores (fp32: 51.6 min), a W3 step 57.5 s in
 fp32 against 31.5 s in bf16. grpo's seed 0 learned the format hack (well-formed tags around any number
 paid 0.5) while its held-out accuracy fell; format_if_correct pays that nothing. Not rerun since.

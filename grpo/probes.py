@@ -24,8 +24,8 @@ compares the share of groups without signal now with an unbiased prediction from
 Each probe is calibrated on simulated steps with a known answer (grpo/calibration.py,
 tests/test_calibration_probes.py): it reads null on a null case and finds a planted effect.
 
-The keys they log, with what each measures, are in the metric catalogue (grpo/metrics.py and the
-README): by_difficulty/*, bias/len_corr_*, bias/len_spread_within, ledger/*.
+The keys they log, with what each measures, are in the metric catalogue (grpo/metrics.py, copied to
+docs/metrics.md): by_difficulty/*, bias/len_corr_*, bias/len_spread_within, ledger/*.
 """
 
 from __future__ import annotations
