@@ -139,7 +139,7 @@ def main(argv: list[str]) -> int:
     if args.json_out and not args.json_out.parent.is_dir():
         raise GrpoError(f"--json-out {args.json_out}: no folder {args.json_out.parent}")
     settings = [parse_setting(text) for text in args.settings]
-    from grpo.cli import parse_flags          # after the checks above: these imports take seconds
+    from grpo.flags import parse_flags          # after the checks above: these imports take seconds
     from grpo.config import TrainConfig
     from grpo.trainer import build_trainer
 

@@ -38,8 +38,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from grpo import GrpoError
-from grpo.cli import parse_flags
 from grpo.config import TrainConfig, config_flags, config_mismatch
+from grpo.flags import parse_flags
 from grpo.models import check_model_dir, is_preset
 from grpo.pretrained import is_gguf
 
@@ -257,8 +257,8 @@ def prebuild_warm_starts(runs: list[Run], log=print) -> None:
     """
     import torch
 
+    from grpo.device import resolve_device
     from grpo.tasks import make_task
-    from grpo.trainer import resolve_device
     from grpo.warmstart import warm_started_model, warmstart_entry
 
     wanted = {}

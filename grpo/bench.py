@@ -311,8 +311,8 @@ def run_bench(b: BenchConfig) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from grpo.cli import parse_flags
-    from grpo.trainer import resolve_device
+    from grpo.device import resolve_device
+    from grpo.flags import parse_flags
 
     b = parse_flags(BenchConfig, argv, "grpo bench")
     if b.kernel_profile and resolve_device(b.device).type == "cuda":

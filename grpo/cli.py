@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import sys
 
+from grpo.flags import parse_flags
+
 USAGE = """usage: grpo {train,bench,sync,rescore} [--help] ...
 
   train    train a policy with GRPO (grpo train --help lists every flag)
@@ -17,35 +19,6 @@ USAGE = """usage: grpo {train,bench,sync,rescore} [--help] ...
   rescore  recompute a run's model-free metrics from its stored rollouts (--store-rollouts) under
            another advantage, aggregation or masking, into <run-dir>/rescore/<name>/ (grpo rescore --help)
 """
-
-
-def parse_flags(cls, args: list[str], prog: str, **kwargs):
-    """tyro.cli, with a parse error turned into one GrpoError line instead of tyro's boxed message
-    (--help still prints in full)."""
-    import contextlib
-    import io
-    import re
-
-    import tyro
-
-    from grpo import GrpoError
-
-    captured = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(captured):
-            return tyro.cli(cls, args=args, prog=prog, **kwargs)
-    except SystemExit as exit_info:
-        if not exit_info.code:
-            raise
-        # The box's first section is the message: its lines up to the first rule, borders stripped.
-        lines = []
-        for line in captured.getvalue().splitlines()[1:]:
-            text = line.strip().strip("│").strip()
-            if not text or set(text) <= set("─╰╯"):
-                break
-            lines.append(text)
-        message = re.sub(r"\s+", " ", " ".join(lines)) or captured.getvalue().strip() or "bad arguments"
-        raise GrpoError(message) from None
 
 
 def _fail(message: str, code: int = 2) -> int:

@@ -19,6 +19,7 @@ import tyro
 
 from grpo import GrpoError
 from grpo.advantages import ADVANTAGES, AdvantageName
+from grpo.alternatives import check_alternatives
 from grpo.kl import KLName
 from grpo.losses import AggregationName
 from grpo.objectives import ObjectiveName
@@ -330,8 +331,6 @@ class TrainConfig:
         if unknown or not self.reward_weights:
             raise GrpoError(f"--reward-weights names unknown reward(s) {unknown}; choose from {sorted(REWARDS)}")
         if self.counterfactuals:
-            from grpo.counterfactual import check_alternatives
-
             check_alternatives(self)          # names the bad item, exit 2
         if self.advantage not in ADVANTAGES:
             raise GrpoError(f"unknown --advantage {self.advantage!r}")

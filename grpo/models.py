@@ -15,6 +15,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llam
                           Qwen2Config, Qwen2ForCausalLM)
 
 from grpo import GrpoError
+from grpo.paths import cache_root
 from grpo.pretrained import PACKAGED, gguf_model_dir, is_gguf
 
 MODEL_PRESETS: dict[str, dict] = {
@@ -62,8 +63,6 @@ def check_model_dir(model: str, log=print) -> Path:
     """The local Hugging Face directory of --model: a directory as given, or a GGUF model (a packaged one
     such as smollm2-135m, or a .gguf file) converted once into the cache (grpo.pretrained)."""
     if is_gguf(model):
-        from grpo.warmstart import cache_root
-
         return gguf_model_dir(model, cache_root(), log=log)
     path = Path(model)
     if not path.is_dir():

@@ -21,9 +21,11 @@ from safetensors.torch import save_file
 from grpo import GrpoError, distributed as dist, gemm
 from grpo.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
 from grpo.config import TrainConfig
+from grpo.device import resolve_device
 from grpo.models import check_model_dir, is_preset
-from grpo.tracking import RunStore, WandbMirror, progress_bar, read_summary
-from grpo.trainer import Trainer, build_trainer, grpo_step, resolve_device
+from grpo.progress import progress_bar
+from grpo.tracking import RunStore, WandbMirror, read_summary
+from grpo.trainer import Trainer, build_trainer, grpo_step
 
 RNG_STREAMS = ("prompt", "shuffle", "sample", "resample")
 # A stored rollout file, <run>/rollouts/step_<n>_rank<r>.safetensors, or its temporary form before the rename.

@@ -1,4 +1,4 @@
-"""Where a run's results go: the run directory (source of truth), a wandb mirror, a progress bar.
+"""Where a run's results go: the run directory (source of truth) and a wandb mirror.
 
 Run directory layout:
   config.json      the exact config the trainer read
@@ -19,7 +19,6 @@ import fcntl
 import json
 import os
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -175,11 +174,3 @@ class WandbMirror:
                 self.run.finish()
             except Exception:
                 pass
-
-
-def progress_bar(total: int, initial: int, quiet: bool, desc: str = "grpo"):
-    """A tqdm bar over steps (iterable: yields initial .. total - 1), shown only on a terminal."""
-    from tqdm.auto import tqdm
-
-    return tqdm(range(initial, total), total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
-                disable=quiet or not sys.stderr.isatty())

@@ -13,16 +13,15 @@ positive constant.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from grpo import GrpoError, TrainingDiverged, distributed as dist, fast_sampler, gemm
+from grpo import TrainingDiverged, distributed as dist, fast_sampler, gemm
 from grpo.advantages import compute_advantages
 from grpo.config import TrainConfig
+from grpo.device import resolve_device
 from grpo.evaluation import evaluate
 from grpo.batch import collect_batch, total_reward
 from grpo.kl import kl_k1
@@ -32,13 +31,13 @@ from grpo.memory import LARGE_MODEL_PARAMS
 from grpo.metrics import (TokenWeightedMean, advantage_metrics, entropy_metric, gradient_token_metrics,
                           length_metrics, reward_metrics, to_floats, zero_variance_metrics)
 from grpo.models import is_preset, load_tokenizer
-from grpo.objectives import SELECTIONS, ObjectiveParams, token_covariance, top_entropy_keep
-from grpo.policy import completion_logp, worth_sharing
+from grpo.objectives import SELECTIONS, token_covariance, top_entropy_keep
 from grpo.sampler import KVCacheSampler, Rollout
 from grpo.counterfactual import counterfactual_metrics
 from grpo.probes import ledger_metrics, step_probe_metrics
 from grpo.tasks import PromptPool, make_task
 from grpo.timing import StageTimer
+from grpo.update import loss_kwargs, micro_batches, objective_params, rollout_logp
 from grpo.warmstart import warm_started_model, warmstart_entry
 
 __all__ = ["Trainer", "TrainingDiverged", "build_trainer", "grpo_step"]
@@ -89,14 +88,6 @@ class Trainer:
                             store=self.eval_store if step == 0 else None)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise GrpoError("--device cuda was asked for, but torch sees no CUDA device")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return dist.local_device(torch.device(name))
-
-
 def build_trainer(cfg: TrainConfig, log=print) -> Trainer:
     device = resolve_device(cfg.device)
     if cfg.threads:
@@ -145,37 +136,6 @@ def make_sampler(cfg: TrainConfig, policy):
     return KVCacheSampler()
 
 
-def rollout_logp(t: Trainer, model, rollout: Rollout, rows: torch.Tensor, with_entropy: bool = False):
-    """Log-probs [B, T] of the rollout's rows under `model`, scored as the sampler drew them
-    (and the learner's entropy [B, T] with them, when asked).
-
-    Only the rows' own longest completion is run: a causal model's values at a position do not
-    depend on the positions after it, so the columns past every row's EOS are left out and read 0.
-    """
-    width = max(1, int(rollout.completion_mask[rows].sum(-1).max()))
-    out = completion_logp(model, rollout.prompt_ids[rows], rollout.prompt_mask[rows],
-                          rollout.completion_ids[rows, :width], t.cfg.temperature,
-                          eos_token_id=t.tokenizer.eos_token_id, min_new_tokens=t.cfg.min_new_tokens,
-                          with_entropy=with_entropy, share_prompts=worth_sharing(rollout, t.cfg.group_size),
-                          lean_head=t.lean)
-    past = rollout.completion_ids.shape[1] - width
-    if past == 0:
-        return out
-    return tuple(F.pad(x, (0, past)) for x in out) if with_entropy else F.pad(out, (0, past))
-
-
-def micro_batches(t: Trainer, rollout: Rollout, rows: torch.Tensor) -> list[torch.Tensor]:
-    """`rows` cut into micro-batches of at most --micro-batch-size rows (their losses add up to the same
-    total in any grouping). When a group's prompt runs once (`worth_sharing`), they take the rows in
-    row order, so a group's completions share a micro-batch and its prompt forward; otherwise shortest
-    completion first, so each micro-batch, run only to its own longest completion (`rollout_logp`),
-    computes little padding after EOS (the demo's learner: 0.51 -> 0.31 s a step, 1 thread)."""
-    rows = rows.sort().values
-    if not worth_sharing(rollout, t.cfg.group_size):
-        rows = rows[torch.argsort(rollout.completion_mask[rows].sum(-1), stable=True)]
-    return list(rows.split(t.cfg.micro_batch))
-
-
 @torch.no_grad()
 def frozen_logp(t: Trainer, model, rollout: Rollout) -> torch.Tensor:
     """Log-probs [N, T] under a model without gradients, a micro-batch at a time."""
@@ -184,23 +144,6 @@ def frozen_logp(t: Trainer, model, rollout: Rollout) -> torch.Tensor:
         for rows in micro_batches(t, rollout, torch.arange(len(out), device=out.device)):
             out[rows] = rollout_logp(t, model, rollout, rows)
     return out
-
-
-def loss_kwargs(cfg: TrainConfig) -> dict:
-    """policy_loss's keyword arguments that `cfg` sets (the KL term moves to the reward with
-    --kl-placement reward, so the loss then carries none)."""
-    return dict(clip_eps_low=cfg.clip_eps_low, clip_eps_high=cfg.clip_eps_high,
-                kl_beta=cfg.kl_beta if cfg.kl_placement == "loss" else 0.0, kl_estimator=cfg.kl_estimator,
-                aggregation=cfg.aggregation, objective=cfg.objective, dual_clip=cfg.dual_clip, delta=cfg.delta,
-                sapo_tau_pos=cfg.sapo_tau_pos, sapo_tau_neg=cfg.sapo_tau_neg, kl_cov_ratio=cfg.kl_cov_ratio,
-                kl_cov_coef=cfg.kl_cov_coef, clip_cov_ratio=cfg.clip_cov_ratio, clip_cov_lb=cfg.clip_cov_lb,
-                clip_cov_ub=cfg.clip_cov_ub, entropy_coef=cfg.entropy_coef,
-                top_entropy_quantile=cfg.top_entropy_quantile)
-
-
-def objective_params(cfg: TrainConfig) -> ObjectiveParams:
-    kwargs = loss_kwargs(cfg)
-    return ObjectiveParams(**{f.name: kwargs[f.name] for f in dataclasses.fields(ObjectiveParams)})
 
 
 def optimizer_step(t: Trainer, step: int, epoch: int) -> torch.Tensor:

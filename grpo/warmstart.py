@@ -21,15 +21,12 @@ from safetensors.torch import load_model, save_model
 
 from grpo.memory import fit_malloc_to_model
 from grpo.models import MODEL_PRESETS, build_model, check_model_dir, is_preset, load_pretrained
+from grpo.paths import cache_root
+from grpo.progress import progress_bar
 from grpo.tasks import render_prompt, task_identity
-from grpo.tracking import progress_bar
 
 # 2: arithmetic's held-out split by canonical form changed the training problems a warm start sees.
 CACHE_VERSION = 2
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("GRPO_CACHE", Path.home() / ".cache" / "grpo-lab"))
 
 
 def model_identity(model: str):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from grpo.cli import parse_flags
+from grpo.flags import parse_flags
 from grpo.config import TrainConfig
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "behaviour.py"

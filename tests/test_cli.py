@@ -66,7 +66,7 @@ def test_non_finite_reward_weight_is_an_input_error(make_cfg, tmp_path, capsys, 
     (" correct = 1 , ", {"correct": 1.0}),
 ])
 def test_reward_weights_name_any_registered_reward(value, expected):
-    from grpo.cli import parse_flags
+    from grpo.flags import parse_flags
     from grpo.config import TrainConfig
 
     assert parse_flags(TrainConfig, ["--reward-weights", value], "grpo train").reward_weights == expected

@@ -12,11 +12,13 @@ import pytest
 import torch
 
 from grpo import GrpoError
+from grpo.alternatives import inert_at_ratio_one
 from grpo.config import TrainConfig
-from grpo.counterfactual import counterfactual_metrics, inert_at_ratio_one
+from grpo.counterfactual import counterfactual_metrics
 from grpo.losses import policy_loss
 from grpo.sampler import Rollout
-from grpo.trainer import Trainer, loss_kwargs
+from grpo.trainer import Trainer
+from grpo.update import loss_kwargs
 
 F64 = torch.float64
 

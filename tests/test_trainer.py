@@ -32,7 +32,8 @@ from grpo.tasks import TASKS
 from grpo.runner import train
 from grpo.policy import completion_logp
 from grpo.sampler import Rollout
-from grpo.trainer import Trainer, TrainingDiverged, build_trainer, grpo_step, micro_batches, rollout_logp
+from grpo.trainer import Trainer, TrainingDiverged, build_trainer, grpo_step
+from grpo.update import micro_batches, rollout_logp
 from grpo.warmstart import warm_started_model
 
 AGGREGATIONS = ["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"]
