@@ -40,7 +40,8 @@ from pathlib import Path
 from grpo import GrpoError
 from grpo.config import TrainConfig, config_flags, config_mismatch
 from grpo.flags import parse_flags
-from grpo.models import check_model_dir, is_preset
+from grpo.models import check_model_dir
+from grpo.presets import is_preset
 from grpo.pretrained import is_gguf
 
 # Measured on the 2-core machine (3 x 250-step tiny runs): two 1-thread runs side by side took 205 s for

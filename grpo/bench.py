@@ -37,7 +37,7 @@ import torch
 
 from grpo import GrpoError, gemm
 from grpo.config import TrainConfig
-from grpo.models import MODEL_PRESETS
+from grpo.presets import MODEL_PRESETS
 
 # name -> the workload's fixed shape. W1/W2 match ../shared/bench/trl_grpo_bench.py; W3 matches
 # bench/trl_smollm2_bench.py: SmolLM2-135M-Instruct, 4 chat-templated questions "What is a+b?" x G 4.

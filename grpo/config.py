@@ -24,7 +24,7 @@ from grpo.kl import KLName
 from grpo.losses import AggregationName
 from grpo.objectives import ObjectiveName
 from grpo.rewards import REWARDS
-from grpo.models import is_preset
+from grpo.presets import is_preset
 from grpo.tasks import TASKS, TaskName
 
 

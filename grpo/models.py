@@ -1,4 +1,4 @@
-"""Policy models: `transformers` Llama models built from a preset config, or a local HF checkpoint.
+"""Policy models: `transformers` Llama models built from a preset (sizes in grpo/presets.py), or a local HF checkpoint.
 
 Nothing is downloaded: presets are random-init models built in code, a directory is loaded with
 `local_files_only=True`, and a GGUF file (or a model a package ships as one) is converted once into a
@@ -16,25 +16,8 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llam
 
 from grpo import GrpoError
 from grpo.paths import cache_root
+from grpo.presets import MODEL_PRESETS, is_preset
 from grpo.pretrained import PACKAGED, gguf_model_dir, is_gguf
-
-MODEL_PRESETS: dict[str, dict] = {
-    "tiny": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-                 intermediate_size=512),
-    "small": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8,
-                  intermediate_size=2048),
-    # The seed notebook's toy Llama (its vocabulary of 32 comes from the seed_tokens task).
-    "seed": dict(hidden_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                 intermediate_size=512),
-    # The shape of Qwen2-0.5B (GQA, q/k/v biases), random init: for GPU benchmarks, nothing downloaded.
-    "qwen2_0.5b": dict(model_type="qwen2", hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
-                       num_key_value_heads=2, intermediate_size=4864, rope_theta=1_000_000.0),
-}
-
-
-def is_preset(model: str) -> bool:
-    return model in MODEL_PRESETS
-
 
 ARCHITECTURES = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
 

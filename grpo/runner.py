@@ -22,7 +22,8 @@ from grpo import GrpoError, distributed as dist, gemm
 from grpo.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
 from grpo.config import TrainConfig
 from grpo.device import resolve_device
-from grpo.models import check_model_dir, is_preset
+from grpo.models import check_model_dir
+from grpo.presets import is_preset
 from grpo.progress import progress_bar
 from grpo.tracking import RunStore, WandbMirror, read_summary
 from grpo.trainer import Trainer, build_trainer, grpo_step

@@ -30,10 +30,11 @@ from grpo.losses import loss_token_mask, policy_loss
 from grpo.memory import LARGE_MODEL_PARAMS
 from grpo.metrics import (TokenWeightedMean, advantage_metrics, entropy_metric, gradient_token_metrics,
                           length_metrics, reward_metrics, to_floats, zero_variance_metrics)
-from grpo.models import is_preset, load_tokenizer
+from grpo.models import load_tokenizer
 from grpo.objectives import SELECTIONS, token_covariance, top_entropy_keep
 from grpo.sampler import KVCacheSampler, Rollout
 from grpo.counterfactual import counterfactual_metrics
+from grpo.presets import is_preset
 from grpo.probes import ledger_metrics, step_probe_metrics
 from grpo.tasks import PromptPool, make_task
 from grpo.timing import StageTimer

@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 
 from grpo.memory import fit_malloc_to_model
-from grpo.models import MODEL_PRESETS, build_model, check_model_dir, is_preset, load_pretrained
+from grpo.models import build_model, check_model_dir, load_pretrained
 from grpo.paths import cache_root
+from grpo.presets import MODEL_PRESETS, is_preset
 from grpo.progress import progress_bar
 from grpo.tasks import render_prompt, task_identity
 
