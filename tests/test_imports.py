@@ -109,3 +109,37 @@ def test_cycle_finder_finds_a_planted_circle_and_nothing_else():
 def test_package_has_no_import_cycle():
     found = cycles(import_graph())
     assert not found, "import cycles among grpo modules: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+# STYLE.md's layers, imports downward only (a module may import its own layer or a lower one).
+# A new module must be placed here: the test fails on a module it does not know.
+LAYERS = {
+    1: "grpo distributed timing paths device progress memory",                 # foundations
+    2: "advantages kl objectives losses",                                      # the math
+    3: "config flags alternatives presets tasks rewards tokenizer",            # config, tasks, rewards
+    4: "models pretrained sampler fast_sampler policy lean_layers gemm evaluation warmstart",  # engine parts
+    5: "batch update metrics probes calibration counterfactual trainer",       # the algorithm
+    6: "tracking checkpoint runner",                                           # the run
+    7: "cli bench sync rescore",                                               # commands
+}
+LAYER_OF = {("grpo" if m == "grpo" else f"grpo.{m}"): layer for layer, names in LAYERS.items() for m in names.split()}
+
+
+def upward_imports(graph: dict[str, set[str]], layer_of: dict[str, int]) -> list[str]:
+    """'a (L) -> b (M)' for every import of a module from a higher layer M > L."""
+    return [f"{m} ({layer_of[m]}) -> {d} ({layer_of[d]})"
+            for m in sorted(graph) for d in sorted(graph[m]) if layer_of[d] > layer_of[m]]
+
+
+def test_upward_finder_flags_only_upward_edges():
+    graph = {"a": {"b"}, "b": {"c"}, "c": set()}
+    assert upward_imports(graph, {"a": 1, "b": 1, "c": 2}) == ["b (1) -> c (2)"]
+    assert upward_imports(graph, {"a": 3, "b": 2, "c": 2}) == []
+
+
+def test_every_module_has_a_layer_and_imports_only_downward():
+    graph = import_graph()
+    unplaced = sorted(set(graph) - set(LAYER_OF))
+    assert not unplaced, f"modules without a layer (add them to LAYERS): {unplaced}"
+    upward = upward_imports(graph, LAYER_OF)
+    assert not upward, "imports reaching up a layer: " + "; ".join(upward)
