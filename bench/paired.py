@@ -4,7 +4,7 @@
                                      [--json-out F] [-- grpo train flags ...]
 
 A is the code as it is; B is the same code with each `--set MODULE.NAME=VALUE` (a Python literal) in force.
-Both run `grpo_step` from copies of the same trainer state (policy, optimizer, random streams), in
+Both run `grpo_step` from copies of the same TrainState (policy, optimizer, random streams), in
 alternating order, and the run continues from A's result; so both sides of a step see the same prompts,
 the same completion lengths and the same machine minute. Alternating A and B by step instead is biased
 wherever lengths vary from step to step: on the demo's config a null A/B read 14% apart that way, and 1.002
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
-import copy
 import dataclasses
 import gc
 import importlib
@@ -66,23 +65,11 @@ def applied(settings: list[tuple[object, str, object]]):
             setattr(module, name, value)
 
 
-def branch(t):
-    """A trainer that shares `t`'s frozen parts (task, tokenizer, reference: a step never writes it) and
-    owns copies of what a step changes: the policy with its optimizer (copied together, so the optimizer's
-    state belongs to the copied parameters), the random streams, the prompt pool and its ledger."""
-    from grpo.timing import StageTimer
-
-    policy, optimizer, rngs, pool, ledger = copy.deepcopy(
-        (t.policy, t.optimizer, (t.prompt_rng, t.shuffle_rng, t.sample_rng, t.resample_rng), t.pool, t.ledger))
-    return dataclasses.replace(t, policy=policy, optimizer=optimizer, prompt_rng=rngs[0], shuffle_rng=rngs[1],
-                               sample_rng=rngs[2], resample_rng=rngs[3], pool=pool, ledger=ledger,
-                               step_record={}, timer=StageTimer(t.device))
-
-
-def paired_steps(t, steps: int, switch, first_step: int = 1, progress=None):
+def paired_steps(c, state, steps: int, switch, first_step: int = 1, progress=None):
     """Run steps first_step .. first_step + steps - 1 both ways, A plain and B inside `switch()`, each from a
-    branch of the same state, B first on every other step. Returns (the trainer after A's last step, one
-    record per step: {"step", "first", "a_s", "b_s", "a_phases", "b_phases", "a_metrics", "b_metrics"})."""
+    copy of the same TrainState on the run's components (which a step never changes), B first on every
+    other step. Returns (the state after A's last step, one record per step: {"step", "first", "a_s", "b_s",
+    "a_phases", "b_phases", "a_metrics", "b_metrics"})."""
     from grpo.trainer import grpo_step
 
     records = []
@@ -90,21 +77,21 @@ def paired_steps(t, steps: int, switch, first_step: int = 1, progress=None):
         order = ("a", "b") if (step - first_step) % 2 == 0 else ("b", "a")
         record, after = {"step": step, "first": order[0]}, {}
         for side in order:
-            trial = branch(t)
-            # Discarded branches hold reference cycles (the patched forwards of their layers): free them
+            trial = state.copy()
+            # Discarded copies hold reference cycles (the patched forwards of their layers): free them
             # here, or the collector may do it inside a timed step.
             gc.collect()
             with switch() if side == "b" else contextlib.nullcontext():
                 tick = time.perf_counter()
-                metrics, _ = grpo_step(trial, step)
+                metrics = grpo_step(c, trial, step).metrics
                 record[f"{side}_s"] = time.perf_counter() - tick
-            record[f"{side}_phases"], record[f"{side}_metrics"] = dict(trial.timer.seconds), metrics
+            record[f"{side}_phases"], record[f"{side}_metrics"] = dict(c.timer.seconds), metrics
             after[side] = trial
-        t = after["a"]
+        state = after["a"]
         records.append(record)
         if progress is not None:
             progress(record)
-    return t, records
+    return state, records
 
 
 def summary(records: list[dict]) -> dict:
@@ -141,17 +128,17 @@ def main(argv: list[str]) -> int:
     settings = [parse_setting(text) for text in args.settings]
     from grpo.flags import parse_flags          # after the checks above: these imports take seconds
     from grpo.config import TrainConfig
-    from grpo.trainer import build_trainer
+    from grpo.trainer import build_run
 
     cfg = parse_flags(TrainConfig, train_flags, "bench/paired.py (grpo train flags after --)")
     cfg = dataclasses.replace(cfg, wandb_mode="disabled", quiet=True)
-    t = build_trainer(cfg, log=lambda *_: None)
+    c, state = build_run(cfg, log=lambda *_: None)
 
     def progress(record: dict) -> None:
         print(f"step {record['step']}: A {record['a_s']:.3f} s, B {record['b_s']:.3f} s ({record['first']} first)",
               file=sys.stderr, flush=True)
 
-    _, records = paired_steps(t, args.steps, lambda: applied(settings), progress=progress)
+    _, records = paired_steps(c, state, args.steps, lambda: applied(settings), progress=progress)
     result = {"set": args.settings, "null": args.null, **summary(records)}
     text = json.dumps(result, indent=2)
     print(text)

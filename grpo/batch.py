@@ -21,6 +21,7 @@ import torch
 from grpo import distributed as dist
 from grpo.rewards import overlong_penalty, response_text, score
 from grpo.sampler import Rollout, concat_rollouts, decode_completions, encode_prompts, select_rows
+from grpo.state import Components, TrainState
 from grpo.tasks import render_prompt
 
 
@@ -36,24 +37,24 @@ class Batch:
     dynamic: dict[str, torch.Tensor] = field(default_factory=dict)   # rounds, dropped, filled
 
 
-def generate(t, prompts: list[str]) -> Rollout:
-    """One completion per prompt from the policy (in eval mode, under the step's autocast)."""
-    cfg = t.cfg
-    prompt_ids, prompt_mask = encode_prompts(t.tokenizer, prompts, t.device)
-    t.policy.eval()
-    with t.autocast():
-        rollout = t.sampler.generate(t.policy, prompt_ids, prompt_mask, max_new_tokens=cfg.max_new_tokens,
-                                     temperature=cfg.temperature, generator=t.sample_rng,
-                                     eos_token_id=t.tokenizer.eos_token_id, pad_token_id=t.tokenizer.pad_token_id,
+def generate(c: Components, s: TrainState, prompts: list[str]) -> Rollout:
+    """One completion per prompt from the sampler's policy (in eval mode, under the step's autocast)."""
+    cfg, policy = c.cfg, s.sampler_policy
+    prompt_ids, prompt_mask = encode_prompts(c.tokenizer, prompts, c.device)
+    policy.eval()
+    with c.autocast():
+        rollout = c.sampler.generate(policy, prompt_ids, prompt_mask, max_new_tokens=cfg.max_new_tokens,
+                                     temperature=cfg.temperature, generator=s.rng.sample,
+                                     eos_token_id=c.tokenizer.eos_token_id, pad_token_id=c.tokenizer.pad_token_id,
                                      min_new_tokens=cfg.min_new_tokens)
-    t.policy.train()
+    policy.train()
     return rollout
 
 
-def score_rollout(t, rollout: Rollout, examples: list) -> tuple[list[str], dict[str, torch.Tensor]]:
+def score_rollout(c: Components, rollout: Rollout, examples: list) -> tuple[list[str], dict[str, torch.Tensor]]:
     """(completion texts, each reward function's values [P, G]); DAPO's overlong shaping as `overlong`."""
-    cfg, G = t.cfg, t.cfg.group_size
-    texts = decode_completions(t.tokenizer, rollout.completion_ids, rollout.completion_mask)
+    cfg, G = c.cfg, c.cfg.group_size
+    texts = decode_completions(c.tokenizer, rollout.completion_ids, rollout.completion_mask)
     owners = [examples[i // G] for i in range(len(texts))]
     values = score([response_text(text, e) for text, e in zip(texts, owners)], owners, cfg.reward_weights)
     parts = {name: torch.tensor(v, dtype=torch.float32).view(-1, G) for name, v in values.items()}
@@ -68,11 +69,11 @@ def total_reward(parts: dict[str, torch.Tensor], weights: dict[str, float]) -> t
     return sum(weights.get(name, 1.0) * values for name, values in parts.items())
 
 
-def draw(t, examples: list) -> Batch:
+def draw(c: Components, s: TrainState, examples: list) -> Batch:
     """The examples with G sampled, scored completions each."""
-    G = t.cfg.group_size
-    rollout = generate(t, [render_prompt(e, t.tokenizer, t.cfg.worked_example) for e in examples for _ in range(G)])
-    texts, parts = score_rollout(t, rollout, examples)
+    G = c.cfg.group_size
+    rollout = generate(c, s, [render_prompt(e, c.tokenizer, c.cfg.worked_example) for e in examples for _ in range(G)])
+    texts, parts = score_rollout(c, rollout, examples)
     return Batch(examples, rollout, texts, parts, generated=len(texts),
                  generated_tokens=int(rollout.completion_mask.sum()))
 
@@ -90,18 +91,18 @@ def joined(batches: list[Batch], pad_token_id: int) -> Batch:
                  {k: torch.cat([b.parts[k] for b in batches]) for k in batches[0].parts}, 0, 0)
 
 
-def first_round_prompts(t, step: int, num_prompts: int) -> list:
+def first_round_prompts(c: Components, s: TrainState, step: int, num_prompts: int) -> list:
     """This rank's prompts of the step: fresh draws, or the next ones of the prompt pool's epochs."""
-    if t.pool is None:
-        return t.task.sample(t.prompt_rng, num_prompts)
-    start = (step - 1) * t.cfg.prompts_per_step + dist.rank() * num_prompts
-    return t.pool.take(start, num_prompts)
+    if c.pool is None:
+        return c.task.sample(s.rng.prompt, num_prompts)
+    start = (step - 1) * c.cfg.prompts_per_step + dist.rank() * num_prompts
+    return c.pool.take(start, num_prompts)
 
 
-def collect_batch(t, num_prompts: int, step: int) -> Batch:
+def collect_batch(c: Components, s: TrainState, num_prompts: int, step: int) -> Batch:
     """This rank's batch of num_prompts groups: one draw, or DAPO's dynamic sampling (module docstring)."""
-    cfg = t.cfg
-    first = draw(t, first_round_prompts(t, step, num_prompts))
+    cfg = c.cfg
+    first = draw(c, s, first_round_prompts(c, s, step, num_prompts))
     if not cfg.dynamic_sampling:
         return first
     kept, dropped, generated, tokens, rounds = [], [], 0, 0, 0
@@ -117,10 +118,10 @@ def collect_batch(t, num_prompts: int, step: int) -> Batch:
         if missing == 0 or rounds == cfg.max_resample_rounds:
             break
         # The extra rounds have their own generator: the prompt stream of other arms stays paired.
-        batch = draw(t, (t.pool or t.task).sample(t.resample_rng, missing))
-    pool = joined(dropped, t.tokenizer.pad_token_id)
+        batch = draw(c, s, (c.pool or c.task).sample(s.rng.resample, missing))
+    pool = joined(dropped, c.tokenizer.pad_token_id)
     filled = groups_of(pool, list(range(missing)), cfg.group_size)
-    out = joined([b for b in [*kept, filled] if b.examples], t.tokenizer.pad_token_id)
+    out = joined([b for b in [*kept, filled] if b.examples], c.tokenizer.pad_token_id)
     out.generated, out.generated_tokens = generated, tokens
     out.dynamic = {"dynamic/rounds": torch.tensor(float(rounds)),
                    "dynamic/dropped_groups": torch.tensor(float(len(pool.examples) - missing)),

@@ -192,7 +192,7 @@ def kernel_seconds(events, steps: int) -> dict[str, float]:
     return totals
 
 
-def profile_kernels(t, first_step: int, steps: int) -> dict[str, float]:
+def profile_kernels(c, s, first_step: int, steps: int) -> dict[str, float]:
     """Run `steps` more GRPO steps under torch.profiler; `kernel_seconds` of them."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -200,7 +200,7 @@ def profile_kernels(t, first_step: int, steps: int) -> dict[str, float]:
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for step in range(first_step, first_step + steps):
-            grpo_step(t, step)
+            grpo_step(c, s, step)
     return kernel_seconds(((e.key, e.self_cpu_time_total / 1e6) for e in prof.key_averages()), steps)
 
 
@@ -234,18 +234,18 @@ def peak_rss_mib() -> float:
 
 
 def run_bench(b: BenchConfig) -> dict:
-    from grpo.trainer import build_trainer, grpo_step
+    from grpo.trainer import build_run, grpo_step
 
     cfg, shape = workload_config(b), b.shape
-    t = build_trainer(cfg, log=lambda *_: None)
-    t.sampler = PromptLengths(t.sampler)
+    c, s = build_run(cfg, log=lambda *_: None)
+    c.sampler = PromptLengths(c.sampler)
     times, phases = [], []
     with tempfile.TemporaryDirectory() as tmp:
         log_path = Path(tmp) / "metrics.jsonl"
         for step in range(1, b.warmup + b.steps + 1):
             tick = time.perf_counter()
-            metrics, _ = grpo_step(t, step)
-            if t.device.type == "cuda":
+            metrics = grpo_step(c, s, step).metrics
+            if c.device.type == "cuda":
                 torch.cuda.synchronize()
             # The trainer's local store: one JSON line appended and flushed per step.
             tock = time.perf_counter()
@@ -255,22 +255,22 @@ def run_bench(b: BenchConfig) -> dict:
             elapsed = time.perf_counter() - tick
             if step > b.warmup:
                 times.append(elapsed)
-                phases.append({**t.timer.seconds, "jsonl": elapsed - (tock - tick)})
+                phases.append({**c.timer.seconds, "jsonl": elapsed - (tock - tick)})
     median, C = statistics.median(times), shape["completion_len"]
-    dims = model_dims(t.policy.config)
+    dims = model_dims(s.policy.config)
     # The floor of a median step: each timed step's FLOPs on its own prompts, then their median.
-    step_flop_list = [step_flops(dims, lengths, C, cfg.group_size) for lengths in t.sampler.calls[b.warmup:]]
+    step_flop_list = [step_flops(dims, lengths, C, cfg.group_size) for lengths in c.sampler.calls[b.warmup:]]
     flops = {k: statistics.median(f[k] for f in step_flop_list) for k in step_flop_list[0]}
-    prompt_tokens = statistics.mean(n for lengths in t.sampler.calls for n in lengths)
+    prompt_tokens = statistics.mean(n for lengths in c.sampler.calls for n in lengths)
     dtype = torch.bfloat16 if b.dtype == "bf16" else torch.float32
     tokens = round(cfg.micro_batch * (prompt_tokens + C))
-    peak = b.peak_gflops or gemm_peak_gflops(step_gemm_shapes(dims, tokens), t.device, dtype)
+    peak = b.peak_gflops or gemm_peak_gflops(step_gemm_shapes(dims, tokens), c.device, dtype)
     floor = sum(flops.values()) / (peak * 1e9)
     phase_s = {k: statistics.median(p.get(k, 0.0) for p in phases) for k in phases[0]}
-    params = sum(p.numel() for p in t.policy.parameters())
+    params = sum(p.numel() for p in s.policy.parameters())
     head = 2 * dims["hidden"] * dims["vocab"] * C * cfg.num_completions        # one forward's head FLOPs
     result = {
-        "workload": b.workload, "model": shape["model"], "device": str(t.device), "dtype": b.dtype,
+        "workload": b.workload, "model": shape["model"], "device": str(c.device), "dtype": b.dtype,
         "threads": torch.get_num_threads(), "prompts": shape["prompts"], "group_size": shape["group_size"],
         "completion_len": C, "micro_batch_size": cfg.micro_batch, "mean_prompt_tokens": prompt_tokens,
         "params": params, "timed_steps": b.steps,
@@ -280,7 +280,7 @@ def run_bench(b: BenchConfig) -> dict:
         # policy + its gradient + AdamW's two moments (fp32) + the reference (in the compute dtype)
         "model_state_mib": (4 * 4 + (cfg.kl_beta > 0) * (2 if b.dtype == "bf16" else 4)) * params / 2**20,
         "phases_s": phase_s,
-        "logging_share": statistics.median((p["metrics"] + p["jsonl"]) / s for p, s in zip(phases, times)),
+        "logging_share": statistics.median((p["metrics"] + p["jsonl"]) / seconds for p, seconds in zip(phases, times)),
         "flops_per_step": sum(flops.values()), "gemm_peak_gflops": peak,
         "gemm_peak_source": "--peak-gflops" if b.peak_gflops else "timed here on the step's matmul shapes",
         "floor_s_per_step": floor, "efficiency": floor / median, "ratio_to_floor": median / floor,
@@ -298,14 +298,14 @@ def run_bench(b: BenchConfig) -> dict:
         "torch": torch.__version__,
     }
     if b.kernel_profile:
-        by_op = profile_kernels(t, b.warmup + b.steps + 1, b.kernel_profile)
+        by_op = profile_kernels(c, s, b.warmup + b.steps + 1, b.kernel_profile)
         kernel_s = sum(by_op.values())
         result["kernels"] = {
             "profiled_steps": b.kernel_profile, "s_per_step": kernel_s, "by_op_s": by_op,
             # the profiled steps' kernel time over the (unprofiled) timed steps' median
             "ratio_to_floor": kernel_s / floor, "share_of_median_step": kernel_s / median,
         }
-    if t.device.type == "cuda":
+    if c.device.type == "cuda":
         result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return result
 

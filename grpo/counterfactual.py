@@ -32,9 +32,9 @@ import torch
 
 from grpo import distributed as dist
 from grpo.advantages import compute_advantages
-from grpo.alternatives import alternative_configs
 from grpo.losses import loss_token_mask, policy_loss
 from grpo.objectives import SELECTIONS, token_covariance, top_entropy_keep
+from grpo.state import Components, TrainState
 from grpo.update import loss_kwargs, micro_batches, objective_params, rollout_logp
 
 
@@ -43,20 +43,21 @@ def flat_grad(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for g in grads])
 
 
-def counterfactual_metrics(t, step: int, rollout, shaped_rewards: torch.Tensor, lengths: torch.Tensor,
-                           mask: torch.Tensor, ref_logp, old_logp) -> dict[str, torch.Tensor]:
-    """cf/<name>/cos and cf/<name>/norm_ratio for every alternative of t.cfg.counterfactuals, at t.policy's
-    weights now, against pi_old's log-probs old_logp [N, T] (None: pi_old is the policy now, ratio 1)."""
-    settings = [("run", t.cfg), *alternative_configs(t.cfg)]
-    params = [p for p in t.policy.parameters() if p.requires_grad]
-    rows = dist.rank_rows(t.cfg.prompts_per_step)
+def counterfactual_metrics(c: Components, s: TrainState, step: int, rollout, shaped_rewards: torch.Tensor,
+                           lengths: torch.Tensor, mask: torch.Tensor, ref_logp, old_logp) -> dict[str, torch.Tensor]:
+    """cf/<name>/cos and cf/<name>/norm_ratio for every alternative of the run (c.alternatives, parsed once
+    from --counterfactuals), at the learner's weights now, against pi_old's log-probs old_logp [N, T]
+    (None: pi_old is the policy now, ratio 1)."""
+    settings = [("run", c.cfg), *c.alternatives]
+    params = [p for p in s.policy.parameters() if p.requires_grad]
+    rows = dist.rank_rows(c.cfg.prompts_per_step)
     prepared = []
     for name, cfg in settings:
         advantages = compute_advantages(shaped_rewards, cfg.advantage, eps=cfg.adv_eps, lengths=lengths)
         loss_mask = loss_token_mask(mask, rollout.truncated, cfg.mask_truncated)
         keep = top_entropy_keep(rollout.entropy, loss_mask, cfg.top_entropy_quantile) \
             if cfg.top_entropy_quantile < 1 else None
-        adv = advantages[rows].flatten().to(t.device)
+        adv = advantages[rows].flatten().to(c.device)
         selected = None
         if cfg.objective in SELECTIONS:     # from pi_old's log-probs, as update_policy selects
             generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
@@ -67,10 +68,10 @@ def counterfactual_metrics(t, step: int, rollout, shaped_rewards: torch.Tensor, 
                      num_tokens=float(dist.sum_across(loss_mask.sum().cpu())), max_len=cfg.max_new_tokens)
         prepared.append((name, cfg, adv, loss_mask, keep, selected, norms))
     needs_entropy = any(cfg.entropy_coef != 0 for _, cfg, *_ in prepared)
-    grads = {name: torch.zeros(sum(p.numel() for p in params), device=t.device) for name, *_ in prepared}
-    for micro in micro_batches(t, rollout, torch.arange(mask.shape[0], device=t.device)):
-        with t.autocast():
-            learner = rollout_logp(t, t.policy, rollout, micro, with_entropy=needs_entropy)
+    grads = {name: torch.zeros(sum(p.numel() for p in params), device=c.device) for name, *_ in prepared}
+    for micro in micro_batches(c, rollout, torch.arange(mask.shape[0], device=c.device)):
+        with c.autocast():
+            learner = rollout_logp(c, s.policy, rollout, micro, with_entropy=needs_entropy)
         logp, entropy = learner if needs_entropy else (learner, None)
         for name, cfg, adv, loss_mask, keep, selected, norms in prepared:
             kwargs = loss_kwargs(cfg)

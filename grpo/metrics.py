@@ -134,6 +134,7 @@ eval (on evaluation steps: 0, every eval_every, the last)
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -141,6 +142,7 @@ from torch import Tensor
 
 from grpo import TrainingDiverged
 from grpo.objectives import SEQUENCE_STATS
+from grpo.probes import step_probe_metrics
 
 
 def reward_metrics(total: Tensor, parts: dict[str, Tensor], correct: Tensor | None) -> dict[str, Tensor]:
@@ -265,3 +267,36 @@ def to_floats(metrics: dict[str, Tensor | float | int]) -> dict[str, float]:
     if bad:
         raise TrainingDiverged(f"non-finite metric(s) {', '.join(bad)}")
     return out
+
+
+@dataclass
+class ScoredStep:
+    """A step's scored rollouts over all ranks, as much of it as the metrics that need no model read.
+    P prompts, G completions each, N = P * G rows (rows p*G .. p*G+G-1 belong to prompt p). The trainer
+    builds one from its batch and `grpo rescore` from the stored rollout files; `scored_metrics` reads it."""
+    parts: dict[str, Tensor]     # each reward function's values [P, G] (overlong shaping included)
+    rewards: Tensor              # [P, G] the total reward (weighted parts), before any KL shaping
+    advantages: Tensor           # [P, G] the advantages the update used
+    lengths: Tensor              # [N] completion tokens, EOS included (float)
+    truncated: Tensor            # [N] 1 = hit max_new_tokens without EOS (float)
+    entropy_sums: Tensor         # [N] the sampler's entropy summed over each completion's tokens
+    loss_lengths: Tensor         # [N] tokens in the loss (0 for truncated ones under --mask-truncated)
+    difficulty: list[str]        # [P] the task's level label of each prompt ("" = none)
+    correct: Tensor | None       # [P, G] the correctness reward's values (None without one)
+
+
+def scored_metrics(scored: ScoredStep, *, cut_frac: Tensor, mask_truncated: bool, aggregation: str,
+                   max_len: float) -> dict[str, Tensor]:
+    """The step's metrics that need no model: reward/*, accuracy, adv/*, zero_var/*, len/*, entropy,
+    grad_tokens/* (given the share of active tokens the objective cut), by_difficulty/* and bias/*."""
+    s, correct = scored, scored.correct
+    return {
+        **reward_metrics(s.rewards, s.parts, correct),
+        **advantage_metrics(s.advantages),
+        **zero_variance_metrics(s.rewards, correct),
+        **length_metrics(s.lengths, s.truncated, None if correct is None else correct.flatten()),
+        **entropy_metric(s.entropy_sums, s.lengths),
+        **gradient_token_metrics(s.advantages.flatten(), s.lengths, s.loss_lengths, cut_frac, mask_truncated),
+        **step_probe_metrics(s.rewards, correct, s.advantages, s.difficulty, s.loss_lengths.view(s.advantages.shape),
+                             aggregation, max_len),
+    }

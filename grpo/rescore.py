@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,13 +50,11 @@ from grpo.advantages import ADVANTAGES, compute_advantages
 from grpo.batch import total_reward
 from grpo.config import TrainConfig
 from grpo.losses import AGGREGATIONS
-from grpo.metrics import (advantage_metrics, entropy_metric, gradient_token_metrics, length_metrics,
-                          reward_metrics, to_floats, zero_variance_metrics)
+from grpo.metrics import ScoredStep, scored_metrics, to_floats
 from grpo.objectives import OBJECTIVES
-from grpo.probes import step_probe_metrics
+from grpo.rollout_files import stored_files
 from grpo.tracking import write_json
 
-ROLLOUT_FILE = re.compile(r"step_(\d+)_rank(\d+)\.safetensors")
 # The settings rescore can change, in the order they appear in a default name.
 FIELDS = ("advantage", "adv_eps", "aggregation", "objective", "mask_truncated")
 REQUIRED = ("completion_mask", "truncated", "entropy")    # read besides the reward/<name> parts
@@ -91,12 +88,7 @@ def read_config(run_dir: Path) -> TrainConfig:
 def rollout_files(run_dir: Path) -> dict[int, list[Path]]:
     """{step: that step's rank files in rank order}, steps 1..K; GrpoError when none are stored or
     a step or rank is missing (samples and tokens are cumulative, so a gap would shift them)."""
-    found: dict[int, dict[int, Path]] = {}
-    folder = run_dir / "rollouts"
-    for path in sorted(folder.glob("step_*_rank*.safetensors")) if folder.is_dir() else []:
-        match = ROLLOUT_FILE.fullmatch(path.name)
-        if match:
-            found.setdefault(int(match[1]), {})[int(match[2])] = path
+    found, folder = stored_files(run_dir), run_dir / "rollouts"
     if not found:
         raise GrpoError(f"{run_dir} has no stored rollouts; run it with --store-rollouts")
     missing = sorted(set(range(1, max(found) + 1)) - set(found))
@@ -161,19 +153,11 @@ def step_metrics(stored: StoredStep, cfg: TrainConfig) -> dict[str, Tensor]:
     advantages = compute_advantages(rewards, cfg.advantage, eps=cfg.adv_eps, lengths=stored.lengths.view(P, G))
     # --mask-truncated: a truncated completion has no token in the loss.
     loss_lengths = stored.lengths * (1 - stored.truncated) if cfg.mask_truncated else stored.lengths
-    correct = stored.parts.get(cfg.correctness_reward)
-    return {
-        **reward_metrics(rewards, stored.parts, correct),
-        **advantage_metrics(advantages),
-        **zero_variance_metrics(rewards, correct),
-        **length_metrics(stored.lengths, stored.truncated, None if correct is None else correct.flatten()),
-        **entropy_metric(stored.entropy_sums, stored.lengths),
-        # On-policy: no token's policy gradient is cut.
-        **gradient_token_metrics(advantages.flatten(), stored.lengths, loss_lengths, torch.tensor(0.0),
-                                 cfg.mask_truncated),
-        **step_probe_metrics(rewards, correct, advantages, stored.difficulty, loss_lengths.view(P, G),
-                             cfg.aggregation, cfg.max_new_tokens),
-    }
+    scored = ScoredStep(stored.parts, rewards, advantages, stored.lengths, stored.truncated, stored.entropy_sums,
+                        loss_lengths, stored.difficulty, stored.parts.get(cfg.correctness_reward))
+    # On-policy: no token's policy gradient is cut.
+    return scored_metrics(scored, cut_frac=torch.tensor(0.0), mask_truncated=cfg.mask_truncated,
+                          aggregation=cfg.aggregation, max_len=cfg.max_new_tokens)
 
 
 def logged_axes(run_dir: Path) -> dict[int, tuple[int, int]]:

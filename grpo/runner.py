@@ -9,14 +9,10 @@ the RNG streams of every rank travel in the checkpoint.
 
 from __future__ import annotations
 
-import json
-import os
-import re
 import sys
 import time
 
 import torch
-from safetensors.torch import save_file
 
 from grpo import GrpoError, distributed as dist, gemm
 from grpo.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
@@ -26,98 +22,77 @@ from grpo.models import check_model_dir
 from grpo.presets import is_preset
 from grpo.progress import progress_bar
 from grpo.tracking import RunStore, WandbMirror, read_summary
-from grpo.trainer import Trainer, build_trainer, grpo_step
-
-RNG_STREAMS = ("prompt", "shuffle", "sample", "resample")
-# A stored rollout file, <run>/rollouts/step_<n>_rank<r>.safetensors, or its temporary form before the rename.
-ROLLOUT_NAME = re.compile(r"step_(\d+)_rank(\d+)\.(safetensors|tmp)")
-
+from grpo.rollout_files import prune_rollouts, rollout_tensors, write_rollout_file
+from grpo.state import STREAMS, Components, TrainState
+from grpo.trainer import StepResult, build_run, evaluate_policy, grpo_step, prompt_rows, sample_rows
 
 def warn(message: str) -> None:
     """One line on stderr, beside the CLI's `grpo: error:` lines."""
     print(f"grpo: warning: {message}", file=sys.stderr, flush=True)
 
 
-def rng_states(t: Trainer) -> dict[str, torch.Tensor]:
-    return {"prompt": t.prompt_rng.get_state(), "shuffle": t.shuffle_rng.get_state(),
-            "sample": t.sample_rng.get_state().cpu(), "resample": t.resample_rng.get_state(),
-            "torch": torch.get_rng_state()}
+def rng_states(s: TrainState) -> dict[str, torch.Tensor]:
+    """This rank's random streams, the global torch one included."""
+    return {**s.rng.state_dict(), "torch": torch.get_rng_state()}
 
 
-def load_newest_good(t: Trainer, warn) -> tuple[dict, object] | tuple[None, None]:
-    """(state, path) of the newest checkpoint that loads; a corrupt newer one is skipped with a warning.
+def load_newest_good(cfg: TrainConfig, s: TrainState, device, warn) -> tuple[dict, object] | tuple[None, None]:
+    """(checkpoint, path) of the newest checkpoint that loads into `s`'s policy and optimizer; a corrupt
+    newer one is skipped with a warning.
 
     (None, None) when there is no checkpoint at all. GrpoError when every checkpoint is corrupt.
     """
-    checkpoints = checkpoint_dirs(t.cfg.run_dir)
+    checkpoints = checkpoint_dirs(cfg.run_dir)
     for path in reversed(checkpoints):
         try:
-            return load_checkpoint(path, t.policy, t.optimizer, t.device), path
+            return load_checkpoint(path, s.policy, s.optimizer, device), path
         except GrpoError as err:
             warn(f"{err}; falling back to the checkpoint before it")
     if checkpoints:
-        raise GrpoError(f"no readable checkpoint in {t.cfg.run_dir / 'checkpoints'} "
+        raise GrpoError(f"no readable checkpoint in {cfg.run_dir / 'checkpoints'} "
                         f"({len(checkpoints)} corrupt); delete them to start over")
     return None, None
 
 
-def restore(t: Trainer, store: RunStore | None, warn=lambda message: None) -> int:
-    """Load the newest good checkpoint, if any, on every rank; return the step to continue after
-    (0: fresh). Only rank 0 (the one with a store) rewrites the logs."""
-    state, path = load_newest_good(t, warn)
-    if state is None:
+def restore(c: Components, s: TrainState, store: RunStore | None, warn=lambda message: None) -> int:
+    """Load the newest good checkpoint, if any, into `s` on every rank; return the step to continue after
+    (0: fresh). Only rank 0 (the one with a store) rewrites the logs: it truncates metrics.jsonl to the
+    checkpoint's step and deletes every rank's stored rollout files of later steps, as a resume that stops
+    short of them (fewer --steps, or killed again) would otherwise leave `grpo rescore` steps the run never
+    logged; rank 0 does it before any rank steps again."""
+    cfg = c.cfg
+    checkpoint, path = load_newest_good(cfg, s, c.device, warn)
+    if checkpoint is None:
         if store:
             store.truncate_after(-1)
-            prune_rollouts(t.cfg.run_dir, 0)
+            prune_rollouts(cfg.run_dir, 0)
         return 0
-    if state["step"] > t.cfg.steps:
-        raise GrpoError(f"{t.cfg.run_dir} already has a checkpoint at step {state['step']}, past --steps {t.cfg.steps}")
-    if len(state["rng"]) != dist.world_size():
-        raise GrpoError(f"{path} was written by {len(state['rng'])} rank(s); resume it with as many, "
+    if checkpoint["step"] > cfg.steps:
+        raise GrpoError(f"{cfg.run_dir} already has a checkpoint at step {checkpoint['step']}, past --steps {cfg.steps}")
+    if len(checkpoint["rng"]) != dist.world_size():
+        raise GrpoError(f"{path} was written by {len(checkpoint['rng'])} rank(s); resume it with as many, "
                         f"not {dist.world_size()}")
-    rng = state["rng"][dist.rank()]        # one entry per rank: each rank resumes its own streams
-    if not set(RNG_STREAMS) <= set(rng):
+    rng = checkpoint["rng"][dist.rank()]        # one entry per rank: each rank resumes its own streams
+    if not set(STREAMS) <= set(rng):
         raise GrpoError(f"{path} was written by an older grpo-lab (RNG streams {sorted(rng)}); start a new run")
-    t.prompt_rng.set_state(rng["prompt"].cpu())
-    t.shuffle_rng.set_state(rng["shuffle"].cpu())
-    t.sample_rng.set_state(rng["sample"].cpu())
-    t.resample_rng.set_state(rng["resample"].cpu())
+    s.rng.load_state_dict(rng)
     torch.set_rng_state(rng["torch"].cpu())
-    t.samples, t.tokens, t.elapsed = int(state["samples"]), int(state["tokens"]), float(state["elapsed"])
-    t.ledger = {int(k): (float(rate), int(visits)) for k, (rate, visits) in state.get("ledger", {}).items()}
+    s.load_counters(checkpoint)
     if store:
-        store.truncate_after(state["step"])   # lines after the checkpoint are recomputed identically
-        prune_rollouts(t.cfg.run_dir, state["step"])
-    return state["step"]
+        store.truncate_after(checkpoint["step"])   # lines after the checkpoint are recomputed identically
+        prune_rollouts(cfg.run_dir, checkpoint["step"])
+    return checkpoint["step"]
 
 
-def prune_rollouts(run_dir, step: int) -> None:
-    """Delete every rank's stored rollout files of steps > `step`, as metrics.jsonl is truncated: a
-    resume that stops short of them (fewer --steps, or killed again) would leave `grpo rescore` steps
-    the run never logged. Rank 0 does it for all ranks before any of them steps again."""
-    folder = run_dir / "rollouts"
-    for path in folder.iterdir() if folder.is_dir() else []:
-        match = ROLLOUT_NAME.fullmatch(path.name)
-        if match and int(match[1]) > step:
-            path.unlink(missing_ok=True)
-
-
-def write_step_record(t: Trainer, run_dir, store: RunStore | None) -> None:
-    """prompts.jsonl rows (rank 0, every rank's prompts gathered) and this rank's rollout file."""
-    record = t.step_record
-    prompts = dist.gather_objects(record.get("prompts", []))
+def write_step_files(c: Components, result: StepResult, store: RunStore | None) -> None:
+    """prompts.jsonl rows (rank 0, every rank's prompts gathered) and, with --store-rollouts, this rank's
+    rollout file."""
+    prompts = dist.gather_objects(prompt_rows(result, c.cfg.correctness_reward))
     if store is not None:
         for row in (row for part in prompts for row in part):
             store.append(store.prompts_path, row)
-    if "rollout" in record:
-        meta = record["rollout_meta"]
-        folder = run_dir / "rollouts"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"step_{meta['step']:06d}_rank{meta['rank']}.safetensors"     # ROLLOUT_NAME
-        tensors = {k: v.detach().cpu().clone() for k, v in record["rollout"].items()}   # no shared storage
-        tmp = path.with_suffix(".tmp")
-        save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta)})
-        os.replace(tmp, path)
+    if c.cfg.store_rollouts:
+        write_rollout_file(c.cfg.run_dir, *rollout_tensors(result, c.cfg.group_size))
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
@@ -144,8 +119,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
         raise GrpoError(f"{cfg.run_dir} ran its forwards in {ran_in}, but an unset --dtype resolves to "
                         f"{cfg.compute_dtype} on this machine: resume it where it started, or start a new run "
                         f"with an explicit --dtype")
-    t = build_trainer(cfg, log=quiet_log)
-    start = restore(t, store, warn=warn if main else (lambda message: None))
+    c, s = build_run(cfg, log=quiet_log)
+    start = restore(c, s, store, warn=warn if main else (lambda message: None))
     for note in cfg.warnings() if main else []:
         warn(note)
     wandb = WandbMirror(cfg, store.dir, previous.get("wandb_id")) if main else None
@@ -158,16 +133,16 @@ def train(cfg: TrainConfig, log=print) -> dict:
             log(f"resuming {store.dir} from step {start}")
     bar = progress_bar(cfg.steps, start, quiet=cfg.quiet or not main)
     # A pretrained model's step takes tens of seconds on a CPU: the bar names the phase it is in.
-    t.timer.on_enter = lambda stage: bar.set_description(f"grpo [{stage}]")
+    c.timer.on_enter = lambda stage: bar.set_description(f"grpo [{stage}]")
 
     def evaluate(step: int) -> dict:
         bar.set_description("grpo [eval]")
         tick = time.perf_counter()
-        metrics = t.evaluate(step)
+        metrics = evaluate_policy(c, s, step)
         return {**metrics, "time/eval": time.perf_counter() - tick}
 
     def record(step: int, metrics: dict, eval_metrics: dict) -> dict:
-        out = {"step": step, "samples": t.samples, "tokens": t.tokens, "time/elapsed": round(t.elapsed, 3),
+        out = {"step": step, "samples": s.samples, "tokens": s.tokens, "time/elapsed": round(s.elapsed, 3),
                **metrics, **eval_metrics}
         if main:
             store.append(store.metrics_path, out)
@@ -179,25 +154,24 @@ def train(cfg: TrainConfig, log=print) -> dict:
             record(0, {}, evaluate(0))
         for step in range(start + 1, cfg.steps + 1):
             tick = time.perf_counter()
-            metrics, rows = grpo_step(t, step)
+            result = grpo_step(c, s, step)
             step_time = time.perf_counter() - tick
-            t.elapsed += step_time
-            metrics.update({f"time/{k}": v for k, v in t.timer.seconds.items()})
+            s.elapsed += step_time
+            metrics = {**result.metrics, **{f"time/{k}": v for k, v in c.timer.seconds.items()}}
             metrics["time/step"] = step_time
             # Every rank evaluates its share of the held-out prompts (no rank idles at a barrier).
             eval_metrics = evaluate(step) if step % cfg.eval_every == 0 or step == cfg.steps else {}
             out = record(step, metrics, eval_metrics)
-            write_step_record(t, cfg.run_dir, store)
+            write_step_files(c, result, store)
             if main and (step % cfg.log_samples_every == 0 or step == 1):
+                rows = sample_rows(result, cfg.group_size)
                 for row in rows:
                     store.append(store.samples_path, row)
                 wandb.log_samples(step, rows)
             if step % cfg.save_every == 0 or step == cfg.steps:
-                every_rank_rng = dist.gather_objects(rng_states(t))
+                every_rank_rng = dist.gather_objects(rng_states(s))
                 if main:
-                    save_checkpoint(store.dir, step, t.policy, t.optimizer, every_rank_rng,
-                                    {"samples": t.samples, "tokens": t.tokens, "elapsed": t.elapsed,
-                                     "ledger": t.ledger})
+                    save_checkpoint(store.dir, step, s.policy, s.optimizer, every_rank_rng, s.counters())
                     store.write_summary(steps_done=step)
             postfix = {"reward": f"{out['reward/mean']:.3f}"}
             postfix.update({"acc": f"{out['accuracy']:.2f}"} if "accuracy" in out else {})

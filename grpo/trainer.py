@@ -2,8 +2,10 @@
 with a KL penalty to a frozen reference -> metrics.
 
 Read `grpo_step` for one step; every formula is one import away (advantages, kl, losses, metrics).
-The run around it (resume, evaluation and checkpoint cadence, logging, the failure summary) is
-`grpo/runner.py`. Departures from the seed notebook: every prompt gets its own group; rewards read
+A step reads the run's `Components` and changes its `TrainState` (grpo/state.py),
+and returns a `StepResult`: the metrics and what the run writes beside them (samples, prompt records, the
+stored rollout). The run around it (resume, evaluation and checkpoint cadence, logging, the failure
+summary) is `grpo/runner.py`. Departures from the seed notebook: every prompt gets its own group; rewards read
 the completion only; log-probs are shifted (policy.py); prompt, padding and post-EOS tokens are
 masked; the whole batch's loss is back-propagated (not the last group's); the reference is a frozen
 copy of the warm-started policy (not a second random model); the advantage epsilon is a fixed
@@ -13,8 +15,7 @@ positive constant.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 
@@ -23,73 +24,64 @@ from grpo.advantages import compute_advantages
 from grpo.config import TrainConfig
 from grpo.device import resolve_device
 from grpo.evaluation import evaluate
-from grpo.batch import collect_batch, total_reward
+from grpo.alternatives import alternative_configs
+from grpo.batch import Batch, collect_batch, total_reward
 from grpo.kl import kl_k1
 from grpo.lean_layers import install_lean_layers
 from grpo.losses import loss_token_mask, policy_loss
 from grpo.memory import LARGE_MODEL_PARAMS
-from grpo.metrics import (TokenWeightedMean, advantage_metrics, entropy_metric, gradient_token_metrics,
-                          length_metrics, reward_metrics, to_floats, zero_variance_metrics)
+from grpo.metrics import ScoredStep, TokenWeightedMean, scored_metrics, to_floats
 from grpo.models import load_tokenizer
 from grpo.objectives import SELECTIONS, token_covariance, top_entropy_keep
 from grpo.sampler import KVCacheSampler, Rollout
 from grpo.counterfactual import counterfactual_metrics
 from grpo.presets import is_preset
-from grpo.probes import ledger_metrics, step_probe_metrics
+from grpo.probes import ledger_metrics
 from grpo.tasks import PromptPool, make_task
-from grpo.timing import StageTimer
+from grpo.state import Components, RandomStreams, TrainState
 from grpo.update import loss_kwargs, micro_batches, objective_params, rollout_logp
 from grpo.warmstart import warm_started_model, warmstart_entry
 
-__all__ = ["Trainer", "TrainingDiverged", "build_trainer", "grpo_step"]
+__all__ = ["StepResult", "TrainingDiverged", "build_run", "evaluate_policy", "grpo_step"]
 
 SAMPLE_ROWS = 2          # prompts (with all their completions) written to samples.jsonl
 COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @dataclass
-class Trainer:
-    """Everything a step touches. Built by `build_trainer`; `grpo_step` is the algorithm."""
-    cfg: TrainConfig
-    task: object
-    tokenizer: object
-    policy: torch.nn.Module
-    reference: torch.nn.Module | None
-    optimizer: torch.optim.Optimizer
-    sampler: object
-    device: torch.device
-    # Separate streams, so that arms differing in inner epochs or mini-batches (which shuffle more
-    # often) still draw the same prompts for the same seed: the report's pairing by seed relies on it.
-    prompt_rng: torch.Generator      # prompt draws (the first round of each step)
-    shuffle_rng: torch.Generator     # mini-batch shuffles
-    sample_rng: torch.Generator      # token sampling
-    resample_rng: torch.Generator    # dynamic sampling's extra rounds: the first round stays paired
-    pool: object = None              # the PromptPool with --prompt-pool, else None (fresh draws)
-    ledger: dict = field(default_factory=dict)   # prompt index -> (solve rate at its last visit, visits)
-    step_record: dict = field(default_factory=dict)  # the last step's prompt rows and rollout tensors
-    timer: StageTimer = field(default=None)
-    lean: bool = False               # a large Llama-family policy: lean layers and the chunked head
-    eval_store: Path | None = None   # where step 0's evaluation of the (cached) warm start is kept
-    samples: int = 0                 # completions generated so far (all ranks)
-    tokens: int = 0                  # completion tokens generated so far (all ranks)
-    elapsed: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.timer is None:
-            self.timer = StageTimer(self.device)
-
-    def autocast(self):
-        """bf16 autocast for forward passes when the run computes in bf16 (`compute_dtype`: --dtype, or its
-        default for the model and hardware); log-probs and the loss stay fp32."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.compute_dtype == "bf16")
-
-    def evaluate(self, step: int) -> dict[str, float]:
-        with self.autocast():
-            return evaluate(self.policy, self.sampler, self.tokenizer, self.task, self.cfg, step, self.device,
-                            store=self.eval_store if step == 0 else None)
+class StepResult:
+    """What one step produced: its metrics (floats, over all ranks) and this rank's batch with the
+    values the run writes beside them (`sample_rows`, `prompt_rows`, and the stored rollout of
+    grpo/rollout_files.py)."""
+    step: int
+    metrics: dict[str, float]
+    batch: Batch                 # this rank's P prompts x G completions, texts and reward parts
+    rewards: torch.Tensor        # [N] this rank's total rewards
+    advantages: torch.Tensor     # [N] this rank's advantages
+    loss_mask: torch.Tensor      # [N, T] the tokens in the loss
+    visits: list[int]            # with a prompt pool: each of this rank's prompts' visits so far, else []
 
 
-def build_trainer(cfg: TrainConfig, log=print) -> Trainer:
+def sample_rows(result: StepResult, group_size: int) -> list[dict]:
+    """The samples.jsonl rows of a step: the first SAMPLE_ROWS prompts, every completion of each."""
+    b = result.batch
+    return [{"step": result.step, "prompt": b.examples[i // group_size].prompt, "completion": b.texts[i],
+             "reward": float(result.rewards[i]), "advantage": float(result.advantages[i])}
+            for i in range(min(SAMPLE_ROWS * group_size, len(b.texts)))]
+
+
+def prompt_rows(result: StepResult, correctness_reward: str) -> list[dict]:
+    """The prompts.jsonl rows of a step (a run with a prompt pool and a correctness reward; else none):
+    each of this rank's prompts with its level, solve rate and visit number."""
+    correct = result.batch.parts.get(correctness_reward)
+    if not result.visits or correct is None:
+        return []
+    return [{"step": result.step, "index": e.index, "difficulty": e.difficulty, "solve_rate": rate, "visit": visits}
+            for e, rate, visits in zip(result.batch.examples, correct.mean(-1).tolist(), result.visits)]
+
+
+def build_run(cfg: TrainConfig, log=print) -> tuple[Components, TrainState]:
+    """The run's components and its starting state (the warm start, a fresh optimizer, seeded streams)."""
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -117,18 +109,16 @@ def build_trainer(cfg: TrainConfig, log=print) -> Trainer:
         # memory (and its KL at step 1 is then only bf16-close to 0); under fp32 it is 0 to float rounding (~1e-9).
         reference = copy.deepcopy(policy).to(COMPUTE_DTYPES[cfg.compute_dtype]).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rank_seed = cfg.seed * 1000 + dist.rank()
     # Step 0 scores the cached warm start; a single process keeps its scores for the runs after it
     # (ranks each evaluate a share of the blocks, so a data-parallel run does not).
     keeps_eval = cfg.num_warmstart_steps > 0 and dist.world_size() == 1
-    eval_store = warmstart_entry(cfg, tokenizer) / "eval" if keeps_eval else None
-    return Trainer(cfg=cfg, task=task, tokenizer=tokenizer, policy=policy, reference=reference,
-                   pool=PromptPool(task, cfg.prompt_pool, cfg.seed) if cfg.prompt_pool else None,
-                   optimizer=optimizer, sampler=make_sampler(cfg, policy), device=device,
-                   prompt_rng=torch.Generator().manual_seed(rank_seed),
-                   shuffle_rng=torch.Generator().manual_seed(rank_seed + 2),
-                   sample_rng=torch.Generator(device=device).manual_seed(rank_seed + 1),
-                   resample_rng=torch.Generator().manual_seed(rank_seed + 3), lean=lean, eval_store=eval_store)
+    components = Components(
+        cfg=cfg, task=task, tokenizer=tokenizer, reference=reference, sampler=make_sampler(cfg, policy),
+        device=device, pool=PromptPool(task, cfg.prompt_pool, cfg.seed) if cfg.prompt_pool else None,
+        alternatives=tuple(alternative_configs(cfg)), lean=lean,
+        eval_store=warmstart_entry(cfg, tokenizer) / "eval" if keeps_eval else None)
+    state = TrainState(policy, optimizer, RandomStreams.seeded(cfg.seed * 1000 + dist.rank(), device))
+    return components, state
 
 
 def make_sampler(cfg: TrainConfig, policy):
@@ -137,30 +127,37 @@ def make_sampler(cfg: TrainConfig, policy):
     return KVCacheSampler()
 
 
+def evaluate_policy(c: Components, s: TrainState, step: int) -> dict[str, float]:
+    """The held-out metrics (grpo/evaluation.py) of the learner's current weights."""
+    with c.autocast():
+        return evaluate(s.policy, c.sampler, c.tokenizer, c.task, c.cfg, step, c.device,
+                        store=c.eval_store if step == 0 else None)
+
+
 @torch.no_grad()
-def frozen_logp(t: Trainer, model, rollout: Rollout) -> torch.Tensor:
+def frozen_logp(c: Components, model, rollout: Rollout) -> torch.Tensor:
     """Log-probs [N, T] under a model without gradients, a micro-batch at a time."""
     out = torch.zeros(rollout.completion_ids.shape, device=rollout.completion_ids.device)
-    with t.autocast():
-        for rows in micro_batches(t, rollout, torch.arange(len(out), device=out.device)):
-            out[rows] = rollout_logp(t, model, rollout, rows)
+    with c.autocast():
+        for rows in micro_batches(c, rollout, torch.arange(len(out), device=out.device)):
+            out[rows] = rollout_logp(c, model, rollout, rows)
     return out
 
 
-def optimizer_step(t: Trainer, step: int, epoch: int) -> torch.Tensor:
+def optimizer_step(c: Components, s: TrainState, step: int, epoch: int) -> torch.Tensor:
     """Sum gradients over ranks, clip, step; returns the norm before clipping. A non-finite norm stops
     the run before the step, so no NaN ever reaches the weights (or a checkpoint)."""
-    dist.sum_gradients(t.policy)
-    grad_norm = torch.nn.utils.clip_grad_norm_(t.policy.parameters(), t.cfg.max_grad_norm)
+    dist.sum_gradients(s.policy)
+    grad_norm = torch.nn.utils.clip_grad_norm_(s.policy.parameters(), c.cfg.max_grad_norm)
     if not torch.isfinite(grad_norm):
         raise TrainingDiverged(f"non-finite gradient norm at step {step} (inner epoch {epoch})")
-    t.optimizer.step()
-    t.optimizer.zero_grad(set_to_none=True)
+    s.optimizer.step()
+    s.optimizer.zero_grad(set_to_none=True)
     return grad_norm
 
 
-def update_policy(t: Trainer, step: int, rollout: Rollout, advantages: torch.Tensor, loss_mask: torch.Tensor,
-                  ref_logp, old_logp, before_last_update=None) -> dict:
+def update_policy(c: Components, s: TrainState, step: int, rollout: Rollout, advantages: torch.Tensor,
+                  loss_mask: torch.Tensor, ref_logp, old_logp, before_last_update=None) -> dict:
     """Inner epochs x mini-batches (one optimizer step each) x micro-batches (gradient accumulation).
 
     Normalisers are the whole mini-batch's (over all ranks), so micro-batch losses add up exactly; the
@@ -170,7 +167,7 @@ def update_policy(t: Trainer, step: int, rollout: Rollout, advantages: torch.Ten
     called once, at the weights the step's last update starts from. Returns the policy statistics
     over all epochs plus the per-epoch keys, loss and grad_norm.
     """
-    cfg = t.cfg
+    cfg = c.cfg
     kwargs = loss_kwargs(cfg)
     selection_logp = rollout.logp if old_logp is None else old_logp     # pi_old's (the sampler's) log-probs
     # clip_cov's draw: a generator of the (seed, step) alone, so resuming repeats it.
@@ -181,21 +178,21 @@ def update_policy(t: Trainer, step: int, rollout: Rollout, advantages: torch.Ten
     totals, out, losses, grad_norms = TokenWeightedMean(), {}, [], []
     for epoch in range(1, cfg.inner_epochs + 1):
         epoch_stats, epoch_losses = TokenWeightedMean(), []
-        order = torch.randperm(loss_mask.shape[0], generator=t.shuffle_rng).to(t.device)
+        order = torch.randperm(loss_mask.shape[0], generator=s.rng.shuffle).to(c.device)
         for mini_batch in order.tensor_split(cfg.mini_batches):   # exactly mini_batches pieces (chunk may give fewer)
             if before_last_update is not None and len(grad_norms) == cfg.inner_epochs * cfg.mini_batches - 1:
                 before_last_update()
-            with t.timer("train"):
+            with c.timer("train"):
                 num_seqs = float(dist.sum_across(torch.tensor(float(len(mini_batch)))))
                 num_tokens = float(dist.sum_across(loss_mask[mini_batch].sum().cpu()))
                 if cfg.objective in SELECTIONS:
                     cov = token_covariance(advantages[mini_batch, None], selection_logp[mini_batch], loss_mask[mini_batch])
                     cov_selected[mini_batch] = SELECTIONS[cfg.objective](
                         cov, loss_mask[mini_batch], objective_params(cfg), selection_rng)
-                mini_loss = torch.zeros((), device=t.device)
-                for rows in micro_batches(t, rollout, mini_batch):
-                    with t.autocast():
-                        learner = rollout_logp(t, t.policy, rollout, rows, with_entropy=cfg.entropy_coef != 0)
+                mini_loss = torch.zeros((), device=c.device)
+                for rows in micro_batches(c, rollout, mini_batch):
+                    with c.autocast():
+                        learner = rollout_logp(c, s.policy, rollout, rows, with_entropy=cfg.entropy_coef != 0)
                     logp, entropy = learner if cfg.entropy_coef != 0 else (learner, None)
                     loss, stats = policy_loss(
                         logp, logp.detach() if old_logp is None else old_logp[rows],
@@ -212,8 +209,8 @@ def update_policy(t: Trainer, step: int, rollout: Rollout, advantages: torch.Ten
                                stats["tokens"], stats["seqs"])
             if dist.any_across(not bool(torch.isfinite(mini_loss))):
                 raise TrainingDiverged(f"non-finite loss at step {step} (inner epoch {epoch})")
-            with t.timer("optimizer"):
-                grad_norms.append(optimizer_step(t, step, epoch))
+            with c.timer("optimizer"):
+                grad_norms.append(optimizer_step(c, s, step, epoch))
             epoch_losses.append(mini_loss)
         summary = epoch_stats.result(dist.sum_across, dist.max_across)
         out[f"inner/{epoch}/clip_frac"] = summary["grad/cut_frac"]
@@ -227,20 +224,22 @@ def update_policy(t: Trainer, step: int, rollout: Rollout, advantages: torch.Ten
             "grad_norm": torch.stack(grad_norms).float().mean()}
 
 
-def grpo_step(t: Trainer, step: int) -> tuple[dict, list[dict]]:
-    """One GRPO step. Returns (metrics as floats, rows for samples.jsonl)."""
-    cfg, G = t.cfg, t.cfg.group_size
+def grpo_step(c: Components, s: TrainState, step: int) -> StepResult:
+    """One GRPO step: collect -> rewards -> reference -> advantages -> pi_old -> probes -> updates."""
+    cfg, G = c.cfg, c.cfg.group_size
     P = cfg.prompts_per_step // dist.world_size()     # this rank's prompts
-    t.timer.reset()
+    c.timer.reset()
 
-    # 1. Sample G completions for each of P prompts (rows p*G .. p*G+G-1 belong to prompt p), and score
-    #    them; with --dynamic-sampling, zero-variance groups are replaced (grpo/batch.py).
-    with t.timer("rollout"):
-        batch = collect_batch(t, P, step)
+    # 1. Collect: G completions for each of P prompts (rows p*G .. p*G+G-1 belong to prompt p), scored;
+    #    with --dynamic-sampling, zero-variance groups are replaced (grpo/batch.py).
+    with c.timer("rollout"):
+        batch = collect_batch(c, s, P, step)
     rollout, mask = batch.rollout, batch.rollout.completion_mask    # [N, T]; 0 = padding after EOS
     loss_mask = loss_token_mask(mask, rollout.truncated, cfg.mask_truncated)
+    s.samples += int(dist.sum_across(torch.tensor(batch.generated)))
+    s.tokens += int(dist.sum_across(torch.tensor(batch.generated_tokens)))
 
-    with t.timer("reward"):
+    with c.timer("reward"):
         # 2. Rewards [P, G] over every rank's prompts.
         parts = {name: dist.cat_across(values) for name, values in batch.parts.items()}
         rewards = total_reward(parts, cfg.reward_weights)
@@ -248,103 +247,74 @@ def grpo_step(t: Trainer, step: int) -> tuple[dict, list[dict]]:
             raise TrainingDiverged(f"non-finite reward at step {step}")
         lengths = dist.cat_across(mask.sum(-1).cpu().view(P, G))
         # 3. The reference's log-probs; with --kl-placement reward, beta * sum_t k1 leaves the reward.
-        ref_logp = frozen_logp(t, t.reference, rollout) if t.reference else None
-        shaped, extra = rewards, {}
+        ref_logp = frozen_logp(c, c.reference, rollout) if c.reference else None
+        shaped, kl_penalty = rewards, {}
         if cfg.kl_placement == "reward" and ref_logp is not None:
             penalty = dist.cat_across((cfg.kl_beta * (kl_k1(rollout.logp, ref_logp) * mask).sum(-1)).cpu().view(P, G))
-            shaped, extra["reward/kl_penalty/mean"] = rewards - penalty, penalty.mean()
+            shaped, kl_penalty["reward/kl_penalty/mean"] = rewards - penalty, penalty.mean()
         # 4. Group-relative advantages on the whole step's reward matrix (batch statistics span all
         #    ranks), then this rank's rows: one advantage per completion, [N].
         all_advantages = compute_advantages(shaped, cfg.advantage, eps=cfg.adv_eps, lengths=lengths)
-        advantages = all_advantages[dist.rank_rows(cfg.prompts_per_step)].flatten().to(t.device)
+        advantages = all_advantages[dist.rank_rows(cfg.prompts_per_step)].flatten().to(c.device)
         # 5. pi_old's log-probs stay fixed through the inner epochs, unless the update is exactly
         #    on-policy (one epoch, one mini-batch), where pi_old = pi_theta detached.
         on_policy = cfg.inner_epochs == 1 and cfg.mini_batches == 1
-        old_logp = None if on_policy else frozen_logp(t, t.policy, rollout)
+        old_logp = None if on_policy else frozen_logp(c, s.policy, rollout)
 
-    # Probe: the gradient other settings would take on these rollouts, all at the weights the step's
-    # last update starts from (the step's own with one update), against pi_old.
+    # 6. Probe: the gradient other settings would take on these rollouts, all at the weights the step's
+    #    last update starts from (the step's own with one update), against pi_old.
     counterfactual = {}
 
     def probe() -> None:
-        with t.timer("counterfactual"):
-            counterfactual.update(counterfactual_metrics(t, step, rollout, shaped, lengths, mask, ref_logp, old_logp))
+        with c.timer("counterfactual"):
+            counterfactual.update(counterfactual_metrics(c, s, step, rollout, shaped, lengths, mask, ref_logp, old_logp))
 
-    # 6. Inner epochs of clipped updates.
+    # 7. Inner epochs of clipped updates.
     probes = bool(cfg.counterfactual_every) and step % cfg.counterfactual_every == 0
-    policy_stats = update_policy(t, step, rollout, advantages, loss_mask, ref_logp, old_logp,
+    policy_stats = update_policy(c, s, step, rollout, advantages, loss_mask, ref_logp, old_logp,
                                  before_last_update=probe if probes else None)
 
-    # 7. Metrics over the whole step's batch: pure functions of tensors at hand, one .item() each.
-    with t.timer("metrics"):
-        row_values = dist.cat_across(torch.stack([mask.sum(-1), rollout.truncated.float(),
-                                                  (rollout.entropy * mask).sum(-1), loss_mask.sum(-1)], 1).cpu())
-        all_lengths, truncated, entropy_sums, loss_lengths = row_values.unbind(1)
-        correct = parts.get(cfg.correctness_reward)
-        t.samples += int(dist.sum_across(torch.tensor(batch.generated)))
-        t.tokens += int(dist.sum_across(torch.tensor(batch.generated_tokens)))
+    # 8. Metrics over the whole step's batch: pure functions of tensors at hand, one .item() each.
+    with c.timer("metrics"):
+        examples = [e for part in dist.gather_objects(batch.examples) for e in part]   # every rank's, in order
+        scored = scored_step(c, batch, examples, parts, rewards, all_advantages, loss_mask)
+        ledger, visits = ledger_update(c, s, batch.examples, examples, scored)
         dynamic = {k: (dist.max_across if k == "dynamic/rounds" else dist.sum_across)(v)
                    for k, v in batch.dynamic.items()}
         metrics = {
-            **reward_metrics(rewards, parts, correct), **extra,
-            **advantage_metrics(all_advantages),
-            **zero_variance_metrics(rewards, correct),
-            **length_metrics(all_lengths, truncated, None if correct is None else correct.flatten()),
-            **entropy_metric(entropy_sums, all_lengths),
-            **{k: v for k, v in policy_stats.items() if k not in ("kl_old", "grad/cut_frac")},
-            **gradient_token_metrics(all_advantages.flatten(), all_lengths, loss_lengths,
-                                     policy_stats["grad/cut_frac"], cfg.mask_truncated),
-            **dynamic, **counterfactual,
-            **probe_metrics(t, batch, rewards, correct, all_advantages, all_lengths, loss_lengths),
+            **scored_metrics(scored, cut_frac=policy_stats["grad/cut_frac"], mask_truncated=cfg.mask_truncated,
+                             aggregation=cfg.aggregation, max_len=cfg.max_new_tokens),
+            **kl_penalty, **{k: v for k, v in policy_stats.items() if k not in ("kl_old", "grad/cut_frac")},
+            **dynamic, **counterfactual, **ledger,
         }
         try:
             metrics = to_floats(metrics)
         except TrainingDiverged as err:
             raise TrainingDiverged(f"{err} at step {step}") from None
-    t.step_record = step_record(t, step, batch, parts, advantages, loss_mask)
     local_rewards = rewards[dist.rank_rows(cfg.prompts_per_step)].flatten()
-    rows = [{"step": step, "prompt": batch.examples[i // G].prompt, "completion": batch.texts[i],
-             "reward": float(local_rewards[i]), "advantage": float(advantages[i])}
-            for i in range(min(SAMPLE_ROWS, P) * G)]
-    return metrics, rows
+    return StepResult(step, metrics, batch, local_rewards, advantages, loss_mask, visits)
 
 
-def probe_metrics(t: Trainer, batch, rewards, correct, all_advantages, all_lengths, loss_lengths) -> dict:
-    """Difficulty and length-bias probes over the whole step; the per-prompt ledger with a prompt pool
-    (which also updates t.ledger). Inputs are the gathered [P, G] / [N] tensors of grpo_step."""
-    cfg, G = t.cfg, t.cfg.group_size
-    examples = [e for part in dist.gather_objects(batch.examples) for e in part]
-    out = step_probe_metrics(rewards, correct, all_advantages, [e.difficulty for e in examples],
-                             loss_lengths.view(all_advantages.shape), cfg.aggregation, cfg.max_new_tokens)
-    if t.pool is not None and correct is not None:
-        rates = correct.mean(-1)
-        previous = torch.tensor([t.ledger.get(e.index, (float("nan"), 0))[0] for e in examples])
-        out.update(ledger_metrics(previous, rates, G))
-        for e, rate in zip(examples, rates.tolist()):
-            t.ledger[e.index] = (rate, t.ledger.get(e.index, (0.0, 0))[1] + 1)
-    return out
+def scored_step(c: Components, batch: Batch, examples: list, parts: dict, rewards: torch.Tensor,
+                all_advantages: torch.Tensor, loss_mask: torch.Tensor) -> ScoredStep:
+    """The step's ScoredStep: every rank's rows gathered, in rank order (`examples`: every rank's)."""
+    rollout, mask = batch.rollout, batch.rollout.completion_mask
+    row_values = dist.cat_across(torch.stack([mask.sum(-1), rollout.truncated.float(),
+                                              (rollout.entropy * mask).sum(-1), loss_mask.sum(-1)], 1).cpu())
+    lengths, truncated, entropy_sums, loss_lengths = row_values.unbind(1)
+    return ScoredStep(parts, rewards, all_advantages, lengths, truncated, entropy_sums, loss_lengths,
+                      [e.difficulty for e in examples], parts.get(c.cfg.correctness_reward))
 
 
-def step_record(t: Trainer, step: int, batch, parts, advantages, loss_mask) -> dict:
-    """What the run writes beside metrics.jsonl: prompts.jsonl rows (prompt pool) and, with
-    --store-rollouts, this rank's rollout tensors for `grpo rescore`."""
-    cfg, G = t.cfg, t.cfg.group_size
-    record = {}
-    if t.pool is not None and cfg.correctness_reward in parts:
-        rows = parts[cfg.correctness_reward][dist.rank_rows(cfg.prompts_per_step)].mean(-1).tolist()
-        record["prompts"] = [{"step": step, "index": e.index, "difficulty": e.difficulty, "solve_rate": rate,
-                              "visit": t.ledger[e.index][1]} for e, rate in zip(batch.examples, rows)]
-    if cfg.store_rollouts:
-        rollout, mine = batch.rollout, dist.rank_rows(cfg.prompts_per_step)
-        record["rollout"] = {
-            "prompt_ids": rollout.prompt_ids, "prompt_mask": rollout.prompt_mask,
-            "completion_ids": rollout.completion_ids, "completion_mask": rollout.completion_mask,
-            "loss_mask": loss_mask, "truncated": rollout.truncated.to(torch.uint8), "logp": rollout.logp,
-            "entropy": rollout.entropy, "advantages": advantages,
-            "prompt_index": torch.tensor([e.index for e in batch.examples]),
-            **{f"reward/{name}": values[mine].flatten() for name, values in parts.items()},
-        }
-        record["rollout_meta"] = {"step": step, "group_size": G, "rank": dist.rank(),
-                                  "difficulty": [e.difficulty for e in batch.examples]}
-    return record
-
+def ledger_update(c: Components, s: TrainState, mine: list, examples: list, scored: ScoredStep) -> tuple[dict, list[int]]:
+    """With a prompt pool and a correctness reward: the ledger's metrics for the step, read before the
+    step's visits (`examples`: every rank's prompts) are entered into s.ledger, and the visit counts of
+    this rank's prompts (`mine`) after it."""
+    if c.pool is None or scored.correct is None:
+        return {}, []
+    rates = scored.correct.mean(-1)
+    previous = torch.tensor([s.ledger.get(e.index, (float("nan"), 0))[0] for e in examples])
+    metrics = ledger_metrics(previous, rates, c.cfg.group_size)
+    for e, rate in zip(examples, rates.tolist()):
+        s.ledger[e.index] = (rate, s.ledger.get(e.index, (0.0, 0))[1] + 1)
+    return metrics, [s.ledger[e.index][1] for e in mine]

@@ -46,7 +46,7 @@ def _isolated_environment(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _restore_torch_threads():
-    """`build_trainer` calls torch.set_num_threads(cfg.threads); keep that from leaking between tests."""
+    """`build_run` calls torch.set_num_threads(cfg.threads); keep that from leaking between tests."""
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)

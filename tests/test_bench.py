@@ -113,13 +113,13 @@ def test_kernel_ops_cover_every_matmul_and_attention_op_a_step_runs(tmp_path):
     from torch.profiler import ProfilerActivity, profile
 
     from grpo.lean_layers import head_logp
-    from grpo.trainer import build_trainer, grpo_step
+    from grpo.trainer import build_run, grpo_step
 
-    t = build_trainer(bench.workload_config(bench.BenchConfig(completion_len=3, threads=1)), log=lambda *_: None)
+    c, s = build_run(bench.workload_config(bench.BenchConfig(completion_len=3, threads=1)), log=lambda *_: None)
     hidden = torch.randn(2, 3, 8, requires_grad=True)
     weight = torch.randn(5, 8, requires_grad=True)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        grpo_step(t, 1)
+        grpo_step(c, s, 1)
         head_logp(hidden, weight, torch.tensor([[1, 2, 3], [4, 0, 1]]), 1.0).sum().backward()
     names = {e.key for e in prof.key_averages()}
     wrappers = {"aten::matmul", "aten::linear", "aten::scaled_dot_product_attention", "aten::_addmm_activation"}

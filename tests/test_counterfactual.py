@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from grpo import GrpoError
-from grpo.alternatives import inert_at_ratio_one
+from grpo.alternatives import alternative_configs, inert_at_ratio_one
 from grpo.config import TrainConfig
 from grpo.counterfactual import counterfactual_metrics
 from grpo.losses import policy_loss
 from grpo.sampler import Rollout
-from grpo.trainer import Trainer
+from grpo.state import Components, RandomStreams, TrainState
 from grpo.update import loss_kwargs
 
 F64 = torch.float64
@@ -158,12 +158,13 @@ class PositionLogits(torch.nn.Module):
         return SimpleNamespace(logits=logits[:, -logits_to_keep:] if logits_to_keep else logits)
 
 
-def hand_trainer(counterfactuals: str) -> Trainer:
+def hand_run(counterfactuals: str) -> tuple[Components, TrainState]:
     cfg = TrainConfig(prompts_per_step=1, group_size=2, max_new_tokens=2, kl_beta=0.0, mini_batches=2,
                       micro_batch_size=1, counterfactuals=counterfactuals, counterfactual_every=1)
-    return Trainer(cfg=cfg, task=None, tokenizer=SimpleNamespace(eos_token_id=1), policy=PositionLogits(3, 2),
-                   reference=None, optimizer=None, sampler=None, device=torch.device("cpu"),
-                   prompt_rng=None, shuffle_rng=None, sample_rng=None, resample_rng=None)
+    device = torch.device("cpu")
+    components = Components(cfg=cfg, task=None, tokenizer=SimpleNamespace(eos_token_id=1), reference=None,
+                            sampler=None, device=device, alternatives=tuple(alternative_configs(cfg)))
+    return components, TrainState(PositionLogits(3, 2), None, RandomStreams.seeded(0, device))
 
 
 def test_probe_at_a_hand_set_pi_old_by_hand():
@@ -178,7 +179,7 @@ def test_probe_at_a_hand_set_pi_old_by_hand():
       clip_eps_high=0.6:    1.5 < 1.6, not cut                   g_a = -a/4 (2.5 v_0 + 2 v_1)
     cos = 6 / sqrt(5 * 8), 3 / sqrt(5 * 2), 6.5 / sqrt(5 * 10.25); norm ratios sqrt(8/5), sqrt(2/5),
     sqrt(10.25/5). At ratio 1 (no pi_old) nothing is cut and all three are clip's gradient."""
-    t = hand_trainer("objective=gpg,objective=gspo,clip_eps_high=0.6")
+    c, s = hand_run("objective=gpg,objective=gspo,clip_eps_high=0.6")
     half = math.log(0.5)
     rollout = Rollout(prompt_ids=torch.zeros(2, 1, dtype=torch.long), prompt_mask=torch.ones(2, 1),
                       completion_ids=torch.tensor([[0, 0], [1, 1]]), completion_mask=torch.ones(2, 2),
@@ -186,7 +187,7 @@ def test_probe_at_a_hand_set_pi_old_by_hand():
                       logp=torch.full((2, 2), half))
     old_logp = torch.full((2, 2), half)
     old_logp[0, 0] = half - math.log(1.5)                    # ratio pi / pi_old = 1.5
-    args = (t, 1, rollout, torch.tensor([[1.0, 0.0]]), torch.tensor([[2, 2]]), rollout.completion_mask, None)
+    args = (c, s, 1, rollout, torch.tensor([[1.0, 0.0]]), torch.tensor([[2, 2]]), rollout.completion_mask, None)
     out = {k: float(v) for k, v in counterfactual_metrics(*args, old_logp).items()}
     assert out["cf/objective=gpg/cos"] == pytest.approx(6 / math.sqrt(40), abs=1e-6)
     assert out["cf/objective=gpg/norm_ratio"] == pytest.approx(math.sqrt(8 / 5), abs=1e-6)

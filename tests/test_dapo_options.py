@@ -12,7 +12,7 @@ from conftest import MIXED, cli_args
 from grpo.batch import collect_batch, total_reward
 from grpo.cli import main
 from grpo.rewards import REWARDS, overlong_penalty
-from grpo.trainer import build_trainer, grpo_step
+from grpo.trainer import build_run, grpo_step
 from test_trainer import QUIET, recorded_prompts, warm_cache
 
 
@@ -27,8 +27,8 @@ def test_dynamic_sampling_returns_only_groups_with_signal(make_cfg, tmp_path):
     # seed 3: its first round holds constant groups to drop (under the inverse-CDF sampler seeds 0-2 draw none)
     cfg = make_cfg(tmp_path, **MIXED, prompts_per_step=6, dynamic_sampling=True, max_resample_rounds=20, seed=3)
     warm_cache(cfg)
-    t = build_trainer(cfg, **QUIET)
-    batch = collect_batch(t, cfg.prompts_per_step, step=1)
+    c, s = build_run(cfg, **QUIET)
+    batch = collect_batch(c, s, cfg.prompts_per_step, step=1)
     assert len(batch.examples) == 6 and batch.rollout.completion_ids.shape[0] == 6 * cfg.group_size
     assert constant_groups(batch) == 0
     assert batch.dynamic["dynamic/filled_groups"].item() == 0
@@ -45,13 +45,13 @@ def test_dynamic_sampling_at_the_round_limit_fills_with_zero_variance_groups_and
     monkeypatch.setitem(REWARDS, "format", lambda response, example: 0.0)
     cfg = make_cfg(tmp_path, **MIXED, dynamic_sampling=True, max_resample_rounds=3)
     warm_cache(cfg)
-    t = build_trainer(cfg, **QUIET)
-    metrics, _ = grpo_step(t, 1)
+    c, s = build_run(cfg, **QUIET)
+    metrics = grpo_step(c, s, 1).metrics
     assert metrics["dynamic/rounds"] == 3
     assert metrics["dynamic/filled_groups"] == cfg.prompts_per_step
     # rounds 1-3 drew 4 + 4 + 4 prompts; 4 were used, 8 dropped
     assert metrics["dynamic/dropped_groups"] == 8
-    assert t.samples == 12 * cfg.group_size
+    assert s.samples == 12 * cfg.group_size
 
 
 def test_dynamic_sampling_keeps_the_first_round_prompts_of_a_plain_run(make_cfg, tmp_path):
@@ -59,24 +59,24 @@ def test_dynamic_sampling_keeps_the_first_round_prompts_of_a_plain_run(make_cfg,
     still share each step's first-round prompts (the pairing the report relies on)."""
 
     def first_rounds(cfg, steps: int) -> list[list[str]]:
-        t = build_trainer(cfg, **QUIET)
-        drawn, sample = [], t.task.sample
+        c, s = build_run(cfg, **QUIET)
+        drawn, sample = [], c.task.sample
 
         def recording(generator, n):
             examples = sample(generator, n)
-            if generator is t.prompt_rng:
+            if generator is s.rng.prompt:
                 drawn.append([e.prompt for e in examples])
             return examples
 
-        t.task.sample = recording
+        c.task.sample = recording
         for step in range(1, steps + 1):
-            grpo_step(t, step)
+            grpo_step(c, s, step)
         return drawn
 
     plain = make_cfg(tmp_path, **MIXED)
     warm_cache(plain)
     dynamic = make_cfg(tmp_path, **MIXED, dynamic_sampling=True, max_resample_rounds=5)
-    assert first_rounds(dynamic, 3) == first_rounds(plain, 3) == recorded_prompts(build_trainer(plain, **QUIET), 3)
+    assert first_rounds(dynamic, 3) == first_rounds(plain, 3) == recorded_prompts(build_run(plain, **QUIET), 3)
 
 
 # ---------------------------------------------------------------- overlong filtering and shaping
@@ -92,23 +92,23 @@ def test_truncated_completions_carry_no_gradient_when_masked(make_cfg, tmp_path)
     """max-new-tokens 2 truncates every seed-toy completion: masked, nothing trains; unmasked, it does."""
     masked = make_cfg(tmp_path, **MIXED, max_new_tokens=2, mask_truncated=True, kl_beta=0.04)
     warm_cache(masked)
-    t = build_trainer(masked, **QUIET)
-    before = [p.detach().clone() for p in t.policy.parameters()]
-    metrics, _ = grpo_step(t, 1)
+    c, s = build_run(masked, **QUIET)
+    before = [p.detach().clone() for p in s.policy.parameters()]
+    metrics = grpo_step(c, s, 1).metrics
     assert metrics["len/truncated_frac"] == 1.0 and metrics["grad_tokens/truncated_frac"] == 1.0
     assert metrics["grad_tokens/active_frac"] == 0.0 and metrics["loss"] == 0.0
-    assert all(torch.equal(a, b) for a, b in zip(before, t.policy.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, s.policy.parameters()))
 
     import dataclasses
-    unmasked = build_trainer(dataclasses.replace(masked, mask_truncated=False), **QUIET)
-    metrics, _ = grpo_step(unmasked, 1)
+    unmasked = build_run(dataclasses.replace(masked, mask_truncated=False), **QUIET)
+    metrics = grpo_step(*unmasked, 1).metrics
     assert "grad_tokens/truncated_frac" not in metrics
 
 
 def test_masked_truncated_share_is_the_truncated_completions_tokens(make_cfg, tmp_path):
     cfg = make_cfg(tmp_path, **MIXED, max_new_tokens=8, mask_truncated=True)
     warm_cache(cfg)
-    m, _ = grpo_step(build_trainer(cfg, **QUIET), 1)
+    m = grpo_step(*build_run(cfg, **QUIET), 1).metrics
     assert 0 < m["len/truncated_frac"] < 1, "precondition: some completions end, some are cut"
     # truncated completions have exactly max_new_tokens = 8 tokens
     assert m["grad_tokens/truncated_frac"] == pytest.approx(m["len/truncated_frac"] * 8 / m["len/mean"], rel=1e-5)
@@ -119,7 +119,7 @@ def test_masked_truncated_share_is_the_truncated_completions_tokens(make_cfg, tm
 def test_overlong_shaping_is_a_logged_reward(make_cfg, tmp_path):
     cfg = make_cfg(tmp_path, **MIXED, max_new_tokens=8, overlong_buffer=4, overlong_penalty=1.0)
     warm_cache(cfg)
-    m, _ = grpo_step(build_trainer(cfg, **QUIET), 1)
+    m = grpo_step(*build_run(cfg, **QUIET), 1).metrics
     assert -1.0 <= m["reward/overlong/mean"] < 0.0
     # the total reward is the weighted task rewards plus the (unweighted) shaping
     assert m["reward/mean"] == pytest.approx(m["reward/correct/mean"] + 0.1 * m["reward/format/mean"]
@@ -131,10 +131,10 @@ def test_overlong_shaping_is_a_logged_reward(make_cfg, tmp_path):
 def test_kl_in_the_reward_is_beta_times_the_summed_k1(make_cfg, tmp_path):
     cfg = make_cfg(tmp_path, **MIXED, kl_beta=0.5, kl_placement="reward", lr=1e-2)
     warm_cache(cfg)
-    t = build_trainer(cfg, **QUIET)
-    first, _ = grpo_step(t, 1)
+    c, s = build_run(cfg, **QUIET)
+    first = grpo_step(c, s, 1).metrics
     assert abs(first["reward/kl_penalty/mean"]) < 1e-4        # policy = reference, up to float noise
-    second, _ = grpo_step(t, 2)
+    second = grpo_step(c, s, 2).metrics
     # mean over completions of beta * sum_t k1 = beta * (token mean of k1) * (mean length)
     assert second["reward/kl_penalty/mean"] == pytest.approx(0.5 * second["kl/k1"] * second["len/mean"], rel=1e-3)
     assert second["reward/kl_penalty/mean"] > 1e-4
@@ -146,9 +146,9 @@ def test_entropy_bonus_trains_and_its_sign_raises_entropy_gradient(make_cfg, tmp
     cfg = make_cfg(tmp_path, **MIXED, entropy_coef=1.0, kl_beta=0.0, lr=1e-2,
                    reward_weights={"correct": 0.0, "format": 0.0})
     warm_cache(cfg)
-    t = build_trainer(cfg, **QUIET)
-    first, _ = grpo_step(t, 1)
-    second, _ = grpo_step(t, 2)
+    c, s = build_run(cfg, **QUIET)
+    first = grpo_step(c, s, 1).metrics
+    second = grpo_step(c, s, 2).metrics
     assert first["adv/abs_mean"] == 0.0 and math.isfinite(first["loss"]) and first["loss"] < 0
     assert second["entropy"] > first["entropy"]
 

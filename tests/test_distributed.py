@@ -42,13 +42,13 @@ WORKER = textwrap.dedent('''
         cfg = TrainConfig(model="tiny", prompts_per_step=4, group_size=4, max_new_tokens=12, warmstart_steps=0,
                           kl_beta=0.04, lr=1e-2, inner_epochs=2, advantage=estimator, eval_prompts=200,
                           eval_samples=4, wandb_mode="disabled", threads=1, device="cpu")
-        t = trainer.build_trainer(cfg, log=lambda *a: None)
+        c, s = trainer.build_run(cfg, log=lambda *a: None)
         # One fixed batch of 4 prompts x 4 completions with rewards that differ between groups (so
         # batch_std's batch statistics matter), built identically in every process; each rank takes
         # its share of the prompts (and their completions), as the trainer's sampling would.
-        examples = t.task.sample(torch.Generator().manual_seed(0), 4)
-        ids, mask = encode_prompts(t.tokenizer, [e.prompt for e in examples for _ in range(4)])
-        full = KVCacheSampler().generate(t.policy.eval(), ids, mask, max_new_tokens=12, temperature=1.0,
+        examples = c.task.sample(torch.Generator().manual_seed(0), 4)
+        ids, mask = encode_prompts(c.tokenizer, [e.prompt for e in examples for _ in range(4)])
+        full = KVCacheSampler().generate(s.policy.eval(), ids, mask, max_new_tokens=12, temperature=1.0,
                                          generator=torch.Generator().manual_seed(1), eos_token_id=2, pad_token_id=0)
         share = 4 // world
         rows = slice(rank * share * 4, (rank + 1) * share * 4)
@@ -57,19 +57,19 @@ WORKER = textwrap.dedent('''
             def generate(self, model, prompt_ids, prompt_mask, **kwargs):
                 return Rollout(*(getattr(full, f.name)[rows] for f in dataclasses.fields(Rollout)))
 
-        t.sampler = FixedSampler()
+        c.sampler = FixedSampler()
         # SGD: a parameter's change is then -lr * gradient, so comparing weights compares gradients
         # (AdamW's early steps are ~lr * sign(g), which turns float noise near g = 0 into +-lr).
-        t.optimizer = torch.optim.SGD(t.policy.parameters(), lr=cfg.lr)
-        t.task.sample = lambda generator, n: examples[rank * share:(rank + 1) * share]
+        s.optimizer = torch.optim.SGD(s.policy.parameters(), lr=cfg.lr)
+        c.task.sample = lambda generator, n: examples[rank * share:(rank + 1) * share]
         scores = iter([1.0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 0, 1][rows])   # this rank's completions
         real = rewards.REWARDS["correct"]
         rewards.REWARDS["correct"] = lambda response, example: next(scores)
-        metrics, _ = trainer.grpo_step(t, 1)
+        metrics = trainer.grpo_step(c, s, 1).metrics
         rewards.REWARDS["correct"] = real            # evaluation below judges with the real reward
-        results[estimator] = {"params": [p.detach().clone() for p in t.policy.parameters()], "metrics": metrics}
-    t.sampler = KVCacheSampler()
-    results["eval"] = t.evaluate(5)
+        results[estimator] = {"params": [p.detach().clone() for p in s.policy.parameters()], "metrics": metrics}
+    c.sampler = KVCacheSampler()
+    results["eval"] = trainer.evaluate_policy(c, s, 5)
     if rank == 0:
         torch.save(results, sys.argv[1])
     dist.shutdown()

@@ -249,7 +249,7 @@ def test_completion_logp_through_the_lean_head_equals_the_models_logits(share_pr
 
 def lean_and_plain_steps(make_cfg, tmp_path, monkeypatch, **overrides):
     """One GRPO step (micro-batches of 4, kl_beta > 0, EOS ban for 2 tokens) by the plain trainer and
-    by the lean one (forced on for the seed preset): [(t.lean, metrics, weights after)] for each."""
+    by the lean one (forced on for the seed preset): [(c.lean, metrics, weights after)] for each."""
     import grpo.trainer as trainer
     from conftest import MIXED
 
@@ -258,9 +258,9 @@ def lean_and_plain_steps(make_cfg, tmp_path, monkeypatch, **overrides):
     results = []
     for threshold in (10**12, 0):
         monkeypatch.setattr(trainer, "LARGE_MODEL_PARAMS", threshold)
-        t = trainer.build_trainer(cfg, log=lambda *_: None)
-        metrics, _ = trainer.grpo_step(t, 1)
-        results.append((t.lean, metrics, [p.detach().clone() for p in t.policy.parameters()]))
+        c, s = trainer.build_run(cfg, log=lambda *_: None)
+        metrics = trainer.grpo_step(c, s, 1).metrics
+        results.append((c.lean, metrics, [p.detach().clone() for p in s.policy.parameters()]))
     return cfg, results
 
 

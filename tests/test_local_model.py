@@ -11,7 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from grpo.cli import main
 from grpo.tasks import SYSTEM_PROMPT, Arithmetic, render_prompt
 from grpo.tokenizer import SPECIAL_TOKENS, build_tokenizer
-from grpo.trainer import build_trainer
+from grpo.trainer import build_run
 
 CHAT_TEMPLATE = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
                  "{% if add_generation_prompt %}[assistant] {% endif %}")
@@ -56,27 +56,27 @@ def test_bf16_and_checkpointing_paths_train(make_cfg, tmp_path):
     from conftest import MIXED      # mixed groups: non-zero advantages, so the step moves the weights
 
     cfg = make_cfg(tmp_path, dtype="bf16", gradient_checkpointing=True, kl_beta=0.04, **MIXED)
-    t = build_trainer(cfg, log=lambda *_: None)
-    assert next(t.policy.parameters()).dtype == torch.float32            # fp32 master weights
+    c, s = build_run(cfg, log=lambda *_: None)
+    assert next(s.policy.parameters()).dtype == torch.float32            # fp32 master weights
     # The reference never trains: it is stored in bf16 (half the memory), the policy's weights rounded.
-    assert {p.dtype for p in t.reference.parameters()} == {torch.bfloat16}
-    for p, r in zip(t.policy.parameters(), t.reference.parameters()):
+    assert {p.dtype for p in c.reference.parameters()} == {torch.bfloat16}
+    for p, r in zip(s.policy.parameters(), c.reference.parameters()):
         assert torch.equal(p.detach().to(torch.bfloat16), r)
-    assert not any(p.requires_grad for p in t.reference.parameters())
-    before = [p.detach().clone() for p in t.policy.parameters()]
+    assert not any(p.requires_grad for p in c.reference.parameters())
+    before = [p.detach().clone() for p in s.policy.parameters()]
     from grpo.trainer import grpo_step
 
-    metrics, _ = grpo_step(t, 1)
+    metrics = grpo_step(c, s, 1).metrics
     assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
     # Before the first update the two differ only by bf16 rounding of the weights: a tiny KL.
     assert 0.0 <= metrics["kl/k3"] < 1e-3
-    assert any(not torch.equal(a, b) for a, b in zip(before, t.policy.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, s.policy.parameters()))
 
 
 def test_fp32_reference_is_an_exact_copy(make_cfg, tmp_path):
-    t = build_trainer(make_cfg(tmp_path, kl_beta=0.04), log=lambda *_: None)
-    assert {p.dtype for p in t.reference.parameters()} == {torch.float32}
-    assert all(torch.equal(p, r) for p, r in zip(t.policy.parameters(), t.reference.parameters()))
+    c, s = build_run(make_cfg(tmp_path, kl_beta=0.04), log=lambda *_: None)
+    assert {p.dtype for p in c.reference.parameters()} == {torch.float32}
+    assert all(torch.equal(p, r) for p, r in zip(s.policy.parameters(), c.reference.parameters()))
 
 
 def test_qwen2_preset_has_the_half_billion_parameter_shape():

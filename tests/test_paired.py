@@ -12,7 +12,7 @@ import pytest
 import grpo.trainer
 from conftest import MIXED
 from grpo import GrpoError
-from grpo.trainer import build_trainer, grpo_step
+from grpo.trainer import build_run, grpo_step
 
 spec = importlib.util.spec_from_file_location("paired", Path(__file__).resolve().parents[1] / "bench" / "paired.py")
 paired = importlib.util.module_from_spec(spec)
@@ -26,14 +26,14 @@ def without_time(metrics: dict) -> dict:
 def test_both_sides_of_a_null_pair_compute_the_same_step_and_the_run_follows_a(make_cfg, tmp_path):
     # MIXED: groups with right and wrong completions, so a step moves the policy and later steps depend on it.
     cfg = make_cfg(tmp_path, **MIXED, steps=3)
-    plain = build_trainer(cfg, log=lambda *_: None)
-    expected = [without_time(grpo_step(plain, step)[0]) for step in (1, 2, 3)]
-    after, records = paired.paired_steps(build_trainer(cfg, log=lambda *_: None), 3, contextlib.nullcontext)
+    plain = build_run(cfg, log=lambda *_: None)
+    expected = [without_time(grpo_step(*plain, step).metrics) for step in (1, 2, 3)]
+    after, records = paired.paired_steps(*build_run(cfg, log=lambda *_: None), 3, contextlib.nullcontext)
     assert [r["first"] for r in records] == ["a", "b", "a"]
     for record, metrics in zip(records, expected):
         assert without_time(record["a_metrics"]) == without_time(record["b_metrics"]) == metrics
     # The paired run's policy is where a plain run of 3 steps leaves it.
-    for p, q in zip(after.policy.parameters(), plain.policy.parameters()):
+    for p, q in zip(after.policy.parameters(), plain[1].policy.parameters()):
         assert p.equal(q)
 
 
@@ -41,9 +41,9 @@ def test_b_runs_under_the_switch_and_a_without_it(make_cfg, tmp_path, monkeypatc
     calls, active = [], []
     step_fn = grpo.trainer.grpo_step
 
-    def recorded(t, step):
+    def recorded(c, s, step):
         calls.append((step, bool(active)))
-        return step_fn(t, step)
+        return step_fn(c, s, step)
 
     monkeypatch.setattr(grpo.trainer, "grpo_step", recorded)
 
@@ -55,7 +55,7 @@ def test_b_runs_under_the_switch_and_a_without_it(make_cfg, tmp_path, monkeypatc
         finally:
             active.pop()
 
-    paired.paired_steps(build_trainer(make_cfg(tmp_path, steps=2), log=lambda *_: None), 2, switch)
+    paired.paired_steps(*build_run(make_cfg(tmp_path, steps=2), log=lambda *_: None), 2, switch)
     assert calls == [(1, False), (1, True), (2, True), (2, False)]     # A first, then B first
 
 

@@ -292,17 +292,17 @@ def test_smollm2_with_the_pretrained_defaults_learns_from_step_1(tmp_path):
     step moves the weights. Only right answers pay, and SmolLM2 gets ~11% of its samples right (8 x 8 at
     step 1, 2026-12-06: 3 of 8 groups had variance), so 2 prompts have no variance about 40% of the time;
     8 prompts all without, at that rate, ~2%."""
-    from grpo.trainer import build_trainer, grpo_step
+    from grpo.trainer import build_run, grpo_step
 
     cfg = TrainConfig.for_model("smollm2-135m", prompts_per_step=8, dtype="fp32", wandb_mode="disabled",
                                 out_dir=str(tmp_path / "run"))                              # fp32: KL exactly 0
-    t = build_trainer(cfg, log=lambda *_: None)
-    before = t.policy.lm_head.weight.detach().clone()
-    metrics, _ = grpo_step(t, 1)
+    c, s = build_run(cfg, log=lambda *_: None)
+    before = s.policy.lm_head.weight.detach().clone()
+    metrics = grpo_step(c, s, 1).metrics
     assert metrics["zero_var/frac"] < 1
     assert metrics["reward/format_partial/mean"] > 0
     assert abs(metrics["kl/k3"]) < 1e-6                       # step 1 samples from the reference itself
-    assert not torch.equal(before, t.policy.lm_head.weight)
+    assert not torch.equal(before, s.policy.lm_head.weight)
 
 
 @pytest.mark.parametrize(("weights", "expected"), [

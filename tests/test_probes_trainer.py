@@ -15,7 +15,7 @@ from conftest import MIXED, cli_args
 from grpo.cli import main
 from grpo.runner import train
 from grpo.tasks import Arithmetic, PromptPool
-from grpo.trainer import build_trainer, grpo_step
+from grpo.trainer import build_run, grpo_step
 from test_trainer import QUIET, read_metrics, warm_cache, without_time
 
 
@@ -79,7 +79,7 @@ def test_counterfactual_ratios_by_hand(make_cfg, tmp_path):
     cfg = make_cfg(tmp_path, **MIXED, group_size=2, prompts_per_step=8, reward_weights={"correct": 1.0, "format": 0.0},
                    counterfactual_every=1, counterfactuals="advantage=dr_grpo,adv_eps=0.0001,aggregation=token_mean")
     warm_cache(cfg)
-    metrics, _ = grpo_step(build_trainer(cfg, **QUIET), 1)
+    metrics = grpo_step(*build_run(cfg, **QUIET), 1).metrics
     assert metrics["adv/abs_mean"] > 0, "precondition: some group has signal"
     assert metrics["cf/advantage=dr_grpo/cos"] == pytest.approx(1.0, abs=1e-5)
     assert metrics["cf/advantage=dr_grpo/norm_ratio"] == pytest.approx(math.sqrt(0.5) + 1e-4, rel=1e-4)
@@ -117,10 +117,10 @@ def test_counterfactuals_are_taken_where_the_last_update_starts(make_cfg, tmp_pa
                    counterfactual_every=1,
                    counterfactuals="aggregation=token_mean" + (",objective=gpg" if updates > 1 else ""))
     warm_cache(cfg)
-    t = build_trainer(cfg, **QUIET)
-    flat = lambda: torch.cat([p.detach().flatten() for p in t.policy.parameters()]).clone()   # noqa: E731
+    c, s = build_run(cfg, **QUIET)
+    flat = lambda: torch.cat([p.detach().flatten() for p in s.policy.parameters()]).clone()   # noqa: E731
     before_updates, probed = [], []
-    t.optimizer.register_step_pre_hook(lambda *_: before_updates.append(flat()))
+    s.optimizer.register_step_pre_hook(lambda *_: before_updates.append(flat()))
     real = grpo.trainer.counterfactual_metrics
 
     def spy(*args):
@@ -128,7 +128,7 @@ def test_counterfactuals_are_taken_where_the_last_update_starts(make_cfg, tmp_pa
         return real(*args)
 
     monkeypatch.setattr(grpo.trainer, "counterfactual_metrics", spy)
-    metrics, _ = grpo_step(t, 1)
+    metrics = grpo_step(c, s, 1).metrics
     assert len(before_updates) == updates and len(probed) == 1
     weights, old_logp = probed[0]
     assert torch.equal(weights, before_updates[-1])

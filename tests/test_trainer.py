@@ -25,6 +25,7 @@ from conftest import MIXED, cli_args
 import grpo.runner as runner_module
 from grpo import cli
 from grpo.checkpoint import checkpoint_dirs, load_checkpoint
+from grpo.alternatives import alternative_configs
 from grpo.config import TrainConfig
 from grpo.objectives import OBJECTIVES
 from grpo.rewards import REWARDS
@@ -32,7 +33,7 @@ from grpo.tasks import TASKS
 from grpo.runner import train
 from grpo.policy import completion_logp
 from grpo.sampler import Rollout
-from grpo.trainer import Trainer, TrainingDiverged, build_trainer, grpo_step
+from grpo.trainer import TrainingDiverged, build_run, evaluate_policy, grpo_step, sample_rows
 from grpo.update import micro_batches, rollout_logp
 from grpo.warmstart import warm_started_model
 
@@ -46,29 +47,19 @@ def warm_cache(cfg) -> None:
     warm_started_model(cfg, task, task.tokenizer, torch.device("cpu"), log=lambda *_: None)
 
 
-def clone_trainer(t: Trainer, cfg) -> Trainer:
-    """An independent copy of t (weights, RNG states set by the caller), reading cfg, stepping with SGD.
+def clone_run(run, cfg):
+    """An independent copy of a run's (components, state), reading cfg, stepping with SGD.
 
     SGD instead of the trainer's AdamW: a parameter's change is then -lr * (clipped) gradient, so
     comparing parameters compares gradients. AdamW's first step is about lr * sign(gradient), which
     turns float noise in a gradient entry that is nearly 0 into a full +-lr difference.
     """
-    policy = copy.deepcopy(t.policy)
-    return dataclasses.replace(
-        t, cfg=cfg, policy=policy, reference=copy.deepcopy(t.reference),
-        optimizer=torch.optim.SGD(policy.parameters(), lr=cfg.lr),
-        prompt_rng=torch.Generator().manual_seed(0), shuffle_rng=torch.Generator().manual_seed(0),
-        sample_rng=torch.Generator().manual_seed(0), resample_rng=torch.Generator().manual_seed(0), timer=None,
-    )
-
-
-def set_rng(t: Trainer, states: dict) -> None:
-    for name, state in states.items():
-        getattr(t, name).set_state(state)
-
-
-def rng_of(t: Trainer) -> dict:
-    return {name: getattr(t, name).get_state() for name in ("prompt_rng", "shuffle_rng", "sample_rng", "resample_rng")}
+    c, s = run
+    state = s.copy()
+    state.optimizer = torch.optim.SGD(state.policy.parameters(), lr=cfg.lr)
+    components = dataclasses.replace(c, cfg=cfg, reference=copy.deepcopy(c.reference), timer=None,
+                                     alternatives=tuple(alternative_configs(cfg)))
+    return components, state
 
 
 def without_time(record: dict) -> dict:
@@ -107,16 +98,14 @@ def test_micro_batch_split_changes_nothing(make_cfg, tmp_path, aggregation, obje
                          mini_batches=mini_batches, micro_batch_size=16, lr=0.05, objective=objective, **extra)
     split_cfg = dataclasses.replace(whole_cfg, micro_batch_size=3)
     warm_cache(whole_cfg)
-    base = build_trainer(whole_cfg, **QUIET)
-    base.policy.zero_grad(set_to_none=True)
-    states = rng_of(base)
-    before = [p.detach().clone() for p in base.policy.parameters()]
+    base = build_run(whole_cfg, **QUIET)
+    base[1].policy.zero_grad(set_to_none=True)
+    before = [p.detach().clone() for p in base[1].policy.parameters()]
 
-    whole, split = clone_trainer(base, whole_cfg), clone_trainer(base, split_cfg)
-    set_rng(whole, states)
-    set_rng(split, states)
-    whole_metrics, whole_rows = grpo_step(whole, 1)
-    split_metrics, split_rows = grpo_step(split, 1)
+    (whole_c, whole), (split_c, split) = clone_run(base, whole_cfg), clone_run(base, split_cfg)
+    whole_result, split_result = grpo_step(whole_c, whole, 1), grpo_step(split_c, split, 1)
+    whole_metrics, whole_rows = whole_result.metrics, sample_rows(whole_result, whole_cfg.group_size)
+    split_metrics, split_rows = split_result.metrics, sample_rows(split_result, split_cfg.group_size)
 
     assert whole_metrics["adv/abs_mean"] > 0, "precondition: the step has a learning signal"
     assert whole_rows == split_rows                     # same rollouts, rewards and advantages
@@ -144,12 +133,12 @@ def test_micro_batches_put_completions_of_like_length_together():
     """Rows with completions of 5, 1, 4, 2, 3, 1 tokens in micro-batches of 4: shortest first (ties in row
     order) when prompts are not shared; row order when a group's prompt runs once (a 3-token prompt before
     completions of 2 tokens, G = 2: (1/2) x 3/5 = 0.3 of the positions saved, above SHARE_MIN_SAVING)."""
-    t = SimpleNamespace(cfg=SimpleNamespace(group_size=2, micro_batch=4))
+    c = SimpleNamespace(cfg=SimpleNamespace(group_size=2, micro_batch=4))
     rows = torch.tensor([5, 0, 3, 2, 1, 4])                 # any order in: a shuffled mini-batch
     unshared = fake_rollout([5, 1, 4, 2, 3, 1], prompt_width=1, width=5)
-    assert [m.tolist() for m in micro_batches(t, unshared, rows)] == [[1, 5, 3, 4], [2, 0]]
+    assert [m.tolist() for m in micro_batches(c, unshared, rows)] == [[1, 5, 3, 4], [2, 0]]
     shared = fake_rollout([2, 1, 2, 2, 1, 1], prompt_width=3, width=2)
-    assert [m.tolist() for m in micro_batches(t, shared, rows)] == [[0, 1, 2, 3], [4, 5]]
+    assert [m.tolist() for m in micro_batches(c, shared, rows)] == [[0, 1, 2, 3], [4, 5]]
 
 
 def test_rollout_logp_runs_only_to_the_longest_completion(make_cfg, tmp_path):
@@ -157,17 +146,17 @@ def test_rollout_logp_runs_only_to_the_longest_completion(make_cfg, tmp_path):
     positions change nothing before them), and read 0 past their longest completion."""
     cfg = make_cfg(tmp_path, max_new_tokens=8)
     warm_cache(cfg)
-    t = build_trainer(cfg, **QUIET)
+    c, s = build_run(cfg, **QUIET)
     rollout = fake_rollout([3, 8, 2, 3], prompt_width=4, width=8)
-    rollout.completion_ids[rollout.completion_mask == 0] = t.tokenizer.pad_token_id
-    full = completion_logp(t.policy, rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids,
-                           cfg.temperature, eos_token_id=t.tokenizer.eos_token_id, share_prompts=False)
+    rollout.completion_ids[rollout.completion_mask == 0] = c.tokenizer.pad_token_id
+    full = completion_logp(s.policy, rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids,
+                           cfg.temperature, eos_token_id=c.tokenizer.eos_token_id, share_prompts=False)
     short = torch.tensor([0, 2, 3])
-    trimmed = rollout_logp(t, t.policy, rollout, short)
+    trimmed = rollout_logp(c, s.policy, rollout, short)
     assert trimmed.shape == (3, 8)
     torch.testing.assert_close(trimmed[:, :3], full[short, :3], atol=1e-5, rtol=1e-5)
     assert trimmed[:, 3:].eq(0).all()
-    torch.testing.assert_close(rollout_logp(t, t.policy, rollout, torch.tensor([1])), full[[1]], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rollout_logp(c, s.policy, rollout, torch.tensor([1])), full[[1]], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("mini_batches", [2, 3, 5, 7])
@@ -179,27 +168,28 @@ def test_mini_batches_is_the_number_of_optimizer_steps(make_cfg, tmp_path, mini_
     """
     cfg = make_cfg(tmp_path, **MIXED, mini_batches=mini_batches, inner_epochs=2)
     warm_cache(cfg)
-    t = build_trainer(cfg, **QUIET)
-    t.policy.zero_grad(set_to_none=True)
-    grpo_step(t, 1)
-    steps = {int(state["step"]) for state in t.optimizer.state.values()}
+    c, s = build_run(cfg, **QUIET)
+    s.policy.zero_grad(set_to_none=True)
+    grpo_step(c, s, 1)
+    steps = {int(state["step"]) for state in s.optimizer.state.values()}
     assert steps == {2 * mini_batches}          # inner_epochs x mini_batches optimizer steps
 
 
 # ---------------------------------------------------------------- arms are paired by seed
 
-def recorded_prompts(t: Trainer, steps: int) -> list[list[str]]:
-    """The prompts `t` draws in its first `steps` steps."""
-    drawn, sample = [], t.task.sample
+def recorded_prompts(run, steps: int) -> list[list[str]]:
+    """The prompts a run (components, state) draws in its first `steps` steps."""
+    c, s = run
+    drawn, sample = [], c.task.sample
 
     def recording(generator, n):
         examples = sample(generator, n)
         drawn.append([e.prompt for e in examples])
         return examples
 
-    t.task.sample = recording
+    c.task.sample = recording
     for step in range(1, steps + 1):
-        grpo_step(t, step)
+        grpo_step(c, s, step)
     return drawn
 
 
@@ -209,9 +199,9 @@ def test_arms_differing_in_inner_epochs_draw_the_same_prompts(make_cfg, tmp_path
     one = make_cfg(tmp_path, **MIXED)
     two = dataclasses.replace(one, inner_epochs=2, mini_batches=2)
     warm_cache(one)
-    assert recorded_prompts(build_trainer(one, **QUIET), 3) == recorded_prompts(build_trainer(two, **QUIET), 3)
+    assert recorded_prompts(build_run(one, **QUIET), 3) == recorded_prompts(build_run(two, **QUIET), 3)
     other_seed = dataclasses.replace(one, seed=1)
-    assert recorded_prompts(build_trainer(other_seed, **QUIET), 1) != recorded_prompts(build_trainer(one, **QUIET), 1)
+    assert recorded_prompts(build_run(other_seed, **QUIET), 1) != recorded_prompts(build_run(one, **QUIET), 1)
 
 
 # ---------------------------------------------------------------- guards
@@ -220,20 +210,20 @@ def test_non_finite_gradient_stops_before_the_optimizer_step(make_cfg, tmp_path)
     """The loss is finite but one gradient is NaN: the step raises before AdamW touches the weights."""
     cfg = make_cfg(tmp_path, **MIXED)
     warm_cache(cfg)
-    t = build_trainer(cfg, **QUIET)
-    before = [p.detach().clone() for p in t.policy.parameters()]
-    t.policy.lm_head.weight.register_hook(lambda grad: grad * float("nan"))
+    c, s = build_run(cfg, **QUIET)
+    before = [p.detach().clone() for p in s.policy.parameters()]
+    s.policy.lm_head.weight.register_hook(lambda grad: grad * float("nan"))
     with pytest.raises(TrainingDiverged, match="non-finite gradient norm at step 1"):
-        grpo_step(t, 1)
-    assert all(torch.equal(a, b) for a, b in zip(before, t.policy.parameters()))
-    assert not t.optimizer.state                      # AdamW never stepped
+        grpo_step(c, s, 1)
+    assert all(torch.equal(a, b) for a, b in zip(before, s.policy.parameters()))
+    assert not s.optimizer.state                      # AdamW never stepped
 
 
 def test_without_a_correct_reward_accuracy_is_absent(make_cfg, tmp_path):
     """The catalogue: a key that cannot be computed is absent (it used to be logged as 0)."""
     cfg = make_cfg(tmp_path, **MIXED, reward_weights={"format": 1.0})
     warm_cache(cfg)
-    metrics, _ = grpo_step(build_trainer(cfg, **QUIET), 1)
+    metrics = grpo_step(*build_run(cfg, **QUIET), 1).metrics
     assert "accuracy" not in metrics and "reward/format/mean" in metrics
     assert not [k for k in metrics if k.startswith(("zero_var/all_", "accuracy/", "len/correct", "len/wrong"))]
     assert "zero_var/frac" in metrics
@@ -241,11 +231,11 @@ def test_without_a_correct_reward_accuracy_is_absent(make_cfg, tmp_path):
 
 # ---------------------------------------------------------------- the warm start hands over a clean model
 
-def test_build_trainer_leaves_no_gradient_behind(make_cfg, tmp_path, monkeypatch):
+def test_build_run_leaves_no_gradient_behind(make_cfg, tmp_path, monkeypatch):
     """With a cold warm-start cache the freshly fine-tuned policy must carry no SFT gradient into RL."""
     monkeypatch.setenv("GRPO_CACHE", str(tmp_path / "cold_cache"))
-    t = build_trainer(make_cfg(tmp_path), **QUIET)
-    stale = [name for name, p in t.policy.named_parameters() if p.grad is not None]
+    c, s = build_run(make_cfg(tmp_path), **QUIET)
+    stale = [name for name, p in s.policy.named_parameters() if p.grad is not None]
     assert not stale, f"{len(stale)} parameters keep the warm start's last gradient, e.g. {stale[:2]}"
 
 
@@ -285,11 +275,11 @@ def test_lr_zero_leaves_the_weights_unchanged(make_cfg, tmp_path):
     """--lr 0 is a frozen policy (a probe's null run): two steps with gradients, two epochs of two
     mini-batches each and weight decay move no weight at all (AdamW scales both by lr)."""
     cfg = make_cfg(tmp_path, **MIXED, steps=2, lr=0.0, weight_decay=0.1, inner_epochs=2, mini_batches=2)
-    t = build_trainer(cfg, **QUIET)
-    before = {name: p.detach().clone() for name, p in t.policy.named_parameters()}
-    norms = [grpo_step(t, step)[0]["grad_norm"] for step in (1, 2)]
+    c, s = build_run(cfg, **QUIET)
+    before = {name: p.detach().clone() for name, p in s.policy.named_parameters()}
+    norms = [grpo_step(c, s, step).metrics["grad_norm"] for step in (1, 2)]
     assert max(norms) > 0          # there was a gradient to follow: lr 1e-4 would have moved the weights
-    for name, p in t.policy.named_parameters():
+    for name, p in s.policy.named_parameters():
         assert torch.equal(p.detach(), before[name]), name
 
 
@@ -450,8 +440,8 @@ def test_nan_reward_stops_the_run_and_keeps_the_last_good_checkpoint(make_cfg, t
     assert "step 3" in summary["error"] and summary["steps_done"] == 2
     assert [r["step"] for r in read_metrics(run_dir)] == [0, 1, 2]
     assert [p.name for p in checkpoint_dirs(run_dir)] == ["step_000001", "step_000002"]
-    t = build_trainer(cfg, **QUIET)
-    assert load_checkpoint(checkpoint_dirs(run_dir)[-1], t.policy, t.optimizer, t.device)["step"] == 2
+    c, s = build_run(cfg, **QUIET)
+    assert load_checkpoint(checkpoint_dirs(run_dir)[-1], s.policy, s.optimizer, c.device)["step"] == 2
 
     # With the reward fixed, the same command resumes from step 2 and finishes.
     monkeypatch.setitem(REWARDS, "correct", correct)
@@ -472,9 +462,9 @@ def test_nan_reward_raises_training_diverged(make_cfg, tmp_path, monkeypatch):
 def test_kl_beta_zero_builds_no_reference_and_logs_no_kl(make_cfg, tmp_path):
     cfg = make_cfg(tmp_path, **MIXED, kl_beta=0.0)
     warm_cache(cfg)
-    t = build_trainer(cfg, **QUIET)
-    assert t.reference is None
-    metrics, _ = grpo_step(t, 1)
+    c, s = build_run(cfg, **QUIET)
+    assert c.reference is None
+    metrics = grpo_step(c, s, 1).metrics
     assert not [k for k in metrics if k.startswith("kl/")]
     assert "loss" in metrics and math.isfinite(metrics["loss"])
 
@@ -482,12 +472,12 @@ def test_kl_beta_zero_builds_no_reference_and_logs_no_kl(make_cfg, tmp_path):
 def test_kl_beta_positive_builds_a_frozen_reference_and_logs_kl(make_cfg, tmp_path):
     cfg = make_cfg(tmp_path, **MIXED, kl_beta=0.1, lr=1e-2)
     warm_cache(cfg)
-    t = build_trainer(cfg, **QUIET)
-    assert t.reference is not None and t.reference is not t.policy
-    assert all(not p.requires_grad for p in t.reference.parameters())
-    reference_before = [p.clone() for p in t.reference.parameters()]
-    first, _ = grpo_step(t, 1)
-    second, _ = grpo_step(t, 2)
+    c, s = build_run(cfg, **QUIET)
+    assert c.reference is not None and c.reference is not s.policy
+    assert all(not p.requires_grad for p in c.reference.parameters())
+    reference_before = [p.clone() for p in c.reference.parameters()]
+    first = grpo_step(c, s, 1).metrics
+    second = grpo_step(c, s, 2).metrics
     for metrics in (first, second):
         assert {"kl/k1", "kl/k2", "kl/k3"} <= set(metrics)
     # step 1 samples from the warm start itself: KL to the reference is 0, to float rounding (the reference
@@ -496,7 +486,7 @@ def test_kl_beta_positive_builds_a_frozen_reference_and_logs_kl(make_cfg, tmp_pa
     for key in ("kl/k1", "kl/k2", "kl/k3"):
         assert abs(first[key]) < 1e-7, key
     assert second["kl/k3"] > 0.0
-    assert all(torch.equal(a, b) for a, b in zip(reference_before, t.reference.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(reference_before, c.reference.parameters()))
 
 
 # ---------------------------------------------------------------- end to end (slow: make test-slow)
@@ -588,22 +578,23 @@ def test_step_zero_evaluation_is_computed_once_per_warm_start_and_seed(make_cfg,
     monkeypatch.setenv("GRPO_CACHE", str(tmp_path / "cache"))      # a store no other test has written
     cfg = make_cfg(tmp_path, eval_prompts=12, eval_samples=4, max_new_tokens=8)
     warm_cache(cfg)
-    first = build_trainer(cfg, **QUIET)
-    store = first.eval_store
+    first = build_run(cfg, **QUIET)
+    store = first[0].eval_store
     assert store is not None and store.parent.parent.name == "warmstart" and not store.exists()
-    fresh = first.evaluate(0)
+    fresh = evaluate_policy(*first, 0)
     files = sorted(store.glob("*.json"))
     assert len(files) == 2                                          # greedy flags, seed 0's sampled flags
-    other_arm = build_trainer(dataclasses.replace(cfg, kl_beta=0.0, lr=1e-3), **QUIET)
-    assert other_arm.evaluate(0) == fresh
+    other_arm = build_run(dataclasses.replace(cfg, kl_beta=0.0, lr=1e-3), **QUIET)
+    assert evaluate_policy(*other_arm, 0) == fresh
     assert sorted(store.glob("*.json")) == files                    # read, nothing new
     other_seed = dataclasses.replace(cfg, seed=1)
-    unstored = dataclasses.replace(build_trainer(other_seed, **QUIET), eval_store=None).evaluate(0)
-    assert build_trainer(other_seed, **QUIET).evaluate(0) == unstored
+    c, s = build_run(other_seed, **QUIET)
+    unstored = evaluate_policy(dataclasses.replace(c, eval_store=None), s, 0)
+    assert evaluate_policy(*build_run(other_seed, **QUIET), 0) == unstored
     assert len(list(store.glob("*.json"))) == 3                     # seed 1's sampled flags added
     for path in store.glob("*.json"):
         path.write_text("{not json")
-    assert first.evaluate(0) == fresh                               # damaged: computed again, same values
+    assert evaluate_policy(*first, 0) == fresh                      # damaged: computed again, same values
     written = {path: path.stat().st_mtime_ns for path in store.glob("*.json")}
-    first.evaluate(5)
+    evaluate_policy(*first, 5)
     assert {path: path.stat().st_mtime_ns for path in store.glob("*.json")} == written   # later steps: not kept
