@@ -42,12 +42,12 @@ lower is read by the k1 modes only. Departure: verl's code bounds k1 = -d = log(
 [lower, upper]. They agree for verl's symmetric default (lower = 1/upper); here the docs' reading is used, so
 lower and upper bound the same r as the IS weights' c_min and c_max.
 
-off_policy_sequence_mask: DeepSeek-V3.2 (DeepSeek-AI 2025, arXiv 2512.02556, sec. 3.1, "Off-Policy Sequence
-Masking", eq. 9). Drop the tokens of completion i where A_i,t < 0 and
+off_policy_sequence_mask: DeepSeek-V3.2 (DeepSeek-AI 2025, arXiv 2512.02556, "Scaling GRPO": "Off-Policy Sequence
+Masking", eq. 9 as TRL cites it). Drop the tokens of completion i where A_i,t < 0 and
     (1/|o_i|) sum_t log(pi_sampler / pi_theta) > delta
 the k1 estimate of KL(pi_sampler || pi_theta) from the sampler's own tokens, pi_theta the current learner
 (detached). The paper's pi_old there is the inference engine's probability, so the one number covers both the
-sampler mismatch and the staleness of pi_old. Its unbiased KL to the reference (the paper's eq. 7-8,
+sampler mismatch and the staleness of pi_old. Its unbiased KL to the reference (the same section's
 (pi_theta / pi_old) k3) is grpo/kl.py's `k3_is`, which reads the learner's old_logp for pi_old.
 
 Metrics (mismatch_metrics), 0-dim detached tensors; an empty mask gives 0 for every key, never NaN:
