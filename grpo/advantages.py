@@ -16,6 +16,10 @@ Sources:
   opo           Hao et al. 2025, "On-Policy RL with Optimal Reward Baseline": length-weighted baseline.
   gpg           Chu et al. 2025, "GPG: A Simple and Strong Reinforcement Learning Baseline for Model
                 Reasoning": r - group mean, rescaled by P / (groups with signal).
+
+Several reward functions: the estimators above see their weighted sum (sum, then normalise).
+`normalize_then_sum` is GDPO's alternative (Liu et al. 2026, NVIDIA, arXiv 2601.05242): normalise each reward
+within its group, sum, then whiten over the batch. It takes the rewards one [P, G] tensor per function.
 """
 
 from __future__ import annotations
@@ -152,3 +156,33 @@ def compute_advantages(rewards: Tensor, estimator: str = "grpo", eps: float = 1e
     if not rewards.is_floating_point():
         rewards = rewards.float()
     return ADVANTAGES[estimator](rewards, eps=eps, lengths=lengths)
+
+
+def normalize_then_sum(parts: dict[str, Tensor], weights: dict[str, float] | None = None,
+                       eps: float = 1e-4) -> Tensor:
+    """GDPO advantages [P, G] from several reward functions' rewards, parts[name] [P, G].
+
+    Liu et al. 2026, "GDPO: Group reward-Decoupled Normalization Policy Optimization for Multi-reward RL
+    Optimization" (arXiv 2601.05242; NVlabs/GDPO's TRL patch, TRL's multi_objective_aggregation=
+    "normalize_then_sum"):
+        A_k = (r_k - group mean) / (unbiased group std + eps)      per reward k: grpo_advantages
+        S   = sum_k w_k A_k                                        weights: name -> w_k; None: all 1
+        A   = (S - mean(S)) / (std(S) + eps)                       mean, unbiased std over all P*G values
+    Summing the rewards first maps distinct reward combinations to one advantage: with G = 2 and two
+    binary rewards, totals (0, 1) and (0, 2) both give (-1/sqrt 2, 1/sqrt 2); GDPO keeps them apart
+    (the second is twice the first before the batch step). A reward constant within a group adds exactly 0
+    there; a group whose S is constant (every reward constant, or their terms cancel) gets exactly 0, as
+    in reinforce_pp (mean(S) is 0 up to rounding: each A_k row sums to 0).
+    Raises GrpoError for no parts, parts of different shapes, or weights naming other rewards than parts.
+    """
+    if not parts:
+        raise GrpoError("normalize_then_sum needs at least one reward function's rewards")
+    shapes = {name: tuple(r.shape) for name, r in parts.items()}
+    if len(set(shapes.values())) != 1:
+        raise GrpoError(f"every reward function's rewards must have one shape [P, G], got {shapes}")
+    if weights is not None and set(weights) != set(parts):
+        raise GrpoError(f"reward weights name {sorted(weights)}, the rewards are {sorted(parts)}")
+    summed = sum((1.0 if weights is None else weights[name]) * compute_advantages(rewards, "grpo", eps)
+                 for name, rewards in parts.items())
+    whitened = (summed - summed.mean()) / (summed.std() + eps)
+    return torch.where(_constant(summed), torch.zeros_like(whitened), whitened)

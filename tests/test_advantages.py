@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from grpo import GrpoError
-from grpo.advantages import ADVANTAGES, AdvantageName, compute_advantages
+from grpo.advantages import ADVANTAGES, AdvantageName, compute_advantages, normalize_then_sum
 
 ESTIMATORS = ["grpo", "dr_grpo", "batch_std", "rloo", "reinforce_pp", "opo", "gpg"]
 EPS = 1e-4
@@ -448,3 +448,84 @@ def test_lengths_must_have_the_rewards_shape():
         compute_advantages(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), "opo", eps=EPS, lengths=torch.ones(2, 3))
     with pytest.raises(GrpoError, match="lengths"):
         compute_advantages(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), "grpo", eps=EPS, lengths=torch.ones(4))
+
+
+# ---------------------------------------------------------------- GDPO: normalise each reward, then sum
+
+
+def _gdpo_paper_example() -> dict[str, torch.Tensor]:
+    """GDPO's figure (NVlabs/GDPO imgs/gdpo_toy.png): G = 2, two binary rewards. Group A's rollouts score
+    (format, correct) = (0, 0) and (0, 1), totals (0, 1); group B's (0, 0) and (1, 1), totals (0, 2)."""
+    return {"format": torch.tensor([[0.0, 0.0], [0.0, 1.0]]), "correct": torch.tensor([[0.0, 1.0], [0.0, 1.0]])}
+
+
+def test_summing_first_collapses_totals_0_1_and_0_2_to_one_advantage():
+    # Totals [0, 1]: mean 1/2, unbiased std sqrt(1/2) -> (-1/2, 1/2) / sqrt(1/2) = (-0.7071068, 0.7071068).
+    # Totals [0, 2]: mean 1, unbiased std sqrt(2)     -> (-1, 1) / sqrt(2)       = (-0.7071068, 0.7071068).
+    parts = _gdpo_paper_example()
+    summed = compute_advantages(parts["format"] + parts["correct"], "grpo", eps=0.0)
+    torch.testing.assert_close(summed[0], summed[1], rtol=0, atol=1e-7)
+    torch.testing.assert_close(summed[0], torch.tensor([-1.0, 1.0]) / math.sqrt(2), rtol=0, atol=1e-7)
+
+
+def test_gdpo_hand_values_on_the_paper_example():
+    # Per reward, a group [0, 1] gives (-c, c) with c = (1/2) / (sqrt(1/2) + eps); a constant group gives 0.
+    #   A: format [0, 0] -> 0, correct [0, 1] -> (-c, c):   S_A = (-c, c)
+    #   B: both [0, 1] -> (-c, c) each:                      S_B = (-2c, 2c)     (the paper's +-0.7071, +-1.4142)
+    # Batch: S = [-c, c, -2c, 2c], mean 0, unbiased std sqrt((1 + 1 + 4 + 4) c^2 / 3) = c sqrt(10/3).
+    #   A = S / (c sqrt(10/3) + eps).  With eps = 1e-4: c = 0.5 / 0.7072068 = 0.7070068,
+    #   c sqrt(10/3) = 0.7070068 * 1.8257419 = 1.2908119, A_A = +-0.7070068 / 1.2909119 = +-0.5476801,
+    #   A_B = +-1.0953603.
+    c = 0.5 / (math.sqrt(0.5) + EPS)
+    scale = c * math.sqrt(10 / 3) + EPS
+    expected = torch.tensor([[-c, c], [-2 * c, 2 * c]]) / scale
+    adv = normalize_then_sum(_gdpo_paper_example(), eps=EPS)
+    torch.testing.assert_close(adv, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(adv, torch.tensor([[-0.5476801, 0.5476801], [-1.0953603, 1.0953603]]),
+                               rtol=0, atol=1e-6)
+    # eps = 0: exactly +-1 / sqrt(10/3) = +-0.5477226 and +-2 / sqrt(10/3) = +-1.0954451.
+    torch.testing.assert_close(normalize_then_sum(_gdpo_paper_example(), eps=0.0),
+                               torch.tensor([[-1.0, 1.0], [-2.0, 2.0]]) / math.sqrt(10 / 3), rtol=0, atol=1e-6)
+
+
+def test_gdpo_ties_1_0_and_0_1_within_a_group_where_both_rewards_have_one_rate():
+    # One group, rollouts (1,0), (0,1), (0,0), (1,1). Sum first: totals [1, 1, 0, 2] tie rollouts 0 and 1.
+    # GDPO: each reward is [1,0,0,1] / [0,1,0,1], mean 1/2, std s = sqrt(1/3): A_format = (1,-1,-1,1) / (2s),
+    # A_correct = (-1,1,-1,1) / (2s); S = (0, 0, -1/s, 1/s): rollouts 0 and 1 tie here too (exactly 0).
+    # Batch (eps = 0): mean 0, unbiased std sqrt((2 / s^2) / 3) = sqrt(2/3) / s -> A = (0, 0, -1, 1) sqrt(3/2).
+    # The decoupling separates groups, not rollouts whose rewards have the same success rate in their group.
+    parts = {"format": torch.tensor([[1.0, 0.0, 0.0, 1.0]]), "correct": torch.tensor([[0.0, 1.0, 0.0, 1.0]])}
+    summed = compute_advantages(parts["format"] + parts["correct"], "grpo", eps=0.0)
+    assert summed[0, 0] == summed[0, 1]
+    adv = normalize_then_sum(parts, eps=0.0)
+    torch.testing.assert_close(adv, torch.tensor([[0.0, 0.0, -1.0, 1.0]]) * math.sqrt(1.5), rtol=0, atol=1e-6)
+    assert adv[0, 0] == 0.0 and adv[0, 1] == 0.0
+
+
+def test_gdpo_weights_scale_each_reward_before_the_sum():
+    # a = [0, 1] -> (-c, c); b = [1, 0] -> (c, -c). Equal weights: S = (0, 0), a constant group -> exactly 0.
+    # Weights a = 3, b = 1: S = (-2c, 2c); batch std of two values = sqrt(8 c^2 / 1) = 2 sqrt(2) c
+    # -> (eps = 0) A = (-1, 1) / sqrt(2).
+    parts = {"a": torch.tensor([[0.0, 1.0]]), "b": torch.tensor([[1.0, 0.0]])}
+    assert torch.equal(normalize_then_sum(parts, eps=EPS), torch.zeros(1, 2))
+    adv = normalize_then_sum(parts, {"a": 3.0, "b": 1.0}, eps=0.0)
+    torch.testing.assert_close(adv, torch.tensor([[-1.0, 1.0]]) / math.sqrt(2), rtol=0, atol=1e-6)
+
+
+def test_gdpo_constant_groups_get_exactly_zero():
+    # Group 0 has every reward constant; group 1 carries the signal. All-constant batch: all 0, no NaN at eps = 0.
+    parts = {"a": torch.tensor([[1.0, 1.0, 1.0], [0.0, 1.0, 1.0]]),
+             "b": torch.tensor([[0.0, 0.0, 0.0], [2.0, 0.0, 1.0]])}
+    adv = normalize_then_sum(parts, eps=EPS)
+    assert torch.equal(adv[0], torch.zeros(3)) and adv[1].abs().sum() > 0
+    flat = {"a": torch.ones(2, 3), "b": torch.zeros(2, 3)}
+    assert torch.equal(normalize_then_sum(flat, eps=0.0), torch.zeros(2, 3))
+
+
+def test_gdpo_errors():
+    with pytest.raises(GrpoError, match="at least one"):
+        normalize_then_sum({}, eps=EPS)
+    with pytest.raises(GrpoError, match="one shape"):
+        normalize_then_sum({"a": torch.zeros(2, 3), "b": torch.zeros(3, 2)}, eps=EPS)
+    with pytest.raises(GrpoError, match="reward weights"):
+        normalize_then_sum({"a": torch.zeros(2, 3)}, {"b": 1.0}, eps=EPS)
