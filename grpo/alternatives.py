@@ -17,13 +17,13 @@ import dataclasses
 
 from grpo import GrpoError
 from grpo.flags import parse_flags
+from grpo.losses import LossSettings
 
-# The fields an alternative may change: those that act on advantages or the loss of fixed rollouts.
-LOSS_FIELDS = frozenset({
-    "advantage", "adv_eps", "aggregation", "objective", "clip_eps_low", "clip_eps_high", "dual_clip", "delta",
-    "sapo_tau_pos", "sapo_tau_neg", "kl_cov_ratio", "kl_cov_coef", "clip_cov_ratio", "clip_cov_lb", "clip_cov_ub",
-    "kl_beta", "kl_estimator", "entropy_coef", "top_entropy_quantile", "mask_truncated",
-})
+# The fields an alternative may change: those that act on advantages or the loss of fixed rollouts, i.e.
+# every setting of policy_loss (LossSettings), the advantage estimator and the loss's token mask.
+LOSS_FIELDS = frozenset(field.name for field in dataclasses.fields(LossSettings)) | {
+    "advantage", "adv_eps", "mask_truncated"}
+# Below, subsets of LossSettings's fields (tests/test_loss_settings.py checks).
 # Fields that act on the loss only through the ratio r: at r = 1 no clip bound is reached (eps > 0,
 # dual_clip > 1, delta > 1 + eps_high), SAPO's gate weighs every token 4 s (1 - s) = 1 whatever tau, and
 # KL-Cov's |log r| has zero gradient (torch's sign(0) = 0).

@@ -35,7 +35,7 @@ from grpo.advantages import compute_advantages
 from grpo.losses import loss_token_mask, policy_loss
 from grpo.objectives import SELECTIONS, token_covariance, top_entropy_keep
 from grpo.state import Components, TrainState
-from grpo.update import loss_kwargs, micro_batches, objective_params, rollout_logp
+from grpo.update import loss_settings, micro_batches, rollout_logp
 
 
 def flat_grad(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
@@ -53,6 +53,7 @@ def counterfactual_metrics(c: Components, s: TrainState, step: int, rollout, sha
     rows = dist.rank_rows(c.cfg.prompts_per_step)
     prepared = []
     for name, cfg in settings:
+        loss_cfg = loss_settings(cfg)
         advantages = compute_advantages(shaped_rewards, cfg.advantage, eps=cfg.adv_eps, lengths=lengths)
         loss_mask = loss_token_mask(mask, rollout.truncated, cfg.mask_truncated)
         keep = top_entropy_keep(rollout.entropy, loss_mask, cfg.top_entropy_quantile) \
@@ -63,23 +64,22 @@ def counterfactual_metrics(c: Components, s: TrainState, step: int, rollout, sha
             generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
             selection_logp = rollout.logp if old_logp is None else old_logp
             selected = SELECTIONS[cfg.objective](token_covariance(adv[:, None], selection_logp, loss_mask),
-                                                 loss_mask, objective_params(cfg), generator)
+                                                 loss_mask, loss_cfg, generator)
         norms = dict(num_seqs=float(dist.sum_across(torch.tensor(float(len(adv))))),
                      num_tokens=float(dist.sum_across(loss_mask.sum().cpu())), max_len=cfg.max_new_tokens)
-        prepared.append((name, cfg, adv, loss_mask, keep, selected, norms))
+        prepared.append((name, cfg, loss_cfg, adv, loss_mask, keep, selected, norms))
     needs_entropy = any(cfg.entropy_coef != 0 for _, cfg, *_ in prepared)
     grads = {name: torch.zeros(sum(p.numel() for p in params), device=c.device) for name, *_ in prepared}
     for micro in micro_batches(c, rollout, torch.arange(mask.shape[0], device=c.device)):
         with c.autocast():
             learner = rollout_logp(c, s.policy, rollout, micro, with_entropy=needs_entropy)
         logp, entropy = learner if needs_entropy else (learner, None)
-        for name, cfg, adv, loss_mask, keep, selected, norms in prepared:
-            kwargs = loss_kwargs(cfg)
+        for name, cfg, loss_cfg, adv, loss_mask, keep, selected, norms in prepared:
             pi_old = logp.detach() if old_logp is None else old_logp[micro]
             loss, _ = policy_loss(logp, pi_old, None if ref_logp is None else ref_logp[micro], adv[micro],
-                                  loss_mask[micro], cov_selected=None if selected is None else selected[micro],
-                                  entropy=entropy, entropy_keep=None if keep is None else keep[micro],
-                                  **norms, **kwargs)
+                                  loss_mask[micro], loss_cfg,
+                                  cov_selected=None if selected is None else selected[micro],
+                                  entropy=entropy, entropy_keep=None if keep is None else keep[micro], **norms)
             grads[name] += flat_grad(loss, params)
     grads = {name: dist.sum_across(g) for name, g in grads.items()}
     grads = {name: g.double() for name, g in grads.items()}     # a cosine near 1 needs the precision

@@ -18,16 +18,32 @@ whole optimizer batch's values and the micro-batch losses add up exactly to the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Literal
 
 import torch
 from torch import Tensor
 
 from grpo import GrpoError
-from grpo.kl import KL_ESTIMATORS, kl_k3, kl_per_token
-from grpo.objectives import OBJECTIVES, SELECTIONS, ObjectiveParams, masked_mean, token_covariance, top_entropy_keep
+from grpo.kl import KL_ESTIMATORS, KLName, kl_k3, kl_per_token
+from grpo.objectives import (OBJECTIVES, SELECTIONS, ObjectiveName, ObjectiveParams, masked_mean, token_covariance,
+                             top_entropy_keep)
 
 AggregationName = Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class LossSettings(ObjectiveParams):
+    """Every setting of policy_loss: the objectives' (ObjectiveParams) and these. The one declaration
+    of the loss's settings: each field is the TrainConfig field of the same name, which holds its
+    default and --help text (grpo.update.loss_settings builds this from a config by these names; the
+    counterfactual's LOSS_FIELDS are these names too)."""
+    objective: ObjectiveName
+    aggregation: AggregationName
+    kl_beta: float
+    kl_estimator: KLName
+    entropy_coef: float
+    top_entropy_quantile: float
 
 
 def seq_mean_token_mean(tok_loss: Tensor, mask: Tensor, *, num_seqs: float, num_tokens: float,
@@ -67,38 +83,23 @@ def policy_loss(
     ref_logp: Tensor | None,
     advantages: Tensor,
     mask: Tensor,
+    settings: LossSettings,
     *,
-    clip_eps_low: float = 0.2,
-    clip_eps_high: float = 0.2,
-    kl_beta: float = 0.0,
-    kl_estimator: str = "k3",
-    aggregation: str = "seq_mean_token_mean",
     num_seqs: float | None = None,
     num_tokens: float | None = None,
     max_len: float | None = None,
-    objective: str = "clip",
-    dual_clip: float | None = None,
-    delta: float | None = None,
-    sapo_tau_pos: float = 1.0,
-    sapo_tau_neg: float = 1.05,
-    kl_cov_ratio: float = 0.002,
-    kl_cov_coef: float = 1.0,
-    clip_cov_ratio: float = 0.0002,
-    clip_cov_lb: float = 1.0,
-    clip_cov_ub: float = 5.0,
     generator: torch.Generator | None = None,
     cov_selected: Tensor | None = None,
-    entropy_coef: float = 0.0,
     entropy: Tensor | None = None,
-    top_entropy_quantile: float = 1.0,
     sampling_entropy: Tensor | None = None,
     entropy_keep: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Scalar loss and detached statistics for one (micro-)batch.
 
     logp, old_logp, ref_logp, mask: [B, T]; advantages: [B] (one per completion) or [B, T].
-    ref_logp may be None when kl_beta == 0. num_seqs / num_tokens / max_len default to this batch's
-    B, mask.sum() and T. The objective's keyword parameters are read by the objectives that use them.
+    ref_logp may be None when kl_beta == 0. settings: the objective, its parameters (read by the
+    objectives that use them), the aggregation, the KL and entropy terms. num_seqs / num_tokens /
+    max_len default to this batch's B, mask.sum() and T.
 
     Batch-level selections: kl_cov / clip_cov pick tokens by Cov(A, logp) and --top-entropy-quantile by
     sampling entropy. A caller that splits a batch into micro-batches passes the whole batch's choice
@@ -116,6 +117,9 @@ def policy_loss(
       entropy/kept_frac        share of tokens the entropy selection keeps (only when rho < 1)
       tokens, seqs             completion tokens and non-empty completions the means are over
     """
+    objective, aggregation, kl_beta, kl_estimator = (settings.objective, settings.aggregation, settings.kl_beta,
+                                                     settings.kl_estimator)
+    entropy_coef, top_entropy_quantile = settings.entropy_coef, settings.top_entropy_quantile
     if aggregation not in AGGREGATIONS:
         raise GrpoError(f"unknown aggregation {aggregation!r}; choose from {sorted(AGGREGATIONS)}")
     if kl_estimator not in KL_ESTIMATORS:
@@ -141,17 +145,15 @@ def policy_loss(
 
     adv = advantages.to(logp.dtype)
     adv = (adv.unsqueeze(-1) if adv.dim() == 1 else adv).expand_as(logp)       # [B, T]
-    params = ObjectiveParams(clip_eps_low, clip_eps_high, dual_clip, delta, sapo_tau_pos, sapo_tau_neg,
-                             kl_cov_ratio, kl_cov_coef, clip_cov_ratio, clip_cov_lb, clip_cov_ub)
     if top_entropy_quantile < 1.0 and entropy_keep is None:
         if sampling_entropy is None:
             raise GrpoError("top_entropy_quantile < 1 needs the sampling entropy (or a precomputed entropy_keep)")
         entropy_keep = top_entropy_keep(sampling_entropy, mask, top_entropy_quantile)
     if objective in SELECTIONS and cov_selected is None:
-        cov_selected = SELECTIONS[objective](token_covariance(adv, logp, mask), mask, params, generator)
+        cov_selected = SELECTIONS[objective](token_covariance(adv, logp, mask), mask, settings, generator)
     # The policy term covers the kept tokens: a token-level objective's loss is zeroed elsewhere, a
     # sequence-level one (gmpo) forms its sequence value from the kept tokens only.
-    tok_loss, cut, objective_stats, per_sequence = OBJECTIVES[objective](logp, old_logp, adv, mask, params,
+    tok_loss, cut, objective_stats, per_sequence = OBJECTIVES[objective](logp, old_logp, adv, mask, settings,
                                                                          cov_selected, entropy_keep)
     if entropy_keep is not None:
         tok_loss = tok_loss if per_sequence else tok_loss * entropy_keep.to(tok_loss.dtype)

@@ -50,20 +50,22 @@ from torch import Tensor
 ObjectiveName = Literal["clip", "gspo", "cispo", "sapo", "gmpo", "gpg", "kl_cov", "clip_cov"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ObjectiveParams:
-    """The objectives' hyper-parameters (each objective reads the ones it needs)."""
-    clip_eps_low: float = 0.2
-    clip_eps_high: float = 0.2
-    dual_clip: float | None = None
-    delta: float | None = None
-    sapo_tau_pos: float = 1.0
-    sapo_tau_neg: float = 1.05
-    kl_cov_ratio: float = 0.002
-    kl_cov_coef: float = 1.0
-    clip_cov_ratio: float = 0.0002
-    clip_cov_lb: float = 1.0
-    clip_cov_ub: float = 5.0
+    """The objectives' and token selections' hyper-parameters (each objective reads the ones it needs).
+    The loss's other settings extend it in losses.LossSettings, the one declaration of the loss's
+    settings; the field names are TrainConfig's, whose defaults and --help text they take (no defaults here)."""
+    clip_eps_low: float
+    clip_eps_high: float
+    dual_clip: float | None
+    delta: float | None
+    sapo_tau_pos: float
+    sapo_tau_neg: float
+    kl_cov_ratio: float
+    kl_cov_coef: float
+    clip_cov_ratio: float
+    clip_cov_lb: float
+    clip_cov_ub: float
 
 
 class ObjectiveOutput(NamedTuple):

@@ -39,7 +39,7 @@ from grpo.presets import is_preset
 from grpo.probes import ledger_metrics
 from grpo.tasks import PromptPool, make_task
 from grpo.state import Components, RandomStreams, TrainState
-from grpo.update import loss_kwargs, micro_batches, objective_params, rollout_logp
+from grpo.update import loss_settings, micro_batches, rollout_logp
 from grpo.warmstart import warm_started_model, warmstart_entry
 
 __all__ = ["StepResult", "TrainingDiverged", "build_run", "evaluate_policy", "grpo_step"]
@@ -168,7 +168,7 @@ def update_policy(c: Components, s: TrainState, step: int, rollout: Rollout, adv
     over all epochs plus the per-epoch keys, loss and grad_norm.
     """
     cfg = c.cfg
-    kwargs = loss_kwargs(cfg)
+    settings = loss_settings(cfg)
     selection_logp = rollout.logp if old_logp is None else old_logp     # pi_old's (the sampler's) log-probs
     # clip_cov's draw: a generator of the (seed, step) alone, so resuming repeats it.
     selection_rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
@@ -188,7 +188,7 @@ def update_policy(c: Components, s: TrainState, step: int, rollout: Rollout, adv
                 if cfg.objective in SELECTIONS:
                     cov = token_covariance(advantages[mini_batch, None], selection_logp[mini_batch], loss_mask[mini_batch])
                     cov_selected[mini_batch] = SELECTIONS[cfg.objective](
-                        cov, loss_mask[mini_batch], objective_params(cfg), selection_rng)
+                        cov, loss_mask[mini_batch], settings, selection_rng)
                 mini_loss = torch.zeros((), device=c.device)
                 for rows in micro_batches(c, rollout, mini_batch):
                     with c.autocast():
@@ -196,11 +196,10 @@ def update_policy(c: Components, s: TrainState, step: int, rollout: Rollout, adv
                     logp, entropy = learner if cfg.entropy_coef != 0 else (learner, None)
                     loss, stats = policy_loss(
                         logp, logp.detach() if old_logp is None else old_logp[rows],
-                        None if ref_logp is None else ref_logp[rows], advantages[rows], loss_mask[rows],
+                        None if ref_logp is None else ref_logp[rows], advantages[rows], loss_mask[rows], settings,
                         num_seqs=num_seqs, num_tokens=num_tokens, max_len=cfg.max_new_tokens,
                         cov_selected=cov_selected[rows] if cfg.objective in SELECTIONS else None,
-                        entropy=entropy, entropy_keep=None if entropy_keep is None else entropy_keep[rows],
-                        **kwargs)
+                        entropy=entropy, entropy_keep=None if entropy_keep is None else entropy_keep[rows])
                     loss.backward()
                     mini_loss += loss.detach()
                     epoch_stats.add(stats, stats["tokens"], stats["seqs"])

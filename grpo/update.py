@@ -1,6 +1,6 @@
 """What a policy update needs beyond the loss formula, shared by the step (grpo/trainer.py) and the
 counterfactual probe (grpo/counterfactual.py): rows cut into micro-batches, their log-probs under a
-model, and policy_loss's settings from the config.
+model, and policy_loss's settings (losses.LossSettings) from the config.
 
 These read only the run's config, tokenizer and lean flag (grpo/state.py's Components).
 """
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from grpo.config import TrainConfig
-from grpo.objectives import ObjectiveParams
+from grpo.losses import LossSettings
 from grpo.policy import completion_logp, worth_sharing
 from grpo.sampler import Rollout
 from grpo.state import Components
@@ -50,18 +50,10 @@ def micro_batches(c: Components, rollout: Rollout, rows: torch.Tensor) -> list[t
     return list(rows.split(c.cfg.micro_batch))
 
 
-def loss_kwargs(cfg: TrainConfig) -> dict:
-    """policy_loss's keyword arguments that `cfg` sets (the KL term moves to the reward with
+def loss_settings(cfg: TrainConfig) -> LossSettings:
+    """policy_loss's settings: cfg's fields of LossSettings's names (the KL term moves to the reward with
     --kl-placement reward, so the loss then carries none)."""
-    return dict(clip_eps_low=cfg.clip_eps_low, clip_eps_high=cfg.clip_eps_high,
-                kl_beta=cfg.kl_beta if cfg.kl_placement == "loss" else 0.0, kl_estimator=cfg.kl_estimator,
-                aggregation=cfg.aggregation, objective=cfg.objective, dual_clip=cfg.dual_clip, delta=cfg.delta,
-                sapo_tau_pos=cfg.sapo_tau_pos, sapo_tau_neg=cfg.sapo_tau_neg, kl_cov_ratio=cfg.kl_cov_ratio,
-                kl_cov_coef=cfg.kl_cov_coef, clip_cov_ratio=cfg.clip_cov_ratio, clip_cov_lb=cfg.clip_cov_lb,
-                clip_cov_ub=cfg.clip_cov_ub, entropy_coef=cfg.entropy_coef,
-                top_entropy_quantile=cfg.top_entropy_quantile)
-
-
-def objective_params(cfg: TrainConfig) -> ObjectiveParams:
-    kwargs = loss_kwargs(cfg)
-    return ObjectiveParams(**{f.name: kwargs[f.name] for f in dataclasses.fields(ObjectiveParams)})
+    values = {field.name: getattr(cfg, field.name) for field in dataclasses.fields(LossSettings)}
+    if cfg.kl_placement != "loss":
+        values["kl_beta"] = 0.0
+    return LossSettings(**values)

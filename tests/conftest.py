@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 
+import dataclasses
+
 import pytest
 import torch
 
 from grpo.config import TrainConfig
 from grpo.config import config_flags as cli_args  # noqa: F401  (the tests' `grpo train` flags of a config)
+from grpo.losses import LossSettings
 
 # Small enough that a full run of a few steps takes about a second on one CPU core. One thread:
 # on a shared 2-core machine, two spinning OpenMP threads per process slow everything down.
@@ -26,6 +29,19 @@ SMALL_CONFIG = dict(
 # The seed toy with a 10-step warm start: groups come out mixed (some right, some wrong), so
 # advantages, clipping and KL are not trivially zero. Use as make_cfg(tmp_path, **MIXED, ...).
 MIXED = dict(task="seed_tokens", model="seed", warmstart_steps=10, warmstart_batch_size=16)
+
+# The loss settings the hand-computed loss and objective tests start from: plain PPO-clip at eps 0.2 with
+# no KL and no entropy term, one sequence-mean aggregation (the run's defaults are TrainConfig's, not these).
+PLAIN_LOSS = LossSettings(
+    objective="clip", aggregation="seq_mean_token_mean", clip_eps_low=0.2, clip_eps_high=0.2, dual_clip=None,
+    delta=None, sapo_tau_pos=1.0, sapo_tau_neg=1.05, kl_cov_ratio=0.002, kl_cov_coef=1.0, clip_cov_ratio=0.0002,
+    clip_cov_lb=1.0, clip_cov_ub=5.0, kl_beta=0.0, kl_estimator="k3", entropy_coef=0.0, top_entropy_quantile=1.0)
+
+
+def settings(**changes) -> LossSettings:
+    """PLAIN_LOSS with the named fields changed, e.g. settings(kl_beta=0.1, aggregation="token_mean")."""
+    return dataclasses.replace(PLAIN_LOSS, **changes)
+
 
 _ENV = {"WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false", "WANDB_SILENT": "true"}
 

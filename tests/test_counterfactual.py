@@ -18,7 +18,7 @@ from grpo.counterfactual import counterfactual_metrics
 from grpo.losses import policy_loss
 from grpo.sampler import Rollout
 from grpo.state import Components, RandomStreams, TrainState
-from grpo.update import loss_kwargs
+from grpo.update import loss_settings
 
 F64 = torch.float64
 
@@ -43,7 +43,7 @@ def loss_gradient(cfg: TrainConfig, x, on_policy: bool) -> torch.Tensor:
     or at the ratios exp(x.log_ratio)."""
     logp = x.logp.clone().requires_grad_(True)
     old_logp = logp.detach() if on_policy else logp.detach() - x.log_ratio
-    loss, _ = policy_loss(logp, old_logp, x.ref_logp, x.adv, x.mask, **loss_kwargs(cfg),
+    loss, _ = policy_loss(logp, old_logp, x.ref_logp, x.adv, x.mask, loss_settings(cfg),
                           generator=torch.Generator().manual_seed(1), sampling_entropy=x.sampling_entropy,
                           entropy=torch.sigmoid(logp))        # any differentiable stand-in for the learner's
     return torch.autograd.grad(loss, logp)[0]

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from grpo import GrpoError
+from conftest import settings
 from grpo.losses import AGGREGATIONS, loss_token_mask, policy_loss
 
 AGGREGATION_NAMES = ["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"]
@@ -41,7 +42,7 @@ CASE1_ADV = [2.0, -1.0]
 def test_ratio_one_no_kl_loss_depends_only_on_advantages_and_lengths(aggregation, expected):
     logp = torch.tensor(CASE1_LOGP, dtype=F64)
     loss, stats = policy_loss(logp, logp.clone(), None, torch.tensor(CASE1_ADV, dtype=F64),
-                              torch.tensor(CASE1_MASK, dtype=F64), kl_beta=0.0, aggregation=aggregation)
+                              torch.tensor(CASE1_MASK, dtype=F64), settings(kl_beta=0.0, aggregation=aggregation))
     torch.testing.assert_close(loss, torch.tensor(expected, dtype=F64), rtol=0, atol=1e-12)
     assert stats["ratio/mean"].item() == 1.0
     assert stats["tokens"].item() == 4.0
@@ -56,8 +57,8 @@ def test_ratio_one_no_kl_loss_depends_only_on_advantages_and_lengths(aggregation
 def test_explicit_normalisers_are_used(aggregation, expected):
     logp = torch.tensor(CASE1_LOGP, dtype=F64)
     loss, _ = policy_loss(logp, logp.clone(), None, torch.tensor(CASE1_ADV, dtype=F64),
-                          torch.tensor(CASE1_MASK, dtype=F64), aggregation=aggregation,
-                          num_seqs=4, num_tokens=10, max_len=5)
+                          torch.tensor(CASE1_MASK, dtype=F64), settings(aggregation=aggregation), num_seqs=4,
+                          num_tokens=10, max_len=5)
     torch.testing.assert_close(loss, torch.tensor(expected, dtype=F64), rtol=0, atol=1e-12)
 
 
@@ -104,8 +105,9 @@ def _case2(requires_grad: bool = False):
 ])
 def test_clipped_ratio_with_k3_penalty_hand_values(aggregation, expected, rounded):
     logp, old_logp, ref_logp, adv, mask = _case2()
-    loss, _ = policy_loss(logp, old_logp, ref_logp, adv, mask, clip_eps_low=0.2, clip_eps_high=0.2,
-                          kl_beta=0.1, kl_estimator="k3", aggregation=aggregation)
+    loss, _ = policy_loss(logp, old_logp, ref_logp, adv, mask, settings(clip_eps_low=0.2, clip_eps_high=0.2,
+                                                                        kl_beta=0.1, kl_estimator="k3",
+                                                                        aggregation=aggregation))
     torch.testing.assert_close(loss, torch.tensor(expected, dtype=F64), rtol=0, atol=1e-12)
     torch.testing.assert_close(loss, torch.tensor(rounded, dtype=F64), rtol=0, atol=1e-6)
 
@@ -117,8 +119,8 @@ def test_clipped_ratio_with_k3_penalty_hand_values(aggregation, expected, rounde
 ])
 def test_kl_estimator_choice_enters_the_loss(kl_estimator, expected):
     logp, old_logp, ref_logp, adv, mask = _case2()
-    loss, _ = policy_loss(logp, old_logp, ref_logp, adv, mask, kl_beta=0.1, kl_estimator=kl_estimator,
-                          aggregation="token_mean")
+    loss, _ = policy_loss(logp, old_logp, ref_logp, adv, mask,
+                          settings(kl_beta=0.1, kl_estimator=kl_estimator, aggregation="token_mean"))
     torch.testing.assert_close(loss, torch.tensor(expected, dtype=F64), rtol=0, atol=1e-12)
 
 
@@ -132,8 +134,8 @@ def test_case2_hand_gradient():
     #                  t1: 2 * 1.5 + 0 = 3.0               -> 3.0 / 6  = 0.5
     #                  t2: 2 * 1.0 + 0.1 * (1 - 2) = 1.9   -> 1.9 / 6  = 0.3166667
     logp, old_logp, ref_logp, adv, mask = _case2(requires_grad=True)
-    loss, _ = policy_loss(logp, old_logp, ref_logp, adv, mask, kl_beta=0.1, kl_estimator="k3",
-                          aggregation="seq_mean_token_mean")
+    loss, _ = policy_loss(logp, old_logp, ref_logp, adv, mask,
+                          settings(kl_beta=0.1, kl_estimator="k3", aggregation="seq_mean_token_mean"))
     loss.backward()
     expected = torch.tensor([[-0.3, 0.0, 0.0], [0.05 / 6, 0.5, 1.9 / 6]], dtype=F64)
     torch.testing.assert_close(logp.grad, expected, rtol=0, atol=1e-12)
@@ -154,7 +156,7 @@ def test_case2_statistics():
     #                   (0.0046898 + 0.0945349 + 0.1931472 + 0.0945349 + 0) / 5 = 0.0773814
     #   tokens          5
     logp, old_logp, ref_logp, adv, mask = _case2()
-    _, stats = policy_loss(logp, old_logp, ref_logp, adv, mask, kl_beta=0.1)
+    _, stats = policy_loss(logp, old_logp, ref_logp, adv, mask, settings(kl_beta=0.1))
     kl_old = (0.1 - math.log(1.1) + 2 * (0.5 - math.log(1.5)) - 0.5 + LN2) / 5
     expected = {
         "clip/high_frac": 0.2, "clip/low_frac": 0.2, "ratio/mean": 1.12, "ratio/max": 1.5,
@@ -190,8 +192,8 @@ def test_clipped_tokens_get_zero_gradient_and_are_counted():
     logp = (old_logp + ratios.log()).requires_grad_(True)
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 0.0]], dtype=F64)
     adv = torch.tensor([1.0, -1.0], dtype=F64)
-    loss, stats = policy_loss(logp, old_logp, None, adv, mask, clip_eps_low=0.2, clip_eps_high=0.28,
-                              kl_beta=0.0, aggregation="seq_mean_token_mean")
+    loss, stats = policy_loss(logp, old_logp, None, adv, mask, settings(clip_eps_low=0.2, clip_eps_high=0.28,
+                                                                        kl_beta=0.0, aggregation="seq_mean_token_mean"))
     loss.backward()
     expected_grad = torch.tensor([[0.0, -1.25 / 6, -0.5 / 6, 0.0], [0.0, 0.85 / 6, 1.5 / 6, 0.0]], dtype=F64)
     torch.testing.assert_close(logp.grad, expected_grad, rtol=0, atol=1e-12)
@@ -208,7 +210,7 @@ def test_zero_advantage_tokens_are_never_counted_as_clipped():
     # Ratios 0.5 (< 0.8) and 1.5 (> 1.2) on 2 active tokens -> both clip fractions exactly 0, loss 0.
     old_logp = torch.tensor([[-1.0, -2.0]], dtype=F64)
     logp = old_logp + torch.log(torch.tensor([[0.5, 1.5]], dtype=F64))
-    loss, stats = policy_loss(logp, old_logp, None, torch.zeros(1, dtype=F64), torch.ones(1, 2, dtype=F64))
+    loss, stats = policy_loss(logp, old_logp, None, torch.zeros(1, dtype=F64), torch.ones(1, 2, dtype=F64), settings())
     assert loss.item() == 0.0
     assert stats["clip/low_frac"].item() == 0.0
     assert stats["clip/high_frac"].item() == 0.0
@@ -234,7 +236,7 @@ def test_micro_batch_losses_and_gradients_add_up_to_full_batch(aggregation):
     kwargs = dict(clip_eps_low=0.2, clip_eps_high=0.28, kl_beta=0.05, kl_estimator="k3", aggregation=aggregation)
     logp = logp.requires_grad_(True)
 
-    full_loss, _ = policy_loss(logp, old_logp, ref_logp, adv, mask, **kwargs)
+    full_loss, _ = policy_loss(logp, old_logp, ref_logp, adv, mask, settings(**kwargs))
     (full_grad,) = torch.autograd.grad(full_loss, logp)
 
     normalisers = dict(num_seqs=6, num_tokens=float(mask.sum()), max_len=5)
@@ -242,7 +244,7 @@ def test_micro_batch_losses_and_gradients_add_up_to_full_batch(aggregation):
     for start, end in [(0, 2), (2, 3), (3, 6)]:
         part = slice(start, end)
         micro_loss, _ = policy_loss(logp[part], old_logp[part], ref_logp[part], adv[part], mask[part],
-                                    **kwargs, **normalisers)
+                                    settings(**kwargs), **normalisers)
         micro_losses.append(micro_loss)
     summed = torch.stack(micro_losses).sum()
     (summed_grad,) = torch.autograd.grad(summed, logp)
@@ -264,8 +266,9 @@ def _padded_copy(tensors, extra_cols: int, fills):
 
 def _loss_grad_stats(logp, old_logp, ref_logp, adv, mask, *, aggregation, max_len):
     logp = logp.detach().requires_grad_(True)
-    loss, stats = policy_loss(logp, old_logp, ref_logp, adv, mask, clip_eps_low=0.2, clip_eps_high=0.2,
-                              kl_beta=0.1, kl_estimator="k3", aggregation=aggregation, max_len=max_len)
+    loss, stats = policy_loss(logp, old_logp, ref_logp, adv, mask,
+                              settings(clip_eps_low=0.2, clip_eps_high=0.2, kl_beta=0.1, kl_estimator="k3",
+                                       aggregation=aggregation), max_len=max_len)
     (grad,) = torch.autograd.grad(loss, logp)
     return loss.detach(), grad, stats
 
@@ -326,12 +329,14 @@ def test_all_zero_mask_row_contributes_nothing(aggregation):
     # Row 1 has no completion tokens. The loss equals that of rows {0, 2} alone with the same
     # normalisers (num_seqs = 3, same token count, same max_len), and row 1's gradient is exactly 0.
     logp, old_logp, ref_logp, adv, mask = _random_batch(3, 4, seed=3, lengths=[4, 0, 2])
-    kwargs = dict(kl_beta=0.1, aggregation=aggregation, num_seqs=3, num_tokens=6.0, max_len=4)
+    loss_settings = settings(kl_beta=0.1, aggregation=aggregation)
+    normalisers = dict(num_seqs=3, num_tokens=6.0, max_len=4)
     logp = logp.requires_grad_(True)
-    loss, stats = policy_loss(logp, old_logp, ref_logp, adv, mask, **kwargs)
+    loss, stats = policy_loss(logp, old_logp, ref_logp, adv, mask, loss_settings, **normalisers)
     loss.backward()
     keep = torch.tensor([0, 2])
-    without, _ = policy_loss(logp.detach()[keep], old_logp[keep], ref_logp[keep], adv[keep], mask[keep], **kwargs)
+    without, _ = policy_loss(logp.detach()[keep], old_logp[keep], ref_logp[keep], adv[keep], mask[keep],
+                             loss_settings, **normalisers)
     assert torch.isfinite(loss)
     torch.testing.assert_close(loss.detach(), without, rtol=1e-12, atol=1e-14)
     assert torch.isfinite(logp.grad).all()
@@ -343,8 +348,8 @@ def test_all_zero_mask_row_contributes_nothing(aggregation):
 def test_fully_masked_batch_gives_zero_loss_and_finite_everything(aggregation):
     logp, old_logp, ref_logp, adv, _ = _random_batch(2, 3, seed=4, lengths=[0, 0])
     logp = logp.requires_grad_(True)
-    loss, stats = policy_loss(logp, old_logp, ref_logp, adv, torch.zeros(2, 3, dtype=F64), kl_beta=0.1,
-                              aggregation=aggregation)
+    loss, stats = policy_loss(logp, old_logp, ref_logp, adv, torch.zeros(2, 3, dtype=F64),
+                              settings(kl_beta=0.1, aggregation=aggregation))
     loss.backward()
     assert loss.item() == 0.0
     assert torch.equal(logp.grad, torch.zeros(2, 3, dtype=F64))
@@ -393,7 +398,7 @@ def test_gradient_at_ratio_one_is_reinforce_with_group_baseline(aggregation):
     params = list(model.parameters())
 
     logp = model(inputs, targets)
-    loss, stats = policy_loss(logp, logp.detach(), None, adv, mask, kl_beta=0.0, aggregation=aggregation)
+    loss, stats = policy_loss(logp, logp.detach(), None, adv, mask, settings(kl_beta=0.0, aggregation=aggregation))
     grads = torch.autograd.grad(loss, params)
     assert stats["clip/low_frac"].item() == 0.0 and stats["clip/high_frac"].item() == 0.0
 
@@ -418,24 +423,24 @@ def test_gradient_at_ratio_one_is_reinforce_with_group_baseline(aggregation):
 
 def test_statistics_keys_with_and_without_reference():
     logp, old_logp, ref_logp, adv, mask = _random_batch(2, 3, seed=6, lengths=[3, 2])
-    _, stats = policy_loss(logp, old_logp, ref_logp, adv, mask, kl_beta=0.1)
+    _, stats = policy_loss(logp, old_logp, ref_logp, adv, mask, settings(kl_beta=0.1))
     required = {"clip/low_frac", "clip/high_frac", "ratio/mean", "ratio/max", "kl_old", "tokens",
                 "kl/k1", "kl/k2", "kl/k3"}
     assert required <= set(stats)
     assert all(not value.requires_grad for value in stats.values())
 
-    loss_none, stats_none = policy_loss(logp, old_logp, None, adv, mask, kl_beta=0.0)
+    loss_none, stats_none = policy_loss(logp, old_logp, None, adv, mask, settings(kl_beta=0.0))
     assert not any(key.startswith("kl/") for key in stats_none)
     assert {"clip/low_frac", "clip/high_frac", "ratio/mean"} <= set(stats_none)
-    loss_ref, _ = policy_loss(logp, old_logp, ref_logp, adv, mask, kl_beta=0.0)
+    loss_ref, _ = policy_loss(logp, old_logp, ref_logp, adv, mask, settings(kl_beta=0.0))
     torch.testing.assert_close(loss_none, loss_ref, rtol=0, atol=0)
 
 
 def test_stats_do_not_depend_on_kl_beta_or_aggregation():
     logp, old_logp, ref_logp, adv, mask = _random_batch(2, 3, seed=8, lengths=[3, 1])
-    _, stats_a = policy_loss(logp, old_logp, ref_logp, adv, mask, kl_beta=0.0, aggregation="token_mean")
-    _, stats_b = policy_loss(logp, old_logp, ref_logp, adv, mask, kl_beta=0.5,
-                             aggregation="seq_mean_token_sum_norm")
+    _, stats_a = policy_loss(logp, old_logp, ref_logp, adv, mask, settings(kl_beta=0.0, aggregation="token_mean"))
+    _, stats_b = policy_loss(logp, old_logp, ref_logp, adv, mask,
+                             settings(kl_beta=0.5, aggregation="seq_mean_token_sum_norm"))
     for key in stats_a:
         torch.testing.assert_close(stats_a[key], stats_b[key], rtol=0, atol=0, msg=key)
 
@@ -443,26 +448,26 @@ def test_stats_do_not_depend_on_kl_beta_or_aggregation():
 def test_kl_beta_without_reference_raises():
     logp, old_logp, _, adv, mask = _random_batch(2, 3, seed=6, lengths=[3, 2])
     with pytest.raises(GrpoError, match="ref_logp"):
-        policy_loss(logp, old_logp, None, adv, mask, kl_beta=0.04)
+        policy_loss(logp, old_logp, None, adv, mask, settings(kl_beta=0.04))
 
 
 def test_unknown_aggregation_raises():
     logp, old_logp, ref_logp, adv, mask = _random_batch(2, 3, seed=6, lengths=[3, 2])
     with pytest.raises(GrpoError, match="unknown aggregation"):
-        policy_loss(logp, old_logp, ref_logp, adv, mask, aggregation="seq_sum")
+        policy_loss(logp, old_logp, ref_logp, adv, mask, settings(aggregation="seq_sum"))
 
 
 def test_unknown_kl_estimator_raises_when_used():
     logp, old_logp, ref_logp, adv, mask = _random_batch(2, 3, seed=6, lengths=[3, 2])
     with pytest.raises(GrpoError, match="unknown KL estimator"):
-        policy_loss(logp, old_logp, ref_logp, adv, mask, kl_beta=0.1, kl_estimator="k9")
+        policy_loss(logp, old_logp, ref_logp, adv, mask, settings(kl_beta=0.1, kl_estimator="k9"))
 
 
 def test_bool_mask_and_float32_inputs_work():
     # Same as case 1 (token_mean = -1.25) with a bool mask and float32 tensors.
     logp = torch.tensor(CASE1_LOGP)
     loss, _ = policy_loss(logp, logp.clone(), None, torch.tensor(CASE1_ADV), torch.tensor(CASE1_MASK).bool(),
-                          aggregation="token_mean")
+                          settings(aggregation="token_mean"))
     assert loss.dtype == torch.float32
     torch.testing.assert_close(loss, torch.tensor(-1.25))
 

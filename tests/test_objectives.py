@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from grpo import GrpoError
+from conftest import settings
 from grpo.losses import policy_loss
-from grpo.objectives import (OBJECTIVES, SELECTIONS, ObjectiveParams, clip_cov_selection, kl_cov_selection,
+from grpo.objectives import (OBJECTIVES, SELECTIONS, clip_cov_selection, kl_cov_selection,
                              token_covariance, top_entropy_keep)
 
 F64 = torch.float64
@@ -112,8 +113,8 @@ def assert_stats(stats, expected, atol=1e-7):
 def test_hand_loss_and_gradient(case, aggregation):
     kwargs, tok_loss, tok_grad, expected_stats = HAND[case]
     logp, old_logp, adv, mask = shared_case()
-    loss, stats = policy_loss(logp, old_logp, None, adv, mask, objective=case.removesuffix("_wide"),
-                              aggregation=aggregation, **kwargs)
+    loss, stats = policy_loss(logp, old_logp, None, adv, mask,
+                              settings(objective=case.removesuffix("_wide"), aggregation=aggregation, **kwargs))
     loss.backward()
     weights = t64(WEIGHTS[aggregation])
     torch.testing.assert_close(loss, (weights * t64(tok_loss)).sum(), rtol=0, atol=1e-12)
@@ -137,8 +138,9 @@ G0 = 0.825 ** (1 / 3)
     ("seq_mean_token_mean", [1 / 2, 1 / 2]), ("token_mean", [3 / 5, 2 / 5]), ("seq_mean_token_sum_norm", [3 / 6, 2 / 6])])
 def test_gmpo_hand_loss_and_gradient(aggregation, row_weight):
     logp, old_logp, adv, mask = shared_case()
-    loss, stats = policy_loss(logp, old_logp, None, adv, mask, objective="gmpo", aggregation=aggregation,
-                              clip_eps_high=math.log(1.5), clip_eps_low=-math.log(0.72))
+    loss, stats = policy_loss(logp, old_logp, None, adv, mask, settings(objective="gmpo", aggregation=aggregation,
+                                                                        clip_eps_high=math.log(1.5),
+                                                                        clip_eps_low=-math.log(0.72)))
     loss.backward()
     r0, r1 = row_weight
     torch.testing.assert_close(loss, t64(r0 * -G0 + r1 * 2.4), rtol=0, atol=1e-12)
@@ -151,7 +153,8 @@ def test_sapo_keeps_float64_precision_of_tau():
     # One token, A = -1, r = 2, tau_neg = 1.05: l = (4 / 1.05) sigmoid(1.05) = 3.8095238 * 0.7407749 = 2.8219996.
     # A float32 tau (1.0499999523) is off by 4.5e-8 relative, far above float64 rounding.
     logp = t64([[-1.0]])
-    loss, _ = policy_loss(logp, logp - LN2, None, t64([-1.0]), t64([[1.0]]), objective="sapo", sapo_tau_neg=1.05)
+    loss, _ = policy_loss(logp, logp - LN2, None, t64([-1.0]), t64([[1.0]]),
+                          settings(objective="sapo", sapo_tau_neg=1.05))
     torch.testing.assert_close(loss, t64(4 / 1.05 * sig(1.05)), rtol=1e-13, atol=0)
 
 
@@ -177,7 +180,8 @@ def test_dual_clip_and_delta_hand_cases(kwargs, total, grad, stats):
     logp = t64([[-0.5, -1.0, -1.5, -2.0], [-0.3, -0.6, -0.9, -1.2]]).requires_grad_(True)
     old_logp = logp.detach() - t64([[4, 2, 1.3, 0.5], [4, 1, 10, 10]]).log()
     mask = t64([[1, 1, 1, 1], [1, 1, 0, 0]])
-    loss, got = policy_loss(logp, old_logp, None, t64([-1.0, 1.0]), mask, aggregation="token_mean", **kwargs)
+    loss, got = policy_loss(logp, old_logp, None, t64([-1.0, 1.0]), mask,
+                            settings(aggregation="token_mean", **kwargs))
     loss.backward()
     torch.testing.assert_close(loss, t64(total / 6), rtol=0, atol=1e-12)
     torch.testing.assert_close(logp.grad, t64(grad) / 6, rtol=0, atol=1e-12)
@@ -189,7 +193,8 @@ def test_delta_below_one_plus_eps_high_is_counted_as_cut():
     # eps 0.2, delta 1.1 (the config only asks delta > 1). A = +1, r = 1.15: capped min(1.15, 1.1) = 1.1,
     # clipped 1.15, l = -min(1.1, 1.15) = -1.1: a constant, so zero gradient and the token is cut.
     logp = t64([[-1.0]]).requires_grad_(True)
-    loss, stats = policy_loss(logp, logp.detach() - math.log(1.15), None, t64([1.0]), t64([[1.0]]), delta=1.1)
+    loss, stats = policy_loss(logp, logp.detach() - math.log(1.15), None, t64([1.0]), t64([[1.0]]),
+                              settings(delta=1.1))
     loss.backward()
     assert loss.item() == pytest.approx(-1.1) and logp.grad.item() == 0.0
     assert stats["grad/cut_frac"].item() == 1.0
@@ -214,7 +219,8 @@ def random_batch(seed, lengths, length, spread=0.3):
 def test_default_clip_is_bit_identical_to_the_plain_formula(aggregation, dtype):
     logp, old_logp, _, adv, mask = (x.to(dtype) for x in random_batch(1, [4, 2, 3], 4))
     logp.requires_grad_(True)
-    loss, _ = policy_loss(logp, old_logp, None, adv, mask, clip_eps_low=0.2, clip_eps_high=0.28, aggregation=aggregation)
+    loss, _ = policy_loss(logp, old_logp, None, adv, mask,
+                          settings(clip_eps_low=0.2, clip_eps_high=0.28, aggregation=aggregation))
     (grad,) = torch.autograd.grad(loss, logp)
 
     ratio = torch.exp(logp - old_logp)
@@ -240,13 +246,14 @@ def test_on_policy_gradients_agree_and_which_values_agree():
     none_selected = torch.zeros_like(mask, dtype=torch.bool)
     some_selected = mask > 0                                            # kl_cov: |ln 1| = 0 anyway
     runs = {}
-    for name, extra in [*((n, {}) for n in OBJECTIVE_NAMES), ("kl_cov_all", {"cov_selected": some_selected}),
-                        ("sapo_tau2", {"sapo_tau_pos": 2.0, "sapo_tau_neg": 2.0})]:
+    for name, changes, selected in [*((n, {}, None) for n in OBJECTIVE_NAMES), ("kl_cov_all", {}, some_selected),
+                                    ("sapo_tau2", {"sapo_tau_pos": 2.0, "sapo_tau_neg": 2.0}, None)]:
         objective = name.split("_all")[0].split("_tau2")[0]
-        if objective in SELECTIONS and "cov_selected" not in extra:
-            extra = {"cov_selected": none_selected}
+        if objective in SELECTIONS and selected is None:
+            selected = none_selected
         leaf = logp.clone().requires_grad_(True)
-        loss, _ = policy_loss(leaf, leaf.detach(), None, adv, mask, objective=objective, **extra)
+        loss, _ = policy_loss(leaf, leaf.detach(), None, adv, mask, settings(objective=objective, **changes),
+                              cov_selected=selected)
         runs[name] = (loss.detach(), torch.autograd.grad(loss, leaf)[0])
     for name, (loss, grad) in runs.items():
         torch.testing.assert_close(grad, runs["clip"][1], msg=name)
@@ -266,8 +273,9 @@ def test_cut_marks_exactly_the_tokens_without_policy_gradient(objective, extra):
     logp, old_logp, _, adv, mask = random_batch(3, [6, 4, 1, 5, 6, 2], 6, spread=0.5)
     logp.requires_grad_(True)
     adv = adv[:, None].expand_as(logp)
-    selected = kl_cov_selection(token_covariance(adv, logp, mask), mask, ObjectiveParams(kl_cov_ratio=0.3))
-    out = OBJECTIVES[objective](logp, old_logp, adv, mask, ObjectiveParams(0.1, 0.1, **extra), selected)
+    selected = kl_cov_selection(token_covariance(adv, logp, mask), mask, settings(kl_cov_ratio=0.3))
+    out = OBJECTIVES[objective](logp, old_logp, adv, mask, settings(clip_eps_low=0.1, clip_eps_high=0.1, **extra),
+                                selected)
     (grad,) = torch.autograd.grad((out.loss * mask).sum(), logp)
     assert torch.equal(grad != 0, ~out.cut & (mask > 0) & (adv != 0))
 
@@ -291,7 +299,7 @@ COV_MASK = t64([[1, 1, 1], [1, 1, 0]])               # 5 valid tokens
     (0.001, [[0, 0, 0], [1, 0, 0]]),      # floor(0.005) = 0 -> at least 1: 3.0
 ])
 def test_kl_cov_selection_takes_the_top_k(ratio, expected):
-    selected = kl_cov_selection(COV, COV_MASK, ObjectiveParams(kl_cov_ratio=ratio))
+    selected = kl_cov_selection(COV, COV_MASK, settings(kl_cov_ratio=ratio))
     assert torch.equal(selected, torch.tensor(expected, dtype=torch.bool))
 
 
@@ -300,13 +308,13 @@ def test_clip_cov_selection_draws_among_candidates_only_and_is_reproducible():
     # 2.5 is padding. ratio 0.4 of 5 tokens -> 2 drawn of the 3 candidates; ratio 1.0 -> min(5, 3) = 3.
     cov = t64([[1.0, 2.0, 4.9], [5.0, 3.0, 2.5]])
     candidates = torch.tensor([[0, 1, 1], [0, 1, 0]], dtype=torch.bool)
-    params = ObjectiveParams(clip_cov_ratio=0.4, clip_cov_lb=1.0, clip_cov_ub=5.0)
+    params = settings(clip_cov_ratio=0.4, clip_cov_lb=1.0, clip_cov_ub=5.0)
     draws = [clip_cov_selection(cov, COV_MASK, params, torch.Generator().manual_seed(s)) for s in range(20)]
     assert all(d.sum() == 2 and not (d & ~candidates).any() for d in draws)
     assert torch.stack(draws).any(0).equal(candidates)                      # random: every candidate drawn
     again = clip_cov_selection(cov, COV_MASK, params, torch.Generator().manual_seed(7))
     assert torch.equal(again, draws[7])
-    every = clip_cov_selection(cov, COV_MASK, ObjectiveParams(clip_cov_ratio=1.0), torch.Generator().manual_seed(0))
+    every = clip_cov_selection(cov, COV_MASK, settings(clip_cov_ratio=1.0), torch.Generator().manual_seed(0))
     assert torch.equal(every, candidates)
 
 
@@ -330,8 +338,9 @@ def test_top_entropy_in_policy_loss_keeps_policy_term_and_kl_everywhere():
     # kl_beta 0.1 with k1 = logp - ref_logp = 1 on every token, d k1 / d logp = 1.
     #   loss = (-1.1 + 4 + 0.1 * 5) / 5 = 0.68;  grad = [[0.1, -1.0, 0.1], [0.1, 4.1, 0]] / 5
     logp, old_logp, adv, mask = shared_case()
-    loss, stats = policy_loss(logp, old_logp, logp.detach() - 1, adv, mask, aggregation="token_mean",
-                              kl_beta=0.1, kl_estimator="k1", top_entropy_quantile=0.4,
+    loss, stats = policy_loss(logp, old_logp, logp.detach() - 1, adv, mask,
+                              settings(aggregation="token_mean", kl_beta=0.1, kl_estimator="k1",
+                                       top_entropy_quantile=0.4),
                               sampling_entropy=t64([[0.2, 0.9, 0.1], [0.3, 0.8, 5.0]]))
     loss.backward()
     torch.testing.assert_close(loss, t64(0.68), rtol=0, atol=1e-12)
@@ -344,7 +353,7 @@ def test_tokens_outside_the_entropy_selection_get_no_policy_gradient(objective):
     logp, old_logp, _, adv, mask = random_batch(4, [5, 3, 4], 5)
     logp.requires_grad_(True)
     keep = top_entropy_keep(-old_logp, mask, 0.5)
-    loss, _ = policy_loss(logp, old_logp, None, adv, mask, objective=objective, entropy_keep=keep,
+    loss, _ = policy_loss(logp, old_logp, None, adv, mask, settings(objective=objective), entropy_keep=keep,
                           cov_selected=torch.zeros_like(keep))
     (grad,) = torch.autograd.grad(loss, logp)
     assert (grad[keep] != 0).any() and torch.equal(grad[~keep], torch.zeros_like(grad[~keep]))
@@ -358,7 +367,7 @@ def test_k3_is_hand_value_and_gradient():
     logp = t64([[-1.0, -2.0]]).requires_grad_(True)
     old_logp = logp.detach() - t64([[LN2, -LN2]])
     loss, stats = policy_loss(logp, old_logp, logp.detach() + t64([[LN2, -LN2]]), t64([0.0]), t64([[1, 1]]),
-                              kl_beta=0.5, kl_estimator="k3_is", aggregation="token_mean")
+                              settings(kl_beta=0.5, kl_estimator="k3_is", aggregation="token_mean"))
     loss.backward()
     torch.testing.assert_close(loss, t64(0.25 * (2 - 2 * LN2 + LN2 / 2 - 0.25)), rtol=0, atol=1e-12)
     torch.testing.assert_close(logp.grad, t64([[-0.5 * LN2, 0.125 * LN2]]), rtol=0, atol=1e-12)
@@ -371,7 +380,7 @@ def test_entropy_bonus_is_minus_coef_times_mean_entropy():
     # d loss / d entropy = -0.1 / 5 = -0.02 on masked tokens, 0 on padding.
     logp, old_logp, adv, mask = shared_case()
     entropy = t64([[0.5, 1.0, 1.5], [2.0, 0.5, 9.0]]).requires_grad_(True)
-    loss, _ = policy_loss(logp, old_logp, None, adv, mask, aggregation="token_mean", entropy_coef=0.1,
+    loss, _ = policy_loss(logp, old_logp, None, adv, mask, settings(aggregation="token_mean", entropy_coef=0.1),
                           entropy=entropy)
     loss.backward()
     torch.testing.assert_close(loss, t64(0.45), rtol=0, atol=1e-12)
@@ -390,23 +399,23 @@ def test_micro_batches_add_up_to_the_full_batch(objective, aggregation):
     entropy = (torch.rand(6, 5, generator=torch.Generator().manual_seed(1), dtype=F64)).requires_grad_(True)
     kwargs = dict(objective=objective, aggregation=aggregation, clip_eps_low=0.2, clip_eps_high=0.28, kl_beta=0.05,
                   kl_estimator="k3_is", entropy_coef=0.01, kl_cov_ratio=0.2, clip_cov_ratio=0.2, clip_cov_lb=0.0)
-    params = ObjectiveParams(kl_cov_ratio=0.2, clip_cov_ratio=0.2, clip_cov_lb=0.0)
+    params = settings(kl_cov_ratio=0.2, clip_cov_ratio=0.2, clip_cov_lb=0.0)
     selected = None
     if objective in SELECTIONS:
         cov = token_covariance(adv[:, None].expand_as(logp), logp, mask)
         selected = SELECTIONS[objective](cov, mask, params, torch.Generator().manual_seed(0))
         assert selected.any()
     keep = top_entropy_keep(-old_logp, mask, 0.7)
-    full, _ = policy_loss(logp, old_logp, ref_logp, adv, mask, cov_selected=selected, entropy_keep=keep,
-                          entropy=entropy, **kwargs)
+    full, _ = policy_loss(logp, old_logp, ref_logp, adv, mask, settings(**kwargs), cov_selected=selected,
+                          entropy_keep=keep, entropy=entropy)
     full_grads = torch.autograd.grad(full, (logp, entropy))
 
     normalisers = dict(num_seqs=6, num_tokens=float(mask.sum()), max_len=5)
     parts = []
     for rows in [slice(0, 2), slice(2, 5), slice(5, 6)]:
-        part, _ = policy_loss(logp[rows], old_logp[rows], ref_logp[rows], adv[rows], mask[rows],
+        part, _ = policy_loss(logp[rows], old_logp[rows], ref_logp[rows], adv[rows], mask[rows], settings(**kwargs),
                               cov_selected=None if selected is None else selected[rows], entropy_keep=keep[rows],
-                              entropy=entropy[rows], **kwargs, **normalisers)
+                              entropy=entropy[rows], **normalisers)
         parts.append(part)
     summed = torch.stack(parts).sum()
     torch.testing.assert_close(summed, full, rtol=1e-12, atol=1e-14)
@@ -421,11 +430,11 @@ def test_micro_batches_add_up_to_the_full_batch(objective, aggregation):
 def test_unknown_objective_raises_one_line_naming_it():
     logp, old_logp, _, adv, mask = random_batch(5, [3, 2], 3)
     with pytest.raises(GrpoError, match="unknown objective 'ppo2'") as info:
-        policy_loss(logp, old_logp, None, adv, mask, objective="ppo2")
+        policy_loss(logp, old_logp, None, adv, mask, settings(objective="ppo2"))
     assert "\n" not in str(info.value)
 
 
 def test_entropy_coef_without_entropy_raises():
     logp, old_logp, _, adv, mask = random_batch(5, [3, 2], 3)
     with pytest.raises(GrpoError, match="entropy"):
-        policy_loss(logp, old_logp, None, adv, mask, entropy_coef=0.01)
+        policy_loss(logp, old_logp, None, adv, mask, settings(entropy_coef=0.01))

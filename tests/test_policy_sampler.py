@@ -13,6 +13,7 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
+from conftest import settings
 from grpo import GrpoError
 from grpo.fast_sampler import StaticCacheSampler
 from grpo.losses import policy_loss
@@ -177,8 +178,8 @@ def _loss_and_grads(model, reference, completion_ids, advantages):
     with torch.no_grad():
         ref_logp = completion_logp(reference, prompt_ids, prompt_mask, completion_ids, temperature=1.0)
     # old_logp shifted by a constant so the ratio is not 1 and the clip is active on some tokens
-    loss, _ = policy_loss(logp, logp.detach() + 0.3, ref_logp, advantages, mask, kl_beta=0.04,
-                          aggregation="seq_mean_token_mean")
+    loss, _ = policy_loss(logp, logp.detach() + 0.3, ref_logp, advantages, mask,
+                          settings(kl_beta=0.04, aggregation="seq_mean_token_mean"))
     loss.backward()
     grads = [p.grad.clone() for p in model.parameters()]
     return loss.detach(), grads
