@@ -23,6 +23,7 @@ from grpo.alternatives import check_alternatives
 from grpo.kl import KLName
 from grpo.losses import AggregationName
 from grpo.objectives import ObjectiveName
+from grpo.offpolicy import ROLLOUT_IS, ROLLOUT_RS, RolloutISName, RolloutRSName
 from grpo.rewards import REWARDS
 from grpo.presets import is_preset
 from grpo.tasks import TASKS, TaskName
@@ -96,6 +97,10 @@ PRETRAINED_DEFAULTS: dict[str, object] = {
     "lr": 1e-5,
     "prompts_per_step": 4,
 }
+
+# --rollout-is bounds (c_min, c_max) where the flags leave them unset: IcePop's paper uses [0.5, 5]; every
+# other mode has no lower bound and verl's upper threshold, 2 (TRL's default is 3).
+ROLLOUT_IS_DEFAULT_BOUNDS: dict[str, tuple[float | None, float | None]] = {"icepop": (0.5, 5.0)}
 
 
 def sized_value(name: str, value: int | None, model: str) -> int:
@@ -195,6 +200,30 @@ class TrainConfig:
     """Entropy bonus: adds -coef * (learner's token entropy) to the token loss (with token_mean: -coef * mean entropy)."""
     top_entropy_quantile: float = 1.0
     """Keep the policy term only on the top rho share of tokens by sampling entropy (Wang et al. 2025, "Beyond the 80/20 Rule"; they use 0.2); 1 keeps all."""
+
+    # --- off-policy: sampler-learner mismatch, stale rollouts, and their corrections (grpo/offpolicy.py)
+    rollout_dtype: Literal["fp32", "bf16"] | None = None
+    """Precision the sampler draws rollouts in: bf16 draws from a bf16 copy of the weights while the learner scores in its own dtype (the gap between a bf16 inference engine and an fp32 learner). Unset: the run's compute dtype."""
+    staleness: int = 0
+    """Step s draws its rollouts from the weights the learner had k steps earlier (a copy kept k steps behind and synced through the sampler, as an asynchronous pipeline would; one optimizer step per GRPO step by default). 0: on-policy."""
+    old_logp: Literal["learner", "sampler"] = "learner"
+    """pi_old in the ratio: learner (the learner's log-probs at the start of the step) or sampler (the rollouts' own log-probs, verl's bypass mode: the clip absorbs the mismatch and a learner forward is saved)."""
+    rollout_is: RolloutISName = "none"
+    """Importance-sampling correction for the sampler-learner mismatch: the weight pi_old/pi_rollout (per token, or its product over the completion) multiplies the per-token policy loss, truncated (clamped into the bounds) or masked (0 outside them): none, token_truncate, token_mask, sequence_truncate, sequence_mask (TRL's modes), icepop (Ring-1T's two-sided token mask)."""
+    rollout_is_min: float | None = None
+    """Lower bound of the IS weight. Unset: none, and 0.5 for icepop (its paper's)."""
+    rollout_is_max: float | None = None
+    """Upper bound of the IS weight. Unset: 2.0 (verl's threshold; TRL uses 3), and 5.0 for icepop (its paper's)."""
+    rollout_rs: RolloutRSName = "none"
+    """Rejection of the tokens, or whole completions, whose sampler-learner divergence is too large (verl's rollout rejection sampling): token_k1, token_k2, token_k3, seq_mean_k1, seq_mean_k2, seq_mean_k3; rejected tokens leave the loss mask."""
+    rollout_rs_lower: float | None = None
+    """k1 rejection modes: lower bound of the ratio pi_old/pi_rollout. Unset: 1 / --rollout-rs-upper."""
+    rollout_rs_upper: float | None = None
+    """Rejection threshold: the ratio's upper bound (k1 modes) or the divergence's (k2, k3 modes); required with --rollout-rs."""
+    off_policy_mask: float | None = None
+    """DeepSeek-V3.2's off-policy sequence masking: drop the negative-advantage completions whose mean log(pi_sampler / pi_theta) exceeds this delta, checked at every update. Unset: off."""
+    reward_normalization: Literal["sum_then_normalize", "normalize_then_sum"] = "sum_then_normalize"
+    """sum_then_normalize: the weighted rewards are summed, then the advantage estimator normalises; normalize_then_sum: GDPO (Liu et al. 2026), each reward function normalised within its group, summed with its weight, then normalised over the batch (needs --advantage grpo)."""
 
     # --- optimisation
     inner_epochs: int = 1
@@ -316,6 +345,30 @@ class TrainConfig:
             (self.counterfactual_every >= 0, f"--counterfactual-every must be >= 0, got {self.counterfactual_every}"),
             (not self.counterfactual_every or self.counterfactuals,
              "--counterfactual-every needs --counterfactuals (the alternatives to compare)"),
+            (self.staleness >= 0, f"--staleness must be >= 0, got {self.staleness}"),
+            (self.rollout_is in ROLLOUT_IS, f"unknown --rollout-is {self.rollout_is!r}; choose from {sorted(ROLLOUT_IS)}"),
+            (self.rollout_rs in ROLLOUT_RS, f"unknown --rollout-rs {self.rollout_rs!r}; choose from {sorted(ROLLOUT_RS)}"),
+            (all(b is None or (math.isfinite(b) and b > 0) for b in (self.rollout_is_min, self.rollout_is_max,
+                                                                    self.rollout_rs_lower, self.rollout_rs_upper)),
+             "--rollout-is-min/max and --rollout-rs-lower/upper must be finite numbers > 0"),
+            (self.rollout_is_bounds[0] is None or self.rollout_is_bounds[1] is None
+             or self.rollout_is_bounds[0] < self.rollout_is_bounds[1],
+             f"--rollout-is-min must be below --rollout-is-max, got {self.rollout_is_bounds}"),
+            (self.rollout_rs == "none" or self.rollout_rs_upper is not None,
+             f"--rollout-rs {self.rollout_rs} needs a threshold: --rollout-rs-upper"),
+            (self.rollout_rs_lower is None or self.rollout_rs.endswith("k1"),
+             f"--rollout-rs-lower bounds a ratio: only the k1 modes read it, not {self.rollout_rs}"),
+            (self.old_logp == "learner" or (self.rollout_is == "none" and self.rollout_rs == "none"),
+             "--old-logp sampler makes pi_old the sampler's own log-probs: --rollout-is and --rollout-rs would "
+             "weigh by pi_old / pi_rollout = 1; use them with --old-logp learner"),
+            (self.off_policy_mask is None or (math.isfinite(self.off_policy_mask) and self.off_policy_mask >= 0),
+             f"--off-policy-mask must be a finite number >= 0, got {self.off_policy_mask}"),
+            (self.reward_normalization == "sum_then_normalize" or self.advantage == "grpo",
+             f"--reward-normalization normalize_then_sum (GDPO) normalises each reward with its group's mean and "
+             f"std, which is --advantage grpo's estimator; it does not compose with --advantage {self.advantage}"),
+            (self.reward_normalization == "sum_then_normalize" or self.kl_placement == "loss" or self.kl_beta == 0,
+             "--reward-normalization normalize_then_sum normalises each reward function; the KL penalty of "
+             "--kl-placement reward is not one: use --kl-placement loss"),
             (self.num_completions >= self.mini_batches,
              f"--mini-batches ({self.mini_batches}) exceeds the completions per step "
              f"(prompts-per-step x group-size = {self.num_completions})"),
@@ -344,7 +397,22 @@ class TrainConfig:
         if self.kl_placement == "reward" and self.kl_estimator != "k3":
             notes.append(f"--kl-placement reward always uses k1 in the reward; --kl-estimator {self.kl_estimator} "
                          f"is only logged")
+        if self.rollout_dtype == "bf16" and not bf16_is_native(self.device):
+            notes.append("--rollout-dtype bf16: this device has no bf16 matmuls in hardware (no AVX512-BF16 or AMX), "
+                         "so the sampler emulates bf16 and runs slower than fp32; the mismatch it makes is the same")
         return notes
+
+    @property
+    def rollout_is_bounds(self) -> tuple[float | None, float | None]:
+        """(c_min, c_max) of the IS weight: the flags, or the mode's defaults where unset."""
+        low, high = ROLLOUT_IS_DEFAULT_BOUNDS.get(self.rollout_is, (None, 2.0))
+        return (low if self.rollout_is_min is None else self.rollout_is_min,
+                high if self.rollout_is_max is None else self.rollout_is_max)
+
+    @property
+    def sampler_differs(self) -> bool:
+        """True when rollouts come from other weights or another precision than the learner's."""
+        return self.staleness > 0 or (self.rollout_dtype or self.compute_dtype) != self.compute_dtype
 
     @classmethod
     def for_model(cls, model: str, **values) -> "TrainConfig":

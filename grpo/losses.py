@@ -93,6 +93,7 @@ def policy_loss(
     entropy: Tensor | None = None,
     sampling_entropy: Tensor | None = None,
     entropy_keep: Tensor | None = None,
+    token_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Scalar loss and detached statistics for one (micro-)batch.
 
@@ -106,6 +107,10 @@ def policy_loss(
     (cov_selected, entropy_keep: [B, T] bool rows of it); otherwise they are made on this batch
     (cov from logp detached, clip_cov's draw with `generator`; the quantile of `sampling_entropy`).
     entropy: the learner's per-token entropy [B, T], needed when entropy_coef > 0.
+    token_weights: detached per-token weights [B, T] on the policy term only (the KL and entropy terms
+    and the aggregation's normalisers are left as they are): the off-policy corrections'
+    importance weights and masks (grpo/offpolicy.py), applied as TRL applies its
+    vllm_importance_sampling_correction. A token of weight 0 counts as cut in grad/cut_frac.
 
     Statistics (0-dim tensors, means over this batch's completion tokens unless named in
     objectives.SEQUENCE_STATS): the objective's own (clip/low_frac, clip/high_frac, ...), and
@@ -158,6 +163,9 @@ def policy_loss(
     if entropy_keep is not None:
         tok_loss = tok_loss if per_sequence else tok_loss * entropy_keep.to(tok_loss.dtype)
         cut = cut | ~entropy_keep
+    if token_weights is not None:
+        tok_loss = tok_loss * token_weights.detach().to(tok_loss.dtype)
+        cut = cut | (token_weights == 0)
     if kl_beta != 0.0:
         tok_loss = tok_loss + kl_beta * kl_per_token(logp, ref_logp, kl_estimator, old_logp)
     if entropy_coef != 0.0:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from grpo import TrainingDiverged, distributed as dist, fast_sampler, gemm
-from grpo.advantages import compute_advantages
+from grpo.advantages import compute_advantages, normalize_then_sum
 from grpo.config import TrainConfig
 from grpo.device import resolve_device
 from grpo.evaluation import evaluate
@@ -32,7 +32,8 @@ from grpo.losses import loss_token_mask, policy_loss
 from grpo.memory import LARGE_MODEL_PARAMS
 from grpo.metrics import ScoredStep, TokenWeightedMean, scored_metrics, to_floats
 from grpo.models import load_tokenizer
-from grpo.objectives import SELECTIONS, token_covariance, top_entropy_keep
+from grpo.objectives import SELECTIONS, masked_mean, token_covariance, top_entropy_keep
+from grpo.offpolicy import mismatch_metrics, off_policy_sequence_mask, rollout_is_weights, rollout_rejection
 from grpo.sampler import KVCacheSampler, Rollout
 from grpo.counterfactual import counterfactual_metrics
 from grpo.presets import is_preset
@@ -157,13 +158,15 @@ def optimizer_step(c: Components, s: TrainState, step: int, epoch: int) -> torch
 
 
 def update_policy(c: Components, s: TrainState, step: int, rollout: Rollout, advantages: torch.Tensor,
-                  loss_mask: torch.Tensor, ref_logp, old_logp, before_last_update=None) -> dict:
+                  loss_mask: torch.Tensor, ref_logp, old_logp, token_weights=None, before_last_update=None) -> dict:
     """Inner epochs x mini-batches (one optimizer step each) x micro-batches (gradient accumulation).
 
     Normalisers are the whole mini-batch's (over all ranks), so micro-batch losses add up exactly; the
     token selections (kl_cov / clip_cov per mini-batch from pi_old's log-probs, the top-entropy quantile
     over the step) are made before the split for the same reason. old_logp None means exactly
-    on-policy (one epoch, one mini-batch): pi_old = pi_theta detached. before_last_update (a probe) is
+    on-policy (one epoch, one mini-batch): pi_old = pi_theta detached. token_weights [N, T] (or None): the
+    off-policy correction's weights on the policy term; --off-policy-mask adds DeepSeek-V3.2's sequence mask
+    at every update, from the learner's log-probs then. before_last_update (a probe) is
     called once, at the weights the step's last update starts from. Returns the policy statistics
     over all epochs plus the per-epoch keys, loss and grad_norm.
     """
@@ -194,12 +197,17 @@ def update_policy(c: Components, s: TrainState, step: int, rollout: Rollout, adv
                     with c.autocast():
                         learner = rollout_logp(c, s.policy, rollout, rows, with_entropy=cfg.entropy_coef != 0)
                     logp, entropy = learner if cfg.entropy_coef != 0 else (learner, None)
+                    weights, extra = off_policy_weights(cfg, rollout.logp[rows], logp, advantages[rows],
+                                                        loss_mask[rows], None if token_weights is None else token_weights[rows],
+                                                        compare=old_logp is not None and old_logp is not rollout.logp)
                     loss, stats = policy_loss(
                         logp, logp.detach() if old_logp is None else old_logp[rows],
                         None if ref_logp is None else ref_logp[rows], advantages[rows], loss_mask[rows], settings,
                         num_seqs=num_seqs, num_tokens=num_tokens, max_len=cfg.max_new_tokens,
                         cov_selected=cov_selected[rows] if cfg.objective in SELECTIONS else None,
-                        entropy=entropy, entropy_keep=None if entropy_keep is None else entropy_keep[rows])
+                        entropy=entropy, entropy_keep=None if entropy_keep is None else entropy_keep[rows],
+                        token_weights=weights)
+                    stats.update(extra)
                     loss.backward()
                     mini_loss += loss.detach()
                     epoch_stats.add(stats, stats["tokens"], stats["seqs"])
@@ -253,12 +261,19 @@ def grpo_step(c: Components, s: TrainState, step: int) -> StepResult:
             shaped, kl_penalty["reward/kl_penalty/mean"] = rewards - penalty, penalty.mean()
         # 4. Group-relative advantages on the whole step's reward matrix (batch statistics span all
         #    ranks), then this rank's rows: one advantage per completion, [N].
-        all_advantages = compute_advantages(shaped, cfg.advantage, eps=cfg.adv_eps, lengths=lengths)
+        if cfg.reward_normalization == "normalize_then_sum":      # GDPO: each reward normalised in its group
+            all_advantages = normalize_then_sum(parts, {name: cfg.reward_weights.get(name, 1.0) for name in parts},
+                                                eps=cfg.adv_eps)
+        else:
+            all_advantages = compute_advantages(shaped, cfg.advantage, eps=cfg.adv_eps, lengths=lengths)
         advantages = all_advantages[dist.rank_rows(cfg.prompts_per_step)].flatten().to(c.device)
-        # 5. pi_old's log-probs stay fixed through the inner epochs, unless the update is exactly
-        #    on-policy (one epoch, one mini-batch), where pi_old = pi_theta detached.
-        on_policy = cfg.inner_epochs == 1 and cfg.mini_batches == 1
-        old_logp = None if on_policy else frozen_logp(c, s.policy, rollout)
+        # 5. pi_old's log-probs stay fixed through the inner epochs: the learner's at the start of the step,
+        #    or the sampler's own (--old-logp sampler). Exactly on-policy (one epoch, one mini-batch, the
+        #    sampler the learner itself, no correction), pi_old = pi_theta detached.
+        old_logp = pi_old_logp(c, s, rollout)
+        # 5b. Off-policy corrections against the sampler's log-probs (grpo/offpolicy.py): weights on the
+        #     policy term, rejected tokens out of the loss, and the mismatch metrics.
+        token_weights, loss_mask, mismatch = off_policy_correction(cfg, rollout.logp, old_logp, loss_mask)
 
     # 6. Probe: the gradient other settings would take on these rollouts, all at the weights the step's
     #    last update starts from (the step's own with one update), against pi_old.
@@ -270,7 +285,7 @@ def grpo_step(c: Components, s: TrainState, step: int) -> StepResult:
 
     # 7. Inner epochs of clipped updates.
     probes = bool(cfg.counterfactual_every) and step % cfg.counterfactual_every == 0
-    policy_stats = update_policy(c, s, step, rollout, advantages, loss_mask, ref_logp, old_logp,
+    policy_stats = update_policy(c, s, step, rollout, advantages, loss_mask, ref_logp, old_logp, token_weights,
                                  before_last_update=probe if probes else None)
 
     # 8. Metrics over the whole step's batch: pure functions of tensors at hand, one .item() each.
@@ -284,7 +299,7 @@ def grpo_step(c: Components, s: TrainState, step: int) -> StepResult:
             **scored_metrics(scored, cut_frac=policy_stats["grad/cut_frac"], mask_truncated=cfg.mask_truncated,
                              aggregation=cfg.aggregation, max_len=cfg.max_new_tokens),
             **kl_penalty, **{k: v for k, v in policy_stats.items() if k not in ("kl_old", "grad/cut_frac")},
-            **dynamic, **counterfactual, **ledger,
+            **dynamic, **counterfactual, **ledger, **mismatch,
         }
         try:
             metrics = to_floats(metrics)
@@ -317,3 +332,59 @@ def ledger_update(c: Components, s: TrainState, mine: list, examples: list, scor
     for e, rate in zip(examples, rates.tolist()):
         s.ledger[e.index] = (rate, s.ledger.get(e.index, (0.0, 0))[1] + 1)
     return metrics, [s.ledger[e.index][1] for e in mine]
+
+
+def pi_old_logp(c: Components, s: TrainState, rollout: Rollout) -> torch.Tensor | None:
+    """pi_old's log-probs [N, T] for the step's rollouts (module docstring of grpo/offpolicy.py): the
+    sampler's own with --old-logp sampler; else the learner's now, or None when the update is exactly
+    on-policy (one epoch, one mini-batch, the sampler the learner at its precision, no correction):
+    pi_old is then pi_theta detached."""
+    cfg = c.cfg
+    if cfg.old_logp == "sampler":
+        return rollout.logp
+    exact = (cfg.inner_epochs == 1 and cfg.mini_batches == 1 and not cfg.sampler_differs
+             and cfg.rollout_is == "none" and cfg.rollout_rs == "none")
+    return None if exact else frozen_logp(c, s.policy, rollout)
+
+
+def off_policy_correction(cfg: TrainConfig, rollout_logp: torch.Tensor, old_logp: torch.Tensor | None,
+                          loss_mask: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, dict]:
+    """(IS weights on the policy term or None, the loss mask without rejected tokens, the mismatch/*
+    metrics) for this rank's rollouts. Nothing to correct or measure when pi_old is pi_theta itself (None)
+    or the sampler's own log-probs (--old-logp sampler); the metrics are logged whenever the sampler
+    differs from the learner or a correction is on."""
+    if old_logp is None or old_logp is rollout_logp:
+        return None, loss_mask, {}
+    c_min, c_max = cfg.rollout_is_bounds
+    corrected = rollout_is_weights(rollout_logp, old_logp, loss_mask, cfg.rollout_is, c_min=c_min, c_max=c_max)
+    rejected = rollout_rejection(rollout_logp, old_logp, loss_mask, cfg.rollout_rs,
+                                 lower=cfg.rollout_rs_lower, upper=cfg.rollout_rs_upper)
+    weights = None if cfg.rollout_is == "none" else corrected.weights
+    metrics = {}
+    if cfg.sampler_differs or cfg.rollout_is != "none" or cfg.rollout_rs != "none":
+        local = mismatch_metrics(rollout_logp, old_logp, loss_mask, weights,
+                                 masked=corrected.masked | rejected, truncated=corrected.truncated)
+        # Each rank's means over its own tokens, averaged over ranks (equal batches); maxima over ranks.
+        metrics = {k: dist.max_across(v) if k.endswith("_max") else dist.sum_across(v) / dist.world_size()
+                   for k, v in local.items()}
+    return weights, loss_mask * ~rejected, metrics
+
+
+def off_policy_weights(cfg: TrainConfig, rollout_logp: torch.Tensor, logp: torch.Tensor, advantages: torch.Tensor,
+                       loss_mask: torch.Tensor, weights: torch.Tensor | None, compare: bool) -> tuple:
+    """A micro-batch's weights on the policy term: the IS weights, times DeepSeek-V3.2's off-policy sequence
+    mask at the learner's log-probs now (--off-policy-mask); and, when pi_old is not the sampler's own,
+    the ratio to the sampler's log-probs (ratio_rollout/mean, ratio_rollout/max)."""
+    extra = {}
+    if cfg.off_policy_mask is not None:
+        dropped = off_policy_sequence_mask(rollout_logp, logp.detach(), advantages, loss_mask, delta=cfg.off_policy_mask)
+        kept = (~dropped).to(logp.dtype)
+        weights = kept if weights is None else weights * kept
+        extra["offpolicy/masked_token_frac"] = masked_mean(dropped.to(logp.dtype), loss_mask)
+    if compare and (cfg.sampler_differs or cfg.rollout_is != "none" or cfg.rollout_rs != "none"):
+        with torch.no_grad():
+            active = loss_mask > 0
+            ratio = torch.exp(torch.where(active, logp.detach() - rollout_logp, 0.0))
+            extra["ratio_rollout/mean"] = masked_mean(ratio, loss_mask)
+            extra["ratio_rollout/max"] = torch.where(active, ratio, 0.0).max()
+    return weights, extra
