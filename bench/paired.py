@@ -68,15 +68,17 @@ def applied(settings: list[tuple[object, str, object]]):
 
 def branch(t):
     """A trainer that shares `t`'s frozen parts (task, tokenizer, reference: a step never writes it) and
-    owns copies of what a step changes: the policy with its optimizer (copied together, so the optimizer's
-    state belongs to the copied parameters), the random streams, the prompt pool and its ledger."""
+    owns copies of what a step changes: the policy with its optimizer and sampler (copied together, so the
+    optimizer's state belongs to the copied parameters and the sampler draws from the copied policy), the
+    random streams, the prompt pool and its ledger."""
     from grpo.timing import StageTimer
 
-    policy, optimizer, rngs, pool, ledger = copy.deepcopy(
-        (t.policy, t.optimizer, (t.prompt_rng, t.shuffle_rng, t.sample_rng, t.resample_rng), t.pool, t.ledger))
-    return dataclasses.replace(t, policy=policy, optimizer=optimizer, prompt_rng=rngs[0], shuffle_rng=rngs[1],
-                               sample_rng=rngs[2], resample_rng=rngs[3], pool=pool, ledger=ledger,
-                               step_record={}, timer=StageTimer(t.device))
+    policy, optimizer, sampler, rngs, pool, ledger = copy.deepcopy(
+        (t.policy, t.optimizer, t.sampler, (t.prompt_rng, t.shuffle_rng, t.sample_rng, t.resample_rng), t.pool,
+         t.ledger))
+    return dataclasses.replace(t, policy=policy, optimizer=optimizer, sampler=sampler, prompt_rng=rngs[0],
+                               shuffle_rng=rngs[1], sample_rng=rngs[2], resample_rng=rngs[3], pool=pool,
+                               ledger=ledger, step_record={}, timer=StageTimer(t.device))
 
 
 def paired_steps(t, steps: int, switch, first_step: int = 1, progress=None):

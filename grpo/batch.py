@@ -37,12 +37,13 @@ class Batch:
 
 
 def generate(t, prompts: list[str]) -> Rollout:
-    """One completion per prompt from the policy (in eval mode, under the step's autocast)."""
+    """One completion per prompt from the sampler's synced weights (the policy in eval mode, under the step's
+    autocast)."""
     cfg = t.cfg
     prompt_ids, prompt_mask = encode_prompts(t.tokenizer, prompts, t.device)
     t.policy.eval()
     with t.autocast():
-        rollout = t.sampler.generate(t.policy, prompt_ids, prompt_mask, max_new_tokens=cfg.max_new_tokens,
+        rollout = t.sampler.generate(prompt_ids, prompt_mask, max_new_tokens=cfg.max_new_tokens,
                                      temperature=cfg.temperature, generator=t.sample_rng,
                                      eos_token_id=t.tokenizer.eos_token_id, pad_token_id=t.tokenizer.pad_token_id,
                                      min_new_tokens=cfg.min_new_tokens)

@@ -32,7 +32,8 @@ from grpo.metrics import (TokenWeightedMean, advantage_metrics, entropy_metric, 
                           length_metrics, reward_metrics, to_floats, zero_variance_metrics)
 from grpo.models import load_tokenizer
 from grpo.objectives import SELECTIONS, token_covariance, top_entropy_keep
-from grpo.sampler import KVCacheSampler, Rollout
+from grpo.sampler import KVCacheSampler, Rollout, Sampler
+from grpo.sampler_registry import AUTO, SAMPLERS, check_sampler_name
 from grpo.counterfactual import counterfactual_metrics
 from grpo.presets import is_preset
 from grpo.probes import ledger_metrics, step_probe_metrics
@@ -131,10 +132,16 @@ def build_trainer(cfg: TrainConfig, log=print) -> Trainer:
                    resample_rng=torch.Generator().manual_seed(rank_seed + 3), lean=lean, eval_store=eval_store)
 
 
-def make_sampler(cfg: TrainConfig, policy):
-    if cfg.sampler == "auto" and fast_sampler.supports(policy):
-        return fast_sampler.StaticCacheSampler()
-    return KVCacheSampler()
+def make_sampler(cfg: TrainConfig, policy) -> Sampler:
+    """The --sampler's class from the registry, built and synced to the policy's weights; auto is the
+    static-cache loop where it supports the policy, else hf (grpo/sampler.py: the interface)."""
+    name = cfg.sampler
+    if name == AUTO:
+        name = fast_sampler.StaticCacheSampler.name if fast_sampler.supports(policy) else KVCacheSampler.name
+    check_sampler_name(name)
+    sampler = SAMPLERS[name](cfg)
+    sampler.sync_weights(policy)
+    return sampler
 
 
 @torch.no_grad()
@@ -155,6 +162,7 @@ def optimizer_step(t: Trainer, step: int, epoch: int) -> torch.Tensor:
     if not torch.isfinite(grad_norm):
         raise TrainingDiverged(f"non-finite gradient norm at step {step} (inner epoch {epoch})")
     t.optimizer.step()
+    t.sampler.sync_weights(t.policy)      # the next rollout draws from the weights just stepped
     t.optimizer.zero_grad(set_to_none=True)
     return grad_norm
 

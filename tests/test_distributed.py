@@ -48,13 +48,17 @@ WORKER = textwrap.dedent('''
         # its share of the prompts (and their completions), as the trainer's sampling would.
         examples = t.task.sample(torch.Generator().manual_seed(0), 4)
         ids, mask = encode_prompts(t.tokenizer, [e.prompt for e in examples for _ in range(4)])
-        full = KVCacheSampler().generate(t.policy.eval(), ids, mask, max_new_tokens=12, temperature=1.0,
-                                         generator=torch.Generator().manual_seed(1), eos_token_id=2, pad_token_id=0)
+        full = KVCacheSampler().generate_from(t.policy.eval(), ids, mask, max_new_tokens=12, temperature=1.0,
+                                              generator=torch.Generator().manual_seed(1), eos_token_id=2,
+                                              pad_token_id=0)
         share = 4 // world
         rows = slice(rank * share * 4, (rank + 1) * share * 4)
 
         class FixedSampler:
-            def generate(self, model, prompt_ids, prompt_mask, **kwargs):
+            def sync_weights(self, policy):
+                pass
+
+            def generate(self, prompt_ids, prompt_mask, **kwargs):
                 return Rollout(*(getattr(full, f.name)[rows] for f in dataclasses.fields(Rollout)))
 
         t.sampler = FixedSampler()

@@ -51,11 +51,12 @@ def clone_trainer(t: Trainer, cfg) -> Trainer:
 
     SGD instead of the trainer's AdamW: a parameter's change is then -lr * (clipped) gradient, so
     comparing parameters compares gradients. AdamW's first step is about lr * sign(gradient), which
-    turns float noise in a gradient entry that is nearly 0 into a full +-lr difference.
+    turns float noise in a gradient entry that is nearly 0 into a full +-lr difference. The sampler is copied
+    with the policy, so the copy's draws from the copied policy (the sampler holds the weights it draws from).
     """
-    policy = copy.deepcopy(t.policy)
+    policy, sampler = copy.deepcopy((t.policy, t.sampler))
     return dataclasses.replace(
-        t, cfg=cfg, policy=policy, reference=copy.deepcopy(t.reference),
+        t, cfg=cfg, policy=policy, sampler=sampler, reference=copy.deepcopy(t.reference),
         optimizer=torch.optim.SGD(policy.parameters(), lr=cfg.lr),
         prompt_rng=torch.Generator().manual_seed(0), shuffle_rng=torch.Generator().manual_seed(0),
         sample_rng=torch.Generator().manual_seed(0), resample_rng=torch.Generator().manual_seed(0), timer=None,
