@@ -38,12 +38,15 @@ class Batch:
 
 
 def generate(c: Components, s: TrainState, prompts: list[str]) -> Rollout:
-    """One completion per prompt from the sampler's policy (in eval mode, under the step's autocast)."""
+    """One completion per prompt from the sampler, synced to the state's sampler weights (the learner itself
+    unless the run keeps other weights for sampling), in eval mode, under the step's autocast."""
     cfg, policy = c.cfg, s.sampler_policy
     prompt_ids, prompt_mask = encode_prompts(c.tokenizer, prompts, c.device)
+    if c.sampler.model is not policy:     # several states may step on one sampler: draw from this one's
+        c.sampler.sync_weights(policy)
     policy.eval()
     with c.autocast():
-        rollout = c.sampler.generate(policy, prompt_ids, prompt_mask, max_new_tokens=cfg.max_new_tokens,
+        rollout = c.sampler.generate(prompt_ids, prompt_mask, max_new_tokens=cfg.max_new_tokens,
                                      temperature=cfg.temperature, generator=s.rng.sample,
                                      eos_token_id=c.tokenizer.eos_token_id, pad_token_id=c.tokenizer.pad_token_id,
                                      min_new_tokens=cfg.min_new_tokens)

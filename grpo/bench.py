@@ -38,6 +38,7 @@ import torch
 from grpo import GrpoError, gemm
 from grpo.config import TrainConfig
 from grpo.presets import MODEL_PRESETS
+from grpo.sampler_registry import check_sampler_name
 
 # name -> the workload's fixed shape. W1/W2 match ../shared/bench/trl_grpo_bench.py; W3 matches
 # bench/trl_smollm2_bench.py: SmolLM2-135M-Instruct, 4 chat-templated questions "What is a+b?" x G 4.
@@ -71,7 +72,7 @@ class BenchConfig:
     """Device to run on."""
     dtype: Literal["fp32", "bf16"] = "fp32"
     """Compute dtype."""
-    sampler: Literal["auto", "hf"] = "auto"
+    sampler: str = "auto"
     """Rollout implementation (see grpo train --help)."""
     peak_gflops: float | None = None
     """The machine's GEMM peak (GFLOP/s) for the floor; unset: timed here on the step's matmul shapes."""
@@ -84,6 +85,7 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if self.kernel_profile < 0:
             raise GrpoError(f"--kernel-profile must be >= 0 steps, got {self.kernel_profile}")
+        check_sampler_name(self.sampler)
 
     @property
     def shape(self) -> dict:
@@ -224,9 +226,16 @@ class PromptLengths:
     def __init__(self, sampler) -> None:
         self.sampler, self.calls = sampler, []
 
-    def generate(self, model, prompt_ids, prompt_mask, **kwargs):
+    @property
+    def model(self):
+        return self.sampler.model
+
+    def sync_weights(self, policy) -> None:
+        self.sampler.sync_weights(policy)
+
+    def generate(self, prompt_ids, prompt_mask, **kwargs):
         self.calls.append(prompt_mask.sum(-1).tolist())
-        return self.sampler.generate(model, prompt_ids, prompt_mask, **kwargs)
+        return self.sampler.generate(prompt_ids, prompt_mask, **kwargs)
 
 
 def peak_rss_mib() -> float:

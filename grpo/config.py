@@ -26,6 +26,7 @@ from grpo.objectives import ObjectiveName
 from grpo.offpolicy import ROLLOUT_IS, ROLLOUT_RS, RolloutISName, RolloutRSName
 from grpo.rewards import REWARDS
 from grpo.presets import is_preset
+from grpo.sampler_registry import check_sampler_name, sampler_names
 from grpo.tasks import TASKS, check_task
 
 
@@ -322,8 +323,8 @@ class TrainConfig:
     """Forward passes' dtype (bf16: under autocast, fp32 master weights); log-probs, ratios, KL and the loss reduction stay fp32. Unset: fp32 for a preset model; for a pretrained one bf16 where the device does bf16 matmuls in hardware (CUDA with bf16, a CPU with AVX512-BF16 or AMX; TRL's default precision), else fp32."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
-    sampler: Literal["auto", "hf"] = "auto"
-    """auto: the lean static-cache decode loop for Llama-family models, else the model's own forward; hf: always the latter."""
+    sampler: Annotated[str, tyro.conf.arg(metavar="{" + ",".join(sampler_names()) + "}")] = "auto"
+    """Who draws the rollouts (grpo/sampler_registry.py): hf decodes through the model's own forward with its KV cache; static runs a lean decode loop over a preallocated cache, Llama-family models only; auto is static where it supports the model, else hf."""
 
     def __post_init__(self) -> None:
         check_task(self.task, self.task_option)       # first: the checks below may read the task's class
@@ -413,6 +414,7 @@ class TrainConfig:
             check_alternatives(self)          # names the bad item, exit 2
         if self.advantage not in ADVANTAGES:
             raise GrpoError(f"unknown --advantage {self.advantage!r}")
+        check_sampler_name(self.sampler)
 
     def warnings(self) -> list[str]:
         """Settings that are legal but probably not what was meant (printed when a run starts)."""

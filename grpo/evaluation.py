@@ -11,6 +11,9 @@ source of the modules that compute them included.
 The prompts are cut into fixed blocks, each decoded as one batch with its own generator seeded by
 (seed, step, block). Under data parallelism the blocks are dealt round-robin to the ranks, so every
 rank works and the result does not depend on the number of ranks; resuming re-evaluates identically.
+
+The sampler decodes with the model passed in (`Sampler.generate_from`), never with the weights it was
+last synced to: evaluation scores the learner's current weights even where a sampler's lag behind.
 """
 
 from __future__ import annotations
@@ -58,9 +61,9 @@ def correct_flags(model, sampler, tokenizer, examples, *, max_new_tokens: int, t
     """1.0 / 0.0 per example: is its one completion (decoded as one batch) correct by `reward`?"""
     prompts = [render_prompt(e, tokenizer, worked_example) for e in examples]
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
-    rollout = sampler.generate(model, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens,
-                               temperature=temperature, generator=generator, greedy=greedy,
-                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    rollout = sampler.generate_from(model, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens,
+                                    temperature=temperature, generator=generator, greedy=greedy,
+                                    eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     texts = decode_completions(tokenizer, rollout.completion_ids, rollout.completion_mask)
     return [reward(response_text(t, e), e) for t, e in zip(texts, examples)]
 

@@ -1,4 +1,4 @@
-"""A lean decode loop for Llama-family models (Llama, Qwen2, Mistral): the `Sampler` fast path.
+"""A lean decode loop for Llama-family models (Llama, Qwen2, Mistral): the `Sampler` fast path, --sampler static.
 
 `KVCacheSampler` calls the `transformers` model once per new token; on a small model most of that
 time is the framework's per-call work (mask building, cache bookkeeping, keyword plumbing), not
@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from grpo import gemm
-from grpo.sampler import Rollout, TokenStream, prompt_positions, shared_prefill
+from grpo import GrpoError, gemm
+from grpo.sampler import Rollout, Sampler, TokenStream, prompt_positions, shared_prefill
+from grpo.sampler_registry import register_sampler
 from grpo.lean_layers import autocast_dtype as _matmul_dtype, cast_to, cast_weight
 
 SUPPORTED = {"llama", "qwen2", "mistral"}
@@ -104,7 +105,8 @@ def next_logits(model, layers: list[_Layer], head: tuple[Tensor, Tensor | None],
     return F.linear(h, head_weight, head_bias)
 
 
-class StaticCacheSampler:
+@register_sampler("static")
+class StaticCacheSampler(Sampler):
     """`Sampler` for Llama-family models with a preallocated KV cache; same interface and outputs.
 
     (torch.compile of `next_logits` was tried twice. Sliced to the filled part of the cache, it
@@ -115,10 +117,18 @@ class StaticCacheSampler:
     back (~0.035 s a step); so the loop stays eager.)
     """
 
+    def sync_weights(self, policy: torch.nn.Module) -> None:
+        """`Sampler.sync_weights`, refusing (at build) a model this loop does not run."""
+        if policy is not self.model and not supports(policy):
+            model_type = getattr(getattr(policy, "config", None), "model_type", None)
+            raise GrpoError(f"--sampler static runs Llama-family models ({', '.join(sorted(SUPPORTED))}: SiLU MLP "
+                            f"without bias, no sliding window), not this {model_type}: use --sampler hf")
+        super().sync_weights(policy)
+
     @torch.inference_mode()
-    def generate(self, model, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int,
-                 temperature: float, generator: torch.Generator | None, eos_token_id: int,
-                 pad_token_id: int, min_new_tokens: int = 0, greedy: bool = False) -> Rollout:
+    def generate_from(self, model, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int,
+                      temperature: float, generator: torch.Generator | None, eos_token_id: int,
+                      pad_token_id: int, min_new_tokens: int = 0, greedy: bool = False) -> Rollout:
         config, body = model.config, model.model
         num_rows, prompt_len = prompt_ids.shape
         heads, kv_heads = config.num_attention_heads, config.num_key_value_heads

@@ -1,15 +1,37 @@
-"""Batched, KV-cached sampling of G completions per prompt.
+"""Batched, KV-cached sampling of G completions per prompt, and the interface every sampler implements.
 
-`Sampler` is the interface the trainer calls; `KVCacheSampler` is its implementation on a
-`transformers` causal LM (a vLLM backend would be another class with the same `generate`). It runs
-under `torch.inference_mode()`: rollouts never build an autograd graph.
+A sampler is a class registered under its --sampler name (grpo/sampler_registry.py):
+
+    @register_sampler("mine")
+    class MySampler(Sampler):
+        def generate_from(self, model, prompt_ids, prompt_mask, *, max_new_tokens, temperature, generator,
+                          eos_token_id, pad_token_id, min_new_tokens=0, greedy=False) -> Rollout: ...
+
+in a file of its own, imported before the config is built (a built-in one, in grpo/, is also declared in
+sampler_registry.BUILTIN_SAMPLERS and imported by grpo/trainer.py). `trainer.make_sampler` builds it as
+`cls(cfg)` with the run's TrainConfig. What it implements:
+- The weights it draws from. `sync_weights(policy)` gives it the learner's weights: once when the trainer
+  is built, then after every optimizer step (`trainer.optimizer_step`), so `generate` draws from the
+  weights of the latest step. The in-process samplers here keep a reference to the module (no copy, no
+  cost); a sampler in another process or on other hardware would copy the weights there, and may lag.
+- `generate(prompt_ids, prompt_mask, *, max_new_tokens, temperature, generator, eos_token_id,
+  pad_token_id, min_new_tokens) -> Rollout`: one completion per row (prompts repeated G times for a group)
+  from the synced weights. Rollout.logp must hold the sampler's own log-prob of each drawn token under the
+  distribution it drew from: temperature applied, EOS banned before min_new_tokens, 0 on padding. The
+  trainer reads them as pi_old's (on-policy token selections, the KL-in-reward penalty, the stored
+  rollouts); `policy.completion_logp` applies the same processing, so the ratio compares like with like.
+  Draw the tokens through `TokenStream`, which owns that processing and takes one uniform per row and
+  position from `generator` (the random stream then does not depend on when rows end).
+- `generate_from(model, ...)` decodes with an explicit model (greedy: argmax tokens, log-probs still
+  tempered). `Sampler.generate` is `generate_from(synced model)`; evaluation calls `generate_from` with the
+  learner itself, so it scores the learner's current weights even when a sampler's synced ones lag.
+
+`KVCacheSampler` ("hf") implements it on a `transformers` causal LM; fast_sampler.StaticCacheSampler
+("static") is a lean loop for Llama-family models. Both run under `torch.inference_mode()`: rollouts never
+build an autograd graph.
 
 Completion mask convention: 1 for every generated token up to and including the first EOS; 0 for
 the padding written after it. A row without EOS after max_new_tokens is `truncated`.
-
-The sampler also returns the log-prob of each token it drew under the distribution it drew from
-(temperature applied, EOS banned before min_new_tokens): `policy.completion_logp` applies the same
-processing, so pi_old and the ratio refer to the distribution that was actually sampled.
 """
 
 from __future__ import annotations
@@ -17,7 +39,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +46,7 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from grpo import GrpoError
+from grpo.sampler_registry import register_sampler
 
 
 @dataclass
@@ -38,11 +60,34 @@ class Rollout:
     logp: Tensor              # [N, T] log-prob of each drawn token under the sampling distribution (0 on padding)
 
 
-class Sampler(Protocol):
-    def generate(self, model, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int,
-                 temperature: float, generator: torch.Generator | None, eos_token_id: int,
-                 pad_token_id: int, min_new_tokens: int = 0, greedy: bool = False) -> Rollout:
-        """Sample one completion per row of prompt_ids (repeat prompts G times for a group)."""
+class Sampler:
+    """The base of every registered sampler (the module docstring says what one implements). This one
+    draws from the module it was last synced to, by reference."""
+
+    name: str    # the --sampler name, set by @register_sampler
+
+    def __init__(self, cfg=None) -> None:
+        self.model = None
+
+    def sync_weights(self, policy: torch.nn.Module) -> None:
+        """Draw from `policy`'s weights from now on (called at build and after every optimizer step)."""
+        self.model = policy
+
+    def generate(self, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int, temperature: float,
+                 generator: torch.Generator | None, eos_token_id: int, pad_token_id: int,
+                 min_new_tokens: int = 0) -> Rollout:
+        """Sample one completion per row of prompt_ids from the synced weights."""
+        if self.model is None:
+            raise RuntimeError(f"{type(self).__name__}.generate before sync_weights: it has no weights to draw from")
+        return self.generate_from(self.model, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens,
+                                  temperature=temperature, generator=generator, eos_token_id=eos_token_id,
+                                  pad_token_id=pad_token_id, min_new_tokens=min_new_tokens)
+
+    def generate_from(self, model, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int,
+                      temperature: float, generator: torch.Generator | None, eos_token_id: int,
+                      pad_token_id: int, min_new_tokens: int = 0, greedy: bool = False) -> Rollout:
+        """Sample (or with greedy, pick) one completion per row of prompt_ids from `model`."""
+        raise NotImplementedError
 
 
 def prompt_positions(prompt_mask: Tensor) -> Tensor:
@@ -167,13 +212,14 @@ def sample_next(logits: Tensor, temperature: float, generator: torch.Generator |
     return token, entropy, logp
 
 
-class KVCacheSampler:
+@register_sampler("hf")
+class KVCacheSampler(Sampler):
     """Token-by-token decoding with the model's own KV cache, stopping when every row hit EOS."""
 
     @torch.inference_mode()
-    def generate(self, model, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int,
-                 temperature: float, generator: torch.Generator | None, eos_token_id: int,
-                 pad_token_id: int, min_new_tokens: int = 0, greedy: bool = False) -> Rollout:
+    def generate_from(self, model, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int,
+                      temperature: float, generator: torch.Generator | None, eos_token_id: int,
+                      pad_token_id: int, min_new_tokens: int = 0, greedy: bool = False) -> Rollout:
         num_rows, device = prompt_ids.shape[0], prompt_ids.device
         attention = prompt_mask.long()
         positions = prompt_positions(prompt_mask)

@@ -34,7 +34,8 @@ from grpo.metrics import ScoredStep, TokenWeightedMean, scored_metrics, to_float
 from grpo.models import load_tokenizer
 from grpo.objectives import SELECTIONS, masked_mean, token_covariance, top_entropy_keep
 from grpo.offpolicy import mismatch_metrics, off_policy_sequence_mask, rollout_is_weights, rollout_rejection
-from grpo.sampler import KVCacheSampler, Rollout
+from grpo.sampler import KVCacheSampler, Rollout, Sampler
+from grpo.sampler_registry import AUTO, SAMPLERS, check_sampler_name
 from grpo.counterfactual import counterfactual_metrics
 from grpo.presets import is_preset
 from grpo.probes import ledger_metrics
@@ -122,10 +123,16 @@ def build_run(cfg: TrainConfig, log=print) -> tuple[Components, TrainState]:
     return components, state
 
 
-def make_sampler(cfg: TrainConfig, policy):
-    if cfg.sampler == "auto" and fast_sampler.supports(policy):
-        return fast_sampler.StaticCacheSampler()
-    return KVCacheSampler()
+def make_sampler(cfg: TrainConfig, policy) -> Sampler:
+    """The --sampler's class from the registry, built and synced to the policy's weights; auto is the
+    static-cache loop where it supports the policy, else hf (grpo/sampler.py: the interface)."""
+    name = cfg.sampler
+    if name == AUTO:
+        name = fast_sampler.StaticCacheSampler.name if fast_sampler.supports(policy) else KVCacheSampler.name
+    check_sampler_name(name)
+    sampler = SAMPLERS[name](cfg)
+    sampler.sync_weights(policy)
+    return sampler
 
 
 def evaluate_policy(c: Components, s: TrainState, step: int) -> dict[str, float]:
@@ -153,6 +160,7 @@ def optimizer_step(c: Components, s: TrainState, step: int, epoch: int) -> torch
     if not torch.isfinite(grad_norm):
         raise TrainingDiverged(f"non-finite gradient norm at step {step} (inner epoch {epoch})")
     s.optimizer.step()
+    c.sampler.sync_weights(s.sampler_policy)      # the next rollout draws from the weights just stepped
     s.optimizer.zero_grad(set_to_none=True)
     return grad_norm
 

@@ -21,7 +21,7 @@ WORKER = textwrap.dedent('''
     from grpo import distributed as dist
     from grpo.advantages import ADVANTAGES
     from grpo.config import TrainConfig
-    from grpo.sampler import KVCacheSampler, Rollout, encode_prompts
+    from grpo.sampler import KVCacheSampler, Rollout, Sampler, encode_prompts
 
     dist.init_from_env(torch.device("cpu"))
     rank, world = dist.rank(), dist.world_size()
@@ -48,13 +48,14 @@ WORKER = textwrap.dedent('''
         # its share of the prompts (and their completions), as the trainer's sampling would.
         examples = c.task.sample(torch.Generator().manual_seed(0), 4)
         ids, mask = encode_prompts(c.tokenizer, [e.prompt for e in examples for _ in range(4)])
-        full = KVCacheSampler().generate(s.policy.eval(), ids, mask, max_new_tokens=12, temperature=1.0,
-                                         generator=torch.Generator().manual_seed(1), eos_token_id=2, pad_token_id=0)
+        full = KVCacheSampler().generate_from(s.policy.eval(), ids, mask, max_new_tokens=12, temperature=1.0,
+                                              generator=torch.Generator().manual_seed(1), eos_token_id=2,
+                                              pad_token_id=0)
         share = 4 // world
         rows = slice(rank * share * 4, (rank + 1) * share * 4)
 
-        class FixedSampler:
-            def generate(self, model, prompt_ids, prompt_mask, **kwargs):
+        class FixedSampler(Sampler):
+            def generate(self, prompt_ids, prompt_mask, **kwargs):
                 return Rollout(*(getattr(full, f.name)[rows] for f in dataclasses.fields(Rollout)))
 
         c.sampler = FixedSampler()

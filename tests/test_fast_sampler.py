@@ -40,11 +40,11 @@ def test_fast_decode_matches_the_model_forward(build):
     assert supports(model)
     ids, mask = left_padded_prompts()
     kwargs = dict(max_new_tokens=16, min_new_tokens=16, temperature=0.7, eos_token_id=2, pad_token_id=0)
-    slow = KVCacheSampler().generate(model, ids, mask, generator=None, greedy=True, **kwargs)
-    fast = StaticCacheSampler().generate(model, ids, mask, generator=None, greedy=True, **kwargs)
+    slow = KVCacheSampler().generate_from(model, ids, mask, generator=None, greedy=True, **kwargs)
+    fast = StaticCacheSampler().generate_from(model, ids, mask, generator=None, greedy=True, **kwargs)
     assert torch.equal(slow.completion_ids, fast.completion_ids)
     torch.testing.assert_close(slow.entropy, fast.entropy, atol=1e-4, rtol=1e-4)   # same distributions
-    sampled = [s.generate(model, ids, mask, generator=torch.Generator().manual_seed(3), **kwargs)
+    sampled = [s.generate_from(model, ids, mask, generator=torch.Generator().manual_seed(3), **kwargs)
                for s in (KVCacheSampler(), StaticCacheSampler())]
     torch.testing.assert_close(sampled[0].entropy[:, 0], sampled[1].entropy[:, 0])
 
@@ -53,8 +53,8 @@ def test_fast_decode_stops_rows_at_eos_like_the_reference():
     model = llama(4)
     ids, mask = left_padded_prompts()
     kwargs = dict(max_new_tokens=40, temperature=1.0, eos_token_id=2, pad_token_id=0)
-    slow = KVCacheSampler().generate(model, ids, mask, generator=torch.Generator().manual_seed(5), **kwargs)
-    fast = StaticCacheSampler().generate(model, ids, mask, generator=torch.Generator().manual_seed(5), **kwargs)
+    slow = KVCacheSampler().generate_from(model, ids, mask, generator=torch.Generator().manual_seed(5), **kwargs)
+    fast = StaticCacheSampler().generate_from(model, ids, mask, generator=torch.Generator().manual_seed(5), **kwargs)
     assert torch.equal(slow.completion_mask, fast.completion_mask)
     assert torch.equal(slow.truncated, fast.truncated)
 
@@ -76,8 +76,8 @@ def test_dropping_ended_rows_changes_no_row(monkeypatch):
     for compact_at in (1, 10**9):
         monkeypatch.setattr(fast_sampler, "COMPACT_AT", compact_at)
         rows_run.clear()
-        runs.append((StaticCacheSampler().generate(model, ids, mask, generator=torch.Generator().manual_seed(1),
-                                                   **kwargs), list(rows_run)))
+        runs.append((StaticCacheSampler().generate_from(model, ids, mask, generator=torch.Generator().manual_seed(1),
+                                                        **kwargs), list(rows_run)))
     (kept, kept_rows), (dropped, dropped_rows) = runs
     lengths = kept.completion_mask.sum(-1)
     assert lengths.min() < lengths.max()                     # precondition: rows end at different steps
@@ -103,8 +103,8 @@ def test_weights_cast_once_under_autocast_give_what_autocast_gives_per_token(mon
         if not cast_once:
             monkeypatch.setattr(fast_sampler, "_matmul_dtype", lambda device: None)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            runs.append(StaticCacheSampler().generate(model, ids, (ids != 0).long(),
-                                                      generator=torch.Generator().manual_seed(3), **kwargs))
+            runs.append(StaticCacheSampler().generate_from(model, ids, (ids != 0).long(),
+                                                           generator=torch.Generator().manual_seed(3), **kwargs))
     once, per_op = runs
     assert fast_sampler._matmul_dtype(torch.device("cpu")) is None          # outside autocast: fp32
     assert torch.equal(once.completion_ids, per_op.completion_ids)

@@ -116,7 +116,7 @@ def test_package_has_no_import_cycle():
 LAYERS = {
     1: "grpo distributed timing paths device progress memory",                 # foundations
     2: "advantages kl objectives losses offpolicy",                            # the math
-    3: "config flags alternatives presets tasks rewards tokenizer",            # config, tasks, rewards
+    3: "config flags alternatives presets sampler_registry tasks rewards tokenizer",  # config, tasks, rewards
     4: "models pretrained sampler fast_sampler policy lean_layers gemm evaluation warmstart",  # engine parts
     5: "state batch update metrics probes calibration counterfactual trainer", # the algorithm
     6: "tracking checkpoint rollout_files runner",                             # the run

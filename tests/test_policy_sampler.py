@@ -256,8 +256,8 @@ def greedy_no_cache(model, prompt: list[int], max_new_tokens: int, eos: int) -> 
 def _generate(model, prompts, eos, max_new_tokens=10, **kwargs):
     prompt_ids, prompt_mask = left_pad(prompts)
     kwargs = {"temperature": 1.0, "generator": None, "greedy": True, **kwargs}
-    return KVCacheSampler().generate(model, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens,
-                                     eos_token_id=eos, pad_token_id=PAD, **kwargs)
+    return KVCacheSampler().generate_from(model, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens,
+                                          eos_token_id=eos, pad_token_id=PAD, **kwargs)
 
 
 def test_greedy_kv_cache_equals_full_recompute_without_eos(model):
@@ -437,8 +437,8 @@ def test_greedy_decoding_equals_full_recompute_whatever_the_cache_keyword(model,
     and one with the older `past_key_values` forward (a cache passed under the wrong name is lost)."""
     model = _same_weights(model_class, model)
     prompt_ids, prompt_mask = left_pad(PROMPTS)
-    rollout = sampler().generate(model, prompt_ids, prompt_mask, max_new_tokens=10, temperature=1.0, generator=None,
-                                 greedy=True, eos_token_id=-1, pad_token_id=PAD)
+    rollout = sampler().generate_from(model, prompt_ids, prompt_mask, max_new_tokens=10, temperature=1.0,
+                                      generator=None, greedy=True, eos_token_id=-1, pad_token_id=PAD)
     assert rollout.completion_ids.tolist() == [greedy_no_cache(model, p, 10, eos=-1) for p in PROMPTS]
 
 
@@ -447,8 +447,8 @@ def test_a_cache_the_model_ignores_is_a_clear_error(model, sampler):
     model = _same_weights(CachelessLlama, model)
     prompt_ids, prompt_mask = left_pad(PROMPTS)
     with pytest.raises(GrpoError, match="KV cache holds 0 positions after a prefill of 7"):
-        sampler().generate(model, prompt_ids, prompt_mask, max_new_tokens=4, temperature=1.0, generator=None,
-                           greedy=True, eos_token_id=EOS, pad_token_id=PAD)
+        sampler().generate_from(model, prompt_ids, prompt_mask, max_new_tokens=4, temperature=1.0, generator=None,
+                                greedy=True, eos_token_id=EOS, pad_token_id=PAD)
 
 
 @pytest.mark.parametrize("sampler", [KVCacheSampler, StaticCacheSampler], ids=["kv_cache", "static_cache"])
@@ -459,9 +459,9 @@ def test_sampler_logp_equals_the_learners_logp(model, sampler, temperature, min_
     """pi_old as the sampler drew from it (temperature, EOS banned before min_new_tokens) is what
     completion_logp scores, on every completion token; padding after EOS carries log-prob 0."""
     prompt_ids, prompt_mask = left_pad(PROMPTS * 4)
-    rollout = sampler().generate(model, prompt_ids, prompt_mask, max_new_tokens=12, temperature=temperature,
-                                 generator=torch.Generator().manual_seed(7), greedy=greedy, eos_token_id=EOS,
-                                 pad_token_id=PAD, min_new_tokens=min_new_tokens)
+    rollout = sampler().generate_from(model, prompt_ids, prompt_mask, max_new_tokens=12, temperature=temperature,
+                                      generator=torch.Generator().manual_seed(7), greedy=greedy, eos_token_id=EOS,
+                                      pad_token_id=PAD, min_new_tokens=min_new_tokens)
     with torch.no_grad():
         learner = completion_logp(model, prompt_ids, prompt_mask, rollout.completion_ids, temperature,
                                   eos_token_id=EOS, min_new_tokens=min_new_tokens)

@@ -11,12 +11,15 @@ from typing import get_args
 
 import pytest
 
+import grpo.fast_sampler  # noqa: F401  (registers the built-in samplers)
+import grpo.sampler  # noqa: F401
 from grpo import config
 from grpo.advantages import ADVANTAGES, AdvantageName
 from grpo.kl import KL_ESTIMATORS, KLName
 from grpo.losses import AGGREGATIONS, AggregationName
 from grpo.objectives import OBJECTIVES, ObjectiveName
 from grpo.cli import main
+from grpo.sampler_registry import AUTO, BUILTIN_SAMPLERS, SAMPLERS, sampler_names
 from grpo.tasks import TASKS
 
 REGISTRIES = {  # config field: (its Literal, its registry)
@@ -25,7 +28,12 @@ REGISTRIES = {  # config field: (its Literal, its registry)
     "aggregation": (AggregationName, AGGREGATIONS),
     "objective": (ObjectiveName, OBJECTIVES),
 }
-ALL_NAMES = {name for _, registry in REGISTRIES.values() for name in registry} | set(TASKS)
+# --sampler is a str checked against the sampler registry (its classes live above the config's layer):
+# its names are the classes grpo's own modules register (a test's sampler is not one), and auto.
+BUILTIN_SAMPLER_NAMES = {name for name, cls in SAMPLERS.items() if cls.__module__.startswith("grpo.")}
+HELP_NAMES = {**{field: set(registry) for field, (_, registry) in REGISTRIES.items()},
+              "sampler": {AUTO, *BUILTIN_SAMPLER_NAMES}}
+ALL_NAMES = {name for names in HELP_NAMES.values() for name in names} | set(TASKS)
 NOT_NAMES = {"pi_old"}   # snake_case words a help text may use that name no variant
 
 
@@ -43,9 +51,16 @@ def test_the_literal_is_the_registry(field):
     assert sorted(get_args(literal)) == sorted(registry), field
 
 
-@pytest.mark.parametrize("field", ["advantage", "kl_estimator", "aggregation", "objective"])
+def test_the_sampler_names_are_the_registry():
+    """The built-in names the config checks --sampler against (declared below it) are the classes grpo's
+    sampler modules register, and nothing else is a built-in."""
+    assert BUILTIN_SAMPLER_NAMES == set(BUILTIN_SAMPLERS) and "hf" in BUILTIN_SAMPLER_NAMES
+    assert sampler_names()[:3] == [AUTO, *BUILTIN_SAMPLERS]
+
+
+@pytest.mark.parametrize("field", ["advantage", "kl_estimator", "aggregation", "objective", "sampler"])
 def test_the_help_text_lists_every_registered_name_and_no_other(field):
-    _, registry = REGISTRIES[field]
+    registry = HELP_NAMES[field]
     text = re.sub(r"\S+\.py", "", field_help()[field])             # a file path names no variant
     words = set(re.findall(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*", text))
     assert set(registry) <= words, f"--{field} help misses {sorted(set(registry) - words)}"

@@ -52,7 +52,8 @@ def clone_run(run, cfg):
 
     SGD instead of the trainer's AdamW: a parameter's change is then -lr * (clipped) gradient, so
     comparing parameters compares gradients. AdamW's first step is about lr * sign(gradient), which
-    turns float noise in a gradient entry that is nearly 0 into a full +-lr difference.
+    turns float noise in a gradient entry that is nearly 0 into a full +-lr difference. The sampler is copied
+    with the policy, so the copy's draws from the copied policy (the sampler holds the weights it draws from).
     """
     c, s = run
     state = s.copy()
