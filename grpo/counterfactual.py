@@ -40,7 +40,7 @@ from grpo.update import loss_settings, micro_batches, rollout_logp
 
 def flat_grad(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
     grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-    return torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for g in grads])
+    return torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(params, grads)])
 
 
 def counterfactual_metrics(c: Components, s: TrainState, step: int, rollout, shaped_rewards: torch.Tensor,

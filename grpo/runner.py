@@ -21,7 +21,8 @@ from grpo.device import resolve_device
 from grpo.models import check_model_dir
 from grpo.presets import is_preset
 from grpo.progress import progress_bar
-from grpo.tracking import RunStore, WandbMirror, read_summary
+from grpo.tracking import RunStore, read_summary
+from grpo.wandb_mirror import WandbMirror
 from grpo.rollout_files import prune_rollouts, rollout_tensors, write_rollout_file
 from grpo.state import STREAMS, Components, TrainState
 from grpo.trainer import StepResult, build_run, evaluate_policy, grpo_step, prompt_rows, sample_rows

@@ -21,27 +21,26 @@ import torch
 
 from grpo import TrainingDiverged, distributed as dist, fast_sampler, gemm
 from grpo.advantages import compute_advantages, normalize_then_sum
-from grpo.config import TrainConfig
-from grpo.device import resolve_device
-from grpo.evaluation import evaluate
 from grpo.alternatives import alternative_configs
 from grpo.batch import Batch, collect_batch, total_reward
+from grpo.config import TrainConfig
+from grpo.counterfactual import counterfactual_metrics
+from grpo.device import resolve_device
+from grpo.evaluation import evaluate
 from grpo.kl import kl_k1
 from grpo.lean_layers import install_lean_layers
-from grpo.losses import loss_token_mask, policy_loss
+from grpo.losses import loss_token_mask
 from grpo.memory import LARGE_MODEL_PARAMS
-from grpo.metrics import ScoredStep, TokenWeightedMean, scored_metrics, to_floats
+from grpo.metrics import ScoredStep, scored_metrics, to_floats
 from grpo.models import load_tokenizer
-from grpo.objectives import SELECTIONS, masked_mean, token_covariance, top_entropy_keep
-from grpo.offpolicy import mismatch_metrics, off_policy_sequence_mask, rollout_is_weights, rollout_rejection
-from grpo.sampler import KVCacheSampler, Rollout, Sampler
-from grpo.sampler_registry import AUTO, SAMPLERS, check_sampler_name
-from grpo.counterfactual import counterfactual_metrics
+from grpo.offpolicy import mismatch_metrics, rollout_is_weights, rollout_rejection
 from grpo.presets import is_preset
 from grpo.probes import ledger_metrics
-from grpo.tasks import PromptPool, make_task
+from grpo.sampler import KVCacheSampler, Rollout, Sampler
+from grpo.sampler_registry import AUTO, SAMPLERS, check_sampler_name
 from grpo.state import Components, RandomStreams, TrainState
-from grpo.update import loss_settings, micro_batches, rollout_logp
+from grpo.tasks import PromptPool, make_task
+from grpo.update import frozen_logp, update_policy
 from grpo.warmstart import warm_started_model, warmstart_entry
 
 __all__ = ["StepResult", "TrainingDiverged", "build_run", "evaluate_policy", "grpo_step"]
@@ -140,103 +139,6 @@ def evaluate_policy(c: Components, s: TrainState, step: int) -> dict[str, float]
     with c.autocast():
         return evaluate(s.policy, c.sampler, c.tokenizer, c.task, c.cfg, step, c.device,
                         store=c.eval_store if step == 0 else None)
-
-
-@torch.no_grad()
-def frozen_logp(c: Components, model, rollout: Rollout) -> torch.Tensor:
-    """Log-probs [N, T] under a model without gradients, a micro-batch at a time."""
-    out = torch.zeros(rollout.completion_ids.shape, device=rollout.completion_ids.device)
-    with c.autocast():
-        for rows in micro_batches(c, rollout, torch.arange(len(out), device=out.device)):
-            out[rows] = rollout_logp(c, model, rollout, rows)
-    return out
-
-
-def optimizer_step(c: Components, s: TrainState, step: int, epoch: int) -> torch.Tensor:
-    """Sum gradients over ranks, clip, step; returns the norm before clipping. A non-finite norm stops
-    the run before the step, so no NaN ever reaches the weights (or a checkpoint)."""
-    dist.sum_gradients(s.policy)
-    grad_norm = torch.nn.utils.clip_grad_norm_(s.policy.parameters(), c.cfg.max_grad_norm)
-    if not torch.isfinite(grad_norm):
-        raise TrainingDiverged(f"non-finite gradient norm at step {step} (inner epoch {epoch})")
-    s.optimizer.step()
-    c.sampler.sync_weights(s.sampler_policy)      # the next rollout draws from the weights just stepped
-    s.optimizer.zero_grad(set_to_none=True)
-    return grad_norm
-
-
-def update_policy(c: Components, s: TrainState, step: int, rollout: Rollout, advantages: torch.Tensor,
-                  loss_mask: torch.Tensor, ref_logp, old_logp, token_weights=None, before_last_update=None) -> dict:
-    """Inner epochs x mini-batches (one optimizer step each) x micro-batches (gradient accumulation).
-
-    Normalisers are the whole mini-batch's (over all ranks), so micro-batch losses add up exactly; the
-    token selections (kl_cov / clip_cov per mini-batch from pi_old's log-probs, the top-entropy quantile
-    over the step) are made before the split for the same reason. old_logp None means exactly
-    on-policy (one epoch, one mini-batch): pi_old = pi_theta detached. token_weights [N, T] (or None): the
-    off-policy correction's weights on the policy term; --off-policy-mask adds DeepSeek-V3.2's sequence mask
-    at every update, from the learner's log-probs then. before_last_update (a probe) is
-    called once, at the weights the step's last update starts from. Returns the policy statistics
-    over all epochs plus the per-epoch keys, loss and grad_norm.
-    """
-    cfg = c.cfg
-    settings = loss_settings(cfg)
-    selection_logp = rollout.logp if old_logp is None else old_logp     # pi_old's (the sampler's) log-probs
-    # clip_cov's draw: a generator of the (seed, step) alone, so resuming repeats it.
-    selection_rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-    entropy_keep = (top_entropy_keep(rollout.entropy, loss_mask, cfg.top_entropy_quantile)
-                    if cfg.top_entropy_quantile < 1 else None)
-    cov_selected = torch.zeros_like(loss_mask, dtype=torch.bool)
-    totals, out, losses, grad_norms = TokenWeightedMean(), {}, [], []
-    for epoch in range(1, cfg.inner_epochs + 1):
-        epoch_stats, epoch_losses = TokenWeightedMean(), []
-        order = torch.randperm(loss_mask.shape[0], generator=s.rng.shuffle).to(c.device)
-        for mini_batch in order.tensor_split(cfg.mini_batches):   # exactly mini_batches pieces (chunk may give fewer)
-            if before_last_update is not None and len(grad_norms) == cfg.inner_epochs * cfg.mini_batches - 1:
-                before_last_update()
-            with c.timer("train"):
-                num_seqs = float(dist.sum_across(torch.tensor(float(len(mini_batch)))))
-                num_tokens = float(dist.sum_across(loss_mask[mini_batch].sum().cpu()))
-                if cfg.objective in SELECTIONS:
-                    cov = token_covariance(advantages[mini_batch, None], selection_logp[mini_batch], loss_mask[mini_batch])
-                    cov_selected[mini_batch] = SELECTIONS[cfg.objective](
-                        cov, loss_mask[mini_batch], settings, selection_rng)
-                mini_loss = torch.zeros((), device=c.device)
-                for rows in micro_batches(c, rollout, mini_batch):
-                    with c.autocast():
-                        learner = rollout_logp(c, s.policy, rollout, rows, with_entropy=cfg.entropy_coef != 0)
-                    logp, entropy = learner if cfg.entropy_coef != 0 else (learner, None)
-                    weights, extra = off_policy_weights(cfg, rollout.logp[rows], logp, advantages[rows],
-                                                        loss_mask[rows], None if token_weights is None else token_weights[rows],
-                                                        compare=old_logp is not None and old_logp is not rollout.logp)
-                    loss, stats = policy_loss(
-                        logp, logp.detach() if old_logp is None else old_logp[rows],
-                        None if ref_logp is None else ref_logp[rows], advantages[rows], loss_mask[rows], settings,
-                        num_seqs=num_seqs, num_tokens=num_tokens, max_len=cfg.max_new_tokens,
-                        cov_selected=cov_selected[rows] if cfg.objective in SELECTIONS else None,
-                        entropy=entropy, entropy_keep=None if entropy_keep is None else entropy_keep[rows],
-                        token_weights=weights)
-                    stats.update(extra)
-                    loss.backward()
-                    mini_loss += loss.detach()
-                    epoch_stats.add(stats, stats["tokens"], stats["seqs"])
-                    # KL to the reference is reported for the rollout policy (epoch 1), not averaged over drift.
-                    totals.add({k: v for k, v in stats.items() if epoch == 1 or not k.startswith("kl/")},
-                               stats["tokens"], stats["seqs"])
-            if dist.any_across(not bool(torch.isfinite(mini_loss))):
-                raise TrainingDiverged(f"non-finite loss at step {step} (inner epoch {epoch})")
-            with c.timer("optimizer"):
-                grad_norms.append(optimizer_step(c, s, step, epoch))
-            epoch_losses.append(mini_loss)
-        summary = epoch_stats.result(dist.sum_across, dist.max_across)
-        out[f"inner/{epoch}/clip_frac"] = summary["grad/cut_frac"]
-        out[f"inner/{epoch}/ratio_mean"] = summary["ratio/mean"]
-        out[f"inner/{epoch}/kl_old"] = summary["kl_old"]
-        # Each rank's loss is its share of the global loss: the sum over ranks is the loss.
-        out[f"inner/{epoch}/loss"] = dist.sum_across(torch.stack(epoch_losses).mean())
-        losses += epoch_losses
-    policy_stats = totals.result(dist.sum_across, dist.max_across)
-    return {**policy_stats, **out, "loss": dist.sum_across(torch.stack(losses).mean()),
-            "grad_norm": torch.stack(grad_norms).float().mean()}
 
 
 def grpo_step(c: Components, s: TrainState, step: int) -> StepResult:
@@ -376,23 +278,3 @@ def off_policy_correction(cfg: TrainConfig, rollout_logp: torch.Tensor, old_logp
         metrics = {k: dist.max_across(v) if k.endswith("_max") else dist.sum_across(v) / dist.world_size()
                    for k, v in local.items()}
     return weights, loss_mask * ~rejected, metrics
-
-
-def off_policy_weights(cfg: TrainConfig, rollout_logp: torch.Tensor, logp: torch.Tensor, advantages: torch.Tensor,
-                       loss_mask: torch.Tensor, weights: torch.Tensor | None, compare: bool) -> tuple:
-    """A micro-batch's weights on the policy term: the IS weights, times DeepSeek-V3.2's off-policy sequence
-    mask at the learner's log-probs now (--off-policy-mask); and, when pi_old is not the sampler's own,
-    the ratio to the sampler's log-probs (ratio_rollout/mean, ratio_rollout/max)."""
-    extra = {}
-    if cfg.off_policy_mask is not None:
-        dropped = off_policy_sequence_mask(rollout_logp, logp.detach(), advantages, loss_mask, delta=cfg.off_policy_mask)
-        kept = (~dropped).to(logp.dtype)
-        weights = kept if weights is None else weights * kept
-        extra["offpolicy/masked_token_frac"] = masked_mean(dropped.to(logp.dtype), loss_mask)
-    if compare and (cfg.sampler_differs or cfg.rollout_is != "none" or cfg.rollout_rs != "none"):
-        with torch.no_grad():
-            active = loss_mask > 0
-            ratio = torch.exp(torch.where(active, logp.detach() - rollout_logp, 0.0))
-            extra["ratio_rollout/mean"] = masked_mean(ratio, loss_mask)
-            extra["ratio_rollout/max"] = torch.where(active, ratio, 0.0).max()
-    return weights, extra

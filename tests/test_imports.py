@@ -118,8 +118,8 @@ LAYERS = {
     2: "advantages kl objectives losses offpolicy",                            # the math
     3: "config flags alternatives presets sampler_registry tasks rewards tokenizer",  # config, tasks, rewards
     4: "models pretrained sampler fast_sampler policy lean_layers gemm evaluation warmstart",  # engine parts
-    5: "state batch update metrics probes calibration counterfactual trainer", # the algorithm
-    6: "tracking checkpoint rollout_files runner",                             # the run
+    5: "state batch metrics probes update calibration counterfactual trainer", # the algorithm
+    6: "tracking wandb_mirror checkpoint rollout_files runner",                # the run
     7: "cli bench sync rescore",                                               # commands
 }
 LAYER_OF = {("grpo" if m == "grpo" else f"grpo.{m}"): layer for layer, names in LAYERS.items() for m in names.split()}

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from grpo.cli import main
-from grpo.tracking import WandbMirror
+from grpo.wandb_mirror import WandbMirror
 from grpo.runner import train
 
 
