@@ -35,7 +35,7 @@ test-slow: install smollm2
 	$(PY) -m pytest -q -m slow
 
 bench: install
-	$(PY) -m grpo.cli bench --workload tiny
+	$(PY) -m grpo.commands.cli bench --workload tiny
 
 clean:
 	rm -rf runs .pytest_cache

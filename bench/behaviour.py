@@ -3,7 +3,7 @@ log identical lines.
 
     python bench/behaviour.py --ref main [--out DIR] [--steps N] [--threads T] [--jobs J] [--only NAME,...]
 
-Each config in CONFIGS runs twice as a `grpo train` command (`python -m grpo.cli train`): once in a temporary
+Each config in CONFIGS runs twice as a `grpo train` command (`python -m grpo.commands.cli train`): once in a temporary
 `git worktree` of REF (the old code) and once in the tree this script lives in, uncommitted changes included (the
 new code). Both sides use this script's Python interpreter, the same thread count, wandb disabled, and
 PYTHONPATH set to their own tree, so each imports its own `grpo`. Each side gets a GRPO_CACHE of its own, empty at
@@ -141,7 +141,7 @@ def side_env(tree: Path, cache: Path, threads: int) -> dict:
 
 def train_command(flags: list[str], run_dir: Path, steps: int, threads: int) -> list[str]:
     """`grpo train` with this interpreter (the module, not the `grpo` script: the script imports the installed code)."""
-    return [sys.executable, "-m", "grpo.cli", "train", *flags, "--steps", str(steps), "--threads", str(threads),
+    return [sys.executable, "-m", "grpo.commands.cli", "train", *flags, "--steps", str(steps), "--threads", str(threads),
             "--wandb-mode", "disabled", "--quiet", "--out-dir", str(run_dir)]
 
 

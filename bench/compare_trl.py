@@ -264,7 +264,7 @@ def smollm2_dir(grpo: str) -> str | None:
     """The Hugging Face directory grpo-lab converted SmolLM2 into (converting it now if needed), asked of
     the python beside the grpo executable; None when the smollm2 extra is not installed there."""
     python = Path(shutil.which(grpo) or grpo).parent / "python"
-    code = "from grpo.models import check_model_dir; print(check_model_dir('smollm2-135m', log=lambda *_: None))"
+    code = "from grpo.engine.models import check_model_dir; print(check_model_dir('smollm2-135m', log=lambda *_: None))"
     proc = subprocess.run([str(python), "-c", code], cwd=REPO, capture_output=True, text=True)
     return proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 and proc.stdout.strip() else None
 

@@ -1,6 +1,6 @@
 """Paired A/B of a code switch on a workload whose steps vary: every step runs both ways from the same state.
 
-    .venv/bin/python bench/paired.py --set grpo.gemm.MIN_WEIGHT_ELEMENTS=0 [--steps 16] [--null]
+    .venv/bin/python bench/paired.py --set grpo.engine.gemm.MIN_WEIGHT_ELEMENTS=0 [--steps 16] [--null]
                                      [--json-out F] [-- grpo train flags ...]
 
 A is the code as it is; B is the same code with each `--set MODULE.NAME=VALUE` (a Python literal) in force.
@@ -38,7 +38,7 @@ def parse_setting(text: str) -> tuple[object, str, object]:
     target, sep, literal = text.partition("=")
     module_name, _, name = target.rpartition(".")
     if not sep or not module_name or not name:
-        raise GrpoError(f"--set {text!r}: expected MODULE.NAME=VALUE, e.g. grpo.gemm.MIN_WEIGHT_ELEMENTS=0")
+        raise GrpoError(f"--set {text!r}: expected MODULE.NAME=VALUE, e.g. grpo.engine.gemm.MIN_WEIGHT_ELEMENTS=0")
     try:
         module = importlib.import_module(module_name)
     except (ImportError, TypeError, ValueError):      # TypeError: a relative name such as ".gemm"
@@ -70,7 +70,7 @@ def paired_steps(c, state, steps: int, switch, first_step: int = 1, progress=Non
     copy of the same TrainState on the run's components (which a step never changes), B first on every
     other step. Returns (the state after A's last step, one record per step: {"step", "first", "a_s", "b_s",
     "a_phases", "b_phases", "a_metrics", "b_metrics"})."""
-    from grpo.trainer import grpo_step
+    from grpo.algorithm.step import grpo_step
 
     records = []
     for step in range(first_step, first_step + steps):
@@ -126,9 +126,9 @@ def main(argv: list[str]) -> int:
     if args.json_out and not args.json_out.parent.is_dir():
         raise GrpoError(f"--json-out {args.json_out}: no folder {args.json_out.parent}")
     settings = [parse_setting(text) for text in args.settings]
-    from grpo.flags import parse_flags          # after the checks above: these imports take seconds
-    from grpo.config import TrainConfig
-    from grpo.trainer import build_run
+    from grpo.setup.flags import parse_flags          # after the checks above: these imports take seconds
+    from grpo.setup.config import TrainConfig
+    from grpo.algorithm.step import build_run
 
     cfg = parse_flags(TrainConfig, train_flags, "bench/paired.py (grpo train flags after --)")
     cfg = dataclasses.replace(cfg, wandb_mode="disabled", quiet=True)

@@ -22,7 +22,7 @@ LENGTHS = (16, 32, 64)
 def bench(workload: str, group_size: int, length: int, steps: int, threads: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "bench.json"
-        subprocess.run([sys.executable, "-m", "grpo.cli", "bench", "--workload", workload, "--group-size",
+        subprocess.run([sys.executable, "-m", "grpo.commands.cli", "bench", "--workload", workload, "--group-size",
                         str(group_size), "--completion-len", str(length), "--steps", str(steps),
                         "--threads", str(threads), "--json-out", str(out)], check=True, stdout=subprocess.DEVNULL)
         return json.loads(out.read_text())

@@ -8,7 +8,7 @@ downloaded.
 
 The workload is `grpo bench --workload smollm2`'s:
   * 4 questions "What is a+b?" (two-digit a, b; fixed seed) per step, each in the model's chat template
-    after grpo-lab's own instruction (read from grpo/tasks.py, so the prompt tokens are the same)
+    after grpo-lab's own instruction (read from grpo/setup/tasks.py, so the prompt tokens are the same)
   * G = 4 completions each, exactly 128 new tokens (min_new_tokens = 128), temperature 1, no top-k/p
   * a correctness reward (the last number in the completion) and a partial format reward
   * beta 0.04 (a reference forward every step), one iteration, AdamW lr 1e-5, grad clip 1.0
@@ -39,12 +39,12 @@ PROMPTS, GROUP, COMPLETION_LEN, MICRO_BATCH = 4, 4, 128, 4
 
 
 def instruction() -> str:
-    """grpo-lab's system prompt, SYSTEM_PROMPT in grpo/tasks.py, read without importing grpo."""
+    """grpo-lab's system prompt, SYSTEM_PROMPT in grpo/setup/tasks.py, read without importing grpo."""
     tree = ast.parse((REPO / "grpo" / "tasks.py").read_text())
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "SYSTEM_PROMPT" for t in node.targets):
             return ast.literal_eval(node.value)
-    raise SystemExit("trl_smollm2_bench: no SYSTEM_PROMPT in grpo/tasks.py")
+    raise SystemExit("trl_smollm2_bench: no SYSTEM_PROMPT in grpo/setup/tasks.py")
 
 
 def questions(n: int, seed: int) -> tuple[list[str], list[str]]:

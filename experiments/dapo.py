@@ -25,7 +25,7 @@ generated samples (x axis: samples).
 from dataclasses import replace
 
 from experiments.sweep import Experiment, main
-from grpo.config import TrainConfig
+from grpo.setup.config import TrainConfig
 
 base = TrainConfig(mini_batches=4, kl_beta=0.0)
 # The soft overlong punishment starts L_cache = 4096 tokens before L_max = 20480 (section 4.1): a fifth.

@@ -6,7 +6,7 @@ step, and no KL penalty; 5 seeds each.
 from dataclasses import replace
 
 from experiments.sweep import Experiment, main
-from grpo.config import TrainConfig
+from grpo.setup.config import TrainConfig
 
 # 8 prompts a step; the default task's completions run to 64 tokens. Held-out accuracy on all 427 held-out
 # problems (binomial noise +-2.2 points at 70%, against +-3.2 on 200) at steps 0, 20 and 40.

@@ -17,7 +17,7 @@ The report shows entropy curves over generated samples.
 from dataclasses import replace
 
 from experiments.sweep import Experiment, main
-from grpo.config import TrainConfig
+from grpo.setup.config import TrainConfig
 
 base = TrainConfig(mini_batches=4)
 EXPERIMENT = Experiment(

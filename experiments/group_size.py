@@ -5,7 +5,7 @@ a better baseline and fewer zero-variance groups (expected share p^G + (1-p)^G) 
 from dataclasses import replace
 
 from experiments.sweep import Experiment, main
-from grpo.config import TrainConfig
+from grpo.setup.config import TrainConfig
 
 COMPLETIONS_PER_STEP = 64
 base = TrainConfig()

@@ -6,7 +6,7 @@ and KL from pi_old show that drift.
 from dataclasses import replace
 
 from experiments.sweep import Experiment, main
-from grpo.config import TrainConfig
+from grpo.setup.config import TrainConfig
 
 base = TrainConfig()
 EXPERIMENT = Experiment(

@@ -6,7 +6,7 @@ reference exists, so their KL shares a scale.
 from dataclasses import replace
 
 from experiments.sweep import Experiment, main
-from grpo.config import TrainConfig
+from grpo.setup.config import TrainConfig
 
 base = TrainConfig(kl_estimator="k3")
 EXPERIMENT = Experiment(

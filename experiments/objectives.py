@@ -36,7 +36,7 @@ from dataclasses import replace
 
 from experiments.dapo import EXPERIMENT as DAPO_LADDER
 from experiments.sweep import Experiment, main
-from grpo.config import TrainConfig
+from grpo.setup.config import TrainConfig
 
 base = TrainConfig(mini_batches=4)
 NO_KL = dict(kl_beta=0.0)

@@ -20,7 +20,7 @@ paid 0.5) while its held-out accuracy fell; format_if_correct pays that nothing.
 from dataclasses import replace
 
 from experiments.sweep import Experiment, main
-from grpo.config import TrainConfig
+from grpo.setup.config import TrainConfig
 
 base = TrainConfig.for_model(
     "smollm2-135m", task="arithmetic", steps=25, max_new_tokens=64,

@@ -7,7 +7,7 @@ or split them inconsistently; verl PR #990).
 from dataclasses import replace
 
 from experiments.sweep import Experiment, main
-from grpo.config import TrainConfig
+from grpo.setup.config import TrainConfig
 
 # The probes are on: a pool of 256 fixed problems (prompts recur, so the per-prompt ledger has histories)
 # and, every 10 steps, the gradient each arm's setting would take on the run's own rollouts (one

@@ -38,11 +38,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from grpo import GrpoError
-from grpo.config import TrainConfig, config_flags, config_mismatch
-from grpo.flags import parse_flags
-from grpo.models import check_model_dir
-from grpo.presets import is_preset
-from grpo.pretrained import is_gguf
+from grpo.setup.config import TrainConfig, config_flags, config_mismatch
+from grpo.setup.flags import parse_flags
+from grpo.engine.models import check_model_dir
+from grpo.setup.presets import is_preset
+from grpo.engine.pretrained import is_gguf
 
 # Measured on the 2-core machine (3 x 250-step tiny runs): two 1-thread runs side by side took 205 s for
 # both, one 2-thread run 114 s alone, so two at a time finish a sweep ~10% sooner.
@@ -90,7 +90,7 @@ class Run:
 
 
 def train_command(run: Run) -> list[str]:
-    return [sys.executable, "-m", "grpo.cli", "train", *config_flags(run.config)]
+    return [sys.executable, "-m", "grpo.commands.cli", "train", *config_flags(run.config)]
 
 
 def plan_runs(experiment: Experiment, out_dir: Path, seeds: list[int], overrides: dict, parallel: int) -> list[Run]:
@@ -201,7 +201,7 @@ class Forked:
 
 def preload() -> None:
     """Import what every run imports, once, before the runs are forked (imports run no tensor ops)."""
-    import grpo.runner  # noqa: F401
+    import grpo.run.runner  # noqa: F401
 
     if os.environ.get("WANDB_MODE") != "disabled":
         try:
@@ -221,7 +221,7 @@ def start_run(run: Run):
     env = {"OMP_NUM_THREADS": str(run.config.threads), "TOKENIZERS_PARALLELISM": "false"}
     if FORK:
         def work() -> int:
-            from grpo.cli import main as grpo_main
+            from grpo.commands.cli import main as grpo_main
 
             os.environ.update(env)
             return grpo_main(["train", *config_flags(run.config)])
@@ -258,9 +258,9 @@ def prebuild_warm_starts(runs: list[Run], log=print) -> None:
     """
     import torch
 
-    from grpo.device import resolve_device
-    from grpo.tasks import make_task
-    from grpo.warmstart import warm_started_model, warmstart_entry
+    from grpo.base.device import resolve_device
+    from grpo.setup.tasks import make_task
+    from grpo.engine.warmstart import warm_started_model, warmstart_entry
 
     wanted = {}
     for run in runs:
@@ -323,7 +323,7 @@ def write_sweep_json(experiment: Experiment, out_dir: Path, runs: list[Run], see
     import transformers
 
     from grpo import __version__
-    from grpo.tracking import git_commit
+    from grpo.run.store import git_commit
 
     per_run = ("out_dir", "seed", "experiment", "arm") + (("warmstart_seed",) if warmstart_seed == "per-seed" else ())
     # An arm's settings are what differs from the defaults grpo train gives its model (PRETRAINED_DEFAULTS

@@ -1,4 +1,4 @@
-"""Tests for grpo/advantages.py: every expected number below is worked out by hand in a comment."""
+"""Tests for grpo/formulas/advantages.py: every expected number below is worked out by hand in a comment."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from grpo import GrpoError
-from grpo.advantages import ADVANTAGES, AdvantageName, compute_advantages, normalize_then_sum
+from grpo.formulas.advantages import ADVANTAGES, AdvantageName, compute_advantages, normalize_then_sum
 
 ESTIMATORS = ["grpo", "dr_grpo", "batch_std", "rloo", "reinforce_pp", "opo", "gpg"]
 EPS = 1e-4

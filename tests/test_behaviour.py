@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from grpo.flags import parse_flags
-from grpo.config import TrainConfig
+from grpo.setup.flags import parse_flags
+from grpo.setup.config import TrainConfig
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "behaviour.py"
 spec = importlib.util.spec_from_file_location("behaviour", SCRIPT)
@@ -97,7 +97,7 @@ def test_each_side_runs_its_own_code_with_its_own_cache_and_the_same_threads(tmp
     assert env["old"]["GRPO_CACHE"] != env["new"]["GRPO_CACHE"]
     assert env["old"]["OMP_NUM_THREADS"] == env["new"]["OMP_NUM_THREADS"] == "3"
     command = behaviour.train_command(["--dynamic-sampling"], tmp_path / "run", 7, 3)
-    assert command[:4] == [sys.executable, "-m", "grpo.cli", "train"]
+    assert command[:4] == [sys.executable, "-m", "grpo.commands.cli", "train"]
 
 
 @pytest.mark.parametrize("name", list(behaviour.CONFIGS))

@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from grpo import bench
-from grpo.cli import main
+from grpo.commands import benchmark as bench
+from grpo.commands.cli import main
 
 
 def test_step_flops_of_w1_by_hand():
@@ -112,8 +112,8 @@ def test_kernel_ops_cover_every_matmul_and_attention_op_a_step_runs(tmp_path):
     or one of the wrappers that call them."""
     from torch.profiler import ProfilerActivity, profile
 
-    from grpo.lean_layers import head_logp
-    from grpo.trainer import build_run, grpo_step
+    from grpo.engine.lean_layers import head_logp
+    from grpo.algorithm.step import build_run, grpo_step
 
     c, s = build_run(bench.workload_config(bench.BenchConfig(completion_len=3, threads=1)), log=lambda *_: None)
     hidden = torch.randn(2, 3, 8, requires_grad=True)

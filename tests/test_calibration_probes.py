@@ -1,4 +1,4 @@
-"""Calibration of the probes on simulated steps with a known answer (grpo/calibration.py): each reads
+"""Calibration of the probes on simulated steps with a known answer (grpo/algorithm/known_answers.py): each reads
 null on a null case, at the nominal rate where it comes with a test, and finds a planted effect.
 
 Fixed seeds; every tolerance is stated where it is used. A z bound of 4 standard errors fails a
@@ -13,9 +13,9 @@ import math
 import pytest
 import torch
 
-from grpo import calibration as cal
-from grpo.advantages import compute_advantages
-from grpo.probes import MIXED, difficulty_metrics, ledger_metrics, length_bias_metrics, solve_state
+from grpo.algorithm import known_answers as cal
+from grpo.formulas.advantages import compute_advantages
+from grpo.algorithm.step_probes import MIXED, difficulty_metrics, ledger_metrics, length_bias_metrics, solve_state
 
 # The difficulty mixture of the length-bias simulations: harder levels are solved less often and
 # written longer, so |A| (1-q for A > 0, q for A < 0, times the group's scale) and length both move
@@ -285,7 +285,7 @@ def test_a_frozen_policy_run_reads_the_ledger_null_and_the_old_plug_in_does_not(
     Measured 2026-12-06: gap +0.012 (SE 0.032), plug-in +0.128 (SE 0.029); the same run at --lr 1e-3, a
     policy that moves, reads +0.059 against 3 SE = 0.044 and fails the first check."""
     import conftest
-    from grpo.runner import train
+    from grpo.run.runner import train
     from test_trainer import QUIET, warm_cache
 
     cfg = make_cfg(tmp_path, **conftest.MIXED, lr=0.0, steps=16, prompt_pool=256, prompts_per_step=32,

@@ -1,4 +1,4 @@
-"""Tests for grpo/cli.py: every bad input is one line `grpo: error: ...`, exit code 2, no traceback,
+"""Tests for grpo/commands/cli.py: every bad input is one line `grpo: error: ...`, exit code 2, no traceback,
 and nothing on disk is touched; `grpo train --help` lists the documented flags."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import cli_args, one_error_line
-from grpo.cli import main
+from grpo.commands.cli import main
 
 
 def tiny_flags(make_cfg, tmp_path, **overrides) -> list[str]:
@@ -66,8 +66,8 @@ def test_non_finite_reward_weight_is_an_input_error(make_cfg, tmp_path, capsys, 
     (" correct = 1 , ", {"correct": 1.0}),
 ])
 def test_reward_weights_name_any_registered_reward(value, expected):
-    from grpo.flags import parse_flags
-    from grpo.config import TrainConfig
+    from grpo.setup.flags import parse_flags
+    from grpo.setup.config import TrainConfig
 
     assert parse_flags(TrainConfig, ["--reward-weights", value], "grpo train").reward_weights == expected
 
@@ -212,7 +212,7 @@ def test_every_checkpoint_corrupt_is_an_error_naming_them(make_cfg, tmp_path, ca
 # ---------------------------------------------------------------- as a user sees it
 
 def test_subprocess_prints_no_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "grpo.cli", "train", "--group-size", "1", "--out-dir",
+    result = subprocess.run([sys.executable, "-m", "grpo.commands.cli", "train", "--group-size", "1", "--out-dir",
                              str(tmp_path / "run")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr

@@ -1,4 +1,4 @@
-"""Tests for grpo/counterfactual.py without a run: which alternatives ratio 1 makes identical (checked
+"""Tests for grpo/algorithm/counterfactual.py without a run: which alternatives ratio 1 makes identical (checked
 against the loss's own gradients), the refusals when the config is built, and the probe's cosines at a
 hand-set pi_old on a policy small enough to differentiate on paper."""
 
@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from grpo import GrpoError
-from grpo.alternatives import alternative_configs, inert_at_ratio_one
-from grpo.config import TrainConfig
-from grpo.counterfactual import counterfactual_metrics
-from grpo.losses import policy_loss
-from grpo.sampler import Rollout
-from grpo.state import Components, RandomStreams, TrainState
-from grpo.update import loss_settings
+from grpo.setup.alternatives import alternative_configs, inert_at_ratio_one
+from grpo.setup.config import TrainConfig
+from grpo.algorithm.counterfactual import counterfactual_metrics
+from grpo.formulas.losses import policy_loss
+from grpo.engine.sampler import Rollout
+from grpo.algorithm.state import Components, RandomStreams, TrainState
+from grpo.algorithm.update import loss_settings
 
 F64 = torch.float64
 

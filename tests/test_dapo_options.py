@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from conftest import MIXED, cli_args
-from grpo.batch import collect_batch, total_reward
-from grpo.cli import main
-from grpo.rewards import REWARDS, overlong_penalty
-from grpo.trainer import build_run, grpo_step
+from grpo.algorithm.collect import collect_batch, total_reward
+from grpo.commands.cli import main
+from grpo.setup.rewards import REWARDS, overlong_penalty
+from grpo.algorithm.step import build_run, grpo_step
 from test_trainer import QUIET, recorded_prompts, warm_cache
 
 

@@ -11,17 +11,17 @@ import textwrap
 import pytest
 import torch
 
-from grpo.advantages import ADVANTAGES
+from grpo.formulas.advantages import ADVANTAGES
 
 WORKER = textwrap.dedent('''
     import dataclasses, sys
     import torch
-    import grpo.rewards as rewards
-    import grpo.trainer as trainer
-    from grpo import distributed as dist
-    from grpo.advantages import ADVANTAGES
-    from grpo.config import TrainConfig
-    from grpo.sampler import KVCacheSampler, Rollout, Sampler, encode_prompts
+    import grpo.setup.rewards as rewards
+    import grpo.algorithm.step as trainer
+    from grpo.base import distributed as dist
+    from grpo.formulas.advantages import ADVANTAGES
+    from grpo.setup.config import TrainConfig
+    from grpo.engine.sampler import KVCacheSampler, Rollout, Sampler, encode_prompts
 
     dist.init_from_env(torch.device("cpu"))
     rank, world = dist.rank(), dist.world_size()

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from grpo.fast_sampler import StaticCacheSampler, supports
-from grpo.sampler import KVCacheSampler
+from grpo.engine.fast_sampler import StaticCacheSampler, supports
+from grpo.engine.sampler import KVCacheSampler
 
 SMALL = dict(vocab_size=21, hidden_size=64, intermediate_size=96, num_hidden_layers=2, max_position_embeddings=128,
              pad_token_id=0, bos_token_id=1, eos_token_id=2)
@@ -63,7 +63,7 @@ def test_dropping_ended_rows_changes_no_row(monkeypatch):
     """Rows that hit EOS leave the decode batch: with COMPACT_AT = 10**9 as soon as one has ended, with
     COMPACT_AT = 1 never (that needs every row ended, and the loop stops first). The rows still writing get
     the same tokens, log-probs and entropies either way."""
-    import grpo.fast_sampler as fast_sampler
+    import grpo.engine.fast_sampler as fast_sampler
 
     model = llama(2)
     ids = torch.tensor([[0, 1, 9], [1, 9, 10], [1, 12, 13], [0, 1, 14]] * 3)
@@ -91,7 +91,7 @@ def test_dropping_ended_rows_changes_no_row(monkeypatch):
 def test_weights_cast_once_under_autocast_give_what_autocast_gives_per_token(monkeypatch):
     """Under bf16 autocast the decode loop casts its matmul weights once; autocast would cast the same fp32
     weights at every op to the same bf16 values, so the rollout is identical either way."""
-    import grpo.fast_sampler as fast_sampler
+    import grpo.engine.fast_sampler as fast_sampler
 
     model = llama(2)
     ids = torch.tensor([[0, 1, 9], [1, 9, 10], [1, 12, 13], [0, 1, 14]])
@@ -132,7 +132,7 @@ def test_stage_timer_synchronises_cuda_before_reading_the_clock(monkeypatch):
     """On a GPU the clock must not stop before the queued kernels finish: sync, read, ..., sync, read."""
     import time
 
-    from grpo.timing import StageTimer
+    from grpo.base.timing import StageTimer
 
     events = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append("sync"))

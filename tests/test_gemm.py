@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from grpo import gemm
+from grpo.engine import gemm
 
 
 @pytest.fixture(autouse=True)
@@ -133,8 +133,8 @@ def test_decode_loop_and_learner_through_onednn_match_the_plain_model(monkeypatc
     gives the plain one's logits and gradients (Qwen2's q/k/v biases included)."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    from grpo.fast_sampler import StaticCacheSampler
-    from grpo.sampler import KVCacheSampler
+    from grpo.engine.fast_sampler import StaticCacheSampler
+    from grpo.engine.sampler import KVCacheSampler
 
     monkeypatch.setattr(gemm, "MIN_WEIGHT_ELEMENTS", 0)
     sizes = dict(vocab_size=21, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,

@@ -1,4 +1,4 @@
-"""Tests for grpo/kl.py. Convention: d = ref_logp - logp; k1 = -d, k2 = d^2/2, k3 = e^d - d - 1."""
+"""Tests for grpo/formulas/kl.py. Convention: d = ref_logp - logp; k1 = -d, k2 = d^2/2, k3 = e^d - d - 1."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from grpo import GrpoError
-from grpo.kl import KL_ESTIMATORS, kl_per_token
+from grpo.formulas.kl import KL_ESTIMATORS, kl_per_token
 
 LN2 = math.log(2.0)
 LN3 = math.log(3.0)

@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from grpo import gemm
-from grpo.lean_layers import _RMSNorm, _SwiGLU, cast_weight, install_lean_layers
+from grpo.engine import gemm
+from grpo.engine.lean_layers import _RMSNorm, _SwiGLU, cast_weight, install_lean_layers
 
 SMALL = dict(vocab_size=21, hidden_size=32, intermediate_size=48, num_hidden_layers=2, max_position_embeddings=64,
              num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2)
@@ -162,7 +162,7 @@ def test_a_copy_of_a_lean_model_runs_on_its_own_weights():
 def test_head_logp_by_hand():
     """H = 1, V = 2: h = 1, W = (0, ln 3): logits (0, ln 3), softmax (1/4, 3/4); target 1 gives
     logp = ln(3/4), d logp / d logits = (-1/4, 1/4), so dW = (-1/4, 1/4) h and dh = (1/4) ln 3."""
-    from grpo.lean_layers import head_logp
+    from grpo.engine.lean_layers import head_logp
 
     hidden = torch.ones(1, 1, 1, dtype=torch.float64, requires_grad=True)
     weight = torch.tensor([[0.0], [math.log(3)]], dtype=torch.float64, requires_grad=True)
@@ -178,7 +178,7 @@ def test_head_logp_equals_the_full_log_softmax_across_chunks(monkeypatch, onednn
     """Chunks of 3 positions over 2 x 5 (a partial last chunk), temperature 0.7, token 4 banned on the
     first 2 positions: values and gradients of the plain [B, T, V] computation (also with the head's
     matmuls through oneDNN)."""
-    import grpo.lean_layers as lean_layers
+    import grpo.engine.lean_layers as lean_layers
 
     if onednn:
         monkeypatch.setattr(gemm, "MIN_WEIGHT_ELEMENTS", 0)
@@ -206,8 +206,8 @@ def test_head_logp_under_bf16_autocast_runs_its_matmuls_in_bf16(monkeypatch):
     the log-probs equal the full log-softmax of bf16-rounded logits, computed here by hand, to fp32
     rounding, and differ from fp32 logits' by more; gradients to bf16 rounding, in the inputs' dtypes.
     Chunks of 3 over 10 positions (the bf16 path keeps each chunk's logits for the backward)."""
-    import grpo.lean_layers as lean_layers
-    from grpo.lean_layers import head_logp
+    import grpo.engine.lean_layers as lean_layers
+    from grpo.engine.lean_layers import head_logp
 
     monkeypatch.setattr(lean_layers, "HEAD_CHUNK", 3)
     torch.manual_seed(0)
@@ -230,7 +230,7 @@ def test_head_logp_under_bf16_autocast_runs_its_matmuls_in_bf16(monkeypatch):
 
 @pytest.mark.parametrize("share_prompts", [True, False])
 def test_completion_logp_through_the_lean_head_equals_the_models_logits(share_prompts):
-    from grpo.policy import completion_logp
+    from grpo.engine.logprobs import completion_logp
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**SMALL, tie_word_embeddings=True)).train()    # SmolLM2 ties its head
@@ -250,7 +250,7 @@ def test_completion_logp_through_the_lean_head_equals_the_models_logits(share_pr
 def lean_and_plain_steps(make_cfg, tmp_path, monkeypatch, **overrides):
     """One GRPO step (micro-batches of 4, kl_beta > 0, EOS ban for 2 tokens) by the plain trainer and
     by the lean one (forced on for the seed preset): [(c.lean, metrics, weights after)] for each."""
-    import grpo.trainer as trainer
+    import grpo.algorithm.step as trainer
     from conftest import MIXED
 
     cfg = make_cfg(tmp_path, **MIXED, kl_beta=0.04, micro_batch_size=4, min_new_tokens=2, temperature=0.9,

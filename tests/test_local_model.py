@@ -8,10 +8,10 @@ import string
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from grpo.cli import main
-from grpo.tasks import SYSTEM_PROMPT, Arithmetic, render_prompt
-from grpo.tokenizer import SPECIAL_TOKENS, build_tokenizer
-from grpo.trainer import build_run
+from grpo.commands.cli import main
+from grpo.setup.tasks import SYSTEM_PROMPT, Arithmetic, render_prompt
+from grpo.setup.tokenizer import SPECIAL_TOKENS, build_tokenizer
+from grpo.algorithm.step import build_run
 
 CHAT_TEMPLATE = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
                  "{% if add_generation_prompt %}[assistant] {% endif %}")
@@ -32,7 +32,7 @@ def save_text_model(path):
 
 def test_prompt_uses_the_chat_template_with_the_system_instruction(tmp_path):
     save_text_model(tmp_path / "m")
-    from grpo.models import load_tokenizer
+    from grpo.engine.models import load_tokenizer
 
     tokenizer = load_tokenizer(str(tmp_path / "m"))
     example = Arithmetic().eval_examples()[0]
@@ -64,7 +64,7 @@ def test_bf16_and_checkpointing_paths_train(make_cfg, tmp_path):
         assert torch.equal(p.detach().to(torch.bfloat16), r)
     assert not any(p.requires_grad for p in c.reference.parameters())
     before = [p.detach().clone() for p in s.policy.parameters()]
-    from grpo.trainer import grpo_step
+    from grpo.algorithm.step import grpo_step
 
     metrics = grpo_step(c, s, 1).metrics
     assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
@@ -80,7 +80,7 @@ def test_fp32_reference_is_an_exact_copy(make_cfg, tmp_path):
 
 
 def test_qwen2_preset_has_the_half_billion_parameter_shape():
-    from grpo.models import preset_config
+    from grpo.engine.models import preset_config
 
     config = preset_config("qwen2_0.5b", vocab_size=21)
     assert config.model_type == "qwen2"
@@ -90,7 +90,7 @@ def test_qwen2_preset_has_the_half_billion_parameter_shape():
 
 def test_tied_embedding_checkpoints_round_trip_on_cpu(tmp_path):
     """Real small checkpoints (Qwen2-0.5B, Llama-3.2) tie lm_head to the embedding: saving must cope."""
-    from grpo.checkpoint import load_checkpoint, save_checkpoint
+    from grpo.run.checkpoint import load_checkpoint, save_checkpoint
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=21, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
@@ -107,8 +107,8 @@ def test_tied_embedding_checkpoints_round_trip_on_cpu(tmp_path):
 
 
 def test_warm_start_key_changes_when_the_checkpoint_files_change(tmp_path):
-    from grpo.config import TrainConfig
-    from grpo.warmstart import warmstart_key
+    from grpo.setup.config import TrainConfig
+    from grpo.engine.warmstart import warmstart_key
 
     save_text_model(tmp_path / "m")
     cfg = TrainConfig(model=str(tmp_path / "m"))

@@ -1,4 +1,4 @@
-"""Tests for grpo/losses.py: hand-computed losses, normaliser invariances, gradients and statistics."""
+"""Tests for grpo/formulas/losses.py: hand-computed losses, normaliser invariances, gradients and statistics."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import nn
 
 from grpo import GrpoError
 from conftest import settings
-from grpo.losses import AGGREGATIONS, loss_token_mask, policy_loss
+from grpo.formulas.losses import AGGREGATIONS, loss_token_mask, policy_loss
 
 AGGREGATION_NAMES = ["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"]
 LN2 = math.log(2.0)

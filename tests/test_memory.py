@@ -1,4 +1,4 @@
-"""The malloc policy by model size (grpo/memory.py), checked on the page faults it exists to avoid."""
+"""The malloc policy by model size (grpo/base/memory.py), checked on the page faults it exists to avoid."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import sys
 
 import pytest
 
-from grpo import memory
+from grpo.base import memory
 
 # A step-like pattern in a fresh process: 5 MB tensors allocated, written and freed again and again. Each
 # policy is warmed up first; then its minor page faults over 10 more rounds are counted. Transparent huge
 # pages are off for the probe (PR_SET_THP_DISABLE), so a fault is one 4 KB page on any kernel setting.
 PROBE = """
 import ctypes, json, resource, torch
-from grpo.memory import fit_malloc_to_model, LARGE_MODEL_PARAMS
+from grpo.base.memory import fit_malloc_to_model, LARGE_MODEL_PARAMS
 
 ctypes.CDLL("libc.so.6").prctl(41, 1, 0, 0, 0)           # PR_SET_THP_DISABLE
 

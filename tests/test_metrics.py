@@ -1,4 +1,4 @@
-"""Tests for grpo/metrics.py and grpo/evaluation.py: hand-built tensors with hand-computed values, and
+"""Tests for grpo/algorithm/metrics.py and grpo/engine/evaluation.py: hand-built tensors with hand-computed values, and
 the catalogue of keys a real (tiny) run writes to metrics.jsonl."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
-from grpo.evaluation import pass_at_k
-from grpo.metrics import (TokenWeightedMean, advantage_metrics, entropy_metric, gradient_token_metrics,
+from grpo.engine.evaluation import pass_at_k
+from grpo.algorithm.metrics import (TokenWeightedMean, advantage_metrics, entropy_metric, gradient_token_metrics,
                           length_metrics, reward_metrics, to_floats, zero_variance_metrics)
-from grpo.runner import train
+from grpo.run.runner import train
 
 # ---------------------------------------------------------------- zero-variance groups
 
@@ -207,7 +207,7 @@ def test_pass_at_k_by_hand(n, c, k, expected):
 
 # ---------------------------------------------------------------- a real run's catalogue
 
-# Every key the grpo/metrics.py docstring lists for a training step (G = 4, mu = 1, kl_beta > 0);
+# Every key the grpo/algorithm/metrics.py docstring lists for a training step (G = 4, mu = 1, kl_beta > 0);
 # len/correct_mean and len/wrong_mean may be absent.
 STEP_KEYS = {
     "step", "samples", "tokens", "time/elapsed",
@@ -231,7 +231,7 @@ EVAL_KEYS = {"eval/accuracy", "eval/pass@1", "eval/pass@4", "time/eval"}
 def tiny_run(tmp_path_factory):
     """3 steps, G = 4, one inner epoch and mini-batch, eval at 0, 2 and 3, wandb offline; mixed groups."""
     from conftest import MIXED, SMALL_CONFIG
-    from grpo.config import TrainConfig
+    from grpo.setup.config import TrainConfig
 
     run_dir = tmp_path_factory.mktemp("metrics_run") / "run"
     cfg = TrainConfig(**{**SMALL_CONFIG, **MIXED, "steps": 3, "eval_every": 2, "inner_epochs": 1, "mini_batches": 1,

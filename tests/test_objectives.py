@@ -1,4 +1,4 @@
-"""Tests for grpo/objectives.py through losses.policy_loss: hand-computed losses and gradients of every
+"""Tests for grpo/formulas/objectives.py through losses.policy_loss: hand-computed losses and gradients of every
 objective, dual-clip / delta, on-policy equalities, token selections, entropy terms, micro-batch splits."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import torch
 
 from grpo import GrpoError
 from conftest import settings
-from grpo.losses import policy_loss
-from grpo.objectives import (OBJECTIVES, SELECTIONS, clip_cov_selection, kl_cov_selection,
+from grpo.formulas.losses import policy_loss
+from grpo.formulas.objectives import (OBJECTIVES, SELECTIONS, clip_cov_selection, kl_cov_selection,
                              token_covariance, top_entropy_keep)
 
 F64 = torch.float64

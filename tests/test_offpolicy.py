@@ -1,4 +1,4 @@
-"""Tests for grpo/offpolicy.py: every expected number is worked out by hand in a comment.
+"""Tests for grpo/formulas/offpolicy.py: every expected number is worked out by hand in a comment.
 
 Convention: d = old_logp - rollout_logp = log r, r = pi_old / pi_rollout per token; R = prod_t r_t per sequence.
 The batch below is built from the ratios it should have: rollout_logp = log 0.1, old_logp = log(0.1 r).
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from grpo import GrpoError
-from grpo.offpolicy import (
+from grpo.formulas.offpolicy import (
     ROLLOUT_IS,
     ROLLOUT_RS,
     RolloutISName,

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-import grpo.trainer
+import grpo.algorithm.step
 from conftest import MIXED
 from grpo import GrpoError
-from grpo.trainer import build_run, grpo_step
+from grpo.algorithm.step import build_run, grpo_step
 
 spec = importlib.util.spec_from_file_location("paired", Path(__file__).resolve().parents[1] / "bench" / "paired.py")
 paired = importlib.util.module_from_spec(spec)
@@ -39,13 +39,13 @@ def test_both_sides_of_a_null_pair_compute_the_same_step_and_the_run_follows_a(m
 
 def test_b_runs_under_the_switch_and_a_without_it(make_cfg, tmp_path, monkeypatch):
     calls, active = [], []
-    step_fn = grpo.trainer.grpo_step
+    step_fn = grpo.algorithm.step.grpo_step
 
     def recorded(c, s, step):
         calls.append((step, bool(active)))
         return step_fn(c, s, step)
 
-    monkeypatch.setattr(grpo.trainer, "grpo_step", recorded)
+    monkeypatch.setattr(grpo.algorithm.step, "grpo_step", recorded)
 
     @contextlib.contextmanager
     def switch():
@@ -60,10 +60,10 @@ def test_b_runs_under_the_switch_and_a_without_it(make_cfg, tmp_path, monkeypatc
 
 
 def test_settings_hold_inside_the_block_only():
-    import grpo.fast_sampler as fast_sampler
+    import grpo.engine.fast_sampler as fast_sampler
 
     before = fast_sampler.COMPACT_AT
-    settings = [paired.parse_setting("grpo.fast_sampler.COMPACT_AT=2")]
+    settings = [paired.parse_setting("grpo.engine.fast_sampler.COMPACT_AT=2")]
     with pytest.raises(RuntimeError):
         with paired.applied(settings):
             assert fast_sampler.COMPACT_AT == 2
@@ -74,8 +74,8 @@ def test_settings_hold_inside_the_block_only():
 @pytest.mark.parametrize("text, message", [
     ("COMPACT_AT", "expected MODULE.NAME=VALUE"),
     ("grpo.no_such_module.X=1", "no module 'grpo.no_such_module'"),
-    ("grpo.fast_sampler.NOT_THERE=1", "has no 'NOT_THERE'"),
-    ("grpo.fast_sampler.COMPACT_AT=two", "'two' is not a Python literal"),
+    ("grpo.engine.fast_sampler.NOT_THERE=1", "has no 'NOT_THERE'"),
+    ("grpo.engine.fast_sampler.COMPACT_AT=two", "'two' is not a Python literal"),
 ])
 def test_a_bad_setting_is_named(text, message):
     with pytest.raises(GrpoError, match=message):
@@ -97,22 +97,22 @@ def test_summary_by_hand():
 
 
 def test_main_writes_its_json_and_puts_the_setting_back(tmp_path, capsys):
-    import grpo.fast_sampler as fast_sampler
+    import grpo.engine.fast_sampler as fast_sampler
 
     before, out = fast_sampler.COMPACT_AT, tmp_path / "paired.json"
     flags = ["--warmstart-steps", "2", "--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "8",
              "--threads", "1"]
-    args = ["--set", "grpo.fast_sampler.COMPACT_AT=2", "--steps", "2", "--json-out", str(out), "--", *flags]
+    args = ["--set", "grpo.engine.fast_sampler.COMPACT_AT=2", "--steps", "2", "--json-out", str(out), "--", *flags]
     assert paired.main(args) == 0
     result = json.loads(out.read_text())
     assert json.loads(capsys.readouterr().out) == result
     assert result["steps"] == 2 and [s["first"] for s in result["per_step"]] == ["a", "b"]
-    assert result["set"] == ["grpo.fast_sampler.COMPACT_AT=2"] and fast_sampler.COMPACT_AT == before
+    assert result["set"] == ["grpo.engine.fast_sampler.COMPACT_AT=2"] and fast_sampler.COMPACT_AT == before
 
 
 @pytest.mark.parametrize("args, message", [
     (["--steps", "2"], "nothing to compare"),
-    (["--null", "--set", "grpo.fast_sampler.COMPACT_AT=2"], "--null runs A twice"),
+    (["--null", "--set", "grpo.engine.fast_sampler.COMPACT_AT=2"], "--null runs A twice"),
     (["--set", ".gemm.X=1"], "no module '.gemm'"),
     (["--null", "--json-out", "/no/such/folder/x.json"], "no folder /no/such/folder"),
 ])

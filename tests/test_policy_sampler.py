@@ -1,4 +1,4 @@
-"""Tests for grpo/policy.py (the causal shift, padding) and grpo/sampler.py (masks, KV-cached decoding).
+"""Tests for grpo/engine/logprobs.py (the causal shift, padding) and grpo/engine/sampler.py (masks, KV-cached decoding).
 
 The reference implementations here run the model on each row's unpadded prefix alone, without a
 cache, so they share nothing with the batched, left-padded, cached code under test.
@@ -15,11 +15,11 @@ from transformers import LlamaForCausalLM
 
 from conftest import settings
 from grpo import GrpoError
-from grpo.fast_sampler import StaticCacheSampler
-from grpo.losses import policy_loss
-from grpo.models import build_model
-from grpo.policy import completion_logp
-from grpo.sampler import KVCacheSampler, completion_mask, inverse_cdf_draw, sample_next
+from grpo.engine.fast_sampler import StaticCacheSampler
+from grpo.formulas.losses import policy_loss
+from grpo.engine.models import build_model
+from grpo.engine.logprobs import completion_logp
+from grpo.engine.sampler import KVCacheSampler, completion_mask, inverse_cdf_draw, sample_next
 
 VOCAB = 21
 PAD, EOS = 0, 2
@@ -138,7 +138,7 @@ def test_a_prompt_is_shared_where_it_saves_a_quarter_of_the_positions(prompt_wid
                                                                       shared):
     from types import SimpleNamespace
 
-    from grpo.policy import worth_sharing
+    from grpo.engine.logprobs import worth_sharing
 
     rollout = SimpleNamespace(prompt_ids=torch.zeros(4, prompt_width), completion_ids=torch.zeros(4, completion_width))
     assert worth_sharing(rollout, group_size) is shared
@@ -353,7 +353,7 @@ def test_the_two_level_draw_is_the_full_cumsums_draw(monkeypatch, block):
     """Blocks of 4 over 11 tokens (the last block padded) and one block of 256: 20,000 rows of random
     probabilities (a third of them 0) give the token that the cumsum over the whole row gives for the
     same uniform (scaled to the row's total, as the draw scales it)."""
-    import grpo.sampler as sampler
+    import grpo.engine.sampler as sampler
 
     monkeypatch.setattr(sampler, "CDF_BLOCK", block)
     gen = torch.Generator().manual_seed(0)
@@ -369,7 +369,7 @@ def test_the_two_level_draw_is_the_full_cumsums_draw(monkeypatch, block):
 
 def test_a_draw_at_the_rows_total_takes_its_last_token_with_probability():
     """u rounded up to the total (past every cumulative value): the last token with p > 0, not a zero."""
-    from grpo.sampler import full_inverse_cdf
+    from grpo.engine.sampler import full_inverse_cdf
 
     probs = torch.tensor([[0.25, 0.75, 0.0, 0.0]])
     assert full_inverse_cdf(probs, torch.tensor([[1.0]], dtype=torch.float64)).tolist() == [1]

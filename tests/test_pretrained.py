@@ -1,4 +1,4 @@
-"""GGUF models (grpo/pretrained.py): a .gguf file or a packaged model is converted once into a cached
+"""GGUF models (grpo/engine/pretrained.py): a .gguf file or a packaged model is converted once into a cached
 Hugging Face directory that loads to the same logits and tokens as transformers' own GGUF loader, and
 trains; missing files and packages are one-line errors. The default suite uses a tiny GGUF written here
 with the `gguf` package; the real SmolLM2 file is tested under `-m slow` (`make test-slow`)."""
@@ -16,10 +16,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import SMALL_CONFIG, cli_args, one_error_line
 from grpo import GrpoError
-from grpo import pretrained
-from grpo.cli import main
-from grpo.config import PRETRAINED_DEFAULTS, TrainConfig, format_weights
-from grpo.models import check_model_dir, load_pretrained, load_tokenizer
+from grpo.engine import pretrained
+from grpo.commands.cli import main
+from grpo.setup.config import PRETRAINED_DEFAULTS, TrainConfig, format_weights
+from grpo.engine.models import check_model_dir, load_pretrained, load_tokenizer
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -216,7 +216,7 @@ def test_help_names_both_defaults_and_shows_the_pretrained_ones_for_a_pretrained
 
 
 def test_dtype_defaults_to_bf16_only_for_pretrained_models_on_bf16_hardware(monkeypatch):
-    from grpo import config
+    from grpo.setup import config
 
     for native in (True, False):
         monkeypatch.setattr(config, "bf16_is_native", lambda device, native=native: native)
@@ -228,7 +228,7 @@ def test_dtype_defaults_to_bf16_only_for_pretrained_models_on_bf16_hardware(monk
 
 @pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="reads the CPU's flags from Linux's /proc/cpuinfo")
 def test_bf16_is_native_on_exactly_the_cpus_with_bf16_instructions():
-    from grpo.config import bf16_is_native
+    from grpo.setup.config import bf16_is_native
 
     flags = set()
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -292,7 +292,7 @@ def test_smollm2_with_the_pretrained_defaults_learns_from_step_1(tmp_path):
     step moves the weights. Only right answers pay, and SmolLM2 gets ~11% of its samples right (8 x 8 at
     step 1, 2026-12-06: 3 of 8 groups had variance), so 2 prompts have no variance about 40% of the time;
     8 prompts all without, at that rate, ~2%."""
-    from grpo.trainer import build_run, grpo_step
+    from grpo.algorithm.step import build_run, grpo_step
 
     cfg = TrainConfig.for_model("smollm2-135m", prompts_per_step=8, dtype="fp32", wandb_mode="disabled",
                                 out_dir=str(tmp_path / "run"))                              # fp32: KL exactly 0
@@ -319,8 +319,8 @@ def test_accuracy_and_evaluation_follow_the_correctness_reward(tiny_gguf, tmp_pa
     """With correct_extracted the only correctness reward, `accuracy` is its mean and eval/accuracy is
     judged by it: stubbed to call everything right, it makes eval/accuracy 1 on the tiny random model,
     whose completions the strict `correct` (an exact <answer> tag) calls wrong in the run that names it."""
-    from grpo.evaluation import JUDGES
-    from grpo.rewards import REWARDS
+    from grpo.engine.evaluation import JUDGES
+    from grpo.setup.rewards import REWARDS
 
     monkeypatch.setitem(REWARDS, "correct_extracted", lambda response, example: 1.0)
     monkeypatch.setitem(JUDGES, "correct_extracted", lambda response, example: 1.0)
@@ -348,7 +348,7 @@ def test_a_sweep_writes_pretrained_arms_as_flags_grpo_train_rebuilds_exactly(tmp
 
     from experiments.real_model import EXPERIMENT
     from experiments.sweep import plan_runs
-    from grpo.config import config_flags
+    from grpo.setup.config import config_flags
 
     experiment = dataclasses.replace(EXPERIMENT, arms={
         **EXPERIMENT.arms, "preset_values": dataclasses.replace(EXPERIMENT.base, lr=1e-4, worked_example=False)})

@@ -1,4 +1,4 @@
-"""Tests for grpo/probes.py: hand-built tensors with hand-computed values."""
+"""Tests for grpo/algorithm/step_probes.py: hand-built tensors with hand-computed values."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import re
 import pytest
 import torch
 
-from grpo import GrpoError, metrics, probes
-from grpo.losses import AGGREGATIONS
-from grpo.probes import (aggregation_token_weights, difficulty_metrics, ledger_metrics, length_bias_metrics,
+from grpo import GrpoError
+from grpo.algorithm import metrics
+from grpo.algorithm import step_probes as probes
+from grpo.formulas.losses import AGGREGATIONS
+from grpo.algorithm.step_probes import (aggregation_token_weights, difficulty_metrics, ledger_metrics, length_bias_metrics,
                          solve_state)
 
 # ---------------------------------------------------------------- difficulty levels
@@ -324,7 +326,7 @@ def test_ledger_without_revisits_has_only_the_revisit_share():
 # ---------------------------------------------------------------- catalogue
 
 def test_every_emitted_key_is_in_the_catalogue():
-    """The metric catalogue (grpo/metrics.py) lists each key once (key at column 2, text at column 30)."""
+    """The metric catalogue (grpo/algorithm/metrics.py) lists each key once (key at column 2, text at column 30)."""
     doc = metrics.__doc__
     catalogue = doc[doc.index("\nby difficulty level"):doc.index("\ncounterfactual gradients")]   # the probes' part
     entries = [line for line in catalogue.splitlines() if line.startswith("  ") and line[2] != " "]

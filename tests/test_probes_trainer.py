@@ -12,10 +12,10 @@ import torch
 from safetensors import safe_open
 
 from conftest import MIXED, cli_args
-from grpo.cli import main
-from grpo.runner import train
-from grpo.tasks import Arithmetic, PromptPool
-from grpo.trainer import build_run, grpo_step
+from grpo.commands.cli import main
+from grpo.run.runner import train
+from grpo.setup.tasks import Arithmetic, PromptPool
+from grpo.algorithm.step import build_run, grpo_step
 from test_trainer import QUIET, read_metrics, warm_cache, without_time
 
 
@@ -110,7 +110,7 @@ def test_counterfactuals_are_taken_where_the_last_update_starts(make_cfg, tmp_pa
                                                                 mini_batches, inner_epochs):
     """The probe sees the weights the step's last optimizer update starts from, and pi_old's log-probs
     (none with one update: there the ratio is 1, and objective=gpg would be refused)."""
-    import grpo.trainer
+    import grpo.algorithm.step
 
     updates = mini_batches * inner_epochs
     cfg = make_cfg(tmp_path, **MIXED, mini_batches=mini_batches, inner_epochs=inner_epochs,
@@ -121,13 +121,13 @@ def test_counterfactuals_are_taken_where_the_last_update_starts(make_cfg, tmp_pa
     flat = lambda: torch.cat([p.detach().flatten() for p in s.policy.parameters()]).clone()   # noqa: E731
     before_updates, probed = [], []
     s.optimizer.register_step_pre_hook(lambda *_: before_updates.append(flat()))
-    real = grpo.trainer.counterfactual_metrics
+    real = grpo.algorithm.step.counterfactual_metrics
 
     def spy(*args):
         probed.append((flat(), args[-1]))
         return real(*args)
 
-    monkeypatch.setattr(grpo.trainer, "counterfactual_metrics", spy)
+    monkeypatch.setattr(grpo.algorithm.step, "counterfactual_metrics", spy)
     metrics = grpo_step(c, s, 1).metrics
     assert len(before_updates) == updates and len(probed) == 1
     weights, old_logp = probed[0]
@@ -156,7 +156,7 @@ def test_store_rollouts_writes_each_step(make_cfg, tmp_path):
     assert {"reward/correct", "reward/format", "logp", "loss_mask", "prompt_index"} <= set(tensors)
     # the stored advantages are the group-normalised stored rewards
     rewards = (tensors["reward/correct"] + 0.1 * tensors["reward/format"]).view(-1, cfg.group_size)
-    from grpo.advantages import compute_advantages
+    from grpo.formulas.advantages import compute_advantages
     torch.testing.assert_close(tensors["advantages"], compute_advantages(rewards, "grpo").flatten())
 
 

@@ -1,16 +1,16 @@
-"""The metric catalogue in docs/metrics.md is the one grpo/metrics.py defines (one definition, one faithful
+"""The metric catalogue in docs/metrics.md is the one grpo/algorithm/metrics.py defines (one definition, one faithful
 copy); the README's family table names every key family of it and links it; the README stays a short guide."""
 
 import re
 from pathlib import Path
 
-import grpo.metrics
+import grpo.algorithm.metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _catalogue() -> str:
-    return grpo.metrics.__doc__[grpo.metrics.__doc__.index("axes"):].rstrip()
+    return grpo.algorithm.metrics.__doc__[grpo.algorithm.metrics.__doc__.index("axes"):].rstrip()
 
 
 def _key_areas(catalogue: str) -> set[str]:

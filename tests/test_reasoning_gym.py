@@ -9,9 +9,9 @@ import types
 import pytest
 
 from grpo import GrpoError
-from grpo.cli import main
-from grpo.config import TrainConfig
-from grpo.tasks import make_task
+from grpo.commands.cli import main
+from grpo.setup.config import TrainConfig
+from grpo.setup.tasks import make_task
 
 from test_local_model import save_text_model
 
@@ -71,7 +71,7 @@ def test_the_real_package_drives_a_run(tmp_path, capsys):
 
 def test_warm_start_cache_key_includes_the_dataset(tmp_path):
     """--rg-dataset A then B must not reuse A's warm-started weights: the key covers the task's options."""
-    from grpo.warmstart import warmstart_key
+    from grpo.engine.warmstart import warmstart_key
 
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{}")

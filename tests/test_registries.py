@@ -1,6 +1,6 @@
 """Each registry's names are its dict's keys: the config's Literal (tyro's choices) and the field's --help text
 list exactly those names, so adding or removing a variant cannot leave a stale choice or help line behind.
-Tasks register themselves (grpo/tasks.py): --task's choices in --help are the registry's names."""
+Tasks register themselves (grpo/setup/tasks.py): --task's choices in --help are the registry's names."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ from typing import get_args
 
 import pytest
 
-import grpo.fast_sampler  # noqa: F401  (registers the built-in samplers)
-import grpo.sampler  # noqa: F401
-from grpo import config
-from grpo.advantages import ADVANTAGES, AdvantageName
-from grpo.kl import KL_ESTIMATORS, KLName
-from grpo.losses import AGGREGATIONS, AggregationName
-from grpo.objectives import OBJECTIVES, ObjectiveName
-from grpo.cli import main
-from grpo.sampler_registry import AUTO, BUILTIN_SAMPLERS, SAMPLERS, sampler_names
-from grpo.tasks import TASKS
+import grpo.engine.fast_sampler  # noqa: F401  (registers the built-in samplers)
+import grpo.engine.sampler  # noqa: F401
+from grpo.setup import config
+from grpo.formulas.advantages import ADVANTAGES, AdvantageName
+from grpo.formulas.kl import KL_ESTIMATORS, KLName
+from grpo.formulas.losses import AGGREGATIONS, AggregationName
+from grpo.formulas.objectives import OBJECTIVES, ObjectiveName
+from grpo.commands.cli import main
+from grpo.setup.sampler_registry import AUTO, BUILTIN_SAMPLERS, SAMPLERS, sampler_names
+from grpo.setup.tasks import TASKS
 
 REGISTRIES = {  # config field: (its Literal, its registry)
     "advantage": (AdvantageName, ADVANTAGES),

@@ -16,9 +16,9 @@ from safetensors.torch import save_file
 
 from analysis.load import find_run_dirs, load_runs, load_statuses
 from conftest import MIXED, SMALL_CONFIG, one_error_line
-from grpo.cli import main
-from grpo.config import TrainConfig
-from grpo.runner import train
+from grpo.commands.cli import main
+from grpo.setup.config import TrainConfig
+from grpo.run.runner import train
 
 # Keys the rescored record must carry whenever the run logged them (area prefixes and exact names).
 REPRODUCED = ("adv/", "reward/", "zero_var/", "len/", "bias/", "accuracy", "accuracy/constant_group_frac",
@@ -308,7 +308,7 @@ def test_resume_deletes_the_rollouts_of_steps_after_the_checkpoint(tmp_path, cap
     """Killed after step 4's rollouts were written (newest checkpoint: step 2), then resumed to 3 steps:
     metrics.jsonl is cut back to step 2 and recomputed to 3, so step 4's rollout file must go too, or
     rescore would emit a step the run never logged."""
-    import grpo.runner as runner_module
+    import grpo.run.runner as runner_module
 
     cfg = TrainConfig(**{**SMALL_CONFIG, **MIXED, "steps": 4, "save_every": 2, "store_rollouts": True,
                          "out_dir": str(tmp_path / "run")})

@@ -1,4 +1,4 @@
-"""The sampler registry (grpo/sampler_registry.py) and the interface (grpo/sampler.py): a sampler of one's own is
+"""The sampler registry (grpo/setup/sampler_registry.py) and the interface (grpo/engine/sampler.py): a sampler of one's own is
 one file (tests/throwaway_sampler.py) that a run takes by name; the trainer syncs it after every optimizer step;
 evaluation decodes with the learner, whatever the sampler was synced to; an unknown --sampler is one line."""
 
@@ -16,15 +16,15 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from conftest import cli_args, one_error_line
 from grpo import GrpoError
-from grpo.checkpoint import checkpoint_dirs
-from grpo.cli import main
-from grpo.config import TrainConfig
-from grpo.fast_sampler import StaticCacheSampler
-from grpo.models import build_model
-from grpo.runner import train
-from grpo.sampler import KVCacheSampler
-from grpo.sampler_registry import SAMPLERS
-from grpo.trainer import build_run, evaluate_policy, make_sampler
+from grpo.run.checkpoint import checkpoint_dirs
+from grpo.commands.cli import main
+from grpo.setup.config import TrainConfig
+from grpo.engine.fast_sampler import StaticCacheSampler
+from grpo.engine.models import build_model
+from grpo.run.runner import train
+from grpo.engine.sampler import KVCacheSampler
+from grpo.setup.sampler_registry import SAMPLERS
+from grpo.algorithm.step import build_run, evaluate_policy, make_sampler
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import tyro
 
 from experiments import dapo, demo, entropy, group_size, inner_epochs, kl_beta, objectives, std_norm
 from experiments.sweep import plan_runs
-from grpo.config import TrainConfig, config_flags
+from grpo.setup.config import TrainConfig, config_flags
 
 EXPERIMENTS = [dapo, demo, entropy, group_size, inner_epochs, kl_beta, objectives, std_norm]
 TINY = ["--warmstart-steps", "2", "--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "8",
@@ -71,8 +71,8 @@ def test_dry_run_prints_one_command_per_run_and_runs_nothing(tmp_path):
 
 def test_warmstart_seed_per_seed_gives_each_seed_its_own_warm_start(tmp_path):
     from experiments.sweep import write_sweep_json
-    from grpo.tasks import make_task
-    from grpo.warmstart import warmstart_entry
+    from grpo.setup.tasks import make_task
+    from grpo.engine.warmstart import warmstart_entry
 
     plan = {"quick": True, "steps": None, "train_args": ["--warmstart-seed", "7"]}
     same = plan_runs(kl_beta.EXPERIMENT, tmp_path, [0, 1, 2], plan, 1)
@@ -225,8 +225,8 @@ def test_warm_starts_are_built_once_before_the_runs_and_are_the_ones_a_run_build
     import torch
 
     from experiments.sweep import prebuild_warm_starts
-    from grpo.tasks import make_task
-    from grpo.warmstart import warm_started_model, warmstart_key
+    from grpo.setup.tasks import make_task
+    from grpo.engine.warmstart import warm_started_model, warmstart_key
 
     def warm(cache: Path, cfg: TrainConfig) -> dict[str, torch.Tensor]:
         monkeypatch.setenv("GRPO_CACHE", str(cache))

@@ -13,12 +13,12 @@ import pytest
 
 from conftest import cli_args, one_error_line
 from grpo import GrpoError
-from grpo.cli import main
-from grpo.config import TrainConfig
-from grpo.flags import parse_flags
-from grpo.runner import train
-from grpo.tasks import TASKS, TaskOption, make_task, register_task, task_identity
-from grpo.warmstart import warmstart_key
+from grpo.commands.cli import main
+from grpo.setup.config import TrainConfig
+from grpo.setup.flags import parse_flags
+from grpo.run.runner import train
+from grpo.setup.tasks import TASKS, TaskOption, make_task, register_task, task_identity
+from grpo.engine.warmstart import warmstart_key
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests for grpo/tokenizer.py, grpo/tasks.py and grpo/rewards.py: ids by hand, splits, demonstrations,
+"""Tests for grpo/setup/tokenizer.py, grpo/setup/tasks.py and grpo/setup/rewards.py: ids by hand, splits, demonstrations,
 and a table of hand-written completions with the rewards they must get."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from grpo.config import PRETRAINED_DEFAULTS
-from grpo.rewards import (REWARDS, answers_match, correct_extracted_reward, correct_reward, extract_answer,
+from grpo.setup.config import PRETRAINED_DEFAULTS
+from grpo.setup.rewards import (REWARDS, answers_match, correct_extracted_reward, correct_reward, extract_answer,
                           format_if_correct_reward, format_partial_reward, format_reward, response_text, score)
-from grpo.sampler import completion_mask, decode_completions, encode_prompts
-from grpo.tasks import TASKS, Arithmetic, Example, PromptPool, SeedTokens
+from grpo.engine.sampler import completion_mask, decode_completions, encode_prompts
+from grpo.setup.tasks import TASKS, Arithmetic, Example, PromptPool, SeedTokens
 
 # ---------------------------------------------------------------- tokenizers
 
@@ -346,7 +346,7 @@ HACKED = Example(prompt="", answer="115", question="What is 68+47?")
 
 
 def weighted(response: str, example: Example, weights: dict[str, float]) -> float:
-    """The total reward the trainer gives: sum over weights of weight * reward (grpo/metrics.py's reward/mean)."""
+    """The total reward the trainer gives: sum over weights of weight * reward (grpo/algorithm/metrics.py's reward/mean)."""
     return sum(weight * REWARDS[name](response, example) for name, weight in weights.items())
 
 

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from grpo.cli import main
-from grpo.wandb_mirror import WandbMirror
-from grpo.runner import train
+from grpo.commands.cli import main
+from grpo.run.wandb_mirror import WandbMirror
+from grpo.run.runner import train
 
 
 def steps_logged(run_dir) -> list[int]:
@@ -84,7 +84,7 @@ def test_sync_finds_the_offline_runs_of_a_run_dir(make_cfg, tmp_path, capsys):
 def test_a_config_saved_before_new_fields_still_matches():
     """A config.json from before worked_example existed, with micro_batch_size/eval_prompts/eval_samples written
     out as numbers (16/200/16, today's preset defaults when unset), resumes under today's default config."""
-    from grpo.config import TrainConfig, config_mismatch
+    from grpo.setup.config import TrainConfig, config_mismatch
 
     current = TrainConfig()
     old = {k: v for k, v in json.loads(json.dumps(current.to_dict())).items() if k != "worked_example"}
@@ -100,8 +100,8 @@ def test_a_config_saved_with_an_explicit_dtype_matches_what_unset_resolves_to(mo
     """Configs written before --dtype could be unset hold "fp32": a preset's unset dtype is fp32 on any hardware
     and matches; a pretrained model's depends on the hardware, which the comparison never asks (a sweep's parent
     runs it before forking): a conflict."""
-    from grpo import config
-    from grpo.config import TrainConfig, config_mismatch
+    from grpo.setup import config
+    from grpo.setup.config import TrainConfig, config_mismatch
 
     def no_hardware_here(device):
         raise AssertionError("config_mismatch asked the hardware")

@@ -1,4 +1,4 @@
-"""Tests for grpo/trainer.py: micro-batch invariance, determinism, kill-and-resume, divergence, the reference.
+"""Tests for grpo/algorithm/step.py: micro-batch invariance, determinism, kill-and-resume, divergence, the reference.
 
 All runs are tiny (4 prompts x 4 completions, a few steps). Most use the seed toy with a short warm
 start (conftest.MIXED), whose groups come out mixed, so advantages and gradients are not all zero.
@@ -22,20 +22,20 @@ import pytest
 import torch
 
 from conftest import MIXED, cli_args
-import grpo.runner as runner_module
-from grpo import cli
-from grpo.checkpoint import checkpoint_dirs, load_checkpoint
-from grpo.alternatives import alternative_configs
-from grpo.config import TrainConfig
-from grpo.objectives import OBJECTIVES
-from grpo.rewards import REWARDS
-from grpo.tasks import TASKS
-from grpo.runner import train
-from grpo.policy import completion_logp
-from grpo.sampler import Rollout
-from grpo.trainer import TrainingDiverged, build_run, evaluate_policy, grpo_step, sample_rows
-from grpo.update import micro_batches, rollout_logp
-from grpo.warmstart import warm_started_model
+import grpo.run.runner as runner_module
+from grpo.commands import cli
+from grpo.run.checkpoint import checkpoint_dirs, load_checkpoint
+from grpo.setup.alternatives import alternative_configs
+from grpo.setup.config import TrainConfig
+from grpo.formulas.objectives import OBJECTIVES
+from grpo.setup.rewards import REWARDS
+from grpo.setup.tasks import TASKS
+from grpo.run.runner import train
+from grpo.engine.logprobs import completion_logp
+from grpo.engine.sampler import Rollout
+from grpo.algorithm.step import TrainingDiverged, build_run, evaluate_policy, grpo_step, sample_rows
+from grpo.algorithm.update import micro_batches, rollout_logp
+from grpo.engine.warmstart import warm_started_model
 
 AGGREGATIONS = ["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"]
 QUIET = dict(log=lambda *_: None)
@@ -290,7 +290,7 @@ def test_lr_zero_leaves_the_weights_unchanged(make_cfg, tmp_path):
 # the test then SIGKILLs it at a known point (between checkpoints, with a line past the last one).
 BLOCKING_TRAIN = """
 import sys, time
-import grpo.tracking as tracking
+import grpo.run.store as tracking
 append = tracking.RunStore.append
 def blocking_append(self, path, record):
     append(self, path, record)
@@ -298,14 +298,14 @@ def blocking_append(self, path, record):
         while True:
             time.sleep(0.05)
 tracking.RunStore.append = blocking_append
-from grpo.cli import main
+from grpo.commands.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 DEADLINE_S = 300      # only reached when something is broken; the poll normally ends in seconds
 
 
 def grpo_command(cfg) -> list[str]:
-    return [sys.executable, "-m", "grpo.cli", "train", *cli_args(cfg)]
+    return [sys.executable, "-m", "grpo.commands.cli", "train", *cli_args(cfg)]
 
 
 def wait_for_lines(proc: subprocess.Popen, path: Path, lines: int) -> None:
@@ -501,7 +501,7 @@ def test_seed_tokens_reward_rises(tmp_path):
     """The seed toy from a barely warm model: 60 steps raise the mean reward (about 0.4 -> 0.7)."""
     run_dir = tmp_path / "seed_run"
     result = subprocess.run(
-        [sys.executable, "-m", "grpo.cli", "train", "--task", "seed_tokens", "--model", "seed",
+        [sys.executable, "-m", "grpo.commands.cli", "train", "--task", "seed_tokens", "--model", "seed",
          "--warmstart-steps", "10", "--steps", "60", "--prompts-per-step", "8", "--group-size", "8",
          "--max-new-tokens", "12", "--eval-every", "1000", "--eval-prompts", "64", "--quiet",
          "--out-dir", str(run_dir)],
@@ -516,7 +516,7 @@ def test_seed_tokens_reward_rises(tmp_path):
 def test_arithmetic_defaults_raise_eval_accuracy(tmp_path):
     """`grpo train` with every default (tiny model, 250 steps): held-out greedy accuracy gains >= 0.15."""
     run_dir = tmp_path / "arithmetic_run"
-    result = subprocess.run([sys.executable, "-m", "grpo.cli", "train", "--quiet", "--out-dir", str(run_dir)],
+    result = subprocess.run([sys.executable, "-m", "grpo.commands.cli", "train", "--quiet", "--out-dir", str(run_dir)],
                             cwd=tmp_path, capture_output=True, text=True, timeout=3600)
     assert result.returncode == 0, result.stderr
     records = read_metrics(run_dir)
@@ -529,7 +529,7 @@ def test_resume_with_fewer_steps_than_the_checkpoint_is_refused(make_cfg, tmp_pa
     import dataclasses
 
     from grpo import GrpoError
-    from grpo.runner import train
+    from grpo.run.runner import train
 
     cfg = make_cfg(tmp_path, steps=3, save_every=1)
     train(cfg, log=lambda *_: None)
@@ -543,7 +543,7 @@ def test_a_run_resumes_only_in_the_dtype_it_ran_in(make_cfg, tmp_path):
     """summary.json records the dtype the forwards ran in; a resume where an unset --dtype resolves to another
     (a pretrained model moved to other hardware; simulated by editing the record) is refused, nothing lost."""
     from grpo import GrpoError
-    from grpo.runner import train
+    from grpo.run.runner import train
 
     cfg = make_cfg(tmp_path, steps=2, save_every=1)
     train(cfg, log=lambda *_: None)
@@ -559,8 +559,8 @@ def test_a_run_resumes_only_in_the_dtype_it_ran_in(make_cfg, tmp_path):
 @pytest.mark.parametrize("switch", ["1", "0"])
 def test_summary_says_whether_linears_ran_through_onednn(make_cfg, tmp_path, monkeypatch, switch):
     """onednn_linears follows GRPO_ONEDNN: true with the switch on (this build has the op), false with it off."""
-    from grpo import gemm
-    from grpo.runner import train
+    from grpo.engine import gemm
+    from grpo.run.runner import train
 
     monkeypatch.setenv("GRPO_ONEDNN", switch)
     gemm.available.cache_clear()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from grpo.models import build_model
-from grpo.warmstart import demonstration_loss_backward
+from grpo.engine.models import build_model
+from grpo.engine.warmstart import demonstration_loss_backward
 
 VOCAB, PAD = 12, 0
 

@@ -1,4 +1,4 @@
-"""A sampler of one's own, in one file: what a new sampler takes (grpo/sampler.py's docstring says what it implements).
+"""A sampler of one's own, in one file: what a new sampler takes (grpo/engine/sampler.py's docstring says what it implements).
 
 Importing this module registers `--sampler full_forward`: no KV cache, the whole sequence through the
 model's forward at every new token (slow, and simple enough to check by eye). It records every
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from grpo.sampler import Rollout, Sampler, TokenStream, prompt_positions
-from grpo.sampler_registry import register_sampler
+from grpo.engine.sampler import Rollout, Sampler, TokenStream, prompt_positions
+from grpo.setup.sampler_registry import register_sampler
 
 NAME = "full_forward"
 

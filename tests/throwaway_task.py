@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from grpo.tasks import Example, TaskOption, register_task
-from grpo.tokenizer import ARITHMETIC_CHARS, char_tokenizer
+from grpo.setup.tasks import Example, TaskOption, register_task
+from grpo.setup.tokenizer import ARITHMETIC_CHARS, char_tokenizer
 
 
 def parse_width(text: str) -> int:

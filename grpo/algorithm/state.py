@@ -1,0 +1,135 @@
+"""What a GRPO step reads and what it changes, kept apart.
+
+`Components` are the parts of a run a step uses but never changes: the config, the task, the tokenizer,
+the frozen reference, the sampler, the device, the prompt pool and the parsed counterfactual
+alternatives. `TrainState` is everything a step changes and a checkpoint must carry to resume exactly:
+the learner's weights and optimizer, every random stream, the prompt ledger and the counters.
+
+So two states can step side by side on one set of components (bench/paired.py's A/B, the tests'
+clones), a resume loads a state, and a copy is `state.copy()`. The sampler draws from
+`state.sampler_policy`: the learner itself unless a run keeps other weights for sampling (a copy that
+lags the learner, a lower-precision copy).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from grpo.setup.config import TrainConfig
+from grpo.engine.sampler import Sampler
+from grpo.setup.tasks import PromptPool, Task
+from grpo.base.timing import StageTimer
+
+# The run's random streams, each its own generator, so that arms differing in inner epochs or
+# mini-batches (which shuffle more often) still draw the same prompts for the same seed: the report's
+# pairing by seed relies on it.
+STREAMS = ("prompt", "shuffle", "sample", "resample")
+#   prompt:   prompt draws (the first round of each step)
+#   shuffle:  mini-batch shuffles
+#   sample:   token sampling (on the run's device)
+#   resample: dynamic sampling's extra rounds, so the first round stays paired across arms
+STREAM_OFFSETS = {"prompt": 0, "sample": 1, "shuffle": 2, "resample": 3}
+
+
+@dataclass
+class RandomStreams:
+    prompt: torch.Generator
+    shuffle: torch.Generator
+    sample: torch.Generator
+    resample: torch.Generator
+
+    @classmethod
+    def seeded(cls, seed: int, device: torch.device) -> RandomStreams:
+        """Stream k seeded with seed + its offset; the sampling stream lives on the run's device."""
+        return cls(**{name: torch.Generator(device=device if name == "sample" else "cpu").manual_seed(seed + offset)
+                      for name, offset in STREAM_OFFSETS.items()})
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name).get_state().cpu() for name in STREAMS}
+
+    def load_state_dict(self, states: dict[str, torch.Tensor]) -> None:
+        for name in STREAMS:
+            getattr(self, name).set_state(states[name].cpu())
+
+
+@dataclass
+class TrainState:
+    """Everything a step changes (module docstring). The ledger maps a prompt index to (its solve rate
+    at its last visit, visits so far); samples and tokens count the completions generated on all ranks."""
+    policy: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    rng: RandomStreams
+    ledger: dict[int, tuple[float, int]] = field(default_factory=dict)
+    samples: int = 0
+    tokens: int = 0
+    elapsed: float = 0.0        # seconds spent in steps (evaluation excluded)
+    sampler_weights: torch.nn.Module | None = None   # the weights rollouts are drawn from; None: the learner's
+
+    @property
+    def sampler_policy(self) -> torch.nn.Module:
+        return self.policy if self.sampler_weights is None else self.sampler_weights
+
+    def counters(self) -> dict:
+        """The checkpoint's record of the run's progress: samples, tokens, elapsed seconds and the ledger."""
+        return {"samples": self.samples, "tokens": self.tokens, "elapsed": self.elapsed, "ledger": self.ledger}
+
+    def load_counters(self, state: dict) -> None:
+        self.samples, self.tokens, self.elapsed = int(state["samples"]), int(state["tokens"]), float(state["elapsed"])
+        self.ledger = {int(k): (float(rate), int(visits)) for k, (rate, visits) in state.get("ledger", {}).items()}
+
+    def state_dict(self) -> dict:
+        """Weights, optimizer state, random streams and counters (tensors shared with the live state:
+        copy them before changing either)."""
+        out = {"policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
+               "rng": self.rng.state_dict(), **self.counters()}
+        if self.sampler_weights is not None:
+            out["sampler_weights"] = self.sampler_weights.state_dict()
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.load_state_dict(state["rng"])
+        if self.sampler_weights is not None:
+            self.sampler_weights.load_state_dict(state["sampler_weights"])
+        self.load_counters(state)
+
+    def copy(self) -> TrainState:
+        """An independent state: the policy and its optimizer are copied together, so the copied optimizer's
+        state belongs to the copied parameters."""
+        policy, optimizer, rng, ledger, sampler_weights = copy.deepcopy(
+            (self.policy, self.optimizer, self.rng, self.ledger, self.sampler_weights))
+        return TrainState(policy, optimizer, rng, ledger, self.samples, self.tokens, self.elapsed, sampler_weights)
+
+
+@dataclass
+class Components:
+    """The parts of a run a step reads but never changes (module docstring). `alternatives` are the
+    counterfactual probe's (name, config) pairs, parsed once per run; `lean` marks a large Llama-family
+    policy (lean layers, chunked head); `eval_store` is where step 0's evaluation of the cached warm start
+    is kept; `timer` is the instrument that times a step's phases (reset by every step)."""
+    cfg: TrainConfig
+    task: Task
+    tokenizer: PreTrainedTokenizerBase
+    reference: torch.nn.Module | None
+    sampler: Sampler
+    device: torch.device
+    pool: PromptPool | None = None      # with --prompt-pool, else None (fresh draws)
+    alternatives: tuple[tuple[str, TrainConfig], ...] = ()
+    lean: bool = False
+    eval_store: Path | None = None
+    timer: StageTimer = None
+
+    def __post_init__(self) -> None:
+        if self.timer is None:
+            self.timer = StageTimer(self.device)
+
+    def autocast(self):
+        """bf16 autocast for forward passes when the run computes in bf16 (`compute_dtype`: --dtype, or its
+        default for the model and hardware); log-probs and the loss stay fp32."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.compute_dtype == "bf16")

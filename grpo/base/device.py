@@ -1,0 +1,16 @@
+"""The torch device a run computes on, from its --device."""
+
+from __future__ import annotations
+
+import torch
+
+from grpo import GrpoError
+from grpo.base import distributed as dist
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GrpoError("--device cuda was asked for, but torch sees no CUDA device")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return dist.local_device(torch.device(name))
