@@ -69,6 +69,9 @@ class TrainState:
     tokens: int = 0
     elapsed: float = 0.0        # seconds spent in steps (evaluation excluded)
     sampler_weights: torch.nn.Module | None = None   # the weights rollouts are drawn from; None: the learner's
+    # With --staleness k: the learner's weights after each of the last (at most) k + 1 steps, oldest first;
+    # the sampler draws from the oldest (`advance_sampler`).
+    behind: list[dict[str, torch.Tensor]] = field(default_factory=list)
 
     @property
     def sampler_policy(self) -> torch.nn.Module:
@@ -87,24 +90,46 @@ class TrainState:
         copy them before changing either)."""
         out = {"policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
                "rng": self.rng.state_dict(), **self.counters()}
-        if self.sampler_weights is not None:
-            out["sampler_weights"] = self.sampler_weights.state_dict()
+        if self.behind:
+            out["behind"] = self.behind
         return out
 
     def load_state_dict(self, state: dict) -> None:
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.rng.load_state_dict(state["rng"])
-        if self.sampler_weights is not None:
-            self.sampler_weights.load_state_dict(state["sampler_weights"])
+        self.behind = list(state.get("behind", []))
         self.load_counters(state)
+        self.resync_sampler()
 
     def copy(self) -> TrainState:
         """An independent state: the policy and its optimizer are copied together, so the copied optimizer's
         state belongs to the copied parameters."""
-        policy, optimizer, rng, ledger, sampler_weights = copy.deepcopy(
-            (self.policy, self.optimizer, self.rng, self.ledger, self.sampler_weights))
-        return TrainState(policy, optimizer, rng, ledger, self.samples, self.tokens, self.elapsed, sampler_weights)
+        policy, optimizer, rng, ledger, sampler_weights, behind = copy.deepcopy(
+            (self.policy, self.optimizer, self.rng, self.ledger, self.sampler_weights, self.behind))
+        return TrainState(policy, optimizer, rng, ledger, self.samples, self.tokens, self.elapsed, sampler_weights,
+                          behind)
+
+    @property
+    def policy_lag(self) -> int:
+        """Steps the sampler's weights are behind the learner's (0 when it draws from the learner)."""
+        return max(len(self.behind) - 1, 0)
+
+    def advance_sampler(self, staleness: int) -> None:
+        """After a step: the sampler's own weights (if any) take the learner's of `staleness` steps ago, or
+        its current ones at 0 (a lower-precision copy), as an asynchronous pipeline's weight sync would."""
+        if self.sampler_weights is None:
+            return
+        if staleness:
+            self.behind.append({k: v.detach().clone() for k, v in self.policy.state_dict().items()})
+            del self.behind[:-(staleness + 1)]
+        self.resync_sampler()
+
+    def resync_sampler(self) -> None:
+        """Load the sampler's weights from their source: the oldest kept learner weights, else the learner's."""
+        if self.sampler_weights is not None:
+            with torch.no_grad():
+                self.sampler_weights.load_state_dict(self.behind[0] if self.behind else self.policy.state_dict())
 
 
 @dataclass

@@ -122,6 +122,13 @@ def build_run(cfg: TrainConfig, log=print) -> tuple[Components, TrainState]:
         alternatives=tuple(alternative_configs(cfg)), lean=lean,
         eval_store=warmstart_entry(cfg, tokenizer) / "eval" if keeps_eval else None)
     state = TrainState(policy, optimizer, RandomStreams.seeded(cfg.seed * 1000 + dist.rank(), device))
+    if cfg.sampler_differs:
+        # The sampler's own weights: a copy in --rollout-dtype (it then runs in that dtype, without autocast),
+        # kept --staleness steps behind the learner (TrainState.advance_sampler).
+        state.sampler_weights = copy.deepcopy(policy).to(COMPUTE_DTYPES[cfg.rollout_dtype or cfg.compute_dtype])
+        state.sampler_weights.eval().requires_grad_(False)
+        if cfg.staleness:
+            state.behind = [{k: v.detach().clone() for k, v in policy.state_dict().items()}]
     return components, state
 
 
@@ -154,6 +161,7 @@ def grpo_step(c: Components, s: TrainState, step: int) -> StepResult:
     #    with --dynamic-sampling, zero-variance groups are replaced (grpo/algorithm/collect.py).
     with c.timer("rollout"):
         batch = collect_batch(c, s, P, step)
+    policy_lag = s.policy_lag
     rollout, mask = batch.rollout, batch.rollout.completion_mask    # [N, T]; 0 = padding after EOS
     loss_mask = loss_token_mask(mask, rollout.truncated, cfg.mask_truncated)
     s.samples += int(dist.sum_across(torch.tensor(batch.generated)))
@@ -200,6 +208,7 @@ def grpo_step(c: Components, s: TrainState, step: int) -> StepResult:
     probes = bool(cfg.counterfactual_every) and step % cfg.counterfactual_every == 0
     policy_stats = update_policy(c, s, step, rollout, advantages, loss_mask, ref_logp, old_logp, token_weights,
                                  before_last_update=probe if probes else None)
+    s.advance_sampler(cfg.staleness)      # the weights the next step's rollouts come from
 
     # 8. Metrics over the whole step's batch: pure functions of tensors at hand, one .item() each.
     with c.timer("metrics"):
@@ -213,6 +222,7 @@ def grpo_step(c: Components, s: TrainState, step: int) -> StepResult:
                              aggregation=cfg.aggregation, max_len=cfg.max_new_tokens),
             **kl_penalty, **{k: v for k, v in policy_stats.items() if k not in ("kl_old", "grad/cut_frac")},
             **dynamic, **counterfactual, **ledger, **mismatch,
+            **({"staleness/policy_lag": float(policy_lag)} if cfg.staleness else {}),
         }
         try:
             metrics = to_floats(metrics)

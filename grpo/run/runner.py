@@ -81,6 +81,9 @@ def restore(c: Components, s: TrainState, store: RunStore | None, warn=lambda me
     s.rng.load_state_dict(rng)
     torch.set_rng_state(rng["torch"].cpu())
     s.load_counters(checkpoint)
+    if "behind" in checkpoint:          # --staleness: the lagging weights the sampler draws from
+        s.behind = checkpoint["behind"]
+    s.resync_sampler()
     if store:
         store.truncate_after(checkpoint["step"])   # lines after the checkpoint are recomputed identically
         prune_rollouts(cfg.run_dir, checkpoint["step"])
@@ -174,7 +177,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
             if step % cfg.save_every == 0 or step == cfg.steps:
                 every_rank_rng = dist.gather_objects(rng_states(s))
                 if main:
-                    save_checkpoint(store.dir, step, s.policy, s.optimizer, every_rank_rng, s.counters())
+                    save_checkpoint(store.dir, step, s.policy, s.optimizer, every_rank_rng,
+                                    {**s.counters(), **({"behind": s.behind} if s.behind else {})})
                     store.write_summary(steps_done=step)
             postfix = {"reward": f"{out['reward/mean']:.3f}"}
             postfix.update({"acc": f"{out['accuracy']:.2f}"} if "accuracy" in out else {})
