@@ -3,7 +3,7 @@ log identical lines.
 
     python bench/behaviour.py --ref main [--out DIR] [--steps N] [--threads T] [--jobs J] [--only NAME,...]
 
-Each config in CONFIGS runs twice as a `grpo train` command (`python -m grpo.commands.cli train`): once in a temporary
+Each config in CONFIGS runs twice as a `grpo train` command (`python -m <the tree's cli module> train`): once in a temporary
 `git worktree` of REF (the old code) and once in the tree this script lives in, uncommitted changes included (the
 new code). Both sides use this script's Python interpreter, the same thread count, wandb disabled, and
 PYTHONPATH set to their own tree, so each imports its own `grpo`. Each side gets a GRPO_CACHE of its own, empty at
@@ -139,9 +139,15 @@ def side_env(tree: Path, cache: Path, threads: int) -> dict:
     return env
 
 
-def train_command(flags: list[str], run_dir: Path, steps: int, threads: int) -> list[str]:
-    """`grpo train` with this interpreter (the module, not the `grpo` script: the script imports the installed code)."""
-    return [sys.executable, "-m", "grpo.commands.cli", "train", *flags, "--steps", str(steps), "--threads", str(threads),
+def cli_module(tree: Path) -> str:
+    """The tree's `grpo` CLI module: grpo.commands.cli since the layer packages, grpo.cli before them."""
+    return "grpo.commands.cli" if (tree / "grpo" / "commands" / "cli.py").is_file() else "grpo.cli"
+
+
+def train_command(tree: Path, flags: list[str], run_dir: Path, steps: int, threads: int) -> list[str]:
+    """`grpo train` of `tree` with this interpreter (the module, not the `grpo` script: the script imports the
+    installed code)."""
+    return [sys.executable, "-m", cli_module(tree), "train", *flags, "--steps", str(steps), "--threads", str(threads),
             "--wandb-mode", "disabled", "--quiet", "--out-dir", str(run_dir)]
 
 
@@ -159,7 +165,7 @@ def run_one(side: str, tree: Path, name: str, out: Path, steps: int, threads: in
     run_dir = out / side / name
     env = side_env(tree, out / side / "cache", threads)
     tick = time.perf_counter()
-    proc = subprocess.run(train_command(CONFIGS[name], run_dir, steps, threads), cwd=tree, env=env,
+    proc = subprocess.run(train_command(tree, CONFIGS[name], run_dir, steps, threads), cwd=tree, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return {"side": side, "name": name, "dir": run_dir, "seconds": round(time.perf_counter() - tick, 1),
             "rc": proc.returncode, "tail": proc.stdout[-2000:]}

@@ -96,13 +96,16 @@ def test_each_side_runs_its_own_code_with_its_own_cache_and_the_same_threads(tmp
     assert env["old"]["PYTHONPATH"] == str(tmp_path / "old") and env["new"]["PYTHONPATH"] == str(tmp_path / "new")
     assert env["old"]["GRPO_CACHE"] != env["new"]["GRPO_CACHE"]
     assert env["old"]["OMP_NUM_THREADS"] == env["new"]["OMP_NUM_THREADS"] == "3"
-    command = behaviour.train_command(["--dynamic-sampling"], tmp_path / "run", 7, 3)
+    command = behaviour.train_command(behaviour.REPO, ["--dynamic-sampling"], tmp_path / "run", 7, 3)
     assert command[:4] == [sys.executable, "-m", "grpo.commands.cli", "train"]
+    # A tree from before the layer packages runs its own grpo.cli.
+    (tmp_path / "flat" / "grpo").mkdir(parents=True)
+    assert behaviour.train_command(tmp_path / "flat", [], tmp_path / "run", 7, 3)[2] == "grpo.cli"
 
 
 @pytest.mark.parametrize("name", list(behaviour.CONFIGS))
 def test_every_fixed_config_passes_the_config_checks(name, tmp_path):
-    flags = behaviour.train_command(behaviour.CONFIGS[name], tmp_path / "run", 16, 1)[4:]
+    flags = behaviour.train_command(behaviour.REPO, behaviour.CONFIGS[name], tmp_path / "run", 16, 1)[4:]
     cfg = parse_flags(TrainConfig, flags, "grpo train", default=TrainConfig.flag_defaults(flags))
     assert (cfg.steps, cfg.threads, cfg.wandb_mode) == (16, 1, "disabled")
 
