@@ -126,7 +126,8 @@ other than the compute dtype, --staleness > 0) or --rollout-is / --rollout-rs is
   mismatch/k3                 token mean of r - 1 - log r: k3 estimate of the same KL (>= 0)
   mismatch/chi2_token         token mean of r^2, minus 1: chi^2(pi_old || pi_rollout) per token (a sample
                               estimate: it can be < 0)
-  mismatch/chi2_seq           mean over completions of R^2, minus 1 (log R clamped to +-20)
+  mismatch/chi2_seq           mean over completions of R^2, minus 1 (log R clamped to +-20; it too can be
+                              < 0)
   mismatch/ppl_ratio          mean over completions of PPL_old / PPL_rollout = exp(-mean_t log r)
   mismatch/ess                effective sample size of the weights w, (sum w)^2 / (n sum w^2) over the n
                               loss tokens: 1 when all are equal, 1/n when one token carries all
