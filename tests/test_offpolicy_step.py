@@ -175,7 +175,7 @@ def test_kill_and_resume_with_staleness_repeats_the_run(make_cfg, tmp_path, monk
 
 # Measured (seed 0, MIXED, fp32 on CPU), sampler = learner with token_truncate IS and 2 mini-batches, steps 1-2:
 # |k1| ~3e-8, k3 ~5e-14, |chi2_token| ~6e-8, |chi2_seq| ~6e-7, |ess - 1| ~2e-7, |weight_mean - 1| ~1e-7 (the
-# KV-cached sampler and the learner's forward differ by float rounding only). Bounds: 30x those.
+# KV-cached sampler and the learner's forward differ by float rounding only). Bounds: about 20-30x those.
 NULL_BOUNDS = {"mismatch/k1": 1e-6, "mismatch/k3": 1e-12, "mismatch/chi2_token": 1e-6, "mismatch/chi2_seq": 1e-5,
                "mismatch/ess": 1e-6, "mismatch/weight_mean": 1e-6, "mismatch/ppl_ratio": 1e-6,
                "mismatch/weight_max": 1e-5}
@@ -189,10 +189,11 @@ def run_steps(cfg, steps) -> list[dict]:
 def test_mismatch_metrics_read_null_for_the_learner_and_find_bf16_and_staleness(make_cfg, tmp_path):
     """Null: the sampler is the learner at its precision, with a correction on so the metrics are formed: k1, k3,
     chi2 within float rounding of 0, ess, ppl_ratio, weights within it of 1, nothing masked or truncated. Planted:
-    bf16 rollouts (k3 measured ~6e-6 to 8e-6) and --staleness 2 at step 3 (k3 ~0.06) read orders of magnitude
-    above the null's bound. (mismatch_metrics is exactly 0 / 1 on identical log-probs:
-    tests/test_offpolicy.py::test_mismatch_metrics_identity_is_exact.)
-    Mutation tried: pi_old's learner forward always under bf16 autocast: the null's k3 reads ~1e-5."""
+    bf16 rollouts (measured: k3 6.4e-6 and 7.2e-6, k1 2.2e-4 and 1.2e-4 at steps 1, 2) and --staleness 2 at lr 1e-3
+    (step 1 reads null, k3 5e-14; step 3: k3 0.78) read orders of magnitude above the null's bounds.
+    (mismatch_metrics is exactly 0 / 1 on identical log-probs: tests/test_offpolicy.py::
+    test_mismatch_metrics_identity_is_exact.)
+    Mutation tried: pi_old's learner forward always under bf16 autocast: the null's k1 reads -2.6e-4."""
     base = make_cfg(tmp_path, **MIXED, rollout_is="token_truncate", mini_batches=2)
     for metrics in run_steps(base, 2):
         for key, bound in NULL_BOUNDS.items():
@@ -421,3 +422,19 @@ def test_old_logp_sampler_refuses_corrections_against_itself(make_cfg, tmp_path,
     with pytest.raises(GrpoError, match="--old-logp sampler") as err:
         make_cfg(tmp_path, old_logp="sampler", **flags)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("flags", [dict(reward_normalization="normalize_then_sum"), dict(rollout_is="token_truncate"),
+                                   dict(rollout_rs="token_k1", rollout_rs_upper=1.01), dict(off_policy_mask=0.1)])
+def test_counterfactual_probe_is_refused_with_a_correction_it_would_leave_out(make_cfg, tmp_path, flags):
+    """The probe's "run" gradient (grpo/algorithm/counterfactual.py) is formed from the summed rewards' advantages and
+    the completion mask, without IS weights, rejections or DeepSeek's mask: with one of them on it is not the run's
+    gradient (measured before this refusal: under GDPO its advantages differ from the step's; with token_k1 rejection
+    it covered 153 tokens where the step's loss covered 90), so the combination is refused in one line. The probe
+    with the sampler's mismatch alone (bf16, staleness) and no correction stays allowed."""
+    probe = dict(counterfactual_every=1, counterfactuals="aggregation=token_mean")
+    with pytest.raises(GrpoError, match="--counterfactual-every") as err:
+        make_cfg(tmp_path, **MIXED, **probe, **flags)
+    assert "\n" not in str(err.value)
+    make_cfg(tmp_path, **MIXED, **probe, rollout_dtype="bf16", staleness=1)
+
