@@ -438,3 +438,23 @@ def test_counterfactual_probe_is_refused_with_a_correction_it_would_leave_out(ma
     assert "\n" not in str(err.value)
     make_cfg(tmp_path, **MIXED, **probe, rollout_dtype="bf16", staleness=1)
 
+
+@pytest.mark.parametrize(("dtype", "rollout_dtype", "autocast"), [("bf16", None, True), ("bf16", "fp32", False),
+                                                                  ("fp32", "bf16", False), ("fp32", None, False)])
+def test_the_sampler_draws_in_the_rollout_dtype(make_cfg, tmp_path, monkeypatch, dtype, rollout_dtype, autocast):
+    """--rollout-dtype fp32 under --dtype bf16 draws from an fp32 copy outside autocast (under the step's bf16
+    autocast it computed in bf16 all the same: its mismatch/k1 and k3 at step 1 equalled the bf16 learner's own
+    null, -4.15e-5 and 2.44e-6); --rollout-dtype bf16 draws from a bf16 copy; unset, the learner under the step's
+    autocast."""
+    c, s = build_run(make_cfg(tmp_path, **MIXED, dtype=dtype, rollout_dtype=rollout_dtype), **QUIET)
+    seen = []
+    generate = c.sampler.generate
+
+    def recording_generate(*args, **kwargs):
+        seen.append((torch.is_autocast_enabled("cpu"), next(c.sampler.model.parameters()).dtype))
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(c.sampler, "generate", recording_generate)
+    grpo_step(c, s, 1)
+    weights = {"fp32": torch.float32, "bf16": torch.bfloat16}[rollout_dtype] if rollout_dtype else torch.float32
+    assert seen == [(autocast, weights)]
