@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -266,6 +267,41 @@ def test_run_logs_no_key_outside_the_catalogue(tiny_run):
     for record in records:
         extra = set(record) - STEP_KEYS - OPTIONAL_KEYS - EVAL_KEYS
         assert not extra, f"step {record['step']} logs keys the metrics.py catalogue does not list: {sorted(extra)}"
+
+
+# The off-policy keys (grpo/algorithm/metrics.py's "off-policy" block): logged only when the sampler differs from
+# the learner or a correction is on (ratio_rollout/* with them), offpolicy/* with --off-policy-mask, staleness/*
+# with --staleness > 0; the default run above logs none of them (test_run_logs_no_key_outside_the_catalogue).
+OFFPOLICY_KEYS = {
+    "mismatch/k1", "mismatch/k3", "mismatch/chi2_token", "mismatch/chi2_seq", "mismatch/ppl_ratio", "mismatch/ess",
+    "mismatch/weight_mean", "mismatch/weight_max", "mismatch/masked_token_frac", "mismatch/masked_seq_frac",
+    "mismatch/truncated_token_frac", "ratio_rollout/mean", "ratio_rollout/max", "offpolicy/masked_token_frac",
+    "staleness/policy_lag",
+}
+
+
+def test_offpolicy_run_logs_every_offpolicy_catalogue_key(tmp_path):
+    """bf16 rollouts one step stale, token_truncate IS and DeepSeek's mask: every step logs every off-policy key
+    (finite), and nothing outside the catalogue; each key is listed in the catalogue at column 2."""
+    from conftest import MIXED, SMALL_CONFIG
+    from grpo.setup.config import TrainConfig
+    import grpo.algorithm.metrics
+
+    listed = {key for line in grpo.algorithm.metrics.__doc__.splitlines() if line.startswith("  ") and line[2] != " "
+              for key in re.match(r"  ([^\s,]+(?:, [^\s,]+)*)", line).group(1).split(", ")}
+    assert OFFPOLICY_KEYS <= listed, OFFPOLICY_KEYS - listed
+    cfg = TrainConfig(**{**SMALL_CONFIG, **MIXED, "steps": 2, "rollout_dtype": "bf16", "staleness": 1,
+                         "rollout_is": "token_truncate", "off_policy_mask": 0.0, "out_dir": str(tmp_path / "run")})
+    train(cfg, log=lambda *_: None)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 1, 2]
+    for record in records[1:]:
+        missing = (STEP_KEYS | OFFPOLICY_KEYS) - {"kl/k1", "kl/k2", "kl/k3", "kl/k3_is"} - set(record)
+        assert not missing, f"step {record['step']} lacks {sorted(missing)}"
+        extra = set(record) - STEP_KEYS - OPTIONAL_KEYS - EVAL_KEYS - OFFPOLICY_KEYS
+        assert not extra, f"step {record['step']} logs keys the metrics.py catalogue does not list: {sorted(extra)}"
+        assert all(math.isfinite(v) for v in record.values())
+    assert [r["staleness/policy_lag"] for r in records[1:]] == [0.0, 1.0]
 
 
 def test_on_policy_step_clips_nothing(tiny_run):

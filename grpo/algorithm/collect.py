@@ -14,6 +14,7 @@ Everything here is per rank (no collectives), so ranks may need different number
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -39,13 +40,16 @@ class Batch:
 
 def generate(c: Components, s: TrainState, prompts: list[str]) -> Rollout:
     """One completion per prompt from the sampler, synced to the state's sampler weights (the learner itself
-    unless the run keeps other weights for sampling), in eval mode, under the step's autocast."""
+    unless the run keeps other weights for sampling), in eval mode, under the step's autocast unless
+    --rollout-dtype names another dtype (its copy then runs in that dtype)."""
     cfg, policy = c.cfg, s.sampler_policy
     prompt_ids, prompt_mask = encode_prompts(c.tokenizer, prompts, c.device)
     if c.sampler.model is not policy:     # several states may step on one sampler: draw from this one's
         c.sampler.sync_weights(policy)
     policy.eval()
-    with c.autocast():
+    # Under bf16 autocast an fp32 copy (--dtype bf16 --rollout-dtype fp32) would compute in bf16 all the same.
+    own_dtype = (cfg.rollout_dtype or cfg.compute_dtype) != cfg.compute_dtype
+    with contextlib.nullcontext() if own_dtype else c.autocast():
         rollout = c.sampler.generate(prompt_ids, prompt_mask, max_new_tokens=cfg.max_new_tokens,
                                      temperature=cfg.temperature, generator=s.rng.sample,
                                      eos_token_id=c.tokenizer.eos_token_id, pad_token_id=c.tokenizer.pad_token_id,

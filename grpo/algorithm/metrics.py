@@ -117,6 +117,33 @@ dynamic sampling (only with --dynamic-sampling; summed over ranks, rounds: the m
   dynamic/dropped_groups      zero-variance groups generated and dropped (their completions count in
                               samples and tokens)
   dynamic/filled_groups       zero-variance groups kept because the round limit was hit
+off-policy: the sampler's log-probs pi_rollout against pi_old's, the learner's at the start of the step
+(grpo/formulas/offpolicy.py); r = pi_old / pi_rollout per token, R = its product over a completion. The
+mismatch/* and ratio_rollout/* keys are logged when the sampler differs from the learner (--rollout-dtype
+other than the compute dtype, --staleness > 0) or --rollout-is / --rollout-rs is on, never with
+--old-logp sampler (pi_old is then pi_rollout); mismatch/* are over the step's loss tokens before rejection
+  mismatch/k1                 token mean of log(pi_rollout / pi_old): k1 estimate of KL(pi_rollout || pi_old)
+  mismatch/k3                 token mean of r - 1 - log r: k3 estimate of the same KL (>= 0)
+  mismatch/chi2_token         token mean of r^2, minus 1: chi^2(pi_old || pi_rollout) per token (a sample
+                              estimate: it can be < 0)
+  mismatch/chi2_seq           mean over completions of R^2, minus 1 (log R clamped to +-20; it too can be
+                              < 0)
+  mismatch/ppl_ratio          mean over completions of PPL_old / PPL_rollout = exp(-mean_t log r)
+  mismatch/ess                effective sample size of the weights w, (sum w)^2 / (n sum w^2) over the n
+                              loss tokens: 1 when all are equal, 1/n when one token carries all
+  mismatch/weight_mean        token mean of the --rollout-is weights applied (with none: the raw r, its log
+                              clamped to +-20)
+  mismatch/weight_max         the largest of those weights
+  mismatch/masked_token_frac  share of loss tokens zeroed by a --rollout-is mask mode (token_mask,
+                              sequence_mask, icepop) or rejected by --rollout-rs
+  mismatch/masked_seq_frac    share of non-empty completions with at least one such token
+  mismatch/truncated_token_frac share of loss tokens whose weight a --rollout-is truncate mode clamped
+  ratio_rollout/mean, ratio_rollout/max  ratio pi_theta / pi_rollout over the tokens in the loss (means over
+                              inner epochs and micro-batches, as ratio/*, which is against pi_old)
+  offpolicy/masked_token_frac with --off-policy-mask: share of loss tokens DeepSeek-V3.2's sequence mask
+                              drops, decided at every update from the learner's current log-probs
+  staleness/policy_lag        with --staleness k > 0: optimizer steps the rollouts' weights lag the
+                              learner's at the step's start, min(k, step - 1)
 timing (seconds)
   time/rollout                sampling the completions
   time/reward                 decoding, rewards, advantages, reference (and pi_old) log-probs

@@ -396,6 +396,13 @@ class TrainConfig:
             (self.reward_normalization == "sum_then_normalize" or self.kl_placement == "loss" or self.kl_beta == 0,
              "--reward-normalization normalize_then_sum normalises each reward function; the KL penalty of "
              "--kl-placement reward is not one: use --kl-placement loss"),
+            # The probe's gradients (grpo/algorithm/counterfactual.py) are formed from the summed rewards and the
+            # completion mask, without the corrections' weights and rejections: they would not be the run's.
+            (not self.counterfactual_every or (self.reward_normalization == "sum_then_normalize"
+                                               and self.rollout_is == "none" and self.rollout_rs == "none"
+                                               and self.off_policy_mask is None),
+             "--counterfactual-every: the probe's gradients leave out --reward-normalization normalize_then_sum, "
+             "--rollout-is, --rollout-rs and --off-policy-mask, so they would not be the run's; turn those or the probe off"),
             (self.num_completions >= self.mini_batches,
              f"--mini-batches ({self.mini_batches}) exceeds the completions per step "
              f"(prompts-per-step x group-size = {self.num_completions})"),
