@@ -1,0 +1,159 @@
+"""The exact (E) paper claims as unit tests on grpo-lab's functions, with hand-computed numbers where the claim has
+them; each check reads "contradicted" on a planted bug; the paper_checks command (--only, --exact-only, the JSON)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from experiments import claim_checks as exact
+from experiments import paper_checks
+from grpo.formulas.advantages import compute_advantages, normalize_then_sum
+from grpo.setup.rewards import overlong_penalty
+
+E_CLAIMS = [c for c in paper_checks.CLAIMS if c.kind == "E"]
+
+
+@pytest.mark.parametrize("claim", E_CLAIMS, ids=[c.id for c in E_CLAIMS])
+def test_every_exact_claim_holds_on_the_harness(claim):
+    result = claim.check()
+    assert result.verdict == exact.HELD, (result.measured, result.note)
+    assert result.error is not None and result.error <= result.tolerance
+
+
+def test_every_claim_of_the_list_is_registered_once_with_its_kind():
+    # The IDs of /work/shared/paper-claims.md, E ones hand-listed.
+    ids = [c.id for c in paper_checks.CLAIMS]
+    assert len(ids) == len(set(ids)) == 29
+    assert {c.id for c in E_CLAIMS} == {"D1", "D2", "R1", "R2", "R3", "G1", "K2", "K3", "P3", "M1", "Q2"}
+    assert all(c.check is not None for c in E_CLAIMS)
+    assert all(c.sweep in paper_checks.SWEEPS and c.arms and c.steps for c in paper_checks.CLAIMS if c.kind == "S")
+
+
+# ----- hand-computed numbers
+
+
+def test_r2_std_multiplier_is_one_over_the_sample_std():
+    # G = 4, k = 1: sigma_1 = sqrt(1*3)/4 = 0.4330; the sample std is sigma * sqrt(4/3) = 0.5, so x2.
+    # k = 2: sigma_2 = 1/2, sample std 1/sqrt(3), so x sqrt(3) = 1.732: smaller in the middle than at the ends.
+    assert exact.std_multiplier(4, 1) == pytest.approx(2.0, abs=1e-12)
+    assert exact.std_multiplier(4, 2) == pytest.approx(math.sqrt(3), abs=1e-12)
+    assert exact.std_multiplier(4, 3) == pytest.approx(2.0, abs=1e-12)
+
+
+def test_g1_constant_group_probability_and_its_uniform_mean():
+    # q = 0.5, G = 2: P(constant) = 0.25 + 0.25 = 0.5; q = 0.2, G = 3: 0.008 + 0.512 = 0.52.
+    assert exact.constant_probability(0.5, 2) == pytest.approx(0.5, abs=1e-12)
+    assert exact.constant_probability(0.2, 3) == pytest.approx(0.52, abs=1e-12)
+    # Mean over q ~ U(0,1) of q^3 + (1-q)^3 = 1/4 + 1/4 = 2/(3+1): Simpson's rule is exact for cubics.
+    simpson = (exact.constant_probability(0.0, 3) + 4 * exact.constant_probability(0.5, 3)
+               + exact.constant_probability(1.0, 3)) / 6
+    assert simpson == pytest.approx(0.5, abs=1e-12)
+
+
+def test_p3_overlong_penalty_midpoint_and_ends():
+    # L_max 20, L_cache 8: 0 up to 12, -(14 - 12)/8 = -0.25 at 14, -0.5 at the midpoint 16, -1 at 20 and beyond.
+    values = overlong_penalty(torch.tensor([0.0, 12.0, 14.0, 16.0, 20.0, 25.0]), 20, 8, 1.0)
+    assert values.tolist() == [0.0, 0.0, -0.25, -0.5, -1.0, -1.0]
+
+
+def test_r3_length_gradient_hand_example():
+    # b = 0 (continue w.p. 1/2), L_max 3: outcomes [ans, stop] p 1/2, [ans, cont, stop] p 1/4, [ans, cont, cont]
+    # (truncated) p 1/4; d/db log-prob of the length tokens: -1/2, 0, +1. Under 1/|o| the loss is -A mean_t logp,
+    # so E[d objective/db] = A (1/2 (-1/2)/2 + 1/4 * 0/3 + 1/4 * 1/3) = A (-1/8 + 1/12) = -A/24.
+    assert exact.length_gradient(-1.0, "seq_mean_token_mean", b=0.0, max_len=3) == pytest.approx(1 / 24, abs=1e-12)
+    assert exact.length_gradient(1.0, "seq_mean_token_mean", b=0.0, max_len=3) == pytest.approx(-1 / 24, abs=1e-12)
+    # Constant normaliser: A E[score] / 3 = 0, score's mean being 0 (-1/4 + 0 + 1/4).
+    assert exact.length_gradient(-1.0, "seq_mean_token_sum_norm", b=0.0, max_len=3) == pytest.approx(0.0, abs=1e-15)
+
+
+def test_q2_gdpo_ties_within_a_group_when_the_rewards_have_equal_std():
+    # Group (1,0), (0,1), (0,0): k1 = k2 = 1, equal std: (1,0) and (0,1) tie under both aggregations.
+    r1, r2 = torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([[0.0, 1.0, 0.0]])
+    gdpo = normalize_then_sum({"r1": r1, "r2": r2}, eps=0.0)
+    assert gdpo[0, 0] == gdpo[0, 1]
+    summed = compute_advantages(r1 + r2, "grpo", eps=0.0)
+    assert summed[0, 0] == summed[0, 1]
+
+
+def test_q2_gdpo_separates_within_a_group_when_the_stds_differ():
+    # Group (1,0), (0,1), (1,0), (1,1), G = 4: r1 = [1,0,1,1] (mean 3/4, sample std 1/2), r2 = [0,1,0,1] (mean 1/2,
+    # sample std 1/sqrt 3). Per-reward sum: A(1,0) = 1/4 / (1/2) - 1/2 sqrt 3 = -0.3660, A(0,1) = -3/2 + sqrt(3)/2
+    # = -0.6340: a gap of 1/s1 - 1/s2 = 2 - sqrt 3. Totals [1,1,1,2] tie under sum-then-normalise.
+    r1, r2 = torch.tensor([[1.0, 0.0, 1.0, 1.0]]), torch.tensor([[0.0, 1.0, 0.0, 1.0]])
+    per_reward = compute_advantages(r1, "grpo", eps=0.0) + compute_advantages(r2, "grpo", eps=0.0)
+    assert per_reward[0, 0].item() == pytest.approx(0.5 - math.sqrt(3) / 2, abs=1e-6)
+    assert per_reward[0, 1].item() == pytest.approx(-1.5 + math.sqrt(3) / 2, abs=1e-6)
+    group = torch.cat([r1, r2]).T.double()
+    summed_gap, gdpo_gap, predicted = exact.gdpo_tie_gap(group, eps=0.0)
+    assert summed_gap == 0.0
+    assert gdpo_gap == pytest.approx(predicted, abs=1e-12) and gdpo_gap > 0.1
+
+
+def test_q2_paper_example_totals_01_and_02_collapse_under_sum_only():
+    # G = 2, group totals (0,1) and (0,2): both (-1/sqrt 2, 1/sqrt 2) under sum-then-normalise (unbiased std of
+    # {0, 1} is 1/sqrt 2, of {0, 2} sqrt 2); GDPO: (0,1) one reward varies -> (-1,1)/sqrt 2, (0,2) both -> twice that.
+    totals = torch.tensor([[0.0, 1.0], [0.0, 2.0]])
+    summed = compute_advantages(totals, "grpo", eps=0.0)
+    torch.testing.assert_close(summed[0], summed[1])
+    gdpo = normalize_then_sum({"r1": torch.tensor([[0.0, 1.0], [0.0, 1.0]]), "r2": torch.tensor([[0.0, 0.0], [0.0, 1.0]])},
+                              eps=0.0)
+    torch.testing.assert_close(gdpo[1], 2 * gdpo[0])
+
+
+# ----- each check can fail: a planted bug reads contradicted
+
+
+def test_r1_reads_contradicted_without_the_leave_one_out_scale(monkeypatch):
+    monkeypatch.setattr(exact, "rloo_advantages", lambda rewards, eps, lengths: rewards - rewards.mean(-1, keepdim=True))
+    assert exact.check_r1().verdict == exact.CONTRADICTED
+
+
+def test_p3_reads_contradicted_with_an_off_by_one_ramp(monkeypatch):
+    real = exact.overlong_penalty
+    monkeypatch.setattr(exact, "overlong_penalty", lambda lengths, max_len, buffer, penalty:
+                        real(lengths, max_len + 1, buffer, penalty))
+    result = exact.check_p3()
+    assert result.verdict == exact.CONTRADICTED and "vs eq. 13" in result.note
+
+
+def test_k3_reads_contradicted_if_k3_is_lost_its_ratio(monkeypatch):
+    real = exact.kl_per_token
+    monkeypatch.setattr(exact, "kl_per_token", lambda logp, ref, est, old_logp=None:
+                        real(logp, ref, "k3" if est == "k3_is" else est, old_logp))
+    assert exact.check_k3().verdict == exact.CONTRADICTED
+
+
+def test_r3_reads_contradicted_when_the_normaliser_follows_length(monkeypatch):
+    # A constant normaliser that in fact divides by the length gives a nonzero gradient where 0 is claimed.
+    monkeypatch.setitem(exact.policy_loss.__globals__["AGGREGATIONS"], "seq_mean_token_sum_norm",
+                        exact.policy_loss.__globals__["AGGREGATIONS"]["seq_mean_token_mean"])
+    assert exact.check_r3().verdict == exact.CONTRADICTED
+
+
+# ----- the command
+
+
+def test_exact_only_writes_the_json_and_a_report_with_the_table(tmp_path, capsys):
+    assert paper_checks.main(["--exact-only", "--only", "R1,P3,K2", "--out-dir", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "paper_checks.json").read_text())["checks"]
+    assert [r["id"] for r in rows] == ["R1", "K2", "P3"]           # the registry's order
+    assert all(r["verdict"] == "held" and r["error"] <= r["tolerance"] for r in rows)
+    report = (tmp_path / "report.md").read_text()
+    assert "## Paper checks" in report and "| R1 |" in report and "3 held" in report
+    assert str(tmp_path / "report.md") in capsys.readouterr().out
+
+
+def test_exact_only_skips_s_claims_and_without_it_they_are_listed_not_run(tmp_path):
+    assert [c.id for c in paper_checks.select(paper_checks.CLAIMS, ["R4", "R1"], True)] == ["R1"]
+    assert paper_checks.main(["--only", "R4", "--out-dir", str(tmp_path), "--no-report"]) == 0
+    (row,) = json.loads((tmp_path / "paper_checks.json").read_text())["checks"]
+    assert row["verdict"] == "not run" and "length_2x2" in row["note"] and row["steps"] == "all"
+
+
+def test_unknown_only_ids_are_one_line_errors_naming_them(tmp_path, capsys):
+    assert paper_checks.main(["--only", "R1,X9,Q7", "--out-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "X9, Q7" in err and err.startswith("paper_checks: error: unknown claim id(s)")
+    assert not (tmp_path / "paper_checks.json").exists()
