@@ -31,7 +31,6 @@ from typing import Callable
 
 from experiments import claim_checks as exact
 from experiments.claim_checks import Result
-from experiments.sweep import DEFAULT_PARALLEL
 from grpo import GrpoError
 
 NOT_RUN = "not run"
@@ -196,11 +195,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--exact-only", action="store_true",
                         help="only the exact (E) claims: no training, a few seconds")
     parser.add_argument("--quick", action="store_true", help="the S claims' small budget (sweeps' --quick)")
-    parser.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL,
-                        help="runs at once in the S claims' sweeps; each gets cores/parallel threads")
+    # Default None: the sweeps' own default (experiments.sweep.DEFAULT_PARALLEL), read when a sweep runs, so
+    # --exact-only does not import the sweep runner and its model stack.
+    parser.add_argument("--parallel", type=int, default=None,
+                        help="runs at once in the S claims' sweeps, each with cores/parallel threads "
+                             "(default: experiments.sweep's)")
     parser.add_argument("--no-report", action="store_true", help="write paper_checks.json only, no report")
     args = parser.parse_args(argv)
-    if args.parallel < 1:
+    if args.parallel is not None and args.parallel < 1:
         parser.error("--parallel must be >= 1")
     return args
 
