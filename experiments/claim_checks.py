@@ -38,6 +38,8 @@ class Result:
     error: float | None = None        # an exact check's largest |measured - expected|
     tolerance: float | None = None    # the float tolerance the identity is held to
     note: str = ""                    # why it is contradicted or not applicable; what the reading is
+    seeds: int | None = None          # S: the seeds the interval is over
+    steps: int | None = None          # S: the steps of the runs it read
 
 
 def identity(errors: dict[str, float], tol: float = TOL, note: str = "", extra: str = "") -> Result:

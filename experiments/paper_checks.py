@@ -14,8 +14,9 @@ The results go to <out-dir>/paper_checks.json; analysis.report renders them as t
 table (analysis/paper_checks.py), beside the sweeps' sections when <out-dir> holds sweeps.
 
 S claims share sweeps (SWEEPS): each names the experiment whose runs it reads, so one G sweep serves G2-G5,
-one length 2x2 serves R4, R5 and P8. Running those sweeps from here is not built yet: without --exact-only
-the S claims are listed with verdict "not run" and the sweep they need.
+one length 2x2 serves R4, R5 and P8. Without --exact-only the sweeps the built S checks need run (or resume:
+finished runs are skipped) under <out-dir>/<sweep>/ with experiments/sweep.py; S claims whose check is not
+built yet are listed with verdict "not run" and the sweep they need. Built so far: M2.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from experiments import claim_checks as exact
+from experiments import sweep_claims as stat
 from experiments.claim_checks import Result
 from grpo import GrpoError
 
@@ -43,7 +45,7 @@ class Claim:
     source: str                                # paper (arXiv id) and where in it
     quantity: str                              # what is measured
     kind: str                                  # "E" exact identity, "S" statistical direction
-    check: Callable[[], Result] | None = None  # E: the exact check; S: None until its check is built
+    check: Callable[..., Result] | None = None  # E: check(); S: check(frame of the sweep's runs); None: not built
     sweep: str | None = None                   # S: the SWEEPS entry whose runs it reads
     arms: tuple[str, ...] = ()                 # S: the arms of that sweep it compares
     steps: str = ""                            # S: the steps it reads ("0", "all", "first third", ...)
@@ -120,7 +122,8 @@ CLAIMS = [
     Claim("M1", "With mu = 1 and one mini-batch the ratio is 1, clip fraction 0, token- and sequence-level IS coincide",
           "PPO; TRL PR 2899", "ratio, clip fractions, clip vs gspo loss and gradient", "E", exact.check_m1),
     Claim("M2", "Clip fraction and KL(pi_old||pi) rise with the inner epoch index", "PPO; TRL PR 2899",
-          "inner/k/clip_frac, inner/k/kl_old", "S", sweep="inner_epochs", arms=("mu4",), steps="all"),
+          "inner/k/clip_frac, inner/k/kl_old", "S", stat.check_m2, sweep="inner_epochs", arms=("mu4",),
+          steps="from 1"),
     Claim("M3", "Reward per rollout batch rises faster with mu = 2, 4 than 1; per optimizer step it does not",
           "PPO; TRL PR 2899", "reward slope per step and per update", "S", sweep="inner_epochs",
           arms=("mu1", "mu2", "mu4"), steps="all"),
@@ -152,23 +155,55 @@ def select(claims: list[Claim], only: list[str] | None, exact_only: bool) -> lis
     return [c for c in chosen if c.kind == "E" or not exact_only]
 
 
-def run_claim(claim: Claim) -> Result:
+def sweep_arms(claims: list[Claim]) -> dict[str, list[str]]:
+    """sweep -> the arms the built S checks among `claims` read (in order, each once)."""
+    arms: dict[str, list[str]] = {}
+    for claim in claims:
+        if claim.kind == "S" and claim.check is not None:
+            arms.setdefault(claim.sweep, [])
+            arms[claim.sweep] += [a for a in claim.arms if a not in arms[claim.sweep]]
+    return arms
+
+
+def run_sweep(name: str, arms: list[str], out_dir: Path, quick: bool, parallel: int | None) -> int:
+    """Run (or resume; finished runs are skipped) the arms of sweep `name` under <out_dir>/<name>, as
+    `python -m <its experiment> --out-dir ... --arms ... --no-report` would; returns its exit code."""
+    import importlib
+
+    from experiments import sweep      # deferred: the sweep runner imports the model stack
+
+    experiment = importlib.import_module(SWEEPS[name][0]).EXPERIMENT
+    argv = ["--out-dir", str(out_dir / name), "--arms", ",".join(arms), "--no-report",
+            "--parallel", str(parallel or sweep.DEFAULT_PARALLEL), *(["--quick"] if quick else [])]
+    return sweep.main(experiment, argv)
+
+
+def sweep_frame(claim: Claim, out_dir: Path):
+    """The tidy frame of the claim's arms in <out_dir>/<sweep> (analysis.load)."""
+    from analysis.load import load_runs
+
+    frame = load_runs([out_dir / claim.sweep])
+    return frame[frame["arm"].isin(claim.arms)]
+
+
+def run_claim(claim: Claim, out_dir: Path) -> Result:
     """The claim's result; a check that raises is recorded as not run with its error (the command then exits 1)."""
     if claim.check is None:
         module, arms = SWEEPS[claim.sweep]
         return Result(NOT_RUN, "", note=f"S check not built yet; needs sweep {claim.sweep} ({module}: {arms})")
     try:
-        return claim.check()
-    except Exception as err:  # one broken check must not cost the others
+        return claim.check() if claim.kind == "E" else claim.check(sweep_frame(claim, out_dir))
+    except Exception as err:  # one broken check (or a missing sweep) must not cost the others
         return Result(NOT_RUN, "", note=f"the check raised {type(err).__name__}: {err}")
 
 
 def record(claim: Claim, result: Result, seconds: float) -> dict:
     """One row of paper_checks.json."""
+    steps = claim.steps + (f" of {result.steps}" if result.steps is not None else "")
     return {"id": claim.id, "claim": claim.claim, "source": claim.source, "quantity": claim.quantity,
             "kind": claim.kind, "verdict": result.verdict, "measured": result.measured, "error": result.error,
             "tolerance": result.tolerance, "note": result.note, "sweep": claim.sweep,
-            "arms": list(claim.arms), "steps": claim.steps or None, "seeds": None, "seconds": round(seconds, 3)}
+            "arms": list(claim.arms), "steps": steps or None, "seeds": result.seeds, "seconds": round(seconds, 3)}
 
 
 def write_checks(out_dir: Path, rows: list[dict], argv: list[str], seconds: float) -> Path:
@@ -216,9 +251,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"paper_checks: error: {err}", file=sys.stderr)
         return 2
     start, rows = time.perf_counter(), []
+    for name, arms in sweep_arms(claims).items():
+        code = run_sweep(name, arms, args.out_dir, args.quick, args.parallel)
+        if code != 0:
+            print(f"paper_checks: sweep {name} exited {code}; its claims read the runs that finished")
     for claim in claims:
         began = time.perf_counter()
-        result = run_claim(claim)
+        result = run_claim(claim, args.out_dir)
         rows.append(record(claim, result, time.perf_counter() - began))
         print(f"{claim.id:3} {result.verdict:14} {result.measured or result.note}")
     seconds = time.perf_counter() - start

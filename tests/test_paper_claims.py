@@ -4,6 +4,7 @@ them; each check reads "contradicted" on a planted bug; the paper_checks command
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -97,8 +98,8 @@ def test_q2_paper_example_totals_01_and_02_collapse_under_sum_only():
     totals = torch.tensor([[0.0, 1.0], [0.0, 2.0]])
     summed = compute_advantages(totals, "grpo", eps=0.0)
     torch.testing.assert_close(summed[0], summed[1])
-    gdpo = normalize_then_sum({"r1": torch.tensor([[0.0, 1.0], [0.0, 1.0]]), "r2": torch.tensor([[0.0, 0.0], [0.0, 1.0]])},
-                              eps=0.0)
+    r1, r2 = torch.tensor([[0.0, 1.0], [0.0, 1.0]]), torch.tensor([[0.0, 0.0], [0.0, 1.0]])
+    gdpo = normalize_then_sum({"r1": r1, "r2": r2}, eps=0.0)
     torch.testing.assert_close(gdpo[1], 2 * gdpo[0])
 
 
@@ -106,7 +107,8 @@ def test_q2_paper_example_totals_01_and_02_collapse_under_sum_only():
 
 
 def test_r1_reads_contradicted_without_the_leave_one_out_scale(monkeypatch):
-    monkeypatch.setattr(exact, "rloo_advantages", lambda rewards, eps, lengths: rewards - rewards.mean(-1, keepdim=True))
+    monkeypatch.setattr(exact, "rloo_advantages",
+                        lambda rewards, eps, lengths: rewards - rewards.mean(-1, keepdim=True))
     assert exact.check_r1().verdict == exact.CONTRADICTED
 
 
@@ -157,3 +159,48 @@ def test_unknown_only_ids_are_one_line_errors_naming_them(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "X9, Q7" in err and err.startswith("paper_checks: error: unknown claim id(s)")
     assert not (tmp_path / "paper_checks.json").exists()
+
+
+# ----- statistical claims: M2 on hand-written runs
+
+
+def write_inner_epoch_runs(root, increments, seeds=5, steps=6):
+    """<root>/inner_epochs/mu4/seed<k>/metrics.jsonl: inner/<k>/clip_frac = 0.01 + increments[k-2] summed up to k
+    (0.01 at k = 1), plus normal noise of sd 0.003 per run, step and k (fixed seed); kl_old the same / 10."""
+    rng = np.random.default_rng(0)
+    for seed in range(seeds):
+        run = root / "inner_epochs" / "mu4" / f"seed{seed}"
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({"inner_epochs": 4, "seed": seed}))
+        lines = []
+        for step in range(steps + 1):
+            record = {"step": step, "samples": 8 * step, "tokens": 100 * step}
+            value = 0.01
+            for k in range(1, 5):
+                value += increments[k - 2] if k >= 2 else 0.0
+                wobble = rng.normal(0.0, 0.003)
+                record[f"inner/{k}/clip_frac"] = value + wobble
+                record[f"inner/{k}/kl_old"] = (value + wobble) / 10
+            lines.append(json.dumps(record))
+        (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("increments, verdict", [((0.02, 0.03, 0.04), "held"),
+                                                  ((-0.02, -0.03, -0.04), "contradicted"),
+                                                  ((0.0, 0.0, 0.0), "not detected at this budget")])
+def test_m2_reads_the_direction_planted_in_the_runs(tmp_path, increments, verdict):
+    write_inner_epoch_runs(tmp_path, increments)
+    claim = next(c for c in paper_checks.CLAIMS if c.id == "M2")
+    result = paper_checks.run_claim(claim, tmp_path)
+    assert result.verdict == verdict, (result.measured, result.note)
+    assert result.seeds == 5 and result.steps == 6
+    assert "clip_frac k1->2" in result.measured and "kl_old k3->4" in result.measured
+    if verdict == "not detected at this budget":
+        assert "detectable size in the family with these seeds" in result.note
+
+
+def test_s_claims_share_their_sweeps_arms_and_a_missing_sweep_is_not_run(tmp_path):
+    claims = paper_checks.select(paper_checks.CLAIMS, ["M2", "M3", "R1"], False)
+    assert paper_checks.sweep_arms(claims) == {"inner_epochs": ["mu4"]}      # M3 has no check yet
+    result = paper_checks.run_claim(claims[1], tmp_path)                      # M2, no runs under tmp_path
+    assert result.verdict == "not run" and "AnalysisError" in result.note
