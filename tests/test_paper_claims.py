@@ -43,6 +43,27 @@ def test_r2_std_multiplier_is_one_over_the_sample_std():
     assert exact.std_multiplier(4, 3) == pytest.approx(2.0, abs=1e-12)
 
 
+def test_d2_k3_gradient_coefficient_hand_example():
+    # One token, pi = 1/2, pi_ref = 1/4, A = 1, beta = 0.1: coefficient A + beta (pi_ref/pi - 1) = 1 - 0.05 = 0.95,
+    # and the loss (minimised) has d/d logp = -0.95.
+    logp = torch.tensor([[math.log(0.5)]], dtype=torch.float64, requires_grad=True)
+    loss, _ = exact.policy_loss(logp, logp.detach(), torch.tensor([[math.log(0.25)]], dtype=torch.float64),
+                                torch.tensor([1.0], dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64),
+                                exact.settings(kl_beta=0.1, kl_estimator="k3", aggregation="token_mean"))
+    (grad,) = torch.autograd.grad(loss, logp)
+    assert grad.item() == pytest.approx(-0.95, abs=1e-12)
+
+
+def test_k2_k3_is_unbiased_and_k2_is_not_on_a_coin():
+    # pi = (1/2, 1/2), pi_ref = (1/4, 3/4): KL = 1/2 log 2 + 1/2 log(2/3) = 1/2 log(4/3) = 0.143841.
+    # E[k2] = 1/2 (1/2 log(1/2)^2 + 1/2 log(3/2)^2) = 1/4 (0.480453 + 0.164402) = 0.161214.
+    logits = torch.log(torch.tensor([0.5, 0.5], dtype=torch.float64))
+    ref_logits = torch.log(torch.tensor([0.25, 0.75], dtype=torch.float64))
+    assert exact.expected_estimate(logits, ref_logits, "k3").item() == pytest.approx(0.5 * math.log(4 / 3), abs=1e-12)
+    assert exact.expected_estimate(logits, ref_logits, "k1").item() == pytest.approx(0.5 * math.log(4 / 3), abs=1e-12)
+    assert exact.expected_estimate(logits, ref_logits, "k2").item() == pytest.approx(0.161214, abs=1e-6)
+
+
 def test_g1_constant_group_probability_and_its_uniform_mean():
     # q = 0.5, G = 2: P(constant) = 0.25 + 0.25 = 0.5; q = 0.2, G = 3: 0.008 + 0.512 = 0.52.
     assert exact.constant_probability(0.5, 2) == pytest.approx(0.5, abs=1e-12)
