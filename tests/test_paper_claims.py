@@ -225,3 +225,11 @@ def test_s_claims_share_their_sweeps_arms_and_a_missing_sweep_is_not_run(tmp_pat
     assert paper_checks.sweep_arms(claims) == {"inner_epochs": ["mu4"]}      # M3 has no check yet
     result = paper_checks.run_claim(claims[1], tmp_path)                      # M2, no runs under tmp_path
     assert result.verdict == "not run" and "AnalysisError" in result.note
+
+
+def test_a_check_that_raises_is_recorded_not_run_and_the_command_exits_1(tmp_path, monkeypatch):
+    broken = paper_checks.Claim("R1", "x", "y", "z", "E", lambda: 1 / 0)
+    monkeypatch.setattr(paper_checks, "CLAIMS", [broken if c.id == "R1" else c for c in paper_checks.CLAIMS])
+    assert paper_checks.main(["--only", "R1", "--out-dir", str(tmp_path), "--no-report"]) == 1
+    (row,) = json.loads((tmp_path / "paper_checks.json").read_text())["checks"]
+    assert row["verdict"] == "not run" and "ZeroDivisionError" in row["note"]
