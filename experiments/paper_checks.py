@@ -16,7 +16,7 @@ table (analysis/paper_checks.py), beside the sweeps' sections when <out-dir> hol
 S claims share sweeps (SWEEPS): each names the experiment whose runs it reads, so one G sweep serves G2-G5,
 one length 2x2 serves R4, R5 and P8. Without --exact-only the sweeps the built S checks need run (or resume:
 finished runs are skipped) under <out-dir>/<sweep>/ with experiments/sweep.py; S claims whose check is not
-built yet are listed with verdict "not run" and the sweep they need. Built so far: M2.
+built yet are listed with verdict "not run" and the sweep they need. Built so far: M2, G3.
 """
 
 from __future__ import annotations
@@ -93,8 +93,8 @@ CLAIMS = [
           "DAPO 2503.14476 Sec. 3.2", "zero_var/frac vs unbiased per-prompt estimate", "S",
           sweep="group_size", arms=("G2", "G4", "G8", "G16"), steps="0"),
     Claim("G3", "The zero-variance share falls as G grows; the all-correct share rises over training",
-          "DAPO 2503.14476 Fig. 3b", "zero_var/frac by G; zero_var/all_correct_frac slope", "S",
-          sweep="group_size", arms=("G2", "G4", "G8", "G16"), steps="0 and all"),
+          "DAPO 2503.14476 Fig. 3b", "zero_var/frac by G; zero_var/all_correct_frac slope", "S", stat.check_g3,
+          sweep="group_size", arms=("G2", "G4", "G8", "G16"), steps="first 10% and all"),
     Claim("G4", "At equal rollouts per step, G = 2 trains about as well as G = 16 (equivalence, margin stated)",
           "2-GRPO 2510.00977", "final eval accuracy, G2 - G16", "S", sweep="group_size", arms=("G2", "G16"),
           steps="last evals"),
@@ -173,6 +173,9 @@ def run_sweep(name: str, arms: list[str], out_dir: Path, quick: bool, parallel: 
     from experiments import sweep      # deferred: the sweep runner imports the model stack
 
     experiment = importlib.import_module(SWEEPS[name][0]).EXPERIMENT
+    missing = [arm for arm in arms if arm not in experiment.arms]
+    if missing:
+        raise GrpoError(f"sweep {name} ({SWEEPS[name][0]}) has no arm(s) {', '.join(missing)} yet")
     argv = ["--out-dir", str(out_dir / name), "--arms", ",".join(arms), "--no-report",
             "--parallel", str(parallel or sweep.DEFAULT_PARALLEL), *(["--quick"] if quick else [])]
     return sweep.main(experiment, argv)
@@ -252,7 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     start, rows = time.perf_counter(), []
     for name, arms in sweep_arms(claims).items():
-        code = run_sweep(name, arms, args.out_dir, args.quick, args.parallel)
+        try:
+            code = run_sweep(name, arms, args.out_dir, args.quick, args.parallel)
+        except (GrpoError, SystemExit) as err:   # its claims are then recorded as not run (no runs to read)
+            code = err.code if isinstance(err, SystemExit) else f"2 ({err})"
         if code != 0:
             print(f"paper_checks: sweep {name} exited {code}; its claims read the runs that finished")
     for claim in claims:

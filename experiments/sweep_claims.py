@@ -55,3 +55,35 @@ def check_m2(frame: pd.DataFrame) -> Result:
             rows.append((means[columns[1]] - means[columns[0]]).to_numpy())
     result = direction_result(names, verdicts.ragged(rows))
     return replace(result, steps=int(frame["step"].max()))
+
+
+def _slope(steps: np.ndarray, values: np.ndarray) -> float:
+    """Least-squares slope of values on steps (NaN values dropped; NaN with fewer than 2 points)."""
+    keep = ~np.isnan(values)
+    return float(np.polyfit(steps[keep], values[keep], 1)[0]) if keep.sum() >= 2 else float("nan")
+
+
+def check_g3(frame: pd.DataFrame) -> Result:
+    """At the same steps the zero-variance share falls as G grows, and the all-correct share rises over training.
+
+    One Holm family over seeds: for each pair of consecutive G arms, zero_var/frac of the smaller G minus the
+    larger's, mean over the first 10% of training steps (at least step 1: the arms share their warm start, so
+    early steps compare nearly one policy at several G); and for each arm, the least-squares slope of
+    zero_var/all_correct_frac on the step, per run. The claim says all of them are > 0."""
+    trained = frame[frame["step"] >= 1]
+    arms = sorted(trained["arm"].unique(), key=lambda arm: int(str(arm).lstrip("G")))
+    early_end = max(1, int(0.1 * trained["step"].max()))
+    early = trained[trained["step"] <= early_end].groupby(["arm", "seed"])["zero_var/frac"].mean()
+    names, rows = [], []
+    for small, large in zip(arms, arms[1:]):
+        paired = pd.concat([early[small], early[large]], axis=1, keys=["small", "large"]).dropna()
+        names.append(f"zero_var/frac {small}-{large}")
+        rows.append((paired["small"] - paired["large"]).to_numpy())
+    for arm in arms:
+        slopes = [_slope(run["step"].to_numpy(float), run["zero_var/all_correct_frac"].to_numpy(float))
+                  for _, run in trained[trained["arm"] == arm].groupby("seed")]
+        names.append(f"all_correct slope {arm}")
+        rows.append(np.array([s for s in slopes if not np.isnan(s)]))
+    result = direction_result(names, verdicts.ragged(rows))
+    return replace(result, steps=int(frame["step"].max()),
+                   note=(result.note + f"; early = steps 1..{early_end}").lstrip("; "))

@@ -233,3 +233,36 @@ def test_a_check_that_raises_is_recorded_not_run_and_the_command_exits_1(tmp_pat
     assert paper_checks.main(["--only", "R1", "--out-dir", str(tmp_path), "--no-report"]) == 1
     (row,) = json.loads((tmp_path / "paper_checks.json").read_text())["checks"]
     assert row["verdict"] == "not run" and "ZeroDivisionError" in row["note"]
+
+
+def write_group_size_runs(root, sign, seeds=4, steps=20):
+    """<root>/group_size/G<g>/seed<k>: zero_var/frac = 0.5 + sign * (0.3 - 0.1 log2 G) and all_correct_frac =
+    0.1 + sign * 0.01 step, each plus normal noise of sd 0.02 (fixed seed). sign +1 is the claim's direction."""
+    rng = np.random.default_rng(1)
+    for g in (2, 4, 8, 16):
+        for seed in range(seeds):
+            run = root / "group_size" / f"G{g}" / f"seed{seed}"
+            run.mkdir(parents=True)
+            (run / "config.json").write_text(json.dumps({"group_size": g, "seed": seed}))
+            records = [{"step": 0, "samples": 0, "tokens": 0, "eval/accuracy": 0.5}]
+            records += [{"step": step, "samples": 64 * step, "tokens": 640 * step,
+                         "zero_var/frac": 0.5 + sign * (0.3 - 0.1 * math.log2(g)) + rng.normal(0, 0.02),
+                         "zero_var/all_correct_frac": 0.1 + sign * 0.01 * step + rng.normal(0, 0.02)}
+                        for step in range(1, steps + 1)]
+            (run / "metrics.jsonl").write_text("\n".join(map(json.dumps, records)) + "\n")
+
+
+@pytest.mark.parametrize("sign, verdict", [(1, "held"), (-1, "contradicted")])
+def test_g3_reads_the_direction_planted_in_the_runs(tmp_path, sign, verdict):
+    write_group_size_runs(tmp_path, sign)
+    claim = next(c for c in paper_checks.CLAIMS if c.id == "G3")
+    result = paper_checks.run_claim(claim, tmp_path)
+    assert result.verdict == verdict, (result.measured, result.note)
+    assert result.seeds == 4 and result.steps == 20 and "early = steps 1..2" in result.note
+    assert "zero_var/frac G2-G4" in result.measured and "all_correct slope G16" in result.measured
+
+
+def test_a_sweep_without_the_claims_arms_is_an_error_not_a_crash(tmp_path, monkeypatch):
+    monkeypatch.setitem(paper_checks.SWEEPS, "inner_epochs", ("experiments.group_size", "a sweep without mu4"))
+    with pytest.raises(paper_checks.GrpoError, match="has no arm"):
+        paper_checks.run_sweep("inner_epochs", ["mu4"], tmp_path, True, 1)
