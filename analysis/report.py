@@ -1,4 +1,5 @@
-"""Write report.md and report.html for one or more sweeps: what ran, final scores with CIs, figures.
+"""Write report.md and report.html for one or more sweeps: what ran, final scores with CIs, figures, and the
+paper checks when a paper_checks.json is there (analysis/paper_checks.py).
 
     python -m analysis.report <sweep-dir>... [--out DIR] [--x step|samples|tokens] [--effect POINTS]
 
@@ -28,8 +29,9 @@ from analysis import probe_captions as probe_cap
 from analysis import probe_figures as probe_fig
 from analysis import probes
 from analysis.captions import Context
-from analysis.load import (AnalysisError, AnalysisWarning, load_run_field, load_runs, load_statuses,
+from analysis.load import (AnalysisError, AnalysisWarning, find_run_dirs, load_run_field, load_runs, load_statuses,
                            load_sweep_specs)
+from analysis.paper_checks import load_paper_checks, paper_checks_section
 from analysis.render import render_html, render_markdown
 from analysis.sections import (experiment_warnings, is_rescored, scores_section, status_section, warm_start_text,
                                what_was_run)
@@ -177,7 +179,16 @@ def figures_section(df: pd.DataFrame, ctx: Context, out_dir: Path, prefix: str) 
 
 def build_blocks(paths: list[Path], out_dir: Path, x: str, metric: str, window: int,
                  effect: float | None = None) -> list[tuple]:
-    """Load everything and assemble the report; loader warnings are collected into the report."""
+    """Load everything and assemble the report; loader warnings are collected into the report.
+
+    A paper_checks.json in one of `paths` adds the "Paper checks" table first; with no runs under `paths`
+    the report is that table alone (experiments.paper_checks --exact-only)."""
+    checks = load_paper_checks(paths)
+    check_blocks = paper_checks_section(checks) if checks else []
+    if checks and not any(find_run_dirs(path) for path in paths):
+        return [("h", 1, "grpo-lab report"),
+                ("p", f"Generated {datetime.now().isoformat(timespec='seconds')} by analysis.report from "
+                      f"{', '.join(str(p.resolve()) for p in paths)}: paper checks only, no runs."), *check_blocks]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", AnalysisWarning)
         df = load_runs(paths)
@@ -192,6 +203,7 @@ def build_blocks(paths: list[Path], out_dir: Path, x: str, metric: str, window: 
                     f"from {', '.join(str(p.resolve()) for p in paths)}; x axis: {x}.")]
     if load_notes:
         blocks += [("h", 2, "Skipped while loading"), ("ul", load_notes)]
+    blocks += check_blocks
     experiments = list(dict.fromkeys(df["experiment"]))
     for experiment in experiments:
         exp_df = df[df["experiment"] == experiment].dropna(axis=1, how="all")

@@ -355,3 +355,43 @@ def test_sweep_takes_effect_for_its_report():
     assert parse_args(STD_NORM, [])[0].effect is None       # no column unless an experiment or the user names one
     with pytest.raises(SystemExit):     # refused before any run, not after the sweep
         parse_args(EXPERIMENT, ["--effect", "0"])
+
+
+# ----- the "Paper checks" table from a hand-written paper_checks.json
+
+PAPER_CHECKS = {"checks": [
+    {"id": "R2", "claim": "std multiplies A by 1/sigma_k", "source": "Dr. GRPO 2503.20783", "quantity": "ratio",
+     "kind": "E", "verdict": "held", "measured": "max |error| 2.2e-16", "error": 2.2e-16, "tolerance": 1e-9,
+     "note": ""},
+    {"id": "Q2", "claim": "GDPO separates (1,0) and (0,1)", "source": "GDPO 2601.05242", "quantity": "gap",
+     "kind": "E", "verdict": "contradicted", "measured": "gap 0 in 452 of 700 groups", "error": 0.27,
+     "tolerance": 1e-9, "note": "ties when the stds are equal"},
+    {"id": "R4", "claim": "GRPO grows wrong lengths", "source": "Dr. GRPO Fig. 5", "quantity": "slope", "kind": "S",
+     "verdict": "not detected at this budget", "measured": "+0.4 [-0.2, 1.0] tokens/step", "seeds": 5,
+     "steps": "all", "sweep": "length_2x2", "note": "detectable: 0.9 tokens/step"}]}
+
+
+def test_paper_checks_alone_make_a_report_with_the_table(tmp_path):
+    (tmp_path / "paper_checks.json").write_text(json.dumps(PAPER_CHECKS))
+    report = write_report(tmp_path).read_text()
+    assert "## Paper checks" in report and "## Experiment" not in report
+    assert "On this harness, 3 claims: 1 held, 1 not detected at this budget, 1 contradicted." in report
+    assert ("| Q2 | GDPO separates (1,0) and (0,1) | GDPO 2601.05242 | gap | gap 0 in 452 of 700 groups | contradicted "
+            "| ties when the stds are equal |") in report
+    assert "| max \\|error\\| 2.2e-16 | held |" in report        # a | in a cell is escaped
+    assert "seeds 5, steps all, sweep length_2x2; detectable: 0.9 tokens/step" in report
+    assert "<th>budget and notes</th>" in (tmp_path / "report.html").read_text()
+
+
+def test_paper_checks_come_before_the_experiments_beside_a_sweep(tmp_path):
+    write_sweep(tmp_path / "std_norm")
+    (tmp_path / "paper_checks.json").write_text(json.dumps(PAPER_CHECKS))
+    report = write_report(tmp_path).read_text()
+    assert report.index("## Paper checks") < report.index("## Experiment: std_norm")
+
+
+def test_a_broken_paper_checks_file_is_an_analysis_error(tmp_path):
+    from analysis.load import AnalysisError
+    (tmp_path / "paper_checks.json").write_text(json.dumps({"checks": [{"id": "R2"}]}))
+    with pytest.raises(AnalysisError, match="not a paper checks file"):
+        write_report(tmp_path)
