@@ -121,7 +121,7 @@ def test_population_one_is_the_single_run(make_cfg, tmp_path):
 
 def test_population_below_one_is_refused(make_cfg, tmp_path, capsys):
     code = main(["train", *cli_args(make_cfg(tmp_path)), "--population", "0"])
-    assert code == 2 and "--population" in one_error_line(capsys.readouterr().err)
+    assert code == 2 and "--population must be >= 1, got 0" in one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "run").exists()
 
 
@@ -159,3 +159,41 @@ def test_each_seed_logs_to_a_wandb_run_of_its_own(make_cfg, tmp_path):
         assert len(offline) == 1 and offline[0].endswith(wandb_id)
         ids.append(wandb_id)
     assert len(set(ids)) == 2
+
+
+def test_a_diverged_seed_fails_alone_and_the_others_finish(make_cfg, tmp_path, monkeypatch, singles):
+    import grpo.algorithm.population as population_module
+    from grpo import TrainingDiverged
+
+    step = population_module.grpo_step
+
+    def seed1_diverges_at_step_2(c, s, n):
+        if c.cfg.seed == 1 and n == 2:
+            raise TrainingDiverged("non-finite reward at step 2")
+        return step(c, s, n)
+
+    monkeypatch.setattr(population_module, "grpo_step", seed1_diverges_at_step_2)
+    with pytest.raises(TrainingDiverged, match="step 2"):
+        train(make_cfg(tmp_path, **RUN, population=2, out_dir=str(tmp_path / "pop")), **QUIET)
+    summaries = [json.loads((tmp_path / "pop" / f"seed{k}" / "summary.json").read_text()) for k in SEEDS]
+    assert [s["status"] for s in summaries] == ["finished", "failed"] and "step 2" in summaries[1]["error"]
+    assert lines(tmp_path / "pop" / "seed0") == lines(singles / "seed0")
+    assert [row["step"] for row in lines(tmp_path / "pop" / "seed1")] == [0, 1]
+
+
+def test_seed_dependent_parts_are_each_seeds_own(make_cfg, tmp_path):
+    """A prompt pool (its epoch order), counterfactual alternatives (their selections), dynamic sampling and
+    stored rollouts depend on the seed: each seed's files equal its single run's."""
+    options = dict(**MIXED, steps=2, prompt_pool=8, dynamic_sampling=True, store_rollouts=True, mini_batches=2,
+                   counterfactuals="objective=clip_cov+clip_cov_ratio=0.2+clip_cov_lb=-1000+clip_cov_ub=1000", counterfactual_every=1)
+    train(make_cfg(tmp_path, **options, population=2, out_dir=str(tmp_path / "pop")), **QUIET)
+    for seed in SEEDS:
+        alone = make_cfg(tmp_path, **options, seed=seed, out_dir=str(tmp_path / "single" / f"seed{seed}"))
+        train(alone, **QUIET)
+        mine = tmp_path / "pop" / f"seed{seed}"
+        assert lines(mine) == lines(alone.run_dir) and any(k.startswith("cf/") for k in lines(mine)[1])
+        assert lines(mine, "prompts.jsonl") == lines(alone.run_dir, "prompts.jsonl")
+        rollouts = [sorted((d / "rollouts").iterdir()) for d in (mine, alone.run_dir)]
+        assert [p.name for p in rollouts[0]] == [p.name for p in rollouts[1]] != []
+        assert all(a.read_bytes() == b.read_bytes() for a, b in zip(*rollouts))
+    assert lines(tmp_path / "pop" / "seed0", "prompts.jsonl") != lines(tmp_path / "pop" / "seed1", "prompts.jsonl")
