@@ -109,6 +109,9 @@ def test_a_finished_population_says_so_and_a_longer_one_resumes_every_seed(make_
     said = []
     assert train(cfg, log=said.append)["status"] == "finished"
     assert len(said) == 2 and all("already finished 3 steps" in line for line in said)
+    # A seed's directory is a single run's: `grpo train --seed 1 --out-dir <pop>/seed1` takes it as its own.
+    alone = make_cfg(tmp_path, **RUN, seed=1, out_dir=str(tmp_path / "pop" / "seed1"))
+    assert train(alone, log=said.append)["steps_done"] == 3 and "already finished" in said[-1]
 
 
 def test_population_one_is_the_single_run(make_cfg, tmp_path):

@@ -143,6 +143,47 @@ def population_error(failed: list[Member]) -> BaseException:
     return type(errors[0])("; ".join(f"seed {m.seed}: {m.error}" for m in failed))
 
 
+def open_runs(cfg: TrainConfig, main: bool, log) -> tuple[list[tuple[TrainConfig, RunStore | None, dict]], dict]:
+    """The runs of cfg.members() left to train, each with its store (rank 0's) and its previous summary, and
+    the summaries of those already finished, by seed."""
+    pending, done = [], {}
+    for run in cfg.members():
+        store = RunStore(run) if main else None
+        previous = read_summary(run.run_dir)          # every rank reads it, so every rank decides alike
+        if previous.get("status") == "finished" and previous.get("steps_done", 0) >= run.steps:
+            if main:
+                log(f"{store.dir} already finished {previous['steps_done']} steps; nothing to do")
+            done[run.seed] = previous
+            continue
+        ran_in = previous.get("compute_dtype")
+        if ran_in is not None and ran_in != run.compute_dtype:     # an unset --dtype resolved on other hardware
+            raise GrpoError(f"{run.run_dir} ran its forwards in {ran_in}, but an unset --dtype resolves to "
+                            f"{run.compute_dtype} on this machine: resume it where it started, or start a new run "
+                            f"with an explicit --dtype")
+        pending.append((run, store, previous))
+    return pending, done
+
+
+def start_members(cfg: TrainConfig, pending: list, main: bool, log) -> list[Member]:
+    """Build the pending runs (one population), restore each from its own newest checkpoint, open its wandb
+    run and mark it running (rank 0)."""
+    members = []
+    for (run, store, previous), (c, s) in zip(pending, build_population([p[0] for p in pending], log=log)):
+        members.append(Member(c, s, store, None, restore(c, s, store, warn=warn if main else (lambda message: None))))
+    for note in cfg.warnings() if main else []:
+        warn(note)
+    for m, (run, store, previous) in zip(members, pending):
+        if main:
+            m.wandb = WandbMirror(run, store.dir, previous.get("wandb_id"))
+            # The dtype the forwards ran in: --dtype unset resolves by model and hardware (TrainConfig.compute_dtype);
+            # and whether large fp32 CPU linear layers ran through oneDNN (GRPO_ONEDNN, grpo/engine/gemm.py).
+            store.write_summary(status="running", steps_done=m.start, error=None, wandb_id=m.wandb.id,
+                                compute_dtype=run.compute_dtype, onednn_linears=gemm.available())
+            if m.start > 0:
+                log(f"resuming {store.dir} from step {m.start}")
+    return members
+
+
 def train(cfg: TrainConfig, log=print) -> dict:
     """Run (or resume) GRPO training as `cfg` says; returns the run summary (with --population S > 1:
     status finished and each seed's summary under `runs`)."""
@@ -162,37 +203,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
         check_model_dir(cfg.model, log=quiet_log)   # before a typo claims the run dir; converts a GGUF once
     if cfg.population > 1:
         check_population_dir(cfg)
-    pending, done = [], {}
-    for run in cfg.members():
-        store = RunStore(run) if main else None
-        previous = read_summary(run.run_dir)          # every rank reads it, so every rank decides alike
-        if previous.get("status") == "finished" and previous.get("steps_done", 0) >= run.steps:
-            if main:
-                log(f"{store.dir} already finished {previous['steps_done']} steps; nothing to do")
-            done[run.seed] = previous
-            continue
-        ran_in = previous.get("compute_dtype")
-        if ran_in is not None and ran_in != run.compute_dtype:     # an unset --dtype resolved on other hardware
-            raise GrpoError(f"{run.run_dir} ran its forwards in {ran_in}, but an unset --dtype resolves to "
-                            f"{run.compute_dtype} on this machine: resume it where it started, or start a new run "
-                            f"with an explicit --dtype")
-        pending.append((run, store, previous))
+    pending, done = open_runs(cfg, main, log)
     if not pending:
         return done[cfg.seed] if cfg.population == 1 else {"status": "finished", "runs": done}
-    members = []
-    for (run, store, previous), (c, s) in zip(pending, build_population([p[0] for p in pending], log=quiet_log)):
-        members.append(Member(c, s, store, None, restore(c, s, store, warn=warn if main else (lambda message: None))))
-    for note in cfg.warnings() if main else []:
-        warn(note)
-    for m, (run, store, previous) in zip(members, pending):
-        if main:
-            m.wandb = WandbMirror(run, store.dir, previous.get("wandb_id"))
-            # The dtype the forwards ran in: --dtype unset resolves by model and hardware (TrainConfig.compute_dtype);
-            # and whether large fp32 CPU linear layers ran through oneDNN (GRPO_ONEDNN, grpo/engine/gemm.py).
-            store.write_summary(status="running", steps_done=m.start, error=None, wandb_id=m.wandb.id,
-                                compute_dtype=run.compute_dtype, onednn_linears=gemm.available())
-            if m.start > 0:
-                log(f"resuming {store.dir} from step {m.start}")
+    members = start_members(cfg, pending, main, quiet_log)
     bar = progress_bar(cfg.steps * len(members), sum(m.start for m in members), quiet=cfg.quiet or not main)
     for m in members:
         # A pretrained model's step takes tens of seconds on a CPU: the bar names the phase (and seed) it is in.
