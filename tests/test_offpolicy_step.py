@@ -19,7 +19,7 @@ import torch
 from conftest import MIXED, settings
 import grpo.algorithm.step as step_module
 import grpo.algorithm.update as update_module
-import grpo.run.runner as runner_module
+import grpo.algorithm.population as population_module
 from grpo import GrpoError
 from grpo.algorithm.step import build_run, grpo_step
 from grpo.formulas.advantages import ADVANTAGES
@@ -145,21 +145,21 @@ def test_kill_and_resume_with_staleness_repeats_the_run(make_cfg, tmp_path, monk
     whole = dataclasses.replace(cfg, out_dir=str(tmp_path / "whole"))
     train(whole, **QUIET)
 
-    original = runner_module.grpo_step
+    original = population_module.grpo_step
 
     def killed_at_step_3(c, s, step):
         if step == 3:
             raise KeyboardInterrupt
         return original(c, s, step)
 
-    monkeypatch.setattr(runner_module, "grpo_step", killed_at_step_3)
+    monkeypatch.setattr(population_module, "grpo_step", killed_at_step_3)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, **QUIET)
     run_dir = Path(cfg.out_dir)
     assert [p.name for p in checkpoint_dirs(run_dir)] == ["step_000002"]
     saved = torch.load(checkpoint_dirs(run_dir)[0] / "state.pt", weights_only=True)
     assert len(saved["behind"]) == 3
-    monkeypatch.setattr(runner_module, "grpo_step", original)
+    monkeypatch.setattr(population_module, "grpo_step", original)
     assert train(cfg, **QUIET)["status"] == "finished"
 
     def lines(path):

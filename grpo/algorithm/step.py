@@ -112,7 +112,6 @@ def build_run(cfg: TrainConfig, log=print) -> tuple[Components, TrainState]:
         # A copy that never trains, so it is stored in the compute dtype: under bf16 it takes half the
         # memory (and its KL at step 1 is then only bf16-close to 0); under fp32 it is 0 to float rounding (~1e-9).
         reference = copy.deepcopy(policy).to(COMPUTE_DTYPES[cfg.compute_dtype]).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # Step 0 scores the cached warm start; a single process keeps its scores for the runs after it
     # (ranks each evaluate a share of the blocks, so a data-parallel run does not).
     keeps_eval = cfg.num_warmstart_steps > 0 and dist.world_size() == 1
@@ -121,6 +120,13 @@ def build_run(cfg: TrainConfig, log=print) -> tuple[Components, TrainState]:
         device=device, pool=PromptPool(task, cfg.prompt_pool, cfg.seed) if cfg.prompt_pool else None,
         alternatives=tuple(alternative_configs(cfg)), lean=lean,
         eval_store=warmstart_entry(cfg, tokenizer) / "eval" if keeps_eval else None)
+    return components, starting_state(cfg, policy, device)
+
+
+def starting_state(cfg: TrainConfig, policy: torch.nn.Module, device: torch.device) -> TrainState:
+    """A run's state before its first step: `policy` (the warm start), a fresh AdamW over it, the streams
+    of cfg.seed on this rank, and the sampler's own weights where the run keeps them."""
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = TrainState(policy, optimizer, RandomStreams.seeded(cfg.seed * 1000 + dist.rank(), device))
     if cfg.sampler_differs:
         # The sampler's own weights: a copy in --rollout-dtype (it then runs in that dtype, without autocast),
@@ -129,7 +135,7 @@ def build_run(cfg: TrainConfig, log=print) -> tuple[Components, TrainState]:
         state.sampler_weights.eval().requires_grad_(False)
         if cfg.staleness:
             state.behind = [{k: v.detach().clone() for k, v in policy.state_dict().items()}]
-    return components, state
+    return state
 
 
 def make_sampler(cfg: TrainConfig, policy) -> Sampler:

@@ -41,10 +41,15 @@ def local_device(device: torch.device) -> torch.device:
     return device
 
 
+def launched_world_size() -> int:
+    """The number of ranks torchrun launched (WORLD_SIZE; 1 without torchrun), before any process group."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_from_env(device: torch.device) -> None:
     """Join the process group torchrun describes in the environment, once."""
     global _comm_device
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+    if launched_world_size() > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         _comm_device = device
 

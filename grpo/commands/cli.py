@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
             config = parse_flags(TrainConfig, rest, "grpo train", default=TrainConfig.flag_defaults(rest))
             summary = train(config)
             if summary.get("status") == "finished":
-                print(f"run finished: {config.run_dir}")
+                print(f"run finished: {config.run_dir}" if config.population == 1 else
+                      f"runs finished: {config.run_dir}/seed{{{config.seed}..{config.seed + config.population - 1}}}")
             return 0
         if command == "bench":
             from grpo.commands.benchmark import main as bench_main

@@ -66,6 +66,9 @@ class RunStore:
             if differ:
                 raise GrpoError(f"{self.dir} holds a run with another config (differs in: {', '.join(differ)}); "
                                 f"choose another --out-dir")
+        elif any((p / "config.json").exists() for p in self.dir.glob("seed*")):
+            raise GrpoError(f"{self.dir} holds a population's runs (seed<k>/ folders): resume it with --population, "
+                            f"or one seed's run with --out-dir {self.dir}/seed<k>")
         elif self.dir.exists() and any(p.name not in ("wandb", "train.log", ".lock") for p in self.dir.iterdir()):
             raise GrpoError(f"{self.dir} exists and is not a grpo-lab run directory; choose another --out-dir")
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -77,6 +80,10 @@ class RunStore:
         except BlockingIOError:
             raise GrpoError(f"{self.dir} is being written by another grpo process") from None
         write_json(config_path, config.to_dict())
+
+    def close(self) -> None:
+        """Give up the directory's lock (also given up when the store is collected, or the process ends)."""
+        self._lock.close()
 
     def summary(self) -> dict:
         return read_summary(self.dir)

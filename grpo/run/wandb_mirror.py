@@ -33,6 +33,8 @@ class WandbMirror:
                 project=config.wandb_project, entity=config.wandb_entity,
                 group=config.wandb_group or config.experiment or None, name=name, dir=str(wandb_dir),
                 mode=mode, id=resume_id, resume="allow" if resume_id else None,
+                # A population's seeds each log to a run of their own, open side by side in one process.
+                reinit="create_new",
                 config={**config.to_dict(), "compute_dtype": config.compute_dtype, "onednn_linears": gemm.available()},
                 tags=[t for t in (config.arm and f"arm:{config.arm}", f"seed:{config.seed}",
                                   commit and f"git:{commit}") if t],

@@ -326,6 +326,10 @@ class TrainConfig:
     sampler: Annotated[str, tyro.conf.arg(metavar="{" + ",".join(sampler_names()) + "}")] = "auto"
     """Who draws the rollouts (grpo/setup/sampler_registry.py): hf decodes through the model's own forward with its KV cache; static runs a lean decode loop over a preallocated cache, Llama-family models only; auto is static where it supports the model, else hf."""
 
+    # --- population
+    population: int = 1
+    """Train seeds seed .. seed+S-1 as S independent runs in one process, each in <out-dir>/seed<k>/ as its single run would write it (default out-dir: runs/<task>_<model>); 1: one run."""
+
     def __post_init__(self) -> None:
         check_task(self.task, self.task_option)       # first: the checks below may read the task's class
         checks = [
@@ -338,6 +342,7 @@ class TrainConfig:
             (self.mini_batches >= 1, f"--mini-batches must be >= 1, got {self.mini_batches}"),
             (self.micro_batch >= 1, f"--micro-batch-size must be >= 1, got {self.micro_batch_size}"),
             (self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
+            (self.population >= 1, f"--population must be >= 1, got {self.population}"),
             (self.prompts_per_step >= 1, f"--prompts-per-step must be >= 1, got {self.prompts_per_step}"),
             (self.max_new_tokens >= 1, f"--max-new-tokens must be >= 1, got {self.max_new_tokens}"),
             (math.isfinite(self.temperature) and self.temperature > 0, f"--temperature must be > 0, got {self.temperature}"),
@@ -515,7 +520,19 @@ class TrainConfig:
 
     @property
     def run_dir(self) -> Path:
+        """The run directory; with --population S > 1, the folder that holds each seed's (`members`)."""
+        if self.population > 1:
+            return Path(self.out_dir or f"runs/{self.task}_{Path(self.model).name}")
         return Path(self.out_dir or f"runs/{self.task}_{Path(self.model).name}_seed{self.seed}")
+
+    def members(self) -> list["TrainConfig"]:
+        """The runs a population trains: this config itself at --population 1; else one single run per seed
+        seed .. seed+S-1, each with its own seed, population 1 and out-dir <run_dir>/seed<k>, so that its
+        config.json is the one its single run would write (it resumes, and analyses, as one)."""
+        if self.population == 1:
+            return [self]
+        return [dataclasses.replace(self, seed=seed, population=1, out_dir=str(self.run_dir / f"seed{seed}"))
+                for seed in range(self.seed, self.seed + self.population)]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

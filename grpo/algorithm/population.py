@@ -1,0 +1,63 @@
+"""A population: S seeds of one config trained as S independent runs in one process (--population S).
+
+Each seed is a run of its own: its own `TrainState` (weights, AdamW, random streams, ledger, counters) and
+its own `Components` for what depends on the seed (the config, with its seed and run directory; the prompt
+pool's epoch order; the counterfactual alternatives, whose selections are seeded by it; the step timer).
+What does not depend on the RL seed is built once and shared: the task, the tokenizer, the frozen reference
+(a copy of the warm start, which --warmstart-seed seeds, not --seed), the sampler (it draws from whichever
+state steps: grpo/algorithm/collect.py), the device and the warm start's evaluation store. So seed k of
+a population computes what its single run computes, line for line.
+
+Today each seed's model compute runs in turn (`step_population`); docs/population.md says where a batched
+forward over the seeds' stacked weights will take its place.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+
+from grpo.algorithm.state import Components, TrainState
+from grpo.algorithm.step import StepResult, build_run, grpo_step, starting_state
+from grpo.setup.alternatives import alternative_configs
+from grpo.setup.config import TrainConfig
+from grpo.setup.tasks import PromptPool
+
+SHARED_FIELDS = ("task", "tokenizer", "reference", "sampler", "device", "lean", "eval_store")
+SEED_FIELDS = ("seed", "out_dir")      # the only fields in which a population's configs differ
+
+
+def build_population(configs: list[TrainConfig], log=print) -> list[tuple[Components, TrainState]]:
+    """(components, starting state) of each config, in order: the first as `build_run` builds it, the rest
+    sharing its seed-independent parts (SHARED_FIELDS) and starting from a copy of its warm start.
+    ValueError when the configs differ in more than SEED_FIELDS."""
+    first = configs[0].to_dict()
+    for cfg in configs[1:]:
+        differ = sorted(k for k, v in cfg.to_dict().items() if v != first[k] and k not in SEED_FIELDS)
+        if differ:
+            raise ValueError(f"a population's runs may differ only in {SEED_FIELDS}, not in {differ}")
+    c, s = build_run(configs[0], log=log)
+    warm_start = copy.deepcopy(s.policy)          # before any step changes the first seed's weights
+    members = [(c, s)]
+    for cfg in configs[1:]:
+        own = dataclasses.replace(
+            c, cfg=cfg, pool=PromptPool(c.task, cfg.prompt_pool, cfg.seed) if cfg.prompt_pool else None,
+            alternatives=tuple(alternative_configs(cfg)), timer=None)      # timer None: a fresh one
+        members.append((own, starting_state(cfg, copy.deepcopy(warm_start), own.device)))
+    return members
+
+
+def step_population(members: list[tuple[Components, TrainState]], step: int) -> list[tuple[StepResult | Exception, float]]:
+    """Step `step` of each member, in order: (its StepResult, or the exception that stopped it, and the
+    seconds it took). A diverged seed fails alone; the others go on; KeyboardInterrupt stops them all.
+    The seam where a batched step over the seeds' stacked weights goes (docs/population.md)."""
+    out = []
+    for c, s in members:
+        tick = time.perf_counter()
+        try:
+            result = grpo_step(c, s, step)
+        except Exception as err:                 # reported per seed by the runner
+            result = err
+        out.append((result, time.perf_counter() - tick))
+    return out
