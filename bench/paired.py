@@ -13,7 +13,7 @@ paired (median of 16 step ratios). `--null` runs A twice, to show the noise floo
 Prints one JSON object: each step's seconds both ways, the median/min/max of the step ratios B/A, and the
 median seconds of each phase both ways. The config is `grpo train`'s (its defaults and any flags after
 `--`), without wandb. A setting acts only where the code reads the name at step time: a constant read while
-the trainer is built, or imported by value into another module, is not switched.
+the run is built (`build_run`), or imported by value into another module, is not switched.
 """
 
 from __future__ import annotations

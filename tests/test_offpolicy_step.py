@@ -258,7 +258,7 @@ def test_token_weights_multiply_only_the_policy_term_by_hand():
 
 def test_rejected_tokens_leave_the_loss_mask_and_the_token_mean_denominator(make_cfg, tmp_path, monkeypatch):
     """bf16 rollouts, --rollout-rs token_k1 with ratio bounds [1/1.002, 1.002]: the tokens whose r = pi_old /
-    pi_rollout (pi_old: the learner forward the step ran) falls outside are out of the step's loss mask, get
+    pi_rollout (pi_old: the learner forward the step ran) falls outside are out of the update's loss mask, get
     gradient exactly 0, and token_mean divides by the kept tokens only; mismatch/masked_token_frac counts them.
     Mutation tried: returning the loss mask without the rejection (`loss_mask` for `loss_mask * ~rejected`)."""
     cfg = make_cfg(tmp_path, **MIXED, rollout_dtype="bf16", rollout_rs="token_k1", rollout_rs_upper=1.002,
@@ -276,7 +276,9 @@ def test_rejected_tokens_leave_the_loss_mask_and_the_token_mean_denominator(make
     rejected = mask & ((log_r < -math.log(1.002)) | (log_r > math.log(1.002)))
     assert 0 < int(rejected.sum()) < int(mask.sum()), "precondition: some tokens rejected, some kept"
     kept = (mask & ~rejected).float()
-    assert torch.equal(result.loss_mask, kept)
+    # The step's record of its loss tokens (grad_tokens/*, bias/*, the stored rollouts) keeps them: rejection
+    # acts on the update (below) and is counted by mismatch/masked_token_frac, not as truncation.
+    assert torch.equal(result.loss_mask, mask.float())
     assert result.metrics["mismatch/masked_token_frac"] == pytest.approx(float(rejected.sum() / mask.sum()), abs=1e-7)
     assert len(calls) >= 1
     for call in calls:
@@ -458,3 +460,15 @@ def test_the_sampler_draws_in_the_rollout_dtype(make_cfg, tmp_path, monkeypatch,
     grpo_step(c, s, 1)
     weights = {"fp32": torch.float32, "bf16": torch.bfloat16}[rollout_dtype] if rollout_dtype else torch.float32
     assert seen == [(autocast, weights)]
+
+
+def test_a_lagging_copy_under_bf16_autocast_keeps_the_learners_precision(make_cfg, tmp_path):
+    """--dtype bf16 --staleness 1: the lagging copy keeps fp32 master weights under the step's autocast, as the
+    learner does, so at step 1 (lag 0: the copy equals the learner) its mismatch is exactly the same-precision
+    null's (--rollout-is token_truncate, the learner sampling itself). A copy stored in bf16 read a larger k3
+    (weights rounded to bf16: a precision change mixed into the staleness arm)."""
+    common = dict(MIXED, dtype="bf16", kl_beta=0.0)
+    lagging = grpo_step(*build_run(make_cfg(tmp_path, **common, staleness=1, rollout_is="token_truncate"), **QUIET), 1)
+    null = grpo_step(*build_run(make_cfg(tmp_path, **common, rollout_is="token_truncate"), **QUIET), 1)
+    keys = [k for k in null.metrics if k.startswith("mismatch/")]
+    assert keys and {k: lagging.metrics[k] for k in keys} == {k: null.metrics[k] for k in keys}

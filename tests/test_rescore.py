@@ -31,6 +31,8 @@ RUNS = {
     "dapo": dict(MIXED, mask_truncated=True, overlong_buffer=4, advantage="rloo", aggregation="token_mean"),
     # arithmetic labels its prompts by difficulty (by_difficulty/*)
     "arithmetic": dict(steps=2),
+    # GDPO: each reward function normalised in its group before the sum (rescore forms them as the step did)
+    "gdpo": dict(MIXED, reward_normalization="normalize_then_sum", reward_weights={"correct": 1.0, "format": 0.5}),
     # dynamic sampling stores the kept groups only; samples and tokens come from the run's log
     "dynamic": dict(MIXED, dynamic_sampling=True, max_resample_rounds=2),
 }

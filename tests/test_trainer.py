@@ -34,7 +34,7 @@ from grpo.run.runner import train
 from grpo.engine.logprobs import completion_logp
 from grpo.engine.sampler import Rollout
 from grpo.algorithm.step import TrainingDiverged, build_run, evaluate_policy, grpo_step, sample_rows
-from grpo.algorithm.update import micro_batches, rollout_logp
+from grpo.algorithm.update import micro_batches, model_logp
 from grpo.engine.warmstart import warm_started_model
 
 AGGREGATIONS = ["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"]
@@ -153,11 +153,11 @@ def test_rollout_logp_runs_only_to_the_longest_completion(make_cfg, tmp_path):
     full = completion_logp(s.policy, rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids,
                            cfg.temperature, eos_token_id=c.tokenizer.eos_token_id, share_prompts=False)
     short = torch.tensor([0, 2, 3])
-    trimmed = rollout_logp(c, s.policy, rollout, short)
+    trimmed = model_logp(c, s.policy, rollout, short)
     assert trimmed.shape == (3, 8)
     torch.testing.assert_close(trimmed[:, :3], full[short, :3], atol=1e-5, rtol=1e-5)
     assert trimmed[:, 3:].eq(0).all()
-    torch.testing.assert_close(rollout_logp(c, s.policy, rollout, torch.tensor([1])), full[[1]], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model_logp(c, s.policy, rollout, torch.tensor([1])), full[[1]], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("mini_batches", [2, 3, 5, 7])

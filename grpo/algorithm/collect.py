@@ -21,6 +21,7 @@ import torch
 
 from grpo.base import distributed as dist
 from grpo.setup.rewards import overlong_penalty, response_text, score
+from grpo.formulas.advantages import compute_advantages, normalize_then_sum
 from grpo.engine.sampler import Rollout, concat_rollouts, decode_completions, encode_prompts, select_rows
 from grpo.algorithm.state import Components, TrainState
 from grpo.setup.tasks import render_prompt
@@ -44,17 +45,19 @@ def generate(c: Components, s: TrainState, prompts: list[str]) -> Rollout:
     --rollout-dtype names another dtype (its copy then runs in that dtype)."""
     cfg, policy = c.cfg, s.sampler_policy
     prompt_ids, prompt_mask = encode_prompts(c.tokenizer, prompts, c.device)
-    if c.sampler.model is not policy:     # several states may step on one sampler: draw from this one's
+    # Several states may step on one sampler: draw from this one's weights. A state's own sampler copy is
+    # rewritten in place after every step (and on resume), so a sampler that copies weights is synced again.
+    if c.sampler.model is not policy or s.sampler_weights is not None:
         c.sampler.sync_weights(policy)
     policy.eval()
     # Under bf16 autocast an fp32 copy (--dtype bf16 --rollout-dtype fp32) would compute in bf16 all the same.
-    own_dtype = (cfg.rollout_dtype or cfg.compute_dtype) != cfg.compute_dtype
-    with contextlib.nullcontext() if own_dtype else c.autocast():
+    with contextlib.nullcontext() if cfg.samples_in_own_dtype else c.autocast():
         rollout = c.sampler.generate(prompt_ids, prompt_mask, max_new_tokens=cfg.max_new_tokens,
                                      temperature=cfg.temperature, generator=s.rng.sample,
                                      eos_token_id=c.tokenizer.eos_token_id, pad_token_id=c.tokenizer.pad_token_id,
                                      min_new_tokens=cfg.min_new_tokens)
-    policy.train()
+    if s.sampler_weights is None:         # the learner itself: back to training mode (a copy stays in eval)
+        policy.train()
     return rollout
 
 
@@ -69,6 +72,15 @@ def score_rollout(c: Components, rollout: Rollout, examples: list) -> tuple[list
         lengths = rollout.completion_mask.sum(-1).cpu().view(-1, G)
         parts["overlong"] = overlong_penalty(lengths, cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty)
     return texts, parts
+
+
+def step_advantages(cfg, parts: dict[str, torch.Tensor], shaped: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The step's advantages [P, G]: GDPO's normalise-then-sum of the reward parts (--reward-normalization
+    normalize_then_sum), else the --advantage estimator on the (KL-shaped) total reward. The step and
+    `grpo rescore` both call this."""
+    if cfg.reward_normalization == "normalize_then_sum":
+        return normalize_then_sum(parts, {name: cfg.reward_weights.get(name, 1.0) for name in parts}, eps=cfg.adv_eps)
+    return compute_advantages(shaped, cfg.advantage, eps=cfg.adv_eps, lengths=lengths)
 
 
 def total_reward(parts: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:

@@ -35,7 +35,7 @@ from grpo.formulas.advantages import compute_advantages
 from grpo.formulas.losses import loss_token_mask, policy_loss
 from grpo.formulas.objectives import SELECTIONS, token_covariance, top_entropy_keep
 from grpo.algorithm.state import Components, TrainState
-from grpo.algorithm.update import loss_settings, micro_batches, rollout_logp
+from grpo.algorithm.update import loss_settings, micro_batches, model_logp
 
 
 def flat_grad(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
@@ -72,7 +72,7 @@ def counterfactual_metrics(c: Components, s: TrainState, step: int, rollout, sha
     grads = {name: torch.zeros(sum(p.numel() for p in params), device=c.device) for name, *_ in prepared}
     for micro in micro_batches(c, rollout, torch.arange(mask.shape[0], device=c.device)):
         with c.autocast():
-            learner = rollout_logp(c, s.policy, rollout, micro, with_entropy=needs_entropy)
+            learner = model_logp(c, s.policy, rollout, micro, with_entropy=needs_entropy)
         logp, entropy = learner if needs_entropy else (learner, None)
         for name, cfg, loss_cfg, adv, loss_mask, keep, selected, norms in prepared:
             pi_old = logp.detach() if old_logp is None else old_logp[micro]

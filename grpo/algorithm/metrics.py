@@ -142,7 +142,7 @@ other than the compute dtype, --staleness > 0) or --rollout-is / --rollout-rs is
                               inner epochs and micro-batches, as ratio/*, which is against pi_old)
   offpolicy/masked_token_frac with --off-policy-mask: share of loss tokens DeepSeek-V3.2's sequence mask
                               drops, decided at every update from the learner's current log-probs
-  staleness/policy_lag        with --staleness k > 0: optimizer steps the rollouts' weights lag the
+  staleness/policy_lag        with --staleness k > 0: GRPO steps the rollouts' weights lag the
                               learner's at the step's start, min(k, step - 1)
 timing (seconds)
   time/rollout                sampling the completions

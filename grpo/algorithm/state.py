@@ -1,9 +1,11 @@
 """What a GRPO step reads and what it changes, kept apart.
 
-`Components` are the parts of a run a step uses but never changes: the config, the task, the tokenizer,
-the frozen reference, the sampler, the device, the prompt pool and the parsed counterfactual
-alternatives. `TrainState` is everything a step changes and a checkpoint must carry to resume exactly:
-the learner's weights and optimizer, every random stream, the prompt ledger and the counters.
+`Components` are the parts of a run a step uses but whose values it never changes: the config, the task,
+the tokenizer, the frozen reference, the sampler, the device, the prompt pool and the parsed counterfactual
+alternatives (a step points the sampler at its state's weights and resets the timer: neither carries
+anything from one step to the next). `TrainState` is everything a step changes and a checkpoint must carry
+to resume exactly: the learner's weights and optimizer, every random stream, the prompt ledger, the
+counters and the sampler's own lagging weights.
 
 So two states can step side by side on one set of components (bench/paired.py's A/B, the tests'
 clones), a resume loads a state, and a copy is `state.copy()`. The sampler draws from
@@ -77,30 +79,34 @@ class TrainState:
     def sampler_policy(self) -> torch.nn.Module:
         return self.policy if self.sampler_weights is None else self.sampler_weights
 
-    def counters(self) -> dict:
-        """The checkpoint's record of the run's progress: samples, tokens, elapsed seconds and the ledger."""
-        return {"samples": self.samples, "tokens": self.tokens, "elapsed": self.elapsed, "ledger": self.ledger}
+    def progress(self) -> dict:
+        """What a checkpoint keeps beside the weights, the optimizer and the random streams: samples, tokens,
+        elapsed seconds, the ledger and, with --staleness, the lagging weights the sampler draws from."""
+        out = {"samples": self.samples, "tokens": self.tokens, "elapsed": self.elapsed, "ledger": self.ledger}
+        if self.behind:
+            out["behind"] = list(self.behind)
+        return out
 
-    def load_counters(self, state: dict) -> None:
+    def load_progress(self, state: dict, rng: dict[str, torch.Tensor]) -> None:
+        """The inverse of `progress` (and of the random streams' state_dict): the rest of a resumed state, once
+        the weights and the optimizer are loaded; the sampler's own weights are then reloaded from their source."""
+        self.rng.load_state_dict(rng)
         self.samples, self.tokens, self.elapsed = int(state["samples"]), int(state["tokens"]), float(state["elapsed"])
         self.ledger = {int(k): (float(rate), int(visits)) for k, (rate, visits) in state.get("ledger", {}).items()}
+        if "behind" in state:
+            self.behind = list(state["behind"])
+        self.resync_sampler()
 
     def state_dict(self) -> dict:
         """Weights, optimizer state, random streams and counters (tensors shared with the live state:
         copy them before changing either)."""
-        out = {"policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
-               "rng": self.rng.state_dict(), **self.counters()}
-        if self.behind:
-            out["behind"] = self.behind
-        return out
+        return {"policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "rng": self.rng.state_dict(), **self.progress()}
 
     def load_state_dict(self, state: dict) -> None:
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.rng.load_state_dict(state["rng"])
-        self.behind = list(state.get("behind", []))
-        self.load_counters(state)
-        self.resync_sampler()
+        self.load_progress(state, state["rng"])
 
     def copy(self) -> TrainState:
         """An independent state: the policy and its optimizer are copied together, so the copied optimizer's

@@ -23,12 +23,11 @@ from grpo import TrainingDiverged
 from grpo.base import distributed as dist
 from grpo.engine import fast_sampler
 from grpo.engine import gemm
-from grpo.formulas.advantages import compute_advantages, normalize_then_sum
 from grpo.setup.alternatives import alternative_configs
-from grpo.algorithm.collect import Batch, collect_batch, total_reward
+from grpo.algorithm.collect import Batch, collect_batch, step_advantages, total_reward
 from grpo.setup.config import TrainConfig
 from grpo.algorithm.counterfactual import counterfactual_metrics
-from grpo.base.device import resolve_device
+from grpo.base.device import DTYPES, resolve_device
 from grpo.engine.evaluation import evaluate
 from grpo.formulas.kl import kl_k1
 from grpo.engine.lean_layers import install_lean_layers
@@ -49,7 +48,6 @@ from grpo.engine.warmstart import warm_started_model, warmstart_entry
 __all__ = ["StepResult", "TrainingDiverged", "build_run", "evaluate_policy", "grpo_step"]
 
 SAMPLE_ROWS = 2          # prompts (with all their completions) written to samples.jsonl
-COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -111,7 +109,7 @@ def build_run(cfg: TrainConfig, log=print) -> tuple[Components, TrainState]:
     if cfg.kl_beta > 0:   # with kl_beta == 0 no reference is ever built
         # A copy that never trains, so it is stored in the compute dtype: under bf16 it takes half the
         # memory (and its KL at step 1 is then only bf16-close to 0); under fp32 it is 0 to float rounding (~1e-9).
-        reference = copy.deepcopy(policy).to(COMPUTE_DTYPES[cfg.compute_dtype]).eval().requires_grad_(False)
+        reference = copy.deepcopy(policy).to(DTYPES[cfg.compute_dtype]).eval().requires_grad_(False)
     # Step 0 scores the cached warm start; a single process keeps its scores for the runs after it
     # (ranks each evaluate a share of the blocks, so a data-parallel run does not).
     keeps_eval = cfg.num_warmstart_steps > 0 and dist.world_size() == 1
@@ -129,9 +127,11 @@ def starting_state(cfg: TrainConfig, policy: torch.nn.Module, device: torch.devi
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = TrainState(policy, optimizer, RandomStreams.seeded(cfg.seed * 1000 + dist.rank(), device))
     if cfg.sampler_differs:
-        # The sampler's own weights: a copy in --rollout-dtype (it then runs in that dtype, without autocast),
-        # kept --staleness steps behind the learner (TrainState.advance_sampler).
-        state.sampler_weights = copy.deepcopy(policy).to(COMPUTE_DTYPES[cfg.rollout_dtype or cfg.compute_dtype])
+        # The sampler's own weights: a copy stored in --rollout-dtype when that differs from the compute dtype
+        # (it then runs in it, without autocast), else fp32 master weights under the step's autocast like the
+        # learner's; kept --staleness steps behind the learner (TrainState.advance_sampler).
+        dtype = DTYPES[cfg.rollout_dtype] if cfg.samples_in_own_dtype else torch.float32
+        state.sampler_weights = copy.deepcopy(policy).to(dtype)
         state.sampler_weights.eval().requires_grad_(False)
         if cfg.staleness:
             state.behind = [{k: v.detach().clone() for k, v in policy.state_dict().items()}]
@@ -188,11 +188,8 @@ def grpo_step(c: Components, s: TrainState, step: int) -> StepResult:
             shaped, kl_penalty["reward/kl_penalty/mean"] = rewards - penalty, penalty.mean()
         # 4. Group-relative advantages on the whole step's reward matrix (batch statistics span all
         #    ranks), then this rank's rows: one advantage per completion, [N].
-        if cfg.reward_normalization == "normalize_then_sum":      # GDPO: each reward normalised in its group
-            all_advantages = normalize_then_sum(parts, {name: cfg.reward_weights.get(name, 1.0) for name in parts},
-                                                eps=cfg.adv_eps)
-        else:
-            all_advantages = compute_advantages(shaped, cfg.advantage, eps=cfg.adv_eps, lengths=lengths)
+        #    With --reward-normalization normalize_then_sum (GDPO), each reward function is normalised first.
+        all_advantages = step_advantages(cfg, parts, shaped, lengths)
         advantages = all_advantages[dist.rank_rows(cfg.prompts_per_step)].flatten().to(c.device)
         # 5. pi_old's log-probs stay fixed through the inner epochs: the learner's at the start of the step,
         #    or the sampler's own (--old-logp sampler). Exactly on-policy (one epoch, one mini-batch, the
@@ -200,7 +197,7 @@ def grpo_step(c: Components, s: TrainState, step: int) -> StepResult:
         old_logp = pi_old_logp(c, s, rollout)
         # 5b. Off-policy corrections against the sampler's log-probs (grpo/formulas/offpolicy.py): weights on the
         #     policy term, rejected tokens out of the loss, and the mismatch metrics.
-        token_weights, loss_mask, mismatch = off_policy_correction(cfg, rollout.logp, old_logp, loss_mask)
+        token_weights, update_mask, mismatch = off_policy_correction(cfg, rollout.logp, old_logp, loss_mask)
 
     # 6. Probe: the gradient other settings would take on these rollouts, all at the weights the step's
     #    last update starts from (the step's own with one update), against pi_old.
@@ -212,8 +209,8 @@ def grpo_step(c: Components, s: TrainState, step: int) -> StepResult:
 
     # 7. Inner epochs of clipped updates.
     probes = bool(cfg.counterfactual_every) and step % cfg.counterfactual_every == 0
-    policy_stats = update_policy(c, s, step, rollout, advantages, loss_mask, ref_logp, old_logp, token_weights,
-                                 before_last_update=probe if probes else None)
+    policy_stats = update_policy(c, s, step, rollout, advantages, update_mask, ref_logp, old_logp, token_weights,
+                                 sequence_mask=loss_mask, before_last_update=probe if probes else None)
     s.advance_sampler(cfg.staleness)      # the weights the next step's rollouts come from
 
     # 8. Metrics over the whole step's batch: pure functions of tensors at hand, one .item() each.
@@ -271,29 +268,26 @@ def pi_old_logp(c: Components, s: TrainState, rollout: Rollout) -> torch.Tensor 
     cfg = c.cfg
     if cfg.old_logp == "sampler":
         return rollout.logp
-    exact = (cfg.inner_epochs == 1 and cfg.mini_batches == 1 and not cfg.sampler_differs
-             and cfg.rollout_is == "none" and cfg.rollout_rs == "none")
+    exact = cfg.inner_epochs == 1 and cfg.mini_batches == 1 and not cfg.measures_mismatch
     return None if exact else frozen_logp(c, s.policy, rollout)
 
 
 def off_policy_correction(cfg: TrainConfig, rollout_logp: torch.Tensor, old_logp: torch.Tensor | None,
                           loss_mask: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, dict]:
-    """(IS weights on the policy term or None, the loss mask without rejected tokens, the mismatch/*
-    metrics) for this rank's rollouts. Nothing to correct or measure when pi_old is pi_theta itself (None)
-    or the sampler's own log-probs (--old-logp sampler); the metrics are logged whenever the sampler
-    differs from the learner or a correction is on."""
-    if old_logp is None or old_logp is rollout_logp:
+    """(IS weights on the policy term or None, the update's loss mask: without rejected tokens, the mismatch/*
+    metrics) for this rank's rollouts, when the config measures the mismatch (TrainConfig.measures_mismatch):
+    the sampler differs from the learner or a correction is on, and pi_old is the learner's. Else nothing to
+    correct or measure: pi_old is pi_theta itself, or the sampler's own log-probs (--old-logp sampler)."""
+    if not cfg.measures_mismatch:
         return None, loss_mask, {}
     c_min, c_max = cfg.rollout_is_bounds
     corrected = rollout_is_weights(rollout_logp, old_logp, loss_mask, cfg.rollout_is, c_min=c_min, c_max=c_max)
     rejected = rollout_rejection(rollout_logp, old_logp, loss_mask, cfg.rollout_rs,
                                  lower=cfg.rollout_rs_lower, upper=cfg.rollout_rs_upper)
     weights = None if cfg.rollout_is == "none" else corrected.weights
-    metrics = {}
-    if cfg.sampler_differs or cfg.rollout_is != "none" or cfg.rollout_rs != "none":
-        local = mismatch_metrics(rollout_logp, old_logp, loss_mask, weights,
-                                 masked=corrected.masked | rejected, truncated=corrected.truncated)
-        # Each rank's means over its own tokens, averaged over ranks (equal batches); maxima over ranks.
-        metrics = {k: dist.max_across(v) if k.endswith("_max") else dist.sum_across(v) / dist.world_size()
-                   for k, v in local.items()}
+    local = mismatch_metrics(rollout_logp, old_logp, loss_mask, weights,
+                             masked=corrected.masked | rejected, truncated=corrected.truncated)
+    # Each rank's means over its own tokens, averaged over ranks (equal batches); maxima over ranks.
+    metrics = {k: dist.max_across(v) if k.endswith("_max") else dist.sum_across(v) / dist.world_size()
+               for k, v in local.items()}
     return weights, loss_mask * ~rejected, metrics

@@ -23,7 +23,7 @@ from grpo.engine.sampler import Rollout
 from grpo.algorithm.state import Components, TrainState
 
 
-def rollout_logp(c: Components, model, rollout: Rollout, rows: torch.Tensor, with_entropy: bool = False):
+def model_logp(c: Components, model, rollout: Rollout, rows: torch.Tensor, with_entropy: bool = False):
     """Log-probs [B, T] of the rollout's rows under `model`, scored as the sampler drew them
     (and the learner's entropy [B, T] with them, when asked).
 
@@ -69,7 +69,7 @@ def frozen_logp(c: Components, model, rollout: Rollout) -> torch.Tensor:
     out = torch.zeros(rollout.completion_ids.shape, device=rollout.completion_ids.device)
     with c.autocast():
         for rows in micro_batches(c, rollout, torch.arange(len(out), device=out.device)):
-            out[rows] = rollout_logp(c, model, rollout, rows)
+            out[rows] = model_logp(c, model, rollout, rows)
     return out
 
 
@@ -87,7 +87,8 @@ def optimizer_step(c: Components, s: TrainState, step: int, epoch: int) -> torch
 
 
 def update_policy(c: Components, s: TrainState, step: int, rollout: Rollout, advantages: torch.Tensor,
-                  loss_mask: torch.Tensor, ref_logp, old_logp, token_weights=None, before_last_update=None) -> dict:
+                  loss_mask: torch.Tensor, ref_logp, old_logp, token_weights=None, sequence_mask=None,
+                  before_last_update=None) -> dict:
     """Inner epochs x mini-batches (one optimizer step each) x micro-batches (gradient accumulation).
 
     Normalisers are the whole mini-batch's (over all ranks), so micro-batch losses add up exactly; the
@@ -95,12 +96,14 @@ def update_policy(c: Components, s: TrainState, step: int, rollout: Rollout, adv
     over the step) are made before the split for the same reason. old_logp None means exactly
     on-policy (one epoch, one mini-batch): pi_old = pi_theta detached. token_weights [N, T] (or None): the
     off-policy correction's weights on the policy term; --off-policy-mask adds DeepSeek-V3.2's sequence mask
-    at every update, from the learner's log-probs then. before_last_update (a probe) is
+    at every update, from the learner's log-probs then, averaged over sequence_mask [N, T] (a completion's
+    loss tokens before any rejection; default loss_mask). before_last_update (a probe) is
     called once, at the weights the step's last update starts from. Returns the policy statistics
     over all epochs plus the per-epoch keys, loss and grad_norm.
     """
     cfg = c.cfg
     settings = loss_settings(cfg)
+    sequence_mask = loss_mask if sequence_mask is None else sequence_mask
     selection_logp = rollout.logp if old_logp is None else old_logp     # pi_old's (the sampler's) log-probs
     # clip_cov's draw: a generator of the (seed, step) alone, so resuming repeats it.
     selection_rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
@@ -124,11 +127,11 @@ def update_policy(c: Components, s: TrainState, step: int, rollout: Rollout, adv
                 mini_loss = torch.zeros((), device=c.device)
                 for rows in micro_batches(c, rollout, mini_batch):
                     with c.autocast():
-                        learner = rollout_logp(c, s.policy, rollout, rows, with_entropy=cfg.entropy_coef != 0)
+                        learner = model_logp(c, s.policy, rollout, rows, with_entropy=cfg.entropy_coef != 0)
                     logp, entropy = learner if cfg.entropy_coef != 0 else (learner, None)
-                    weights, extra = off_policy_weights(cfg, rollout.logp[rows], logp, advantages[rows],
-                                                        loss_mask[rows], None if token_weights is None else token_weights[rows],
-                                                        compare=old_logp is not None and old_logp is not rollout.logp)
+                    weights, offpolicy_stats = off_policy_weights(
+                        cfg, rollout.logp[rows], logp, advantages[rows], loss_mask[rows], sequence_mask[rows],
+                        None if token_weights is None else token_weights[rows])
                     loss, stats = policy_loss(
                         logp, logp.detach() if old_logp is None else old_logp[rows],
                         None if ref_logp is None else ref_logp[rows], advantages[rows], loss_mask[rows], settings,
@@ -136,7 +139,7 @@ def update_policy(c: Components, s: TrainState, step: int, rollout: Rollout, adv
                         cov_selected=cov_selected[rows] if cfg.objective in SELECTIONS else None,
                         entropy=entropy, entropy_keep=None if entropy_keep is None else entropy_keep[rows],
                         token_weights=weights)
-                    stats.update(extra)
+                    stats.update(offpolicy_stats)
                     loss.backward()
                     mini_loss += loss.detach()
                     epoch_stats.add(stats, stats["tokens"], stats["seqs"])
@@ -161,20 +164,23 @@ def update_policy(c: Components, s: TrainState, step: int, rollout: Rollout, adv
 
 
 def off_policy_weights(cfg: TrainConfig, rollout_logp: torch.Tensor, logp: torch.Tensor, advantages: torch.Tensor,
-                       loss_mask: torch.Tensor, weights: torch.Tensor | None, compare: bool) -> tuple:
-    """A micro-batch's weights on the policy term: the IS weights, times DeepSeek-V3.2's off-policy sequence
-    mask at the learner's log-probs now (--off-policy-mask); and, when pi_old is not the sampler's own,
+                       loss_mask: torch.Tensor, sequence_mask: torch.Tensor,
+                       weights: torch.Tensor | None) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+    """(A micro-batch's weights on the policy term, their statistics): the IS weights, times DeepSeek-V3.2's
+    off-policy sequence mask at the learner's log-probs now (--off-policy-mask; its mean log-ratio is over
+    each completion's tokens before rejection, `sequence_mask`); and, when the step measures the mismatch,
     the ratio to the sampler's log-probs (ratio_rollout/mean, ratio_rollout/max)."""
-    extra = {}
+    stats = {}
     if cfg.off_policy_mask is not None:
-        dropped = off_policy_sequence_mask(rollout_logp, logp.detach(), advantages, loss_mask, delta=cfg.off_policy_mask)
+        dropped = off_policy_sequence_mask(rollout_logp, logp.detach(), advantages, sequence_mask,
+                                           delta=cfg.off_policy_mask)
         kept = (~dropped).to(logp.dtype)
         weights = kept if weights is None else weights * kept
-        extra["offpolicy/masked_token_frac"] = masked_mean(dropped.to(logp.dtype), loss_mask)
-    if compare and (cfg.sampler_differs or cfg.rollout_is != "none" or cfg.rollout_rs != "none"):
+        stats["offpolicy/masked_token_frac"] = masked_mean(dropped.to(logp.dtype), loss_mask)
+    if cfg.measures_mismatch:
         with torch.no_grad():
             active = loss_mask > 0
             ratio = torch.exp(torch.where(active, logp.detach() - rollout_logp, 0.0))
-            extra["ratio_rollout/mean"] = masked_mean(ratio, loss_mask)
-            extra["ratio_rollout/max"] = torch.where(active, ratio, 0.0).max()
-    return weights, extra
+            stats["ratio_rollout/mean"] = masked_mean(ratio, loss_mask)
+            stats["ratio_rollout/max"] = torch.where(active, ratio, 0.0).max()
+    return weights, stats

@@ -1,4 +1,4 @@
-"""The torch device a run computes on, from its --device."""
+"""The torch device a run computes on, from its --device, and the dtypes of --dtype / --rollout-dtype."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import torch
 
 from grpo import GrpoError
 from grpo.base import distributed as dist
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}       # --dtype and --rollout-dtype names
 
 
 def resolve_device(name: str) -> torch.device:

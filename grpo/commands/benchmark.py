@@ -36,6 +36,7 @@ from typing import Literal
 import torch
 
 from grpo import GrpoError
+from grpo.base.device import DTYPES
 from grpo.engine import gemm
 from grpo.setup.config import TrainConfig
 from grpo.setup.presets import MODEL_PRESETS
@@ -272,7 +273,7 @@ def run_bench(b: BenchConfig) -> dict:
     step_flop_list = [step_flops(dims, lengths, C, cfg.group_size) for lengths in c.sampler.calls[b.warmup:]]
     flops = {k: statistics.median(f[k] for f in step_flop_list) for k in step_flop_list[0]}
     prompt_tokens = statistics.mean(n for lengths in c.sampler.calls for n in lengths)
-    dtype = torch.bfloat16 if b.dtype == "bf16" else torch.float32
+    dtype = DTYPES[b.dtype]
     tokens = round(cfg.micro_batch * (prompt_tokens + C))
     peak = b.peak_gflops or gemm_peak_gflops(step_gemm_shapes(dims, tokens), c.device, dtype)
     floor = sum(flops.values()) / (peak * 1e9)

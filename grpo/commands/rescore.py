@@ -4,7 +4,8 @@ advantage, aggregation or masking settings, written as a new run directory the a
 `grpo train --store-rollouts` writes every step's rollouts to <run>/rollouts/step_<n>_rank<r>.safetensors.
 For each stored step, in order (a step's rank files concatenated in rank order, as the trainer gathers
 them), rescore rebuilds the step's total reward [P, G] from the stored reward parts and the run's
-reward weights (grpo.algorithm.collect.total_reward), the advantages with the chosen estimator, the completion
+reward weights (grpo.algorithm.collect.total_reward), the advantages as the step forms them (the chosen estimator,
+or GDPO's per-reward normalisation: collect.step_advantages), the completion
 lengths (completion_mask row sums) and the loss lengths (0 for truncated completions under
 --mask-truncated), and logs the metrics grpo_step computes that need no model: reward/*, accuracy,
 adv/*, zero_var/*, accuracy/constant_group_frac, len/*, entropy (the sampler's, stored), by_difficulty/*,
@@ -46,8 +47,8 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from grpo import GrpoError, TrainingDiverged
-from grpo.formulas.advantages import ADVANTAGES, compute_advantages
-from grpo.algorithm.collect import total_reward
+from grpo.formulas.advantages import ADVANTAGES
+from grpo.algorithm.collect import step_advantages, total_reward
 from grpo.setup.config import TrainConfig
 from grpo.formulas.losses import AGGREGATIONS
 from grpo.algorithm.metrics import ScoredStep, scored_metrics, to_floats
@@ -150,7 +151,7 @@ def step_metrics(stored: StoredStep, cfg: TrainConfig) -> dict[str, Tensor]:
     """grpo_step's model-free metrics for one stored step under `cfg` (module docstring)."""
     P, G = stored.parts[next(iter(stored.parts))].shape
     rewards = total_reward(stored.parts, cfg.reward_weights)                          # [P, G]
-    advantages = compute_advantages(rewards, cfg.advantage, eps=cfg.adv_eps, lengths=stored.lengths.view(P, G))
+    advantages = step_advantages(cfg, stored.parts, rewards, stored.lengths.view(P, G))       # as the step did
     # --mask-truncated: a truncated completion has no token in the loss.
     loss_lengths = stored.lengths * (1 - stored.truncated) if cfg.mask_truncated else stored.lengths
     scored = ScoredStep(stored.parts, rewards, advantages, stored.lengths, stored.truncated, stored.entropy_sums,

@@ -8,18 +8,21 @@ A sampler is a class registered under its --sampler name (grpo/setup/sampler_reg
                           eos_token_id, pad_token_id, min_new_tokens=0, greedy=False) -> Rollout: ...
 
 in a file of its own, imported before the config is built (a built-in one, in grpo/, is also declared in
-sampler_registry.BUILTIN_SAMPLERS and imported by grpo/algorithm/step.py). `trainer.make_sampler` builds it as
+sampler_registry.BUILTIN_SAMPLERS and imported by grpo/algorithm/step.py). `step.make_sampler` builds it as
 `cls(cfg)` with the run's TrainConfig. What it implements:
-- The weights it draws from. `sync_weights(policy)` gives it the learner's weights: once when the trainer
-  is built, then after every optimizer step (`trainer.optimizer_step`), so `generate` draws from the
-  weights of the latest step. The in-process samplers here keep a reference to the module (no copy, no
-  cost); a sampler in another process or on other hardware would copy the weights there, and may lag.
+- The weights it draws from. `sync_weights(policy)` gives it the weights of the run's state to draw from
+  (`TrainState.sampler_policy`: the learner itself, or the state's own copy: bf16 with --rollout-dtype,
+  lagging with --staleness): once when the run is built, after every optimizer step
+  (`update.optimizer_step`), and before a rollout when that copy was rewritten in place or another state
+  steps on the same sampler (`collect.generate`). The in-process samplers here keep a reference to the
+  module (no copy, no cost); a sampler in another process or on other hardware would copy the weights.
 - `generate(prompt_ids, prompt_mask, *, max_new_tokens, temperature, generator, eos_token_id,
   pad_token_id, min_new_tokens) -> Rollout`: one completion per row (prompts repeated G times for a group)
   from the synced weights. Rollout.logp must hold the sampler's own log-prob of each drawn token under the
   distribution it drew from: temperature applied, EOS banned before min_new_tokens, 0 on padding. The
-  trainer reads them as pi_old's (on-policy token selections, the KL-in-reward penalty, the stored
-  rollouts); `policy.completion_logp` applies the same processing, so the ratio compares like with like.
+  step reads them as the sampler's (pi_old's when the sampler is the learner: on-policy token selections,
+  the KL-in-reward penalty, the stored rollouts; the off-policy corrections against the learner's pi_old
+  otherwise); `logprobs.completion_logp` applies the same processing, so the ratio compares like with like.
   Draw the tokens through `TokenStream`, which owns that processing and takes one uniform per row and
   position from `generator` (the random stream then does not depend on when rows end).
 - `generate_from(model, ...)` decodes with an explicit model (greedy: argmax tokens, log-probs still

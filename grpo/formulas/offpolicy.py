@@ -60,7 +60,8 @@ Metrics (mismatch_metrics), 0-dim detached tensors; an empty mask gives 0 for ev
                                equal, 1/n when one token carries all; 0 when every weight is 0
   mismatch/weight_mean, mismatch/weight_max   token mean and max of the weights (without weights: the raw
                                ratios r_t, their logs clamped to +-20 as verl does)
-  mismatch/masked_token_frac   share of loss tokens the correction zeroed (mask modes, rejection, sequence mask)
+  mismatch/masked_token_frac   share of loss tokens the correction zeroed (IS mask modes, rejection; the DeepSeek
+                               sequence mask, decided at each update, is offpolicy/masked_token_frac)
   mismatch/masked_seq_frac     share of non-empty completions with at least one zeroed token
   mismatch/truncated_token_frac  share of loss tokens whose weight a truncate mode clamped
 """
@@ -302,8 +303,8 @@ def mismatch_metrics(rollout_logp: Tensor, old_logp: Tensor, mask: Tensor, weigh
     """The mismatch/* metrics (module docstring) for log-probs and mask [N, T].
 
     weights [N, T]: the IS weights applied (None: the raw token ratios r_t, what uncorrected token IS would
-    apply). masked / truncated [N, T] bool: the tokens a correction zeroed / clamped (None: none); the caller
-    ORs together the IS mask, the rejection and the sequence mask it applied.
+    apply). masked / truncated [N, T] bool: the tokens a correction zeroed / clamped (None: none); the step
+    ORs together the IS mask and the rejection.
     """
     d, active = _log_ratio(rollout_logp, old_logp, mask)
     tokens = active.to(d.dtype)

@@ -24,7 +24,7 @@ ROLLOUT_NAME = re.compile(r"step_(\d+)_rank(\d+)\.(safetensors|tmp)")
 
 
 def rollout_tensors(result, group_size: int) -> tuple[dict[str, torch.Tensor], dict]:
-    """(tensors, meta) of this rank's rows of a step (a trainer's StepResult)."""
+    """(tensors, meta) of this rank's rows of a step (a step's StepResult, grpo/algorithm/step.py)."""
     batch, rollout = result.batch, result.batch.rollout
     tensors = {
         "prompt_ids": rollout.prompt_ids, "prompt_mask": rollout.prompt_mask,

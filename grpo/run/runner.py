@@ -85,12 +85,8 @@ def restore(c: Components, s: TrainState, store: RunStore | None, warn=lambda me
     rng = checkpoint["rng"][dist.rank()]        # one entry per rank: each rank resumes its own streams
     if not set(STREAMS) <= set(rng):
         raise GrpoError(f"{path} was written by an older grpo-lab (RNG streams {sorted(rng)}); start a new run")
-    s.rng.load_state_dict(rng)
+    s.load_progress(checkpoint, rng)
     torch.set_rng_state(rng["torch"].cpu())
-    s.load_counters(checkpoint)
-    if "behind" in checkpoint:          # --staleness: the lagging weights the sampler draws from
-        s.behind = checkpoint["behind"]
-    s.resync_sampler()
     if store:
         store.truncate_after(checkpoint["step"])   # lines after the checkpoint are recomputed identically
         prune_rollouts(cfg.run_dir, checkpoint["step"])
@@ -246,7 +242,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
             every_rank_rng = dist.gather_objects(rng_states(s))
             if main:
                 save_checkpoint(store.dir, step, s.policy, s.optimizer, every_rank_rng,
-                                {**s.counters(), **({"behind": s.behind} if s.behind else {})})
+                                s.progress())
                 store.write_summary(steps_done=step)
         postfix = {"seed": m.seed} if cfg.population > 1 else {}
         postfix.update({"reward": f"{out['reward/mean']:.3f}"})

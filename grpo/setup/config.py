@@ -454,6 +454,23 @@ class TrainConfig:
         """True when rollouts come from other weights or another precision than the learner's."""
         return self.staleness > 0 or (self.rollout_dtype or self.compute_dtype) != self.compute_dtype
 
+    @property
+    def samples_in_own_dtype(self) -> bool:
+        """True when --rollout-dtype names another dtype than the run computes in: the sampler's copy is then
+        stored in it and runs without the step's autocast."""
+        return (self.rollout_dtype or self.compute_dtype) != self.compute_dtype
+
+    @property
+    def corrects_off_policy(self) -> bool:
+        """True when an importance-sampling correction or a rejection rule is on."""
+        return self.rollout_is != "none" or self.rollout_rs != "none"
+
+    @property
+    def measures_mismatch(self) -> bool:
+        """True when the step compares the sampler's log-probs with the learner's pi_old (mismatch/*,
+        ratio_rollout/*): the sampler differs or a correction is on, and pi_old is the learner's."""
+        return self.old_logp == "learner" and (self.sampler_differs or self.corrects_off_policy)
+
     @classmethod
     def for_model(cls, model: str, **values) -> "TrainConfig":
         """The config `grpo train --model <model>` starts from: a preset's defaults are the fields' own, a
