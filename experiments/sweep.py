@@ -38,11 +38,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from grpo import GrpoError
+from grpo.engine.models import check_model_dir
+from grpo.engine.pretrained import is_gguf
 from grpo.setup.config import TrainConfig, config_flags, config_mismatch
 from grpo.setup.flags import parse_flags
-from grpo.engine.models import check_model_dir
 from grpo.setup.presets import is_preset
-from grpo.engine.pretrained import is_gguf
 
 # Measured on the 2-core machine (3 x 250-step tiny runs): two 1-thread runs side by side took 205 s for
 # both, one 2-thread run 114 s alone, so two at a time finish a sweep ~10% sooner.

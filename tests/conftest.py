@@ -14,9 +14,9 @@ import dataclasses
 import pytest
 import torch
 
+from grpo.formulas.losses import LossSettings
 from grpo.setup.config import TrainConfig
 from grpo.setup.config import config_flags as cli_args  # noqa: F401  (the tests' `grpo train` flags of a config)
-from grpo.formulas.losses import LossSettings
 
 # Small enough that a full run of a few steps takes about a second on one CPU core. One thread:
 # on a shared 2-core machine, two spinning OpenMP threads per process slow everything down.

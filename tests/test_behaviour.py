@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from grpo.setup.flags import parse_flags
 from grpo.setup.config import TrainConfig
+from grpo.setup.flags import parse_flags
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "behaviour.py"
 spec = importlib.util.spec_from_file_location("behaviour", SCRIPT)

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from grpo.algorithm import known_answers as cal
-from grpo.formulas.advantages import compute_advantages
 from grpo.algorithm.step_probes import MIXED, difficulty_metrics, ledger_metrics, length_bias_metrics, solve_state
+from grpo.formulas.advantages import compute_advantages
 
 # The difficulty mixture of the length-bias simulations: harder levels are solved less often and
 # written longer, so |A| (1-q for A > 0, q for A < 0, times the group's scale) and length both move

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from grpo import GrpoError
-from grpo.setup.alternatives import alternative_configs, inert_at_ratio_one
-from grpo.setup.config import TrainConfig
 from grpo.algorithm.counterfactual import counterfactual_metrics
-from grpo.formulas.losses import policy_loss
-from grpo.engine.sampler import Rollout
 from grpo.algorithm.state import Components, RandomStreams, TrainState
 from grpo.algorithm.update import loss_settings
+from grpo.engine.sampler import Rollout
+from grpo.formulas.losses import policy_loss
+from grpo.setup.alternatives import alternative_configs, inert_at_ratio_one
+from grpo.setup.config import TrainConfig
 
 F64 = torch.float64
 

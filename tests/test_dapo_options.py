@@ -10,9 +10,9 @@ import torch
 
 from conftest import MIXED, cli_args
 from grpo.algorithm.collect import collect_batch, total_reward
+from grpo.algorithm.step import build_run, grpo_step
 from grpo.commands.cli import main
 from grpo.setup.rewards import REWARDS, overlong_penalty
-from grpo.algorithm.step import build_run, grpo_step
 from test_trainer import QUIET, recorded_prompts, warm_cache
 
 

@@ -8,10 +8,10 @@ import string
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from grpo.algorithm.step import build_run
 from grpo.commands.cli import main
 from grpo.setup.tasks import SYSTEM_PROMPT, Arithmetic, render_prompt
 from grpo.setup.tokenizer import SPECIAL_TOKENS, build_tokenizer
-from grpo.algorithm.step import build_run
 
 CHAT_TEMPLATE = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
                  "{% if add_generation_prompt %}[assistant] {% endif %}")

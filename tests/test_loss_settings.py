@@ -12,12 +12,12 @@ from typing import get_type_hints
 
 import pytest
 
-from grpo.setup import alternatives
-from grpo.setup.config import TrainConfig
+from grpo.algorithm.update import loss_settings
 from grpo.formulas.kl import kl_per_token
 from grpo.formulas.losses import AGGREGATIONS, LossSettings, policy_loss
 from grpo.formulas.objectives import OBJECTIVES, SELECTIONS, ObjectiveParams, top_entropy_keep
-from grpo.algorithm.update import loss_settings
+from grpo.setup import alternatives
+from grpo.setup.config import TrainConfig
 
 SETTING_NAMES = {field.name for field in dataclasses.fields(LossSettings)}
 CONFIG_NAMES = {field.name for field in dataclasses.fields(TrainConfig)}

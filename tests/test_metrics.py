@@ -10,9 +10,9 @@ import re
 import pytest
 import torch
 
-from grpo.engine.evaluation import pass_at_k
 from grpo.algorithm.metrics import (TokenWeightedMean, advantage_metrics, entropy_metric, gradient_token_metrics,
                           length_metrics, reward_metrics, to_floats, zero_variance_metrics)
+from grpo.engine.evaluation import pass_at_k
 from grpo.run.runner import train
 
 # ---------------------------------------------------------------- zero-variance groups

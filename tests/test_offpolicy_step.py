@@ -17,11 +17,11 @@ import pytest
 import torch
 
 from conftest import MIXED, settings
-import grpo.algorithm.step as step_module
-import grpo.algorithm.update as update_module
-import grpo.algorithm.population as population_module
 from grpo import GrpoError
+import grpo.algorithm.population as population_module
+import grpo.algorithm.step as step_module
 from grpo.algorithm.step import build_run, grpo_step
+import grpo.algorithm.update as update_module
 from grpo.formulas.advantages import ADVANTAGES
 from grpo.formulas.losses import AGGREGATIONS, policy_loss
 from grpo.formulas.objectives import OBJECTIVES

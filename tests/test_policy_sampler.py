@@ -16,10 +16,10 @@ from transformers import LlamaForCausalLM
 from conftest import settings
 from grpo import GrpoError
 from grpo.engine.fast_sampler import StaticCacheSampler
-from grpo.formulas.losses import policy_loss
-from grpo.engine.models import build_model
 from grpo.engine.logprobs import completion_logp
+from grpo.engine.models import build_model
 from grpo.engine.sampler import KVCacheSampler, completion_mask, inverse_cdf_draw, sample_next
+from grpo.formulas.losses import policy_loss
 
 VOCAB = 21
 PAD, EOS = 0, 2

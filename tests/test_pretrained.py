@@ -16,10 +16,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import SMALL_CONFIG, cli_args, one_error_line
 from grpo import GrpoError
-from grpo.engine import pretrained
 from grpo.commands.cli import main
-from grpo.setup.config import PRETRAINED_DEFAULTS, TrainConfig, format_weights
+from grpo.engine import pretrained
 from grpo.engine.models import check_model_dir, load_pretrained, load_tokenizer
+from grpo.setup.config import PRETRAINED_DEFAULTS, TrainConfig, format_weights
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")

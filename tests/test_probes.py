@@ -11,9 +11,9 @@ import torch
 from grpo import GrpoError
 from grpo.algorithm import metrics
 from grpo.algorithm import step_probes as probes
-from grpo.formulas.losses import AGGREGATIONS
 from grpo.algorithm.step_probes import (aggregation_token_weights, difficulty_metrics, ledger_metrics, length_bias_metrics,
                          solve_state)
+from grpo.formulas.losses import AGGREGATIONS
 
 # ---------------------------------------------------------------- difficulty levels
 

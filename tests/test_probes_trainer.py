@@ -12,10 +12,10 @@ import torch
 from safetensors import safe_open
 
 from conftest import MIXED, cli_args
+from grpo.algorithm.step import build_run, grpo_step
 from grpo.commands.cli import main
 from grpo.run.runner import train
 from grpo.setup.tasks import Arithmetic, PromptPool
-from grpo.algorithm.step import build_run, grpo_step
 from test_trainer import QUIET, read_metrics, warm_cache, without_time
 
 

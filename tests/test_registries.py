@@ -11,14 +11,14 @@ from typing import get_args
 
 import pytest
 
+from grpo.commands.cli import main
 import grpo.engine.fast_sampler  # noqa: F401  (registers the built-in samplers)
 import grpo.engine.sampler  # noqa: F401
-from grpo.setup import config
 from grpo.formulas.advantages import ADVANTAGES, AdvantageName
 from grpo.formulas.kl import KL_ESTIMATORS, KLName
 from grpo.formulas.losses import AGGREGATIONS, AggregationName
 from grpo.formulas.objectives import OBJECTIVES, ObjectiveName
-from grpo.commands.cli import main
+from grpo.setup import config
 from grpo.setup.sampler_registry import AUTO, BUILTIN_SAMPLERS, SAMPLERS, sampler_names
 from grpo.setup.tasks import TASKS
 

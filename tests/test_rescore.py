@@ -17,8 +17,8 @@ from safetensors.torch import save_file
 from analysis.load import find_run_dirs, load_runs, load_statuses
 from conftest import MIXED, SMALL_CONFIG, one_error_line
 from grpo.commands.cli import main
-from grpo.setup.config import TrainConfig
 from grpo.run.runner import train
+from grpo.setup.config import TrainConfig
 
 # Keys the rescored record must carry whenever the run logged them (area prefixes and exact names).
 REPRODUCED = ("adv/", "reward/", "zero_var/", "len/", "bias/", "accuracy", "accuracy/constant_group_frac",

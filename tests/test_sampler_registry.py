@@ -16,15 +16,15 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from conftest import cli_args, one_error_line
 from grpo import GrpoError
-from grpo.run.checkpoint import checkpoint_dirs
+from grpo.algorithm.step import build_run, evaluate_policy, make_sampler
 from grpo.commands.cli import main
-from grpo.setup.config import TrainConfig
 from grpo.engine.fast_sampler import StaticCacheSampler
 from grpo.engine.models import build_model
-from grpo.run.runner import train
 from grpo.engine.sampler import KVCacheSampler
+from grpo.run.checkpoint import checkpoint_dirs
+from grpo.run.runner import train
+from grpo.setup.config import TrainConfig
 from grpo.setup.sampler_registry import SAMPLERS
-from grpo.algorithm.step import build_run, evaluate_policy, make_sampler
 
 
 @pytest.fixture

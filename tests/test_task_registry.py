@@ -14,11 +14,11 @@ import pytest
 from conftest import cli_args, one_error_line
 from grpo import GrpoError
 from grpo.commands.cli import main
+from grpo.engine.warmstart import warmstart_key
+from grpo.run.runner import train
 from grpo.setup.config import TrainConfig
 from grpo.setup.flags import parse_flags
-from grpo.run.runner import train
 from grpo.setup.tasks import TASKS, TaskOption, make_task, register_task, task_identity
-from grpo.engine.warmstart import warmstart_key
 
 
 @pytest.fixture

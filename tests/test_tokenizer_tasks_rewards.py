@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from grpo.engine.sampler import completion_mask, decode_completions, encode_prompts
 from grpo.setup.config import PRETRAINED_DEFAULTS
 from grpo.setup.rewards import (REWARDS, answers_match, correct_extracted_reward, correct_reward, extract_answer,
                           format_if_correct_reward, format_partial_reward, format_reward, response_text, score)
-from grpo.engine.sampler import completion_mask, decode_completions, encode_prompts
 from grpo.setup.tasks import TASKS, Arithmetic, Example, PromptPool, SeedTokens
 
 # ---------------------------------------------------------------- tokenizers

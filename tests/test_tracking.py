@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from grpo.commands.cli import main
-from grpo.run.wandb_mirror import WandbMirror
 from grpo.run.runner import train
+from grpo.run.wandb_mirror import WandbMirror
 
 
 def steps_logged(run_dir) -> list[int]:

@@ -22,20 +22,20 @@ import pytest
 import torch
 
 from conftest import MIXED, cli_args
-import grpo.run.runner as runner_module
-from grpo.commands import cli
-from grpo.run.checkpoint import checkpoint_dirs, load_checkpoint
-from grpo.setup.alternatives import alternative_configs
-from grpo.setup.config import TrainConfig
-from grpo.formulas.objectives import OBJECTIVES
-from grpo.setup.rewards import REWARDS
-from grpo.setup.tasks import TASKS
-from grpo.run.runner import train
-from grpo.engine.logprobs import completion_logp
-from grpo.engine.sampler import Rollout
 from grpo.algorithm.step import TrainingDiverged, build_run, evaluate_policy, grpo_step, sample_rows
 from grpo.algorithm.update import micro_batches, model_logp
+from grpo.commands import cli
+from grpo.engine.logprobs import completion_logp
+from grpo.engine.sampler import Rollout
 from grpo.engine.warmstart import warm_started_model
+from grpo.formulas.objectives import OBJECTIVES
+from grpo.run.checkpoint import checkpoint_dirs, load_checkpoint
+import grpo.run.runner as runner_module
+from grpo.run.runner import train
+from grpo.setup.alternatives import alternative_configs
+from grpo.setup.config import TrainConfig
+from grpo.setup.rewards import REWARDS
+from grpo.setup.tasks import TASKS
 
 AGGREGATIONS = ["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"]
 QUIET = dict(log=lambda *_: None)

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from grpo.base import distributed as dist
-from grpo.setup.rewards import overlong_penalty, response_text, score
-from grpo.formulas.advantages import compute_advantages, normalize_then_sum
-from grpo.engine.sampler import Rollout, concat_rollouts, decode_completions, encode_prompts, select_rows
 from grpo.algorithm.state import Components, TrainState
+from grpo.base import distributed as dist
+from grpo.engine.sampler import Rollout, concat_rollouts, decode_completions, encode_prompts, select_rows
+from grpo.formulas.advantages import compute_advantages, normalize_then_sum
+from grpo.setup.rewards import overlong_penalty, response_text, score
 from grpo.setup.tasks import render_prompt
 
 

@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import torch
 
+from grpo.algorithm.state import Components, TrainState
+from grpo.algorithm.update import loss_settings, micro_batches, model_logp
 from grpo.base import distributed as dist
 from grpo.formulas.advantages import compute_advantages
 from grpo.formulas.losses import loss_token_mask, policy_loss
 from grpo.formulas.objectives import SELECTIONS, token_covariance, top_entropy_keep
-from grpo.algorithm.state import Components, TrainState
-from grpo.algorithm.update import loss_settings, micro_batches, model_logp
 
 
 def flat_grad(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:

@@ -168,8 +168,8 @@ import torch
 from torch import Tensor
 
 from grpo import TrainingDiverged
-from grpo.formulas.objectives import SEQUENCE_STATS
 from grpo.algorithm.step_probes import step_probe_metrics
+from grpo.formulas.objectives import SEQUENCE_STATS
 
 
 def reward_metrics(total: Tensor, parts: dict[str, Tensor], correct: Tensor | None) -> dict[str, Tensor]:

@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from grpo.setup.config import TrainConfig
-from grpo.engine.sampler import Sampler
-from grpo.setup.tasks import PromptPool, Task
 from grpo.base.timing import StageTimer
+from grpo.engine.sampler import Sampler
+from grpo.setup.config import TrainConfig
+from grpo.setup.tasks import PromptPool, Task
 
 # The run's random streams, each its own generator, so that arms differing in inner epochs or
 # mini-batches (which shuffle more often) still draw the same prompts for the same seed: the report's

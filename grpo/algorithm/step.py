@@ -20,30 +20,30 @@ from dataclasses import dataclass
 import torch
 
 from grpo import TrainingDiverged
+from grpo.algorithm.collect import Batch, collect_batch, step_advantages, total_reward
+from grpo.algorithm.counterfactual import counterfactual_metrics
+from grpo.algorithm.metrics import ScoredStep, scored_metrics, to_floats
+from grpo.algorithm.state import Components, RandomStreams, TrainState
+from grpo.algorithm.step_probes import ledger_metrics
+from grpo.algorithm.update import frozen_logp, update_policy
 from grpo.base import distributed as dist
+from grpo.base.device import DTYPES, resolve_device
+from grpo.base.memory import LARGE_MODEL_PARAMS
 from grpo.engine import fast_sampler
 from grpo.engine import gemm
-from grpo.setup.alternatives import alternative_configs
-from grpo.algorithm.collect import Batch, collect_batch, step_advantages, total_reward
-from grpo.setup.config import TrainConfig
-from grpo.algorithm.counterfactual import counterfactual_metrics
-from grpo.base.device import DTYPES, resolve_device
 from grpo.engine.evaluation import evaluate
-from grpo.formulas.kl import kl_k1
 from grpo.engine.lean_layers import install_lean_layers
-from grpo.formulas.losses import loss_token_mask
-from grpo.base.memory import LARGE_MODEL_PARAMS
-from grpo.algorithm.metrics import ScoredStep, scored_metrics, to_floats
 from grpo.engine.models import load_tokenizer
-from grpo.formulas.offpolicy import mismatch_metrics, rollout_is_weights, rollout_rejection
-from grpo.setup.presets import is_preset
-from grpo.algorithm.step_probes import ledger_metrics
 from grpo.engine.sampler import KVCacheSampler, Rollout, Sampler
-from grpo.setup.sampler_registry import AUTO, SAMPLERS, check_sampler_name
-from grpo.algorithm.state import Components, RandomStreams, TrainState
-from grpo.setup.tasks import PromptPool, make_task
-from grpo.algorithm.update import frozen_logp, update_policy
 from grpo.engine.warmstart import warm_started_model, warmstart_entry
+from grpo.formulas.kl import kl_k1
+from grpo.formulas.losses import loss_token_mask
+from grpo.formulas.offpolicy import mismatch_metrics, rollout_is_weights, rollout_rejection
+from grpo.setup.alternatives import alternative_configs
+from grpo.setup.config import TrainConfig
+from grpo.setup.presets import is_preset
+from grpo.setup.sampler_registry import AUTO, SAMPLERS, check_sampler_name
+from grpo.setup.tasks import PromptPool, make_task
 
 __all__ = ["StepResult", "TrainingDiverged", "build_run", "evaluate_policy", "grpo_step"]
 

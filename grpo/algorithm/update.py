@@ -12,15 +12,15 @@ import torch
 import torch.nn.functional as F
 
 from grpo import TrainingDiverged
-from grpo.base import distributed as dist
-from grpo.setup.config import TrainConfig
-from grpo.formulas.losses import LossSettings, policy_loss
 from grpo.algorithm.metrics import TokenWeightedMean
-from grpo.formulas.objectives import SELECTIONS, masked_mean, token_covariance, top_entropy_keep
-from grpo.formulas.offpolicy import off_policy_sequence_mask
+from grpo.algorithm.state import Components, TrainState
+from grpo.base import distributed as dist
 from grpo.engine.logprobs import completion_logp, worth_sharing
 from grpo.engine.sampler import Rollout
-from grpo.algorithm.state import Components, TrainState
+from grpo.formulas.losses import LossSettings, policy_loss
+from grpo.formulas.objectives import SELECTIONS, masked_mean, token_covariance, top_entropy_keep
+from grpo.formulas.offpolicy import off_policy_sequence_mask
+from grpo.setup.config import TrainConfig
 
 
 def model_logp(c: Components, model, rollout: Rollout, rows: torch.Tensor, with_entropy: bool = False):

@@ -47,14 +47,14 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from grpo import GrpoError, TrainingDiverged
-from grpo.formulas.advantages import ADVANTAGES
 from grpo.algorithm.collect import step_advantages, total_reward
-from grpo.setup.config import TrainConfig
-from grpo.formulas.losses import AGGREGATIONS
 from grpo.algorithm.metrics import ScoredStep, scored_metrics, to_floats
+from grpo.formulas.advantages import ADVANTAGES
+from grpo.formulas.losses import AGGREGATIONS
 from grpo.formulas.objectives import OBJECTIVES
 from grpo.run.rollout_files import stored_files
 from grpo.run.store import write_json
+from grpo.setup.config import TrainConfig
 
 # The settings rescore can change, in the order they appear in a default name.
 FIELDS = ("advantage", "adv_eps", "aggregation", "objective", "mask_truncated")

@@ -31,8 +31,8 @@ import torch
 
 from grpo.base import distributed as dist
 from grpo.engine import gemm
-from grpo.setup.rewards import correct_extracted_reward, correct_reward, response_text
 from grpo.engine.sampler import decode_completions, encode_prompts
+from grpo.setup.rewards import correct_extracted_reward, correct_reward, response_text
 from grpo.setup.tasks import render_prompt
 
 PASS_AT_K_PROMPTS = 32

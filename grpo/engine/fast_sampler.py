@@ -19,9 +19,9 @@ from torch import Tensor
 
 from grpo import GrpoError
 from grpo.engine import gemm
+from grpo.engine.lean_layers import autocast_dtype as _matmul_dtype, cast_to, cast_weight
 from grpo.engine.sampler import Rollout, Sampler, TokenStream, prompt_positions, shared_prefill
 from grpo.setup.sampler_registry import register_sampler
-from grpo.engine.lean_layers import autocast_dtype as _matmul_dtype, cast_to, cast_weight
 
 SUPPORTED = {"llama", "qwen2", "mistral"}
 # The decode loop drops ended rows from its cache once they are at least 1/COMPACT_AT of the rows it runs:

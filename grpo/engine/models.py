@@ -16,8 +16,8 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llam
 
 from grpo import GrpoError
 from grpo.base.paths import cache_root
-from grpo.setup.presets import MODEL_PRESETS, is_preset
 from grpo.engine.pretrained import PACKAGED, gguf_model_dir, is_gguf
+from grpo.setup.presets import MODEL_PRESETS, is_preset
 
 ARCHITECTURES = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
 

@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 
 from grpo.base.memory import fit_malloc_to_model
-from grpo.engine.models import build_model, check_model_dir, load_pretrained
 from grpo.base.paths import cache_root
-from grpo.setup.presets import MODEL_PRESETS, is_preset
 from grpo.base.progress import progress_bar
+from grpo.engine.models import build_model, check_model_dir, load_pretrained
+from grpo.setup.presets import MODEL_PRESETS, is_preset
 from grpo.setup.tasks import render_prompt, task_identity
 
 # 2: arithmetic's held-out split by canonical form changed the training problems a warm start sees.

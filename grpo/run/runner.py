@@ -21,20 +21,20 @@ from dataclasses import dataclass, field
 import torch
 
 from grpo import GrpoError
+from grpo.algorithm.population import build_population, step_population
+from grpo.algorithm.state import STREAMS, Components, TrainState
+from grpo.algorithm.step import StepResult, evaluate_policy, prompt_rows, sample_rows
 from grpo.base import distributed as dist
-from grpo.engine import gemm
-from grpo.run.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
-from grpo.setup.config import TrainConfig
 from grpo.base.device import resolve_device
-from grpo.engine.models import check_model_dir
-from grpo.setup.presets import is_preset
 from grpo.base.progress import progress_bar
+from grpo.engine import gemm
+from grpo.engine.models import check_model_dir
+from grpo.run.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
+from grpo.run.rollout_files import prune_rollouts, rollout_tensors, write_rollout_file
 from grpo.run.store import RunStore, read_summary
 from grpo.run.wandb_mirror import WandbMirror
-from grpo.run.rollout_files import prune_rollouts, rollout_tensors, write_rollout_file
-from grpo.algorithm.state import STREAMS, Components, TrainState
-from grpo.algorithm.population import build_population, step_population
-from grpo.algorithm.step import StepResult, evaluate_policy, prompt_rows, sample_rows
+from grpo.setup.config import TrainConfig
+from grpo.setup.presets import is_preset
 
 def warn(message: str) -> None:
     """One line on stderr, beside the CLI's `grpo: error:` lines."""

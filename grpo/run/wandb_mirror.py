@@ -10,8 +10,8 @@ import warnings
 from pathlib import Path
 
 from grpo.engine import gemm
-from grpo.setup.config import TrainConfig
 from grpo.run.store import git_commit
+from grpo.setup.config import TrainConfig
 
 
 class WandbMirror:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import dataclasses
 
 from grpo import GrpoError
-from grpo.setup.flags import parse_flags
 from grpo.formulas.losses import LossSettings
+from grpo.setup.flags import parse_flags
 
 # The fields an alternative may change: those that act on advantages or the loss of fixed rollouts, i.e.
 # every setting of policy_loss (LossSettings), the advantage estimator and the loss's token mask.

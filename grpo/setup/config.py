@@ -19,13 +19,13 @@ import tyro
 
 from grpo import GrpoError
 from grpo.formulas.advantages import ADVANTAGES, AdvantageName
-from grpo.setup.alternatives import check_alternatives
 from grpo.formulas.kl import KLName
 from grpo.formulas.losses import AggregationName
 from grpo.formulas.objectives import ObjectiveName
 from grpo.formulas.offpolicy import ROLLOUT_IS, ROLLOUT_RS, RolloutISName, RolloutRSName
-from grpo.setup.rewards import REWARDS
+from grpo.setup.alternatives import check_alternatives
 from grpo.setup.presets import is_preset
+from grpo.setup.rewards import REWARDS
 from grpo.setup.sampler_registry import check_sampler_name, sampler_names
 from grpo.setup.tasks import TASKS, check_task
 
