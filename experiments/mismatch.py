@@ -6,8 +6,8 @@ with each of the corrections the big trainers ship for it, against an fp32 run w
   token_truncate  bf16 + per-token IS weight pi_old/pi_rollout clamped at 2 (TRL's
                   vllm_importance_sampling_correction, token_truncate mode; verl's token-level TIS
                   threshold 2; TRL's own default C_max is 3)
-  sequence_mask   bf16 + the sequence's weight (the product over its tokens) zeroing completions outside
-                  [0, 2] (TRL's sequence_mask mode; verl's sequence-level mask)
+  sequence_mask   bf16 + the sequence's weight (the product over its tokens) zeroing completions whose
+                  weight exceeds 2 (TRL's sequence_mask mode; verl's sequence-level mask)
   icepop          bf16 + IcePop's two-sided token mask: tokens whose weight leaves [0.5, 5] carry no
                   gradient (Ling team, "Every Step Evolves: Scaling RL for Trillion-Scale Thinking Model",
                   Ring-1T, 2025)
@@ -22,9 +22,10 @@ weights do not depend on the mini-batches: they compare pi_old with pi_rollout, 
 
 The mismatch/* metrics (grpo/formulas/offpolicy.py) are logged by every bf16 arm except bypass, which never
 forms pi_old from the learner (nothing to compare); the fp32 arm logs none (its sampler is the learner).
-A tiny model's bf16 gap is small (bf16 keeps 8 bits of mantissa; the logits of a 2-layer model round
-little), so the question at this scale is whether the gap is large enough for any correction to act:
-the masked and truncated fractions say how often each did.
+bf16 keeps 8 significant bits, so the gap is real rounding, but on the tiny preset it is small (the quick
+runs of 2026-12-06: k3 ~4e-5 a token, the largest weight of a step ~1.2; docs/2026-12-06-offpolicy-experiments.md):
+the question at this scale is whether the gap is large enough for any correction to act, and the masked and
+truncated fractions say how often each did.
 
 Holds fixed: prompts and completions per step, mini-batches and steps. Every arm: the tiny preset on
 arithmetic, 16 prompts x 8 completions a step, a warm start shared by all arms.
@@ -53,9 +54,9 @@ EXPERIMENT = Experiment(
     knob="rollout_is",
     departures={
         "token_truncate": "C_max 2 (verl's threshold) where TRL's default is 3",
-        "sequence_mask": "bounds [0, 2] on the sequence weight (TRL's sequence modes default to [0, 3])",
-        "icepop": "a 2-layer preset model and bf16 rounding only, where the paper's gap comes from an MoE "
-                  "inference engine",
+        "sequence_mask": "upper bound 2 on the sequence weight (verl's threshold) where TRL's default cap is 3",
+        "icepop": "the tiny preset and bf16 rounding only, where the paper's gap comes from an MoE model "
+                  "and its inference engine",
     },
 )
 
