@@ -8,8 +8,8 @@ without TRL's token_truncate IS correction (the weight pi_old/pi_rollout per tok
 
 k0 is on-policy (bit for bit the run without the flag) and its truncate arm isolates what the correction
 does when there is nothing to correct (its weights are 1 to float rounding: the sampler's log-probs come from
-the decode loop, pi_old from the learner's forward, and the two round differently). One optimizer step per GRPO step (one
-mini-batch, one epoch), so k counts GRPO steps and the lag is k updates of lr 1e-4; the ratio pi_theta/pi_old
+the decode loop, pi_old from the learner's forward, and the two round differently). One optimizer step per
+GRPO step (one mini-batch, one epoch), so k counts GRPO steps and the lag is k updates of lr 1e-4; the ratio pi_theta/pi_old
 is then 1 at the update, so the lag acts only through the rollouts' distribution and the IS weight.
 mismatch/* (k3, ess, truncated fraction) measures the lag's size; staleness/policy_lag logs it per step
 (0 for the first k steps, when no older weights exist yet).
