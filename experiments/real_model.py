@@ -15,6 +15,11 @@ worked example 81% of the step-1 groups had zero reward variance,
 with it 6%; 33.6 min for the sweep in bf16 on 2 AVX512-BF16 cores (fp32: 51.6 min), a W3 step 57.5 s in
 fp32 against 31.5 s in bf16. grpo's seed 0 learned the format hack (well-formed tags around any number
 paid 0.5) while its held-out accuracy fell; format_if_correct pays that nothing. Not rerun since.
+
+The gdpo arm (issue O; Liu et al. 2026, "GDPO: Group reward-Decoupled Normalization Policy Optimization")
+normalises correct_extracted and format_if_correct within each group before summing them 1 : 0.5, instead of
+normalising their sum; experiments/gdpo.py runs the same comparison on the tiny preset in minutes. Not run
+on SmolLM2 yet (a W3-sized step is 30-60 s on these 2 cores).
 """
 
 from dataclasses import replace
@@ -32,6 +37,9 @@ EXPERIMENT = Experiment(
     arms={
         "grpo": base,
         "dr_grpo": replace(base, advantage="dr_grpo", aggregation="seq_mean_token_sum_norm"),
+        # GDPO: correctness and format normalised within the group each, then summed 1 : 0.5 (the base's
+        # reward weights; format_partial's weight 0 adds nothing).
+        "gdpo": replace(base, reward_normalization="normalize_then_sum"),
     },
     budget=f"completions per step ({base.num_completions}) and steps ({base.steps})",
     baseline="grpo",

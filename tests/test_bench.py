@@ -134,3 +134,19 @@ def test_bench_kernel_profile_must_not_be_negative(capsys):
     assert main(["bench", "--kernel-profile", "-1"]) == 2
     err = capsys.readouterr().err
     assert "--kernel-profile must be >= 0" in err and "Traceback" not in err
+
+
+def test_bench_rollout_dtype_reaches_the_sampler():
+    """--rollout-dtype bf16 makes the workload's sampler draw in bf16 while the learner scores in fp32: the
+    step logs a mismatch between the two (bf16 rounding moves the log-probs, so k3 > 0); the default
+    (the compute dtype, fp32) logs none, its sampler being the learner."""
+    from grpo.algorithm.step import build_run, grpo_step
+
+    def step_metrics(**fields) -> dict:
+        cfg = bench.workload_config(bench.BenchConfig(completion_len=3, threads=1, **fields))
+        c, s = build_run(cfg, log=lambda *_: None)
+        return grpo_step(c, s, 1).metrics
+
+    assert bench.workload_config(bench.BenchConfig(rollout_dtype="bf16")).rollout_dtype == "bf16"
+    assert step_metrics(rollout_dtype="bf16")["mismatch/k3"] > 0
+    assert not any(k.startswith("mismatch/") for k in step_metrics())

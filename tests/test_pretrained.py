@@ -353,7 +353,7 @@ def test_a_sweep_writes_pretrained_arms_as_flags_grpo_train_rebuilds_exactly(tmp
     experiment = dataclasses.replace(EXPERIMENT, arms={
         **EXPERIMENT.arms, "preset_values": dataclasses.replace(EXPERIMENT.base, lr=1e-4, worked_example=False)})
     runs = plan_runs(experiment, tmp_path, [0], {"quick": False, "steps": None, "train_args": []}, 1)
-    assert [run.arm for run in runs] == ["grpo", "dr_grpo", "preset_values"]
+    assert [run.arm for run in runs] == ["grpo", "dr_grpo", "gdpo", "preset_values"]
     for run in runs:
         args = config_flags(run.config)
         assert tyro.cli(TrainConfig, args=args, default=TrainConfig.flag_defaults(args)) == run.config

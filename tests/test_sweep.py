@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import tyro
 
-from experiments import dapo, demo, entropy, group_size, inner_epochs, kl_beta, objectives, std_norm
+from experiments import (dapo, demo, entropy, gdpo, group_size, inner_epochs, kl_beta, mismatch, objectives, staleness,
+                         std_norm)
 from experiments.sweep import plan_runs
 from grpo.setup.config import TrainConfig, config_flags
 
-EXPERIMENTS = [dapo, demo, entropy, group_size, inner_epochs, kl_beta, objectives, std_norm]
+EXPERIMENTS = [dapo, demo, entropy, gdpo, group_size, inner_epochs, kl_beta, mismatch, objectives, staleness, std_norm]
 TINY = ["--warmstart-steps", "2", "--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "8",
         "--eval-prompts", "4", "--eval-samples", "4", "--save-every", "1", "--wandb-mode", "disabled"]
 

@@ -20,6 +20,10 @@ the rates they ran in the step. That is the step's time if every other op and al
 so `kernels.ratio_to_floor` is as near the floor as the step's code gets on this machine's kernels. The
 kernels do some work the floor leaves out (padding after EOS, oneDNN's padded row buckets, the decode
 loop's masked cache slots), so the ratio mixes the kernels' rate with that extra work.
+
+`--rollout-dtype bf16` draws the rollouts from a bf16 copy of the weights (grpo train's flag, issue O)
+while the learner stays in `--dtype`: the rollout phase then runs bf16 matmuls, and the step gains the
+learner's pi_old forward (in the reward phase), which the floor, counting one dtype's peak, leaves out.
 """
 
 from __future__ import annotations
@@ -74,6 +78,8 @@ class BenchConfig:
     """Device to run on."""
     dtype: Literal["fp32", "bf16"] = "fp32"
     """Compute dtype."""
+    rollout_dtype: Literal["fp32", "bf16"] | None = None
+    """Precision the sampler draws in (grpo train --rollout-dtype); unset: the compute dtype. Differing from it adds the learner's pi_old forward (timed in the reward phase)."""
     sampler: str = "auto"
     """Rollout implementation (see grpo train --help)."""
     peak_gflops: float | None = None
@@ -109,7 +115,8 @@ def workload_config(b: BenchConfig) -> TrainConfig:
         reward_weights={"correct_extracted": 1.0, "format_partial": 0.2} if pretrained else {"correct": 1.0, "format": 0.1},
         kl_beta=0.04, kl_estimator="k3", inner_epochs=1, mini_batches=1, micro_batch_size=w["micro_batch"],
         lr=1e-5 if pretrained else 1e-4, max_grad_norm=1.0, warmstart_steps=0, warmstart_seed=0, seed=0,
-        threads=b.threads, device=b.device, dtype=b.dtype, sampler=b.sampler, wandb_mode="disabled", quiet=True)
+        threads=b.threads, device=b.device, dtype=b.dtype, rollout_dtype=b.rollout_dtype,
+        sampler=b.sampler, wandb_mode="disabled", quiet=True)
 
 
 def model_dims(config) -> dict[str, int]:
@@ -282,6 +289,7 @@ def run_bench(b: BenchConfig) -> dict:
     head = 2 * dims["hidden"] * dims["vocab"] * C * cfg.num_completions        # one forward's head FLOPs
     result = {
         "workload": b.workload, "model": shape["model"], "device": str(c.device), "dtype": b.dtype,
+        "rollout_dtype": cfg.rollout_dtype or b.dtype,
         "threads": torch.get_num_threads(), "prompts": shape["prompts"], "group_size": shape["group_size"],
         "completion_len": C, "micro_batch_size": cfg.micro_batch, "mean_prompt_tokens": prompt_tokens,
         "params": params, "timed_steps": b.steps,
