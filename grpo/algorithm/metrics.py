@@ -121,7 +121,9 @@ off-policy: the sampler's log-probs pi_rollout against pi_old's, the learner's a
 (grpo/formulas/offpolicy.py); r = pi_old / pi_rollout per token, R = its product over a completion. The
 mismatch/* and ratio_rollout/* keys are logged when the sampler differs from the learner (--rollout-dtype
 other than the compute dtype, --staleness > 0) or --rollout-is / --rollout-rs is on, never with
---old-logp sampler (pi_old is then pi_rollout); mismatch/* are over the step's loss tokens before rejection
+--old-logp sampler (pi_old is then pi_rollout); mismatch/* are over the step's loss tokens before rejection.
+When the sampler is the learner at its precision (a correction on, nothing differing), pi_rollout is pi_old
+by construction: the keys read exactly 0 and 1 (the decode loop's log-probs differ from the forward's by rounding)
   mismatch/k1                 token mean of log(pi_rollout / pi_old): k1 estimate of KL(pi_rollout || pi_old)
   mismatch/k3                 token mean of r - 1 - log r: k3 estimate of the same KL (>= 0)
   mismatch/chi2_token         token mean of r^2, minus 1: chi^2(pi_old || pi_rollout) per token (a sample

@@ -197,7 +197,11 @@ def grpo_step(c: Components, s: TrainState, step: int) -> StepResult:
         old_logp = pi_old_logp(c, s, rollout)
         # 5b. Off-policy corrections against the sampler's log-probs (grpo/formulas/offpolicy.py): weights on the
         #     policy term, rejected tokens out of the loss, and the mismatch metrics.
-        token_weights, update_mask, mismatch = off_policy_correction(cfg, rollout.logp, old_logp, loss_mask)
+        #     When the sampler is the learner at the learner's precision, its log-probs are pi_old's by
+        #     construction (the decode loop and the learner's forward differ by float rounding, ~1e-13 nats a
+        #     token): the corrections then read pi_old's, so their weights are exactly 1 and the mismatch 0.
+        sampler_logp = rollout.logp if cfg.sampler_differs or old_logp is None else old_logp
+        token_weights, update_mask, mismatch = off_policy_correction(cfg, sampler_logp, old_logp, loss_mask)
 
     # 6. Probe: the gradient other settings would take on these rollouts, all at the weights the step's
     #    last update starts from (the step's own with one update), against pi_old.
@@ -210,7 +214,8 @@ def grpo_step(c: Components, s: TrainState, step: int) -> StepResult:
     # 7. Inner epochs of clipped updates.
     probes = bool(cfg.counterfactual_every) and step % cfg.counterfactual_every == 0
     policy_stats = update_policy(c, s, step, rollout, advantages, update_mask, ref_logp, old_logp, token_weights,
-                                 sequence_mask=loss_mask, before_last_update=probe if probes else None)
+                                 sequence_mask=loss_mask, sampler_logp=sampler_logp,
+                                 before_last_update=probe if probes else None)
     s.advance_sampler(cfg.staleness)      # the weights the next step's rollouts come from
 
     # 8. Metrics over the whole step's batch: pure functions of tensors at hand, one .item() each.

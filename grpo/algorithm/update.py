@@ -88,7 +88,7 @@ def optimizer_step(c: Components, s: TrainState, step: int, epoch: int) -> torch
 
 def update_policy(c: Components, s: TrainState, step: int, rollout: Rollout, advantages: torch.Tensor,
                   loss_mask: torch.Tensor, ref_logp, old_logp, token_weights=None, sequence_mask=None,
-                  before_last_update=None) -> dict:
+                  sampler_logp=None, before_last_update=None) -> dict:
     """Inner epochs x mini-batches (one optimizer step each) x micro-batches (gradient accumulation).
 
     Normalisers are the whole mini-batch's (over all ranks), so micro-batch losses add up exactly; the
@@ -97,13 +97,15 @@ def update_policy(c: Components, s: TrainState, step: int, rollout: Rollout, adv
     on-policy (one epoch, one mini-batch): pi_old = pi_theta detached. token_weights [N, T] (or None): the
     off-policy correction's weights on the policy term; --off-policy-mask adds DeepSeek-V3.2's sequence mask
     at every update, from the learner's log-probs then, averaged over sequence_mask [N, T] (a completion's
-    loss tokens before any rejection; default loss_mask). before_last_update (a probe) is
+    loss tokens before any rejection; default loss_mask) and against sampler_logp [N, T] (the sampler's
+    log-probs as the corrections see them; default the rollout's). before_last_update (a probe) is
     called once, at the weights the step's last update starts from. Returns the policy statistics
     over all epochs plus the per-epoch keys, loss and grad_norm.
     """
     cfg = c.cfg
     settings = loss_settings(cfg)
     sequence_mask = loss_mask if sequence_mask is None else sequence_mask
+    sampler_logp = rollout.logp if sampler_logp is None else sampler_logp
     selection_logp = rollout.logp if old_logp is None else old_logp     # pi_old's (the sampler's) log-probs
     # clip_cov's draw: a generator of the (seed, step) alone, so resuming repeats it.
     selection_rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
@@ -130,7 +132,7 @@ def update_policy(c: Components, s: TrainState, step: int, rollout: Rollout, adv
                         learner = model_logp(c, s.policy, rollout, rows, with_entropy=cfg.entropy_coef != 0)
                     logp, entropy = learner if cfg.entropy_coef != 0 else (learner, None)
                     weights, offpolicy_stats = off_policy_weights(
-                        cfg, rollout.logp[rows], logp, advantages[rows], loss_mask[rows], sequence_mask[rows],
+                        cfg, sampler_logp[rows], logp, advantages[rows], loss_mask[rows], sequence_mask[rows],
                         None if token_weights is None else token_weights[rows])
                     loss, stats = policy_loss(
                         logp, logp.detach() if old_logp is None else old_logp[rows],
