@@ -38,11 +38,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from grpo import GrpoError
-from grpo.engine.models import check_model_dir
-from grpo.engine.pretrained import is_gguf
+from grpo.commands.prepare import check_model_dir, git_commit, gguf_models, prebuild_warm_starts, preload
 from grpo.setup.config import TrainConfig, config_flags, config_mismatch
 from grpo.setup.flags import parse_flags
-from grpo.setup.presets import is_preset
 
 # Measured on the 2-core machine (3 x 250-step tiny runs): two 1-thread runs side by side took 205 s for
 # both, one 2-thread run 114 s alone, so two at a time finish a sweep ~10% sooner.
@@ -199,17 +197,6 @@ class Forked:
         return self.returncode
 
 
-def preload() -> None:
-    """Import what every run imports, once, before the runs are forked (imports run no tensor ops)."""
-    import grpo.run.runner  # noqa: F401
-
-    if os.environ.get("WANDB_MODE") != "disabled":
-        try:
-            import wandb  # noqa: F401
-        except ImportError:
-            pass
-
-
 def isolated(work) -> int:
     """work() in a fork when runs are forked, so that this process starts no OpenMP threads; else here."""
     return Forked(work).wait() if FORK else work()
@@ -247,37 +234,6 @@ def run_local(runs: list[Run], parallel: int, progress) -> dict[str, int]:
                 del active[run]
                 progress(run, proc.returncode)
     return codes
-
-
-def prebuild_warm_starts(runs: list[Run], log=print) -> None:
-    """Train each distinct warm start that `runs` need and the cache lacks, here, on all cores.
-
-    Otherwise the first run to start trains it on its 1/parallel share of the cores while every run with
-    the same warm start waits on the cache lock (300 supervised steps of the default task: 147 s on one
-    thread). Only CPU runs of built-in presets: a GPU run or a local model trains its own.
-    """
-    import torch
-
-    from grpo.base.device import resolve_device
-    from grpo.setup.tasks import make_task
-    from grpo.engine.warmstart import warm_started_model, warmstart_entry
-
-    wanted = {}
-    for run in runs:
-        cfg = run.config
-        if resolve_device(cfg.device).type != "cpu" or not is_preset(cfg.model) or cfg.num_warmstart_steps == 0:
-            continue
-        task = make_task(cfg)
-        entry = warmstart_entry(cfg, task.tokenizer)
-        if not (entry / "model.safetensors").exists():
-            wanted.setdefault(entry, (cfg, task))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)
-    try:
-        for cfg, task in wanted.values():
-            warm_started_model(cfg, task, task.tokenizer, torch.device("cpu"), log=log)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def run_ray(runs: list[Run], progress) -> dict[str, int]:
@@ -323,7 +279,6 @@ def write_sweep_json(experiment: Experiment, out_dir: Path, runs: list[Run], see
     import transformers
 
     from grpo import __version__
-    from grpo.run.store import git_commit
 
     per_run = ("out_dir", "seed", "experiment", "arm") + (("warmstart_seed",) if warmstart_seed == "per-seed" else ())
     # An arm's settings are what differs from the defaults grpo train gives its model (PRETRAINED_DEFAULTS
@@ -425,7 +380,7 @@ def sweep(experiment: Experiment, args: argparse.Namespace, train_args: list[str
         raise GrpoError(f"{len(conflicts)} run dir(s) hold runs of another config, e.g. {first.dir} "
                         f"(differs in: {', '.join(differ)}); use another --out-dir")
     # A GGUF model converts once here, not in every parallel run; a missing extra stops the sweep (exit 2).
-    ggufs = sorted({r.config.model for r in runs if is_gguf(r.config.model)})
+    ggufs = gguf_models(r.config for r in runs)
 
     def say(message: str) -> None:
         print(f"  {message}", flush=True)
@@ -447,7 +402,7 @@ def sweep(experiment: Experiment, args: argparse.Namespace, train_args: list[str
           f"{args.parallel} at a time, logs in <run>/train.log", flush=True)
     started = time.perf_counter()
     if args.executor == "local" and args.parallel > 1:
-        code = isolated(lambda: prebuild_warm_starts(todo, log=say) or 0)
+        code = isolated(lambda: prebuild_warm_starts([r.config for r in todo], log=say) or 0)
         if code:
             raise GrpoError(f"building the runs' warm starts failed (exit {code})")
     if args.executor == "local" and FORK:

@@ -151,3 +151,32 @@ def test_every_module_has_a_layer_and_imports_only_downward():
     assert not unplaced, f"modules outside the layer packages (move them into one of {sorted(LAYERS)}): {unplaced}"
     upward = upward_imports(graph, {name: layer_of(name) for name in graph})
     assert not upward, "imports reaching up a layer: " + "; ".join(upward)
+
+
+# experiments/ reaches grpo through its configs (grpo.setup) and its commands (grpo.commands) only; the
+# exact paper checks are the one exception: they check the math itself, so they call it.
+EXPERIMENTS_DIR = PACKAGE_DIR.parent / "experiments"
+CHECKS_THE_MATH = {"claim_checks.py"}
+
+
+def reaches_past_config_and_commands(name: str) -> bool:
+    return name != "grpo" and not name.startswith(("grpo.setup", "grpo.commands"))
+
+
+def test_experiments_use_only_config_and_commands():
+    modules = module_names()
+    reached = {}
+    for path in sorted(EXPERIMENTS_DIR.glob("*.py")):
+        if path.name in CHECKS_THE_MATH:
+            continue
+        for name in sorted(imported_modules(path.read_text(), modules)):
+            if reaches_past_config_and_commands(name):
+                reached.setdefault(path.name, []).append(name)
+    assert not reached, f"experiments reaching past grpo.setup and grpo.commands: {reached}"
+
+
+def test_analysis_imports_nothing_from_grpo():
+    modules = module_names()
+    reached = {path.name: sorted(imported_modules(path.read_text(), modules))
+               for path in sorted((PACKAGE_DIR.parent / "analysis").glob("*.py"))}
+    assert not {name: found for name, found in reached.items() if found}

@@ -225,7 +225,7 @@ def test_warm_starts_are_built_once_before_the_runs_and_are_the_ones_a_run_build
     cache, and it holds the weights the run would have trained itself."""
     import torch
 
-    from experiments.sweep import prebuild_warm_starts
+    from grpo.commands.prepare import prebuild_warm_starts
     from grpo.setup.tasks import make_task
     from grpo.engine.warmstart import warm_started_model, warmstart_key
 
@@ -238,12 +238,12 @@ def test_warm_starts_are_built_once_before_the_runs_and_are_the_ones_a_run_build
                                                                    "train_args": ["--warmstart-steps", "2"]}, 2)
     monkeypatch.setenv("GRPO_CACHE", str(tmp_path / "cache"))
     logged = []
-    prebuild_warm_starts(runs, log=logged.append)
+    prebuild_warm_starts([r.config for r in runs], log=logged.append)
     assert len(logged) == 1 and "2 supervised steps" in logged[0]      # 4 runs, one warm start
     entries = list((tmp_path / "cache" / "warmstart").iterdir())
     cfg = runs[0].config
     assert [e.name for e in entries] == [warmstart_key(cfg, len(make_task(cfg).tokenizer))]
-    prebuild_warm_starts(runs, log=logged.append)
+    prebuild_warm_starts([r.config for r in runs], log=logged.append)
     assert len(logged) == 1                                             # cached: nothing trained again
     built_here, built_by_run = warm(tmp_path / "cache", cfg), warm(tmp_path / "own_cache", cfg)
     assert built_here.keys() == built_by_run.keys()
