@@ -200,3 +200,16 @@ def test_seed_dependent_parts_are_each_seeds_own(make_cfg, tmp_path):
         assert [p.name for p in rollouts[0]] == [p.name for p in rollouts[1]] != []
         assert all(a.read_bytes() == b.read_bytes() for a, b in zip(*rollouts))
     assert lines(tmp_path / "pop" / "seed0", "prompts.jsonl") != lines(tmp_path / "pop" / "seed1", "prompts.jsonl")
+
+
+def test_every_component_is_either_shared_or_each_seeds_own():
+    """A Components field added later must be placed: shared across the seeds (seed-independent) or built per
+    seed. Fails when a field is in neither list (it would be shared silently) or in both."""
+    import dataclasses
+
+    from grpo.algorithm.population import OWN_FIELDS, SHARED_FIELDS
+    from grpo.algorithm.state import Components
+
+    names = {f.name for f in dataclasses.fields(Components)}
+    assert set(SHARED_FIELDS) | set(OWN_FIELDS) == names
+    assert not set(SHARED_FIELDS) & set(OWN_FIELDS)

@@ -24,7 +24,9 @@ from grpo.setup.alternatives import alternative_configs
 from grpo.setup.config import TrainConfig
 from grpo.setup.tasks import PromptPool
 
+# Every Components field is one or the other (tests/test_population.py checks it, so a new field is placed).
 SHARED_FIELDS = ("task", "tokenizer", "reference", "sampler", "device", "lean", "eval_store")
+OWN_FIELDS = ("cfg", "pool", "alternatives", "timer")      # seed-dependent: built for each member
 SEED_FIELDS = ("seed", "out_dir")      # the only fields in which a population's configs differ
 
 
