@@ -476,3 +476,31 @@ def test_a_lagging_copy_under_bf16_autocast_keeps_the_learners_precision(make_cf
     learner = grpo_step(*build_run(make_cfg(tmp_path, **common), **QUIET), 1).batch.rollout
     assert torch.equal(lagging.completion_ids, learner.completion_ids)
     assert torch.equal(lagging.logp, learner.logp)
+
+
+def test_ratio_rollout_is_pi_theta_over_the_samplers_probability_by_hand(make_cfg, tmp_path, monkeypatch):
+    """Planted: bf16 rollouts, 2 mini-batches. ratio_rollout/mean is the token-weighted mean over every update's
+    loss tokens of exp(logp - rollout_logp) (logp: that update's learner log-probs), ratio_rollout/max its
+    largest value; computed here by hand from the recorded updates. Null: the sampler is the learner at its
+    precision (token_truncate on, so the keys are formed): the sampler's log-probs are pi_old's, so
+    ratio_rollout/* equal ratio/* exactly. Mutations caught: the ratio against pi_old instead of the rollout
+    (the planted case), the unmasked mean (padding counts as ratio 1)."""
+    cfg = make_cfg(tmp_path, **MIXED, rollout_dtype="bf16", mini_batches=2, kl_beta=0.0, lr=0.05)
+    c, s = build_run(cfg, **QUIET)
+    calls = record_policy_loss(monkeypatch)
+    result = grpo_step(c, s, 1)
+    rollout_logp = result.batch.rollout.logp
+    total, tokens, peak = 0.0, 0.0, 0.0
+    for call in calls:
+        m = call["mask"] > 0
+        ratio = torch.exp(torch.where(m, call["logp"] - rollout_logp[call["rows"]], 0.0))
+        total, tokens = total + float(ratio[m].sum()), tokens + float(m.sum())
+        peak = max(peak, float(ratio[m].max()))
+    metrics = result.metrics
+    assert metrics["ratio_rollout/mean"] == pytest.approx(total / tokens, rel=1e-6)
+    assert metrics["ratio_rollout/max"] == pytest.approx(peak, rel=1e-6)
+    assert metrics["ratio_rollout/mean"] != pytest.approx(metrics["ratio/mean"], abs=1e-7)   # another reference
+
+    null = grpo_step(*build_run(make_cfg(tmp_path, **MIXED, rollout_is="token_truncate", mini_batches=2), **QUIET), 1)
+    assert null.metrics["ratio_rollout/mean"] == null.metrics["ratio/mean"]
+    assert null.metrics["ratio_rollout/max"] == null.metrics["ratio/max"]
