@@ -16,6 +16,7 @@ lags the learner, a lower-precision copy).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,12 +31,13 @@ from grpo.setup.tasks import PromptPool, Task
 # The run's random streams, each its own generator, so that arms differing in inner epochs or
 # mini-batches (which shuffle more often) still draw the same prompts for the same seed: the report's
 # pairing by seed relies on it.
-STREAMS = ("prompt", "shuffle", "sample", "resample")
+# Each stream's seed is the rank's seed plus its offset:
 #   prompt:   prompt draws (the first round of each step)
-#   shuffle:  mini-batch shuffles
 #   sample:   token sampling (on the run's device)
+#   shuffle:  mini-batch shuffles
 #   resample: dynamic sampling's extra rounds, so the first round stays paired across arms
 STREAM_OFFSETS = {"prompt": 0, "sample": 1, "shuffle": 2, "resample": 3}
+STREAMS = tuple(STREAM_OFFSETS)
 
 
 @dataclass
@@ -113,8 +115,12 @@ class TrainState:
         state belongs to the copied parameters."""
         policy, optimizer, rng, ledger, sampler_weights, behind = copy.deepcopy(
             (self.policy, self.optimizer, self.rng, self.ledger, self.sampler_weights, self.behind))
-        return TrainState(policy, optimizer, rng, ledger, self.samples, self.tokens, self.elapsed, sampler_weights,
-                          behind)
+        return dataclasses.replace(self, policy=policy, optimizer=optimizer, rng=rng, ledger=ledger,
+                                   sampler_weights=sampler_weights, behind=behind)
+
+    def learner_snapshot(self) -> dict[str, torch.Tensor]:
+        """A copy of the learner's weights now (an entry of `behind`)."""
+        return {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
 
     @property
     def policy_lag(self) -> int:
@@ -127,7 +133,7 @@ class TrainState:
         if self.sampler_weights is None:
             return
         if staleness:
-            self.behind.append({k: v.detach().clone() for k, v in self.policy.state_dict().items()})
+            self.behind.append(self.learner_snapshot())
             del self.behind[:-(staleness + 1)]
         self.resync_sampler()
 

@@ -134,7 +134,7 @@ def starting_state(cfg: TrainConfig, policy: torch.nn.Module, device: torch.devi
         state.sampler_weights = copy.deepcopy(policy).to(dtype)
         state.sampler_weights.eval().requires_grad_(False)
         if cfg.staleness:
-            state.behind = [{k: v.detach().clone() for k, v in policy.state_dict().items()}]
+            state.behind = [state.learner_snapshot()]
     return state
 
 
