@@ -52,10 +52,12 @@ def generate(c: Components, s: TrainState, prompts: list[str]) -> Rollout:
     policy.eval()
     # Under bf16 autocast an fp32 copy (--dtype bf16 --rollout-dtype fp32) would compute in bf16 all the same.
     with contextlib.nullcontext() if cfg.samples_in_own_dtype else c.autocast():
-        rollout = c.sampler.generate(prompt_ids, prompt_mask, max_new_tokens=cfg.max_new_tokens,
-                                     temperature=cfg.temperature, generator=s.rng.sample,
-                                     eos_token_id=c.tokenizer.eos_token_id, pad_token_id=c.tokenizer.pad_token_id,
-                                     min_new_tokens=cfg.min_new_tokens)
+        options = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                       eos_token_id=c.tokenizer.eos_token_id, pad_token_id=c.tokenizer.pad_token_id,
+                       min_new_tokens=cfg.min_new_tokens)
+        rollout = (c.sampler.generate(prompt_ids, prompt_mask, generator=s.rng.sample, **options)
+                   if c.population is None else       # a batched population: with the other seeds' (batching.py)
+                   c.population.generate(c.sampler, policy, prompt_ids, prompt_mask, s.rng.sample, **options))
     if s.sampler_weights is None:         # the learner itself: back to training mode (a copy stays in eval)
         policy.train()
     return rollout

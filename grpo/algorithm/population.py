@@ -8,25 +8,29 @@ What does not depend on the RL seed is built once and shared: the task, the toke
 state steps: grpo/algorithm/collect.py), the device and the warm start's evaluation store. So seed k of
 a population computes what its single run computes, line for line.
 
-Today each seed's model compute runs in turn (`step_population`); docs/population.md says where a batched
-forward over the seeds' stacked weights will take its place.
+With --population-batching auto (the default) and a model the batched computations run (a Llama-family
+preset in fp32: `batching_refusal`), the seeds' model calls meet in an `Exchange` (grpo/algorithm/batching.py)
+and run as one computation over their stacked weights; otherwise each seed's step runs in turn.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import time
 
+from grpo.algorithm.batching import EACH, Exchange
 from grpo.algorithm.state import Components, TrainState
 from grpo.algorithm.step import StepResult, build_run, grpo_step, starting_state
 from grpo.setup.alternatives import alternative_configs
 from grpo.setup.config import TrainConfig
+from grpo.setup.presets import MODEL_PRESETS, is_preset
 from grpo.setup.tasks import PromptPool
 
 # Every Components field is one or the other (tests/test_population.py checks it, so a new field is placed).
 SHARED_FIELDS = ("task", "tokenizer", "reference", "sampler", "device", "lean", "eval_store")
-OWN_FIELDS = ("cfg", "pool", "alternatives", "timer")      # seed-dependent: built for each member
+OWN_FIELDS = ("cfg", "pool", "alternatives", "timer", "population")   # seed-dependent: built for each member
 SEED_FIELDS = ("seed", "out_dir")      # the only fields in which a population's configs differ
 
 
@@ -47,13 +51,37 @@ def build_population(configs: list[TrainConfig], log=print) -> list[tuple[Compon
             c, cfg=cfg, pool=PromptPool(c.task, cfg.prompt_pool, cfg.seed) if cfg.prompt_pool else None,
             alternatives=tuple(alternative_configs(cfg)), timer=None)      # timer None: a fresh one
         members.append((own, starting_state(cfg, copy.deepcopy(warm_start), own.device)))
+    if len(members) > 1 and batching_refusal(configs[0]) is None:
+        exchange = Exchange(dict(EACH))
+        members = [(dataclasses.replace(c, population=exchange.seat()), s) for c, s in members]
     return members
+
+
+def batching_refusal(cfg: TrainConfig) -> str | None:
+    """Why a population of `cfg` runs each seed's model calls in turn (None: they run batched)."""
+    if cfg.population_batching == "off":
+        return "--population-batching off"
+    if not is_preset(cfg.model) or MODEL_PRESETS[cfg.model].get("model_type", "llama") not in ("llama", "qwen2"):
+        return f"--model {cfg.model} is not a Llama-family preset (the batched forward is written for those)"
+    if cfg.compute_dtype != "fp32" or cfg.rollout_dtype not in (None, "fp32"):
+        return "the batched forward runs in fp32 (--dtype and --rollout-dtype fp32)"
+    return None
 
 
 def step_population(members: list[tuple[Components, TrainState]], step: int) -> list[tuple[StepResult | Exception, float]]:
     """Step `step` of each member, in order: (its StepResult, or the exception that stopped it, and the
     seconds it took). A diverged seed fails alone; the others go on; KeyboardInterrupt stops them all.
-    The seam where a batched step over the seeds' stacked weights goes (docs/population.md)."""
+    Members with a seat on an exchange step together (their model calls batched): each is given the
+    seconds of the whole batched step."""
+    seat = members[0][0].population if members else None
+    if seat is not None:
+        tick = time.perf_counter()
+        results = seat.exchange.run([functools.partial(grpo_step, c, s, step) for c, s in members])
+        for r in results:
+            if isinstance(r, KeyboardInterrupt):
+                raise r
+        seconds = time.perf_counter() - tick
+        return [(r, seconds) for r in results]
     out = []
     for c, s in members:
         tick = time.perf_counter()

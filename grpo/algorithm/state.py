@@ -161,6 +161,7 @@ class Components:
     lean: bool = False
     eval_store: Path | None = None
     timer: StageTimer = None
+    population: object | None = None    # a batched population's seat (grpo/algorithm/batching.py); None alone
 
     def __post_init__(self) -> None:
         if self.timer is None:

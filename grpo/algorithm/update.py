@@ -65,7 +65,15 @@ def loss_settings(cfg: TrainConfig) -> LossSettings:
 
 @torch.no_grad()
 def frozen_logp(c: Components, model, rollout: Rollout) -> torch.Tensor:
-    """Log-probs [N, T] under a model without gradients, a micro-batch at a time."""
+    """Log-probs [N, T] under a model without gradients, a micro-batch at a time (in a batched population,
+    one computation with the other seeds': grpo/algorithm/batching.py)."""
+    if c.population is not None:
+        return c.population.frozen_logp(c, model, rollout)
+    return frozen_logp_alone(c, model, rollout)
+
+
+def frozen_logp_alone(c: Components, model, rollout: Rollout) -> torch.Tensor:
+    """`frozen_logp` of this run alone."""
     out = torch.zeros(rollout.completion_ids.shape, device=rollout.completion_ids.device)
     with c.autocast():
         for rows in micro_batches(c, rollout, torch.arange(len(out), device=out.device)):
@@ -129,7 +137,9 @@ def update_policy(c: Components, s: TrainState, step: int, rollout: Rollout, adv
                 mini_loss = torch.zeros((), device=c.device)
                 for rows in micro_batches(c, rollout, mini_batch):
                     with c.autocast():
-                        learner = model_logp(c, s.policy, rollout, rows, with_entropy=cfg.entropy_coef != 0)
+                        learner = (model_logp(c, s.policy, rollout, rows, with_entropy=cfg.entropy_coef != 0)
+                                   if c.population is None else
+                                   c.population.logp(c, s.policy, rollout, rows, cfg.entropy_coef != 0))
                     logp, entropy = learner if cfg.entropy_coef != 0 else (learner, None)
                     weights, offpolicy_stats = off_policy_weights(
                         cfg, sampler_logp[rows], logp, advantages[rows], loss_mask[rows], sequence_mask[rows],
@@ -142,7 +152,7 @@ def update_policy(c: Components, s: TrainState, step: int, rollout: Rollout, adv
                         entropy=entropy, entropy_keep=None if entropy_keep is None else entropy_keep[rows],
                         token_weights=weights)
                     stats.update(offpolicy_stats)
-                    loss.backward()
+                    loss.backward() if c.population is None else c.population.backward(loss)
                     mini_loss += loss.detach()
                     epoch_stats.add(stats, stats["tokens"], stats["seqs"])
                     # KL to the reference is reported for the rollout policy (epoch 1), not averaged over drift.

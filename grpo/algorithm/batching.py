@@ -1,0 +1,167 @@
+"""A population's model calls batched across its seeds: each seed's step runs as it does alone, in a thread of
+its own, and meets the others' steps at its model calls, where one computation serves them all.
+
+The step (grpo/algorithm/step.py) is written for one run. In a population (--population S) each seed's
+`grpo_step` runs in its own thread; where it calls a model (the rollout decode, the frozen log-probs of the
+reference and of pi_old, the learner's log-probs and their backward) it hands the call to the `Exchange`
+through its `Seat` (`Components.population`) and waits. When every seed still stepping waits there, the
+last to arrive runs the calls, grouped by kind, as one computation over the seeds' stacked weights
+(grpo/engine/stacked.py and the population decode and log-prob modules) and hands each seed its slice.
+The model-free stages (rewards, advantages, losses, metrics, probes) stay each seed's own code.
+
+Only one seed's thread runs at a time (the `turn` lock): the threads are a way to suspend a step at a
+model call, not parallelism (on a few cores, concurrent torch threads slow each other down), and the
+order is deterministic. The kinds of call:
+
+    generate   policy, prompts, the seed's sampling generator -> Rollout      (inference mode)
+    frozen     model, rollout -> log-probs [N, T], no gradient                (reference: one shared model)
+    logp       learner, rollout rows -> log-probs (and entropy) with a graph   (grad mode)
+    backward   a seed's loss: one backward over every seed's losses
+
+A seed's gradient reaches only its own parameters (the seeds share none), so one backward of the
+losses gives each the gradient its own backward would; its optimizer step, clipping included, stays
+its own (grpo/algorithm/update.py).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from grpo.algorithm.update import frozen_logp_alone, model_logp
+
+
+@dataclass
+class Call:
+    kind: str
+    args: tuple
+    result: Any = None
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class Exchange:
+    """Where a population's step threads meet (module docstring). `run(jobs)` runs one job per seed (each
+    a seed's whole step) and returns each one's result or the exception that stopped it."""
+
+    def __init__(self, executors: dict[str, Callable[[list[tuple]], list]]) -> None:
+        self.executors = executors       # kind -> run a list of calls' args, return their results in order
+        self.turn = threading.Lock()
+        self.lock = threading.Lock()     # guards waiting and live
+        self.waiting: list[Call] = []
+        self.live = 0
+
+    def seat(self) -> Seat:
+        return Seat(self)
+
+    def call(self, kind: str, *args):
+        """Hand one model call over and wait for its result (called from a seed's thread, holding the turn)."""
+        call = Call(kind, args)
+        with self.lock:
+            self.waiting.append(call)
+            ready = len(self.waiting) == self.live
+        if ready:
+            self._flush()
+        else:
+            self.turn.release()
+            call.done.wait()
+            self.turn.acquire()
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    def _flush(self) -> None:
+        """Run every waiting call, a kind at a time (the caller holds the turn)."""
+        with self.lock:
+            calls, self.waiting = self.waiting, []
+        for kind in dict.fromkeys(c.kind for c in calls):
+            group = [c for c in calls if c.kind == kind]
+            try:
+                results = self.executors[kind]([c.args for c in group])
+                for c, r in zip(group, results):
+                    c.result = r
+            except BaseException as err:         # every seed of the group gets the error
+                for c in group:
+                    c.error = err
+        for c in calls:
+            c.done.set()
+
+    def _leave(self) -> None:
+        """A seed's step ended: the others may now all be waiting (the caller holds the turn)."""
+        with self.lock:
+            self.live -= 1
+            ready = bool(self.waiting) and len(self.waiting) == self.live
+        if ready:
+            self._flush()
+
+    def run(self, jobs: list[Callable[[], Any]]) -> list[Any]:
+        """Each job in a thread of its own, one running at a time; the results (or exceptions) in order."""
+        results: list[Any] = [None] * len(jobs)
+
+        def worker(i: int) -> None:
+            with self.turn:
+                try:
+                    results[i] = jobs[i]()
+                except BaseException as err:     # reported per seed by the caller
+                    results[i] = err
+                finally:
+                    self._leave()
+
+        self.live = len(jobs)
+        threads = [threading.Thread(target=worker, args=(i,), name=f"seed-step-{i}", daemon=True)
+                   for i in range(len(jobs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return results
+
+
+@dataclass
+class Seat:
+    """One seed's handle on the exchange (`Components.population`)."""
+    exchange: Exchange
+
+    def generate(self, sampler, policy, prompt_ids, prompt_mask, generator, **options):
+        return self.exchange.call("generate", sampler, policy, prompt_ids, prompt_mask, generator, options)
+
+    def frozen_logp(self, c, model, rollout) -> torch.Tensor:
+        return self.exchange.call("frozen", c, model, rollout)
+
+    def logp(self, c, model, rollout, rows, with_entropy: bool):
+        return self.exchange.call("logp", c, model, rollout, rows, with_entropy)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.exchange.call("backward", loss)
+
+
+# The executors: each takes the waiting calls' args of one kind and returns their results in order.
+
+def generate_each(calls: list[tuple]) -> list:
+    """(sampler, policy, prompt_ids, prompt_mask, generator, options) -> Rollout, one seed at a time."""
+    return [sampler.generate_from(policy, ids, mask, generator=generator, **options)
+            for sampler, policy, ids, mask, generator, options in calls]
+
+
+def frozen_each(calls: list[tuple]) -> list:
+    """(c, model, rollout) -> log-probs [N, T] without gradient, one seed at a time."""
+    with torch.no_grad():
+        return [frozen_logp_alone(c, model, rollout) for c, model, rollout in calls]
+
+
+def logp_each(calls: list[tuple]) -> list:
+    """(c, model, rollout, rows, with_entropy) -> the learner's log-probs (and entropy) with a graph."""
+    with torch.enable_grad():
+        return [model_logp(c, model, rollout, rows, with_entropy) for c, model, rollout, rows, with_entropy in calls]
+
+
+def backward_all(calls: list[tuple]) -> list:
+    """(loss,): one backward over every seed's loss."""
+    torch.autograd.backward([loss for (loss,) in calls])
+    return [None] * len(calls)
+
+
+EACH = {"generate": generate_each, "frozen": frozen_each, "logp": logp_each, "backward": backward_all}

@@ -1,0 +1,89 @@
+"""grpo/algorithm/batching.py: a population's step threads meet at their model calls, one computation per kind
+serves every seed waiting there, a seed that stops early or fails does not hold the others up."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+
+from conftest import MIXED, SMALL_CONFIG
+from grpo.algorithm import batching
+from grpo.algorithm.batching import Exchange
+
+
+def recording_exchange(log: list):
+    """An exchange whose 'double' kind records each group of calls it runs and doubles their values."""
+    def double(calls):
+        log.append(sorted(x for (x,) in calls))
+        return [2 * x for (x,) in calls]
+    return Exchange({"double": double})
+
+
+def test_every_seed_waiting_is_served_by_one_computation():
+    log = []
+    exchange = recording_exchange(log)
+    seats = [exchange.seat() for _ in range(3)]
+
+    def job(i):
+        return lambda: [seats[i].exchange.call("double", 10 * i + k) for k in range(2)]
+
+    assert exchange.run([job(i) for i in range(3)]) == [[0, 2], [20, 22], [40, 42]]
+    assert log == [[0, 10, 20], [1, 11, 21]]      # two rounds, each one call of all three seeds
+
+
+def test_a_seed_that_stops_early_or_fails_does_not_hold_the_others_up():
+    log = []
+    exchange = recording_exchange(log)
+
+    def short():
+        return exchange.call("double", 1)
+
+    def failing():
+        exchange.call("double", 2)
+        raise ValueError("diverged")
+
+    def long():
+        return [exchange.call("double", x) for x in (3, 4, 5)]
+
+    short_result, error, long_result = exchange.run([short, failing, long])
+    assert short_result == 2 and isinstance(error, ValueError) and long_result == [6, 8, 10]
+    assert log == [[1, 2, 3], [4], [5]]
+
+
+def test_an_error_in_a_computation_reaches_every_seed_of_its_group():
+    def broken(calls):
+        raise RuntimeError("kernel failed")
+
+    exchange = Exchange({"broken": broken})
+    results = exchange.run([lambda: exchange.call("broken", 0)] * 2)
+    assert all(isinstance(r, RuntimeError) for r in results)
+
+
+def test_a_populations_model_calls_meet_in_one_round_per_call(tmp_path, monkeypatch):
+    """Three seeds of a batched population: every model call of a step is one round of all three (2 steps:
+    2 rollouts, 2 reference and 2 learner forwards, 2 backwards)."""
+    from grpo.run.runner import train
+    from grpo.setup.config import TrainConfig
+
+    rounds = collections.Counter()
+    for kind, run in list(batching.EACH.items()):
+        def counted(calls, run=run, kind=kind):
+            rounds[kind, len(calls)] += 1
+            return run(calls)
+        monkeypatch.setitem(batching.EACH, kind, counted)
+    cfg = TrainConfig(**{**SMALL_CONFIG, **MIXED, "steps": 2, "population": 3, "out_dir": str(tmp_path)})
+    train(cfg, log=lambda *_: None)
+    assert rounds == {("generate", 3): 2, ("frozen", 3): 2, ("logp", 3): 2, ("backward", 3): 2}
+
+
+@pytest.mark.parametrize("change, reason", [
+    (dict(population_batching="off"), "off"),
+    (dict(model="small", dtype="bf16"), "fp32"),
+])
+def test_batching_is_refused_in_one_line_where_it_does_not_run(change, reason):
+    from grpo.algorithm.population import batching_refusal
+    from grpo.setup.config import TrainConfig
+
+    assert batching_refusal(TrainConfig(**{**SMALL_CONFIG, "population": 2})) is None
+    assert reason in batching_refusal(TrainConfig(**{**SMALL_CONFIG, "population": 2, **change}))
