@@ -67,11 +67,11 @@ def test_a_populations_model_calls_meet_in_one_round_per_call(tmp_path, monkeypa
     from grpo.setup.config import TrainConfig
 
     rounds = collections.Counter()
-    for kind, run in list(batching.EACH.items()):
+    for kind, run in list(batching.BATCHED.items()):
         def counted(calls, run=run, kind=kind):
             rounds[kind, len(calls)] += 1
             return run(calls)
-        monkeypatch.setitem(batching.EACH, kind, counted)
+        monkeypatch.setitem(batching.BATCHED, kind, counted)
     cfg = TrainConfig(**{**SMALL_CONFIG, **MIXED, "steps": 2, "population": 3, "out_dir": str(tmp_path)})
     train(cfg, log=lambda *_: None)
     assert rounds == {("generate", 3): 2, ("frozen", 3): 2, ("logp", 3): 2, ("backward", 3): 2}
@@ -87,3 +87,28 @@ def test_batching_is_refused_in_one_line_where_it_does_not_run(change, reason):
 
     assert batching_refusal(TrainConfig(**{**SMALL_CONFIG, "population": 2})) is None
     assert reason in batching_refusal(TrainConfig(**{**SMALL_CONFIG, "population": 2, **change}))
+
+
+def test_the_shared_reference_runs_every_seeds_rows_in_one_forward_to_float_tolerance(tmp_path):
+    """frozen_batched over 3 seeds' rollouts (different rows and widths) with one model equals each seed's
+    frozen_logp alone to float rounding (the rows share wider micro-batches)."""
+    import torch
+
+    from grpo.algorithm.step import build_run
+    from grpo.algorithm.update import frozen_logp_alone
+    from grpo.setup.config import TrainConfig
+
+    c, s = build_run(TrainConfig(**{**SMALL_CONFIG, **MIXED, "out_dir": str(tmp_path)}), log=lambda *_: None)
+    generator = torch.Generator().manual_seed(0)
+    rollouts = []
+    for rows, width in ((4, 3), (6, 5), (2, 4)):
+        ids = torch.randint(3, 20, (rows, 3), generator=generator)
+        rollouts.append(c.sampler.generate_from(s.policy, ids, torch.ones_like(ids), max_new_tokens=width,
+                                                temperature=1.0, generator=generator, eos_token_id=2, pad_token_id=0))
+    rollouts[0].prompt_mask[0, 0] = 0       # a left-padded prompt
+    together = batching.frozen_batched([(c, c.reference, r) for r in rollouts])
+    for r, out in zip(rollouts, together):
+        with torch.no_grad():
+            alone = frozen_logp_alone(c, c.reference, r)
+        assert out.shape == alone.shape
+        torch.testing.assert_close(out, alone, atol=1e-5, rtol=1e-5)

@@ -25,6 +25,7 @@ its own (grpo/algorithm/update.py).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -32,6 +33,7 @@ from typing import Any, Callable
 import torch
 
 from grpo.algorithm.update import frozen_logp_alone, model_logp
+from grpo.engine.sampler import concat_rollouts
 
 
 @dataclass
@@ -164,4 +166,19 @@ def backward_all(calls: list[tuple]) -> list:
     return [None] * len(calls)
 
 
+def frozen_batched(calls: list[tuple]) -> list:
+    """`frozen_each` as one computation: the shared reference over every seed's rows, in micro-batches of
+    S times the run's (what the S seeds' micro-batches hold side by side)."""
+    models = [model for _, model, _ in calls]
+    if not all(model is models[0] for model in models):
+        return frozen_each(calls)
+    c, rollouts = calls[0][0], [rollout for _, _, rollout in calls]
+    wide = dataclasses.replace(c, cfg=dataclasses.replace(c.cfg, micro_batch_size=len(calls) * c.cfg.micro_batch))
+    with torch.no_grad():
+        out = frozen_logp_alone(wide, models[0], concat_rollouts(rollouts, c.tokenizer.pad_token_id))
+    parts = out.split([r.completion_ids.shape[0] for r in rollouts])
+    return [part[:, :r.completion_ids.shape[1]] for part, r in zip(parts, rollouts)]
+
+
 EACH = {"generate": generate_each, "frozen": frozen_each, "logp": logp_each, "backward": backward_all}
+BATCHED = {**EACH, "frozen": frozen_batched}

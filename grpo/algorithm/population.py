@@ -20,7 +20,7 @@ import dataclasses
 import functools
 import time
 
-from grpo.algorithm.batching import EACH, Exchange
+from grpo.algorithm.batching import BATCHED, Exchange
 from grpo.algorithm.state import Components, TrainState
 from grpo.algorithm.step import StepResult, build_run, grpo_step, starting_state
 from grpo.setup.alternatives import alternative_configs
@@ -52,7 +52,7 @@ def build_population(configs: list[TrainConfig], log=print) -> list[tuple[Compon
             alternatives=tuple(alternative_configs(cfg)), timer=None)      # timer None: a fresh one
         members.append((own, starting_state(cfg, copy.deepcopy(warm_start), own.device)))
     if len(members) > 1 and batching_refusal(configs[0]) is None:
-        exchange = Exchange(dict(EACH))
+        exchange = Exchange(dict(BATCHED))
         members = [(dataclasses.replace(c, population=exchange.seat()), s) for c, s in members]
     return members
 
