@@ -1,8 +1,9 @@
 """--population S: S seeds trained as S independent runs in one process (grpo/algorithm/population.py,
 grpo/run/runner.py). Each seed's run directory must be the one its single run writes: the same metrics lines
-(all but time/*: the seeds' model compute runs in turn, seed by seed, so this is exact, not a tolerance),
-samples, checkpoint weights and config (but out_dir), readable by analysis as single runs, and resumable
-seed by seed after a kill."""
+(all but time/*), samples, checkpoint weights and config (but out_dir), readable by analysis as single runs,
+and resumable seed by seed after a kill. These tests run the seeds' model compute in turn
+(--population-batching off), so equality is exact; tests/test_population_batched.py checks the batched
+compute against the same single runs to float tolerance."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ QUIET = dict(log=lambda *_: None)
 SEEDS = (0, 1)
 # Three steps of the mixed toy (groups right and wrong, so the updates move the weights), a checkpoint at
 # every step (a kill can fall between two seeds' writes) and samples at every step.
-RUN = dict(**MIXED, steps=3, save_every=1, log_samples_every=1)
+RUN = dict(**MIXED, steps=3, save_every=1, log_samples_every=1, population_batching="off")
 
 
 def lines(run_dir: Path, name: str = "metrics.jsonl") -> list[dict]:
@@ -187,7 +188,7 @@ def test_a_diverged_seed_fails_alone_and_the_others_finish(make_cfg, tmp_path, m
 def test_seed_dependent_parts_are_each_seeds_own(make_cfg, tmp_path):
     """A prompt pool (its epoch order), counterfactual alternatives (their selections), dynamic sampling and
     stored rollouts depend on the seed: each seed's files equal its single run's."""
-    options = dict(**MIXED, steps=2, prompt_pool=8, dynamic_sampling=True, store_rollouts=True, mini_batches=2,
+    options = dict(**MIXED, steps=2, population_batching="off", prompt_pool=8, dynamic_sampling=True, store_rollouts=True, mini_batches=2,
                    counterfactuals="objective=clip_cov+clip_cov_ratio=0.2+clip_cov_lb=-1000+clip_cov_ub=1000", counterfactual_every=1)
     train(make_cfg(tmp_path, **options, population=2, out_dir=str(tmp_path / "pop")), **QUIET)
     for seed in SEEDS:
