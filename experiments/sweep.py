@@ -2,12 +2,21 @@
 
     python -m experiments.<name> [--out-dir D] [--seeds N] [--steps S] [--parallel K] [--quick]
                                  [--dry-run] [--executor local|ray] [--warmstart-seed same|per-seed]
-                                 [any grpo train flag ...]
+                                 [--population auto|off] [any grpo train flag ...]
 
 Run directories are `<out-dir>/<arm>/seed<k>`. Restarting a sweep skips finished runs, resumes
 unfinished ones (the trainer continues from its last checkpoint) and starts the rest. A failed run is
 reported with its log and does not stop the others; the sweep exits 1 if any run failed. Each run's
 output goes to `<run>/train.log`; the runs share one `<out-dir>/wandb/` so `wandb leet` browses all.
+
+Processes (`--population auto`, the default): the unfinished seeds of an arm of a preset model, where they
+are consecutive, train as one population, `grpo train --seed s0 --population S --out-dir <out-dir>/<arm>`
+(docs/population.md), which writes each seed's run dir `<out-dir>/<arm>/seed<k>` exactly as its single
+run would, so restarts and analysis see single runs. Its output goes to
+`<out-dir>/<arm>/population_seed<a>-<b>.log`. A gap (a finished seed between unfinished ones, after a
+partial restart) splits the seeds into one population per consecutive block; a block of one seed, a
+pretrained model, and seeds whose configs differ in more than seed and run dir (`--warmstart-seed
+per-seed`) run as single runs. `--parallel` counts processes.
 
 What the seeds vary: the RL seed (prompts, sampling). By default every run of an arm starts from the
 one warm start its config names (`--warmstart-seed same`), so an interval over seeds is conditional on
@@ -41,6 +50,7 @@ from grpo import GrpoError
 from grpo.commands.prepare import check_model_dir, git_commit, gguf_models, prebuild_warm_starts, preload
 from grpo.setup.config import TrainConfig, config_flags, config_mismatch
 from grpo.setup.flags import parse_flags
+from grpo.setup.presets import is_preset
 
 # Measured on the 2-core machine (3 x 250-step tiny runs): two 1-thread runs side by side took 205 s for
 # both, one 2-thread run 114 s alone, so two at a time finish a sweep ~10% sooner.
@@ -87,8 +97,49 @@ class Run:
         return self.dir / "train.log"
 
 
-def train_command(run: Run) -> list[str]:
-    return [sys.executable, "-m", "grpo.commands.cli", "train", *config_flags(run.config)]
+@dataclass(eq=False)     # identity hash: processes are dict keys while they execute
+class Process:
+    """One `grpo train` process: a single run, or a population of one arm's consecutive seeds (`runs`, in
+    seed order) whose config trains them all (`config.members()` are the runs' configs)."""
+    runs: list[Run]
+    config: TrainConfig
+
+    @property
+    def log(self) -> Path:
+        if len(self.runs) == 1:
+            return self.runs[0].log
+        return Path(self.config.out_dir) / f"population_seed{self.runs[0].seed}-{self.runs[-1].seed}.log"
+
+
+def train_command(process: Process) -> list[str]:
+    return [sys.executable, "-m", "grpo.commands.cli", "train", *config_flags(process.config)]
+
+
+def consecutive_blocks(runs: list[Run]) -> list[list[Run]]:
+    """`runs` (in plan order) split where the arm changes or the seed does not follow the one before."""
+    blocks: list[list[Run]] = []
+    for run in runs:
+        if blocks and blocks[-1][-1].arm == run.arm and blocks[-1][-1].seed + 1 == run.seed:
+            blocks[-1].append(run)
+        else:
+            blocks.append([run])
+    return blocks
+
+
+def plan_processes(runs: list[Run], population: str) -> list[Process]:
+    """The processes that train `runs` (the unfinished ones): with population "off" one per run; with "auto"
+    one population per block of an arm's consecutive seeds of a preset model, provided the population's
+    members are exactly the runs' configs (else, as for a pretrained model, one process per run)."""
+    processes = []
+    for block in consecutive_blocks(runs) if population == "auto" else [[run] for run in runs]:
+        config = block[0].config
+        if len(block) > 1 and is_preset(config.model):
+            together = dataclasses.replace(config, population=len(block), out_dir=str(block[0].dir.parent))
+            if together.members() == [run.config for run in block]:
+                processes.append(Process(block, together))
+                continue
+        processes.extend(Process([run], run.config) for run in block)
+    return processes
 
 
 def plan_runs(experiment: Experiment, out_dir: Path, seeds: list[int], overrides: dict, parallel: int) -> list[Run]:
@@ -202,42 +253,42 @@ def isolated(work) -> int:
     return Forked(work).wait() if FORK else work()
 
 
-def start_run(run: Run):
-    """The run as a child process writing to its log: a fork calling `grpo train`'s entry point, or
-    (without fork) a `grpo train` subprocess."""
-    env = {"OMP_NUM_THREADS": str(run.config.threads), "TOKENIZERS_PARALLELISM": "false"}
+def start_process(process: Process):
+    """The process as a child writing to its log: a fork calling `grpo train`'s entry point, or (without
+    fork) a `grpo train` subprocess."""
+    env = {"OMP_NUM_THREADS": str(process.config.threads), "TOKENIZERS_PARALLELISM": "false"}
     if FORK:
         def work() -> int:
             from grpo.commands.cli import main as grpo_main
 
             os.environ.update(env)
-            return grpo_main(["train", *config_flags(run.config)])
+            return grpo_main(["train", *config_flags(process.config)])
 
-        return Forked(work, run.log)
-    with open(run.log, "a") as log:
-        return subprocess.Popen(train_command(run), stdout=log, stderr=subprocess.STDOUT,
+        return Forked(work, process.log)
+    with open(process.log, "a") as log:
+        return subprocess.Popen(train_command(process), stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, **env}, preexec_fn=_die_with_parent)
 
 
-def run_local(runs: list[Run], parallel: int, progress) -> dict[str, int]:
-    """Run `runs` with at most `parallel` at once; returns {run dir: exit code}."""
-    pending, active, codes = list(runs), {}, {}
+def run_local(processes: list[Process], parallel: int, progress) -> dict[str, int]:
+    """Run `processes` with at most `parallel` at once; returns {run dir: its process's exit code}."""
+    pending, active, codes = list(processes), {}, {}
     while pending or active:
         while pending and len(active) < parallel:
-            run = pending.pop(0)
-            run.dir.mkdir(parents=True, exist_ok=True)
-            active[run] = start_run(run)
+            process = pending.pop(0)
+            Path(process.config.out_dir).mkdir(parents=True, exist_ok=True)
+            active[process] = start_process(process)
         time.sleep(0.5)
-        for run, proc in list(active.items()):
+        for process, proc in list(active.items()):
             if proc.poll() is not None:
-                codes[str(run.dir)] = proc.returncode
-                del active[run]
-                progress(run, proc.returncode)
+                codes.update({str(run.dir): proc.returncode for run in process.runs})
+                del active[process]
+                progress(process, proc.returncode)
     return codes
 
 
-def run_ray(runs: list[Run], progress) -> dict[str, int]:
-    """Dispatch each run as a Ray task (same commands, same run-dir layout on shared storage)."""
+def run_ray(processes: list[Process], progress) -> dict[str, int]:
+    """Dispatch each process as a Ray task (same commands, same run-dir layout on shared storage)."""
     try:
         import ray
     except ImportError:
@@ -252,14 +303,14 @@ def run_ray(runs: list[Run], progress) -> dict[str, int]:
             env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
             return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
 
-    futures = {launch.remote(train_command(r), str(r.log), r.config.threads): r for r in runs}
+    futures = {launch.remote(train_command(p), str(p.log), p.config.threads): p for p in processes}
     codes = {}
     remaining = list(futures)
     while remaining:
         done, remaining = ray.wait(remaining, num_returns=1)
-        run = futures[done[0]]
-        codes[str(run.dir)] = ray.get(done[0])
-        progress(run, codes[str(run.dir)])
+        process, code = futures[done[0]], ray.get(done[0])
+        codes.update({str(run.dir): code for run in process.runs})
+        progress(process, code)
     return codes
 
 
@@ -319,9 +370,15 @@ def parse_args(experiment: Experiment, argv: list[str]) -> tuple[argparse.Namesp
     parser.add_argument("--seeds", type=int, default=experiment.seeds, help="seeds per arm (0..N-1)")
     parser.add_argument("--steps", type=int, default=None, help="GRPO steps per run (overrides the arms)")
     parser.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL,
-                        help="runs at once; each gets cores/parallel threads")
+                        help="processes at once; each gets cores/parallel threads")
     parser.add_argument("--quick", action="store_true", help="small budget for smoke tests and the demo")
-    parser.add_argument("--dry-run", action="store_true", help="print the grpo train commands, run nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the grpo train commands of the runs not yet finished, run nothing")
+    parser.add_argument("--population", choices=["auto", "off"], default="auto",
+                        help="auto: an arm's unfinished consecutive seeds train as one `grpo train --population S` "
+                             "process writing the same run dirs (preset models only: a pretrained model's "
+                             "matmuls already fill the cores, so batching its seeds would not pay, and S copies of "
+                             "its weights and AdamW state would share one process's memory); off: one process per run")
     parser.add_argument("--executor", choices=["local", "ray"], default="local",
                         help="local subprocesses, or Ray tasks on a cluster (ray extra; RAY_ADDRESS)")
     parser.add_argument("--arms", type=lambda text: text.split(","), default=None,
@@ -367,11 +424,14 @@ def sweep(experiment: Experiment, args: argparse.Namespace, train_args: list[str
                       "warmstart_seed": args.warmstart_seed},
                      args.parallel)
     if args.dry_run:
+        todo = [r for r in runs if run_status(r) != "finished"]
         print(f"# warmstart_seed: {args.warmstart_seed} ("
               + ("each run's warm start is seeded by its seed" if args.warmstart_seed == "per-seed"
                  else "every run of an arm starts from the arm's warm start") + ")")
-        for run in runs:
-            print(shlex.join(["grpo", "train", *config_flags(run.config)]))
+        if len(todo) < len(runs):
+            print(f"# {len(runs) - len(todo)} of {len(runs)} runs already finished")
+        for process in plan_processes(todo, args.population):
+            print(shlex.join(["grpo", "train", *config_flags(process.config)]))
         return 0
     conflicts = [r for r in runs if run_status(r) == "conflict"]
     if conflicts:     # refused before anything is written: sweep.json still describes the runs on disk
@@ -398,8 +458,12 @@ def sweep(experiment: Experiment, args: argparse.Namespace, train_args: list[str
         return code
     write_sweep_json(experiment, args.out_dir, runs, seeds, args.warmstart_seed)
     todo = [r for r in runs if run_status(r) != "finished"]
+    processes = plan_processes(todo, args.population)
+    log_of = {run: process.log for process in processes for run in process.runs}
+    populations = sum(len(p.runs) > 1 for p in processes)
     print(f"{experiment.name}: {len(runs)} runs ({len(runs) - len(todo)} already finished) in {args.out_dir}; "
-          f"{args.parallel} at a time, logs in <run>/train.log", flush=True)
+          f"{len(processes)} processes ({populations} populations), {args.parallel} at a time, logs in "
+          f"<run>/train.log" + (" and <arm>/population_seed<a>-<b>.log" if populations else ""), flush=True)
     started = time.perf_counter()
     if args.executor == "local" and args.parallel > 1:
         code = isolated(lambda: prebuild_warm_starts([r.config for r in todo], log=say) or 0)
@@ -408,11 +472,15 @@ def sweep(experiment: Experiment, args: argparse.Namespace, train_args: list[str
     if args.executor == "local" and FORK:
         preload()
 
-    def progress(run: Run, code: int) -> None:
-        word = "finished" if code == 0 else f"FAILED (exit {code}), see {run.log}"
-        print(f"  [{time.perf_counter() - started:6.0f}s] {run.arm}/seed{run.seed} {word}", flush=True)
+    def progress(process: Process, code: int) -> None:
+        # Per seed: in a population that failed, the seeds that finished before it stopped did finish.
+        for run in process.runs:
+            ok = code == 0 or (len(process.runs) > 1 and run_status(run) == "finished")
+            word = "finished" if ok else f"FAILED (exit {code}), see {process.log}"
+            print(f"  [{time.perf_counter() - started:6.0f}s] {run.arm}/seed{run.seed} {word}", flush=True)
 
-    codes = run_ray(todo, progress) if args.executor == "ray" else run_local(todo, args.parallel, progress)
+    codes = (run_ray(processes, progress) if args.executor == "ray"
+             else run_local(processes, args.parallel, progress))
     # A run that exited non-zero is failed even if it died before writing its summary.
     statuses = {r: "failed" if codes.get(str(r.dir), 0) != 0 and run_status(r) != "finished" else run_status(r)
                 for r in runs}
@@ -420,7 +488,7 @@ def sweep(experiment: Experiment, args: argparse.Namespace, train_args: list[str
                                             for k in ("finished", "failed", "unfinished", "missing")))
     for run, status in statuses.items():
         if status != "finished":
-            print(f"  {run.arm}/seed{run.seed}: {status}, log {run.log}")
+            print(f"  {run.arm}/seed{run.seed}: {status}, log {log_of.get(run, run.log)}")
     if not args.no_report:
         from analysis import AnalysisError
         from analysis.report import write_report

@@ -60,7 +60,8 @@ def test_overrides_apply_to_every_arm_and_bad_ones_are_refused(tmp_path):
 
 def test_dry_run_prints_one_command_per_run_and_runs_nothing(tmp_path):
     out = subprocess.run([sys.executable, "-m", "experiments.inner_epochs", "--dry-run", "--seeds", "2",
-                          "--out-dir", str(tmp_path / "sweep")], capture_output=True, text=True, check=True)
+                          "--population", "off", "--out-dir", str(tmp_path / "sweep")],
+                         capture_output=True, text=True, check=True)
     header, *lines = out.stdout.strip().splitlines()
     assert header.startswith("# warmstart_seed: same ")
     assert len(lines) == 3 * 2 and all(line.startswith("grpo train ") for line in lines)
@@ -97,7 +98,7 @@ def test_warmstart_seed_per_seed_gives_each_seed_its_own_warm_start(tmp_path):
 def test_dry_run_shows_the_warmstart_seed_choice(tmp_path):
     def dry(*flags: str) -> list[str]:
         out = subprocess.run([sys.executable, "-m", "experiments.kl_beta", "--dry-run", "--seeds", "2", "--arms",
-                              "beta0", "--out-dir", str(tmp_path / "sweep"), *flags],
+                              "beta0", "--population", "off", "--out-dir", str(tmp_path / "sweep"), *flags],
                              capture_output=True, text=True, check=True)
         return out.stdout.strip().splitlines()
 

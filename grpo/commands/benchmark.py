@@ -21,6 +21,12 @@ so `kernels.ratio_to_floor` is as near the floor as the step's code gets on this
 kernels do some work the floor leaves out (padding after EOS, oneDNN's padded row buckets, the decode
 loop's masked cache slots), so the ratio mixes the kernels' rate with that extra work.
 
+`--population S` steps seeds 0 .. S-1 of the workload as one population (grpo train --population S,
+grpo/algorithm/population.py): a step is all S seeds' steps, so `median_s_per_step`, the phases (summed over
+the seeds), the FLOPs and the floor are the population's, and `seed_steps_per_s` = S / median s per step
+compares across S. `--compare-loop` also times the same S seeds as S single runs stepped in turn (`loop`)
+and reports `population_speedup` = seed_steps_per_s / the loop's.
+
 `--rollout-dtype bf16` draws the rollouts from a bf16 copy of the weights (grpo train's flag, issue O)
 while the learner stays in `--dtype`: the rollout phase then runs bf16 matmuls, and the step gains the
 learner's pi_old forward (in the reward phase), which the floor, counting one dtype's peak, leaves out.
@@ -28,6 +34,7 @@ learner's pi_old forward (in the reward phase), which the floor, counting one dt
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import resource
 import statistics
@@ -89,10 +96,16 @@ class BenchConfig:
     kernel_profile: int = 0
     """Steps run after the timed ones under torch.profiler (CPU only; 0: none) to report the seconds a step
     spends in its matmul and attention kernels."""
+    population: int = 1
+    """Seeds 0 .. S-1 stepped as one population (grpo train --population S); reports seed_steps_per_s = S / s per step."""
+    compare_loop: bool = False
+    """Also time the same seeds as single runs stepped in turn (`loop`, and `population_speedup`)."""
 
     def __post_init__(self) -> None:
         if self.kernel_profile < 0:
             raise GrpoError(f"--kernel-profile must be >= 0 steps, got {self.kernel_profile}")
+        if self.population < 1:
+            raise GrpoError(f"--population must be >= 1 seeds, got {self.population}")
         check_sampler_name(self.sampler)
 
     @property
@@ -203,15 +216,13 @@ def kernel_seconds(events, steps: int) -> dict[str, float]:
     return totals
 
 
-def profile_kernels(c, s, first_step: int, steps: int) -> dict[str, float]:
-    """Run `steps` more GRPO steps under torch.profiler; `kernel_seconds` of them."""
+def profile_kernels(members, first_step: int, steps: int) -> dict[str, float]:
+    """Run `steps` more GRPO steps of `members` under torch.profiler; `kernel_seconds` of them."""
     from torch.profiler import ProfilerActivity, profile
-
-    from grpo.algorithm.step import grpo_step
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for step in range(first_step, first_step + steps):
-            grpo_step(c, s, step)
+            step_members(members, step)
     return kernel_seconds(((e.key, e.self_cpu_time_total / 1e6) for e in prof.key_averages()), steps)
 
 
@@ -230,10 +241,11 @@ def seconds_per_call(call, device: torch.device, seconds: float) -> float:
 
 
 class PromptLengths:
-    """Wraps a sampler and records the real (unpadded) prompt lengths of each rollout it generates."""
+    """Wraps a sampler and records the real (unpadded) prompt lengths of each rollout it generates, in
+    `calls` (a list several wrappers may share)."""
 
-    def __init__(self, sampler) -> None:
-        self.sampler, self.calls = sampler, []
+    def __init__(self, sampler, calls: list | None = None) -> None:
+        self.sampler, self.calls = sampler, [] if calls is None else calls
 
     @property
     def model(self):
@@ -251,53 +263,92 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_bench(b: BenchConfig) -> dict:
-    from grpo.algorithm.step import build_run, grpo_step
+def step_members(members, step: int, loop: bool = False) -> list:
+    """Step `step` of every (components, state) in `members`: a single run's `grpo_step`, a population's
+    `step_population`, or (loop) each member's `grpo_step` in turn; a seed's error is raised."""
+    from grpo.algorithm.population import step_population
+    from grpo.algorithm.step import grpo_step
 
-    cfg, shape = workload_config(b), b.shape
-    c, s = build_run(cfg, log=lambda *_: None)
-    c.sampler = PromptLengths(c.sampler)
-    times, phases = [], []
+    if loop or len(members) == 1:
+        return [grpo_step(c, s, step) for c, s in members]
+    results = [result for result, _ in step_population(members, step)]
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return results
+
+
+def time_steps(b: BenchConfig, members, loop: bool = False) -> tuple[list[float], list[dict], list[list]]:
+    """Run b.warmup + b.steps steps of `members`; per timed step: its seconds, its phases summed over the
+    members (plus `jsonl`: appending each member's metrics line), and the prompt lengths of its rollouts."""
+    calls, wrapped = [], {}
+    for c, _ in members:        # a population's members share one sampler: wrap it once
+        c.sampler = wrapped.setdefault(id(c.sampler), PromptLengths(c.sampler, calls))
+    times, phases, step_calls = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         log_path = Path(tmp) / "metrics.jsonl"
         for step in range(1, b.warmup + b.steps + 1):
+            first_call = len(calls)
             tick = time.perf_counter()
-            metrics = grpo_step(c, s, step).metrics
-            if c.device.type == "cuda":
+            results = step_members(members, step, loop)
+            if members[0][0].device.type == "cuda":
                 torch.cuda.synchronize()
-            # The trainer's local store: one JSON line appended and flushed per step.
+            # The trainer's local store: one JSON line appended and flushed per step (and seed).
             tock = time.perf_counter()
             with open(log_path, "a") as f:
-                f.write(json.dumps({"step": step, **metrics}) + "\n")
-                f.flush()
+                for result in results:
+                    f.write(json.dumps({"step": step, **result.metrics}) + "\n")
+                    f.flush()
             elapsed = time.perf_counter() - tick
             if step > b.warmup:
+                summed: dict[str, float] = {}
+                for c, _ in members:
+                    for k, v in c.timer.seconds.items():
+                        summed[k] = summed.get(k, 0.0) + v
                 times.append(elapsed)
-                phases.append({**c.timer.seconds, "jsonl": elapsed - (tock - tick)})
+                phases.append({**summed, "jsonl": elapsed - (tock - tick)})
+                step_calls.append(calls[first_call:])
+    return times, phases, step_calls
+
+
+def run_bench(b: BenchConfig) -> dict:
+    from grpo.algorithm.population import build_population
+    from grpo.algorithm.step import build_run
+
+    cfg, shape, S = workload_config(b), b.shape, b.population
+    seeds = [dataclasses.replace(cfg, seed=k) for k in range(S)]
+    members = build_population(seeds, log=lambda *_: None)
+    times, phases, step_calls = time_steps(b, members)
+    c, s = members[0]
     median, C = statistics.median(times), shape["completion_len"]
     dims = model_dims(s.policy.config)
-    # The floor of a median step: each timed step's FLOPs on its own prompts, then their median.
-    step_flop_list = [step_flops(dims, lengths, C, cfg.group_size) for lengths in c.sampler.calls[b.warmup:]]
+    # The floor of a median step: each timed step's FLOPs (every seed's rollouts) on its own prompts, then
+    # their median.
+    step_flop_list = [{k: sum(step_flops(dims, lengths, C, cfg.group_size)[k] for lengths in calls)
+                       for k in ("rollout", "reference", "policy_fwd_bwd")} for calls in step_calls]
     flops = {k: statistics.median(f[k] for f in step_flop_list) for k in step_flop_list[0]}
-    prompt_tokens = statistics.mean(n for lengths in c.sampler.calls for n in lengths)
+    prompt_tokens = statistics.mean(n for calls in step_calls for lengths in calls for n in lengths)
+    peak_rss = peak_rss_mib()
     dtype = DTYPES[b.dtype]
     tokens = round(cfg.micro_batch * (prompt_tokens + C))
     peak = b.peak_gflops or gemm_peak_gflops(step_gemm_shapes(dims, tokens), c.device, dtype)
     floor = sum(flops.values()) / (peak * 1e9)
     phase_s = {k: statistics.median(p.get(k, 0.0) for p in phases) for k in phases[0]}
     params = sum(p.numel() for p in s.policy.parameters())
-    head = 2 * dims["hidden"] * dims["vocab"] * C * cfg.num_completions        # one forward's head FLOPs
+    head = 2 * dims["hidden"] * dims["vocab"] * C * cfg.num_completions * S    # one forward's head FLOPs
     result = {
         "workload": b.workload, "model": shape["model"], "device": str(c.device), "dtype": b.dtype,
         "rollout_dtype": cfg.rollout_dtype or b.dtype,
         "threads": torch.get_num_threads(), "prompts": shape["prompts"], "group_size": shape["group_size"],
         "completion_len": C, "micro_batch_size": cfg.micro_batch, "mean_prompt_tokens": prompt_tokens,
-        "params": params, "timed_steps": b.steps,
+        "params": params, "timed_steps": b.steps, "population": S,
         "median_s_per_step": median, "min_s_per_step": min(times), "max_s_per_step": max(times),
-        "completion_tokens_per_s": cfg.num_completions * C / median,
-        "peak_rss_mib": peak_rss_mib(),
-        # policy + its gradient + AdamW's two moments (fp32) + the reference (in the compute dtype)
-        "model_state_mib": (4 * 4 + (cfg.kl_beta > 0) * (2 if b.dtype == "bf16" else 4)) * params / 2**20,
+        "seed_steps_per_s": S / median,
+        "completion_tokens_per_s": S * cfg.num_completions * C / median,
+        "peak_rss_mib": peak_rss,
+        # each seed's policy + its gradient + AdamW's two moments (fp32) + the one shared reference (in the
+        # compute dtype)
+        "model_state_mib": (4 * 4 * S + (cfg.kl_beta > 0) * (2 if b.dtype == "bf16" else 4)) * params / 2**20,
         "phases_s": phase_s,
         "logging_share": statistics.median((p["metrics"] + p["jsonl"]) / seconds for p, seconds in zip(phases, times)),
         "flops_per_step": sum(flops.values()), "gemm_peak_gflops": peak,
@@ -317,13 +368,21 @@ def run_bench(b: BenchConfig) -> dict:
         "torch": torch.__version__,
     }
     if b.kernel_profile:
-        by_op = profile_kernels(c, s, b.warmup + b.steps + 1, b.kernel_profile)
+        by_op = profile_kernels(members, b.warmup + b.steps + 1, b.kernel_profile)
         kernel_s = sum(by_op.values())
         result["kernels"] = {
             "profiled_steps": b.kernel_profile, "s_per_step": kernel_s, "by_op_s": by_op,
             # the profiled steps' kernel time over the (unprofiled) timed steps' median
             "ratio_to_floor": kernel_s / floor, "share_of_median_step": kernel_s / median,
         }
+    if b.compare_loop:
+        # The same seeds as single runs, each built alone (its own reference and sampler) and stepped in turn.
+        singles = [build_run(seed_cfg, log=lambda *_: None) for seed_cfg in seeds]
+        loop_times, loop_phases, _ = time_steps(b, singles, loop=True)
+        loop_median = statistics.median(loop_times)
+        result["loop"] = {"median_s_per_step": loop_median, "seed_steps_per_s": S / loop_median,
+                          "phases_s": {k: statistics.median(p.get(k, 0.0) for p in loop_phases) for k in loop_phases[0]}}
+        result["population_speedup"] = result["seed_steps_per_s"] / result["loop"]["seed_steps_per_s"]
     if c.device.type == "cuda":
         result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return result
