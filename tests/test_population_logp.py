@@ -13,7 +13,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from grpo.engine.logprobs import completion_logp
 from grpo.engine.models import build_model
-from grpo.engine.population_logp import population_logp, shared_model_logp
+from grpo.engine.population_logp import attention_mask, population_logp, shared_model_logp
 
 VOCAB, EOS = 21, 2
 # A Qwen2 shape with GQA (4 query heads on 2 key/value heads) and q/k/v biases.
@@ -111,3 +111,15 @@ def test_the_shared_reference_gives_each_seed_its_own_values():
             for got, want in zip(shared[s], single):
                 assert got.shape == want.shape
                 torch.testing.assert_close(got, want, **TOL)
+
+
+def test_the_mask_hides_padding_keys_and_never_leaves_a_query_without_a_key():
+    """One row, positions (pad, real, real): the padding query sees itself alone (no real key is at or before it;
+    an all-False row would be a softmax over nothing, NaN on some SDPA backends: torch 2.13's CPU kernels give 0);
+    each real query sees the real keys at or before it and never the padding key."""
+    mask = attention_mask(torch.tensor([[False, True, True]]))
+    expected = torch.tensor([[True, False, False],
+                             [False, True, False],
+                             [False, True, True]])
+    assert mask.shape == (1, 1, 3, 3)
+    assert torch.equal(mask[0, 0], expected)
