@@ -82,11 +82,13 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return out.reshape(*shape[:-1], weight.shape[1])
 
 
-def embed(weight: Tensor, ids: Tensor) -> Tensor:
-    """Each seed's embedding of its ids: weight [S, V, H], ids [S, ...] -> [S, ..., H]."""
+def embed(weight: Tensor, ids: Tensor, padding_idx: int | None = None) -> Tensor:
+    """Each seed's embedding of its ids: weight [S, V, H], ids [S, ...] -> [S, ..., H]. As `nn.Embedding`,
+    the `padding_idx` row gets no gradient (the models' embeddings name their pad token so)."""
     seeds, vocab, hidden = weight.shape
     offset = torch.arange(seeds, device=ids.device).view(seeds, *([1] * (ids.dim() - 1))) * vocab
-    return weight.reshape(seeds * vocab, hidden)[ids + offset]
+    out = weight.reshape(seeds * vocab, hidden)[ids + offset]
+    return out if padding_idx is None else torch.where((ids == padding_idx)[..., None], out.detach(), out)
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
