@@ -31,8 +31,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 
 from grpo.algorithm.update import frozen_logp_alone, model_logp
+from grpo.engine.population_decode import generate_population
+from grpo.engine.population_logp import population_logp
 from grpo.engine.sampler import concat_rollouts
 
 
@@ -148,6 +151,14 @@ def generate_each(calls: list[tuple]) -> list:
             for sampler, policy, ids, mask, generator, options in calls]
 
 
+def generate_stacked(calls: list[tuple]) -> list:
+    """`generate_each` as one decode over the seeds' stacked weights (grpo/engine/population_decode.py): each
+    seed draws from its own generator, so its tokens are its single run's wherever its logits are."""
+    options = calls[0][5]
+    return generate_population([policy for _, policy, *_ in calls], [ids for _, _, ids, *_ in calls],
+                               [mask for _, _, _, mask, *_ in calls], generators=[g for *_, g, _ in calls], **options)
+
+
 def frozen_each(calls: list[tuple]) -> list:
     """(c, model, rollout) -> log-probs [N, T] without gradient, one seed at a time."""
     with torch.no_grad():
@@ -166,12 +177,41 @@ def backward_all(calls: list[tuple]) -> list:
     return [None] * len(calls)
 
 
+def _scored(rollout, rows, out, with_entropy: bool):
+    """A log-prob computation over the rows' widest completion, padded back to the rollout's width with 0
+    (as `update.model_logp` returns it)."""
+    past = rollout.completion_ids.shape[1] - (out[0] if with_entropy else out).shape[1]
+    return tuple(F.pad(x, (0, past)) for x in out) if with_entropy else F.pad(out, (0, past))
+
+
+def stacked_logp(calls: list[tuple]) -> list:
+    """(c, model, rollout, rows, with_entropy) -> `model_logp`'s values, as one forward over the seeds' stacked
+    weights (grpo/engine/population_logp.py), each seed run to its rows' longest completion."""
+    c, with_entropy = calls[0][0], calls[0][4]
+    widths = [max(1, int(rollout.completion_mask[rows].sum(-1).max())) for _, _, rollout, rows, _ in calls]
+    outs = population_logp(
+        [model for _, model, _, _, _ in calls], [rollout.prompt_ids[rows] for _, _, rollout, rows, _ in calls],
+        [rollout.prompt_mask[rows] for _, _, rollout, rows, _ in calls],
+        [rollout.completion_ids[rows, :w] for (_, _, rollout, rows, _), w in zip(calls, widths)],
+        temperature=c.cfg.temperature, eos_token_id=c.tokenizer.eos_token_id, min_new_tokens=c.cfg.min_new_tokens,
+        with_entropy=with_entropy)
+    return [_scored(rollout, rows, out, with_entropy) for (_, _, rollout, rows, _), out in zip(calls, outs)]
+
+
+def logp_stacked(calls: list[tuple]) -> list:
+    """`logp_each` as one forward over the seeds' stacked weights (a graph to every seed's parameters)."""
+    with torch.enable_grad():
+        return stacked_logp(calls)
+
+
 def frozen_batched(calls: list[tuple]) -> list:
     """`frozen_each` as one computation: the shared reference over every seed's rows, in micro-batches of
     S times the run's (what the S seeds' micro-batches hold side by side)."""
     models = [model for _, model, _ in calls]
-    if not all(model is models[0] for model in models):
-        return frozen_each(calls)
+    if not all(model is models[0] for model in models):       # pi_old: each seed's own weights
+        with torch.no_grad():
+            return stacked_logp([(c, model, rollout, torch.arange(rollout.completion_ids.shape[0]), False)
+                                 for c, model, rollout in calls])
     c, rollouts = calls[0][0], [rollout for _, _, rollout in calls]
     wide = dataclasses.replace(c, cfg=dataclasses.replace(c.cfg, micro_batch_size=len(calls) * c.cfg.micro_batch))
     with torch.no_grad():
@@ -181,4 +221,4 @@ def frozen_batched(calls: list[tuple]) -> list:
 
 
 EACH = {"generate": generate_each, "frozen": frozen_each, "logp": logp_each, "backward": backward_all}
-BATCHED = {**EACH, "frozen": frozen_batched}
+BATCHED = {**EACH, "generate": generate_stacked, "frozen": frozen_batched}
