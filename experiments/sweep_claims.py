@@ -287,7 +287,7 @@ def check_h1(frame: pd.DataFrame) -> Result:
         if not follows.any():
             return float("nan")
         change = np.diff(entropy)[follows]
-        return float(np.mean(np.sign(change) == -np.sign(covariance[:-1][follows]))) - 0.5
+        return float(np.mean(np.sign(change) * -np.sign(covariance[:-1][follows]) > 0)) - 0.5
 
     share = _per_run(frame, "baseline", agreement)
     mean_cov = _per_run(frame, "baseline", _run_mean(cov))
@@ -347,7 +347,8 @@ def check_h3(frame: pd.DataFrame) -> Result:
     def late(column: str):
         def mean(run: pd.DataFrame) -> float:
             values = run.loc[run["step"] > late_start, column].dropna()
-            return float(values.mean()) if len(values) else float(run[column].dropna().iloc[-1])
+            values = values if len(values) else run[column].dropna().iloc[-1:]    # no eval that late: the last
+            return float(values.mean()) if len(values) else float("nan")
         return mean
 
     entropy = {arm: _per_run(frame, arm, late("entropy")) for arm in ("baseline", *arms)}
