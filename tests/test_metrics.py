@@ -217,7 +217,7 @@ STEP_KEYS = {
     "zero_var/frac", "zero_var/all_correct_frac", "zero_var/all_wrong_frac", "zero_var/expected_frac",
     "accuracy/constant_group_frac",
     "kl/k1", "kl/k2", "kl/k3", "kl/k3_is",
-    "clip/low_frac", "clip/high_frac", "ratio/mean", "ratio/max", "entropy", "loss", "grad_norm",
+    "clip/low_frac", "clip/high_frac", "ratio/mean", "ratio/max", "entropy", "entropy/cov_logp_adv", "loss", "grad_norm",
     "inner/1/clip_frac", "inner/1/ratio_mean", "inner/1/kl_old", "inner/1/loss",
     "grad_tokens/active_frac", "grad_tokens/zero_adv_frac", "grad_tokens/clipped_frac",
     "len/mean", "len/max", "len/truncated_frac",

@@ -50,6 +50,10 @@ policy (means over all inner epochs and micro-batches, token-weighted; over the 
   entropy/kept_frac           share of tokens the top-entropy selection keeps (--top-entropy-quantile < 1)
   ratio/mean, ratio/max       importance ratio pi_theta / pi_old
   entropy                     entropy of the sampling distribution (at the temperature), per completion token
+  entropy/cov_logp_adv        Cov(log pi, A) over the step's loss tokens: the mean of (logp_t - mean logp)
+                              (A_t - mean A), logp_t the sampler's log-prob of the token drawn, A_t its
+                              completion's advantage (Cui et al. 2025: a policy-gradient step changes the
+                              entropy by about -lr times it; > 0 when likely tokens get positive advantage)
   loss                        policy loss, mean over optimizer steps
   grad_norm                   gradient norm before clipping, mean over optimizer steps
 per inner epoch k = 1..mu
@@ -231,6 +235,21 @@ def entropy_metric(entropy_sums: Tensor, lengths: Tensor) -> dict[str, Tensor]:
     return {"entropy": entropy_sums.sum() / lengths.sum().clamp(min=1)}
 
 
+def covariance_metric(advantages: Tensor, logp_sums: Tensor, loss_lengths: Tensor) -> dict[str, Tensor]:
+    """Cov(log pi, A) over the step's loss tokens, the quantity whose sign Cui et al. 2025 ("The Entropy
+    Mechanism of RL for Reasoning LMs") give the entropy change: mean_t (logp_t - mean logp)(A_t - mean A).
+
+    advantages [N] (every token of completion i has A_i), logp_sums [N] (the sampled tokens' log-probs summed
+    over i's loss tokens), loss_lengths [N] (i's loss tokens). No loss token at all: 0 (divides by 1).
+    """
+    lengths = loss_lengths.float()
+    tokens = lengths.sum().clamp(min=1)
+    mean_logp = logp_sums.sum() / tokens
+    mean_adv = (advantages * lengths).sum() / tokens
+    # sum_t (A_t - mean A)(logp_t - mean logp) = sum_i (A_i - mean A)(sum_{t in i} logp_t - |o_i| mean logp)
+    return {"entropy/cov_logp_adv": ((advantages - mean_adv) * (logp_sums - lengths * mean_logp)).sum() / tokens}
+
+
 def gradient_token_metrics(advantages: Tensor, lengths: Tensor, loss_lengths: Tensor, cut_frac: Tensor,
                            masked_truncated: bool) -> dict[str, Tensor]:
     """Where the completion tokens' policy gradient goes, as shares of all completion tokens.
@@ -312,14 +331,19 @@ class ScoredStep:
     loss_lengths: Tensor         # [N] tokens in the loss (0 for truncated ones under --mask-truncated)
     difficulty: list[str]        # [P] the task's level label of each prompt ("" = none)
     correct: Tensor | None       # [P, G] the correctness reward's values (None without one)
+    logp_sums: Tensor | None = None  # [N] the sampler's log-probs summed over each completion's loss tokens
+                                     # (None: not stored; entropy/cov_logp_adv is then left out)
 
 
 def scored_metrics(scored: ScoredStep, *, cut_frac: Tensor, mask_truncated: bool, aggregation: str,
                    max_len: float) -> dict[str, Tensor]:
     """The step's metrics that need no model: reward/*, accuracy, adv/*, zero_var/*, len/*, entropy,
-    grad_tokens/* (given the share of active tokens the objective cut), by_difficulty/* and bias/*."""
+    grad_tokens/* (given the share of active tokens the objective cut), by_difficulty/*, bias/* and (given the
+    log-probs) entropy/cov_logp_adv."""
     s, correct = scored, scored.correct
+    covariance = {} if s.logp_sums is None else covariance_metric(s.advantages.flatten(), s.logp_sums, s.loss_lengths)
     return {
+        **covariance,
         **reward_metrics(s.rewards, s.parts, correct),
         **advantage_metrics(s.advantages),
         **zero_variance_metrics(s.rewards, correct),

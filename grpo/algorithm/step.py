@@ -244,11 +244,12 @@ def scored_step(c: Components, batch: Batch, examples: list, parts: dict, reward
                 all_advantages: torch.Tensor, loss_mask: torch.Tensor) -> ScoredStep:
     """The step's ScoredStep: every rank's rows gathered, in rank order (`examples`: every rank's)."""
     rollout, mask = batch.rollout, batch.rollout.completion_mask
+    logp_sums = torch.where(loss_mask > 0, rollout.logp, 0.0).sum(-1)
     row_values = dist.cat_across(torch.stack([mask.sum(-1), rollout.truncated.float(),
-                                              (rollout.entropy * mask).sum(-1), loss_mask.sum(-1)], 1).cpu())
-    lengths, truncated, entropy_sums, loss_lengths = row_values.unbind(1)
+                                              (rollout.entropy * mask).sum(-1), loss_mask.sum(-1), logp_sums], 1).cpu())
+    lengths, truncated, entropy_sums, loss_lengths, logp_sums = row_values.unbind(1)
     return ScoredStep(parts, rewards, all_advantages, lengths, truncated, entropy_sums, loss_lengths,
-                      [e.difficulty for e in examples], parts.get(c.cfg.correctness_reward))
+                      [e.difficulty for e in examples], parts.get(c.cfg.correctness_reward), logp_sums)
 
 
 def ledger_update(c: Components, s: TrainState, mine: list, examples: list, scored: ScoredStep) -> tuple[dict, list[int]]:

@@ -8,7 +8,8 @@ reward weights (grpo.algorithm.collect.total_reward), the advantages as the step
 or GDPO's per-reward normalisation: collect.step_advantages), the completion
 lengths (completion_mask row sums) and the loss lengths (0 for truncated completions under
 --mask-truncated), and logs the metrics grpo_step computes that need no model: reward/*, accuracy,
-adv/*, zero_var/*, accuracy/constant_group_frac, len/*, entropy (the sampler's, stored), by_difficulty/*,
+adv/*, zero_var/*, accuracy/constant_group_frac, len/*, entropy and entropy/cov_logp_adv (the sampler's, stored;
+the latter only from files that hold its log-probs), by_difficulty/*,
 bias/len_corr_*, bias/len_spread_within and grad_tokens/*, plus step, samples and tokens (by_difficulty/<d>/weight
 and bias/* under the chosen aggregation). Each comes from the function in grpo/algorithm/metrics.py or grpo/algorithm/step_probes.py the trainer calls, with the trainer's arguments.
 
@@ -59,6 +60,7 @@ from grpo.setup.config import TrainConfig
 # The settings rescore can change, in the order they appear in a default name.
 FIELDS = ("advantage", "adv_eps", "aggregation", "objective", "mask_truncated")
 REQUIRED = ("completion_mask", "truncated", "entropy")    # read besides the reward/<name> parts
+OPTIONAL = ("logp",)          # read when stored: the sampler's log-probs, for entropy/cov_logp_adv
 
 
 @dataclass
@@ -70,6 +72,8 @@ class StoredStep:
     truncated: Tensor            # [N] 1 = hit max_new_tokens without EOS (float)
     entropy_sums: Tensor         # [N] sampling entropy summed over each completion's tokens
     difficulty: list[str]        # [P] the task's level label of each prompt ("" = none)
+    logp_sums: Tensor | None = None  # [N] the sampler's log-probs summed over each completion's tokens (None:
+                                     # a file without them)
 
 
 def read_config(run_dir: Path) -> TrainConfig:
@@ -107,7 +111,8 @@ def read_rollout(path: Path, step: int, rank: int, group_size: int) -> tuple[dic
     try:
         with safe_open(str(path), "pt") as f:
             meta = json.loads((f.metadata() or {})["meta"])
-            tensors = {key: f.get_tensor(key) for key in f.keys() if key in REQUIRED or key.startswith("reward/")}
+            tensors = {key: f.get_tensor(key) for key in f.keys()
+                       if key in REQUIRED or key in OPTIONAL or key.startswith("reward/")}
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as err:
         raise GrpoError(f"{path} is corrupt ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
     missing = [key for key in REQUIRED if key not in tensors]
@@ -123,20 +128,23 @@ def read_rollout(path: Path, step: int, rank: int, group_size: int) -> tuple[dic
     row_keys = [key for key in tensors if key in ("truncated", "entropy") or key.startswith("reward/")]
     if (not isinstance(labels, list) or rows != len(labels) * group_size
             or any(tensors[key].shape[0] != rows for key in row_keys)
-            or tensors["entropy"].shape != tensors["completion_mask"].shape):
+            or any(tensors[key].shape != tensors["completion_mask"].shape for key in ("entropy", *OPTIONAL)
+                   if key in tensors)):
         raise GrpoError(f"{path} is corrupt (row counts disagree with {len(labels or [])} prompts x G = {group_size})")
     return tensors, meta
 
 
 def load_step(step: int, paths: list[Path], group_size: int) -> StoredStep:
     """A step's rank files read and joined in rank order (rows p*G .. p*G+G-1 belong to prompt p)."""
-    lengths, truncated, entropy_sums, parts, labels = [], [], [], {}, []
+    lengths, truncated, entropy_sums, logp_sums, parts, labels = [], [], [], [], {}, []
     for rank, path in enumerate(paths):
         tensors, meta = read_rollout(path, step, rank, group_size)
         mask = tensors["completion_mask"].float()              # 0 = padding after EOS
         lengths.append(mask.sum(-1))
         truncated.append(tensors["truncated"].float())
         entropy_sums.append((tensors["entropy"] * mask).sum(-1))
+        if "logp" in tensors:
+            logp_sums.append(torch.where(mask > 0, tensors["logp"].float(), 0.0).sum(-1))
         for key, values in tensors.items():
             if key.startswith("reward/"):
                 parts.setdefault(key.removeprefix("reward/"), []).append(values.float().view(-1, group_size))
@@ -144,7 +152,8 @@ def load_step(step: int, paths: list[Path], group_size: int) -> StoredStep:
     if any(len(values) != len(paths) for values in parts.values()):
         raise GrpoError(f"the rank files of step {step} store different reward functions")
     return StoredStep(step, {name: torch.cat(values) for name, values in parts.items()}, torch.cat(lengths),
-                      torch.cat(truncated), torch.cat(entropy_sums), labels)
+                      torch.cat(truncated), torch.cat(entropy_sums), labels,
+                      torch.cat(logp_sums) if len(logp_sums) == len(paths) else None)
 
 
 def step_metrics(stored: StoredStep, cfg: TrainConfig) -> dict[str, Tensor]:
@@ -154,8 +163,12 @@ def step_metrics(stored: StoredStep, cfg: TrainConfig) -> dict[str, Tensor]:
     advantages = step_advantages(cfg, stored.parts, rewards, stored.lengths.view(P, G))       # as the step did
     # --mask-truncated: a truncated completion has no token in the loss.
     loss_lengths = stored.lengths * (1 - stored.truncated) if cfg.mask_truncated else stored.lengths
+    # The log-probs' sums over the loss tokens: a truncated completion has none under --mask-truncated.
+    logp_sums = stored.logp_sums
+    if logp_sums is not None and cfg.mask_truncated:
+        logp_sums = logp_sums * (1 - stored.truncated)
     scored = ScoredStep(stored.parts, rewards, advantages, stored.lengths, stored.truncated, stored.entropy_sums,
-                        loss_lengths, stored.difficulty, stored.parts.get(cfg.correctness_reward))
+                        loss_lengths, stored.difficulty, stored.parts.get(cfg.correctness_reward), logp_sums)
     # On-policy: no token's policy gradient is cut.
     return scored_metrics(scored, cut_frac=torch.tensor(0.0), mask_truncated=cfg.mask_truncated,
                           aggregation=cfg.aggregation, max_len=cfg.max_new_tokens)
