@@ -222,7 +222,7 @@ def test_m2_reads_the_direction_planted_in_the_runs(tmp_path, increments, verdic
 
 def test_s_claims_share_their_sweeps_arms_and_a_missing_sweep_is_not_run(tmp_path):
     claims = paper_checks.select(paper_checks.CLAIMS, ["M2", "M3", "R1"], False)
-    assert paper_checks.sweep_arms(claims) == {"inner_epochs": ["mu4"]}      # M3 has no check yet
+    assert paper_checks.sweep_arms(claims) == {"inner_epochs": ["mu4", "mu1", "mu2"]}   # M2's, then M3's
     result = paper_checks.run_claim(claims[1], tmp_path)                      # M2, no runs under tmp_path
     assert result.verdict == "not run" and "AnalysisError" in result.note
 
