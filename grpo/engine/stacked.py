@@ -44,17 +44,27 @@ class StackedWeights:
         return self.embed.shape[0]
 
 
-def stack_weights(models: list) -> StackedWeights:
+def stack_weights(models: list, in_major: bool = False) -> StackedWeights:
     """The weights of `models` (Llama-family `transformers` models of one config) stacked [S, ...]. Under
     grad mode the stack is differentiable (gradients reach each model's parameters); call it under
-    `torch.no_grad()` or inference mode for a frozen copy."""
-    def stack(get) -> Tensor | None:
+    `torch.no_grad()` or inference mode for a frozen copy.
+
+    in_major: each matmul weight [S, out, in] is the transposed view of a contiguous [S, in, out] tensor
+    (same shapes and values), which `linear`'s batched matmul reads fastest for a few rows per seed: W1's
+    and W2's decode shapes (S = 5, 64 rows, 1 thread) took 10-40% less time than from [S, out, in] rows."""
+    def stack(get, matrix: bool = False) -> Tensor | None:
         tensors = [get(m) for m in models]
-        return None if tensors[0] is None else torch.stack(tensors)
+        if tensors[0] is None:
+            return None
+        return torch.stack([t.t() for t in tensors]).transpose(1, 2) if matrix and in_major else torch.stack(tensors)
 
     def cat(get_all) -> Tensor | None:
         parts = [get_all(m) for m in models]
-        return None if parts[0][0] is None else torch.stack([torch.cat(p) for p in parts])
+        if parts[0][0] is None:
+            return None
+        if parts[0][0].dim() == 2 and in_major:
+            return torch.stack([torch.cat(p).t() for p in parts]).transpose(1, 2)
+        return torch.stack([torch.cat(p) for p in parts])
 
     layers = []
     for i in range(len(models[0].model.layers)):
@@ -64,12 +74,13 @@ def stack_weights(models: list) -> StackedWeights:
             norm1=stack(lambda m: layer(m).input_layernorm.weight),
             qkv=cat(lambda m: [getattr(layer(m).self_attn, f"{p}_proj").weight for p in "qkv"]),
             qkv_bias=cat(lambda m: [getattr(layer(m).self_attn, f"{p}_proj").bias for p in "qkv"]),
-            o=stack(lambda m: layer(m).self_attn.o_proj.weight),
+            o=stack(lambda m: layer(m).self_attn.o_proj.weight, matrix=True),
             norm2=stack(lambda m: layer(m).post_attention_layernorm.weight),
             gate_up=cat(lambda m: [layer(m).mlp.gate_proj.weight, layer(m).mlp.up_proj.weight]),
-            down=stack(lambda m: layer(m).mlp.down_proj.weight)))
+            down=stack(lambda m: layer(m).mlp.down_proj.weight, matrix=True)))
     return StackedWeights(embed=stack(lambda m: m.model.embed_tokens.weight), layers=layers,
-                          norm=stack(lambda m: m.model.norm.weight), head=stack(lambda m: m.lm_head.weight),
+                          norm=stack(lambda m: m.model.norm.weight),
+                          head=stack(lambda m: m.lm_head.weight, matrix=True),
                           head_bias=stack(lambda m: m.lm_head.bias))
 
 
