@@ -240,25 +240,6 @@ def seconds_per_call(call, device: torch.device, seconds: float) -> float:
             return elapsed / calls
 
 
-class PromptLengths:
-    """Wraps a sampler and records the real (unpadded) prompt lengths of each rollout it generates, in
-    `calls` (a list several wrappers may share)."""
-
-    def __init__(self, sampler, calls: list | None = None) -> None:
-        self.sampler, self.calls = sampler, [] if calls is None else calls
-
-    @property
-    def model(self):
-        return self.sampler.model
-
-    def sync_weights(self, policy) -> None:
-        self.sampler.sync_weights(policy)
-
-    def generate(self, prompt_ids, prompt_mask, **kwargs):
-        self.calls.append(prompt_mask.sum(-1).tolist())
-        return self.sampler.generate(prompt_ids, prompt_mask, **kwargs)
-
-
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -279,16 +260,15 @@ def step_members(members, step: int, loop: bool = False) -> list:
 
 
 def time_steps(b: BenchConfig, members, loop: bool = False) -> tuple[list[float], list[dict], list[list]]:
-    """Run b.warmup + b.steps steps of `members`; per timed step: its seconds, its phases summed over the
-    members (plus `jsonl`: appending each member's metrics line), and the prompt lengths of its rollouts."""
-    calls, wrapped = [], {}
-    for c, _ in members:        # a population's members share one sampler: wrap it once
-        c.sampler = wrapped.setdefault(id(c.sampler), PromptLengths(c.sampler, calls))
+    """Run b.warmup + b.steps steps of `members`; per timed step: its seconds, its phases (plus `jsonl`:
+    appending each member's metrics line) and the real (unpadded) prompt lengths of each member's rollout.
+    The phases are summed over members stepped in turn; in a batched population each seed's timer spans the
+    batched calls it waited on, so there a phase is the longest seed's."""
+    batched = not loop and len(members) > 1 and members[0][0].population is not None
     times, phases, step_calls = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         log_path = Path(tmp) / "metrics.jsonl"
         for step in range(1, b.warmup + b.steps + 1):
-            first_call = len(calls)
             tick = time.perf_counter()
             results = step_members(members, step, loop)
             if members[0][0].device.type == "cuda":
@@ -304,10 +284,10 @@ def time_steps(b: BenchConfig, members, loop: bool = False) -> tuple[list[float]
                 summed: dict[str, float] = {}
                 for c, _ in members:
                     for k, v in c.timer.seconds.items():
-                        summed[k] = summed.get(k, 0.0) + v
+                        summed[k] = max(summed.get(k, 0.0), v) if batched else summed.get(k, 0.0) + v
                 times.append(elapsed)
                 phases.append({**summed, "jsonl": elapsed - (tock - tick)})
-                step_calls.append(calls[first_call:])
+                step_calls.append([r.batch.rollout.prompt_mask.sum(-1).tolist() for r in results])
     return times, phases, step_calls
 
 
