@@ -191,6 +191,14 @@ def test_no_length_bias_without_per_sequence_normalisation():
     lengths = torch.tensor([[3, 7, 11, 2], [5, 1, 9, 2], [13, 2, 6, 2], [1, 4, 8, 2]])
     out = length_bias_metrics(advantages, lengths, "token_mean", 16.0, float(lengths.sum()), 16.0)
     assert out["bias/len_corr_pos"].item() == 0.0
+    # And where float32 advantages equal in exact arithmetic differ in their last bits (a KL-in-reward penalty's
+    # rounding): |A| = 0.5 * (1 + 3e-7 * e_i) with e a ramp in length order reads a correlation of +1 without
+    # the rounding tolerance (relative spread 6e-7 < ROUNDING = 1e-6), 0 with it.
+    ramp = torch.tensor([[0.0, 1.0, 2.0]] * 4)
+    noisy = torch.cat([0.5 * (1 + 3e-7 * ramp), torch.full((4, 1), -1.0)], dim=1)
+    ordered = torch.tensor([[3, 7, 11, 2], [1, 5, 9, 2], [2, 6, 13, 2], [1, 4, 8, 2]])
+    out = length_bias_metrics(noisy, ordered, "token_mean", 16.0, float(ordered.sum()), 16.0)
+    assert out["bias/len_corr_pos"].item() == 0.0
 
 
 def test_length_correlation_is_within_groups_by_hand():

@@ -122,12 +122,20 @@ def gradient_weights(advantages: Tensor, lengths: Tensor, aggregation: str, num_
     return advantages.double().abs() * token_weights.double().view(lengths.shape)
 
 
+# Relative spread below which a group's values count as equal: float32 keeps 24 bits (6e-8 relative per
+# rounding); a few roundings in the advantage and the aggregation's weight stay well below 1e-6.
+ROUNDING = 1e-6
+
+
 def relative_to_group(values: Tensor, chosen: Tensor) -> Tensor:
     """(v - m_p) / m_p for the chosen entries, m_p the mean of row p's chosen values; 0 elsewhere.
 
     values (>= 0), chosen (bool): [P, G], a row is a group; float64 out. A row whose chosen values are
-    all equal gets exactly 0 (its float mean can be off by an ulp, and those ulps would otherwise make
-    a correlation out of nothing); so does a row with none chosen or with mean 0.
+    equal to float32 rounding (largest - smallest <= ROUNDING x their mean) gets exactly 0: advantages
+    are float32, so values equal in exact arithmetic can differ in their last bits, and those bits would
+    otherwise make a correlation out of nothing (a population's batched forward, whose log-probs round
+    differently, moved bias/len_corr_pos from -0.76 to -0.99 through a KL-in-reward penalty's last bits).
+    So does a row with none chosen or with mean 0.
     """
     values, weight = values.double(), chosen.double()
     mean = (values * weight).sum(-1, keepdim=True) / weight.sum(-1, keepdim=True).clamp(min=1)   # none chosen: 0
@@ -135,7 +143,7 @@ def relative_to_group(values: Tensor, chosen: Tensor) -> Tensor:
     smallest = torch.where(chosen, values, torch.inf).amin(-1, keepdim=True)
     # values >= 0, so a mean of 0 means all chosen values are 0: the clamp only avoids 0 / 0.
     relative = (values - mean) * weight / mean.clamp(min=torch.finfo(torch.float64).tiny)
-    return torch.where(largest == smallest, 0.0, relative)
+    return torch.where(largest - smallest <= ROUNDING * mean, 0.0, relative)
 
 
 def within_group_correlation(x: Tensor, y: Tensor, chosen: Tensor) -> Tensor | None:
