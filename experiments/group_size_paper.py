@@ -4,7 +4,7 @@ experiments.group_size, on a base with two additions the claims need:
 - a prompt pool of 128 problems (--prompt-pool), so prompts recur and the ledger can see whether a
   zero-variance group stays one at the prompt's next visit (G5, GRESO's persistence; G8 revisits a prompt
   every 16 steps);
-- 32 extra completions per prompt at the first step, from a random stream of their own
+- 16 extra completions per prompt at the first step, from a random stream of their own
   (--zero-var-extra-samples), for the unbiased per-prompt E[q^G + (1-q)^G] (G2); the run is otherwise
   exactly as without them.
 Holds completions per step (64 = prompts x G) and steps fixed.
@@ -17,7 +17,7 @@ from experiments.sweep import Experiment, main
 from grpo.setup.config import TrainConfig
 
 PROMPT_POOL = 128
-EXTRA_SAMPLES = 32          # >= the largest G (16), so every arm gets an unbiased estimate
+EXTRA_SAMPLES = 16          # >= the largest G (16), so every arm gets an unbiased estimate (G2: 512 extra)
 base = TrainConfig(prompt_pool=PROMPT_POOL, zero_var_extra_samples=EXTRA_SAMPLES)
 EXPERIMENT = Experiment(
     name="group_size",

@@ -56,7 +56,7 @@ SWEEPS = {
     "length_2x2": ("experiments.std_norm", "{1/|o|, constant normaliser} x {std, no std} plus token_mean, on a "
                    "free-length task variant where wrong completions vary in length"),
     "group_size": ("experiments.group_size_paper", "G = 2, 4, 8, 16 at equal completions per step; a prompt pool "
-                   "of 128; 32 extra samples per prompt at step 1 for the unbiased per-prompt q^G"),
+                   "of 128; 16 extra samples per prompt at step 1 for the unbiased per-prompt q^G"),
     "kl_beta": ("experiments.kl_beta_paper", "beta = 0, 1e-3, 1e-2, 1e-1, the reference built at beta = 0 too; "
                 "per-token k1, k3 stds"),
     "inner_epochs": ("experiments.inner_epochs", "mu = 1, 2, 4; plus clip-higher and gspo arms at mu = 2"),
