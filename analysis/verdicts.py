@@ -119,3 +119,56 @@ def ragged(rows: list) -> np.ndarray:
     for i, row in enumerate(rows):
         out[i, :len(row)] = row
     return out
+
+
+def equivalence_tests(diffs: np.ndarray, margin: float, alpha: float = ALPHA,
+                      power: float = POWER) -> dict[str, np.ndarray]:
+    """Equivalence within +-margin of a family of paired differences diffs [..., m, n] (NaN: no such pair):
+    TOST, two one-sided paired t-tests (Schuirmann 1987), each comparison's p the larger of
+    P(H0: mean <= -margin) and P(H0: mean >= margin), Holm's step-down over the family as in `paired_tests`.
+
+    Equivalence of a comparison is shown when its TOST is rejected by Holm at alpha: then the
+    1 - 2 alpha/m interval (returned as lo, hi, at Bonferroni's level, the strictest Holm step, so it
+    lies inside +-margin whenever Holm's first step rejects) is the usual picture. A difference beyond
+    the margin is shown when the one-sided test of the nearer side (H0: mean <= margin, or mean >= -margin)
+    is rejected at alpha/2 per side (two sides), Holm over the family: its claim is then sign(mean).
+
+    Returns arrays [..., m]: n, mean, sd, tie (as `paired_tests`: no spread, no test), p_tost, equivalent
+    (bool), beyond (+1 above +margin, -1 below -margin, 0 none), lo, hi, and showable: the smallest
+    margin these seeds would show at a true difference 0 with `power`,
+    (t_{1 - alpha/m, n-1} + t_{1 - (1 - power)/2, n-1}) * s/sqrt(n) (shifted-central-t approximation,
+    s for sigma; NaN without a test).
+    """
+    diffs = np.asarray(diffs, dtype=float)
+    base = paired_tests(diffs, alpha, power)     # n, mean, sd, tie; and which comparisons were tested
+    n, mean, sd, tie = base["n"], base["mean"], base["sd"], base["tie"]
+    tested = (n >= 2) & ~tie
+    df = np.maximum(n - 1, 1)
+    se = np.where(tested, sd, 1.0) / np.sqrt(np.maximum(n, 1))
+    p_low = stats.t.sf((mean + margin) / se, df)      # H0: mean <= -margin
+    p_high = stats.t.cdf((mean - margin) / se, df)    # H0: mean >= +margin
+    p_tost = np.where(tested, np.maximum(p_low, p_high), np.nan)
+    # Beyond the margin, each side one-sided; the nearer side's p doubled (two sides were looked at).
+    p_above = stats.t.sf((mean - margin) / se, df)     # H0: mean <= margin
+    p_below = stats.t.cdf((mean + margin) / se, df)    # H0: mean >= -margin
+    p_beyond = np.where(tested, np.minimum(1.0, 2 * np.minimum(p_above, p_below)), np.nan)
+    m = (n >= 2).sum(-1, keepdims=True)
+    equivalent = _holm_reject(p_tost, tested, m, alpha)
+    beyond = np.where(_holm_reject(p_beyond, tested, m, alpha), np.sign(mean), 0).astype(int)
+    half = stats.t.ppf(1 - alpha / np.maximum(m, 1), df) * se
+    lo, hi = np.where(tested, mean - half, np.nan), np.where(tested, mean + half, np.nan)
+    showable = np.where(tested, (stats.t.ppf(1 - alpha / np.maximum(m, 1), df)
+                                 + stats.t.ppf(1 - (1 - power) / 2, df)) * se, np.nan)
+    return {"n": n, "mean": mean, "sd": sd, "tie": tie, "p_tost": p_tost, "equivalent": equivalent,
+            "beyond": beyond, "lo": lo, "hi": hi, "showable": showable}
+
+
+def _holm_reject(p: np.ndarray, tested: np.ndarray, m: np.ndarray, alpha: float) -> np.ndarray:
+    """Holm's step-down rejections [..., m] of p-values [..., m] (untested: never rejected, sorted last;
+    m [..., 1]: the family size, counting ties, as in `paired_tests`)."""
+    key = np.where(tested, p, np.inf)
+    order = np.argsort(key, axis=-1, kind="stable")
+    p_sorted = np.take_along_axis(key, order, -1)
+    remaining = np.maximum(m - np.arange(p.shape[-1]), 1)
+    passed = np.cumprod(p_sorted <= alpha / remaining, axis=-1).astype(bool)
+    return np.take_along_axis(passed, np.argsort(order, axis=-1), -1) & tested

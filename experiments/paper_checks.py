@@ -55,9 +55,10 @@ class Claim:
 SWEEPS = {
     "length_2x2": ("experiments.std_norm", "{1/|o|, constant normaliser} x {std, no std} plus token_mean, on a "
                    "free-length task variant where wrong completions vary in length"),
-    "group_size": ("experiments.group_size", "G = 2, 4, 8, 16 at equal completions per step; extra samples at "
-                   "step 0 for the unbiased per-prompt q^G"),
-    "kl_beta": ("experiments.kl_beta", "beta = 0, 1e-3, 1e-2, 1e-1; per-token k1, k3 at the first steps"),
+    "group_size": ("experiments.group_size_paper", "G = 2, 4, 8, 16 at equal completions per step; a prompt pool "
+                   "of 128; 16 extra samples per prompt at step 1 for the unbiased per-prompt q^G"),
+    "kl_beta": ("experiments.kl_beta_paper", "beta = 0, 1e-3, 1e-2, 1e-1, the reference built at beta = 0 too; "
+                "per-token k1, k3 stds"),
     "inner_epochs": ("experiments.inner_epochs", "mu = 1, 2, 4; plus clip-higher and gspo arms at mu = 2"),
     "dapo": ("experiments.dapo", "the DAPO ladder (dynamic sampling arm)"),
     "entropy": ("experiments.entropy", "clip baseline, kl_cov, clip_cov"),
@@ -90,25 +91,27 @@ CLAIMS = [
     Claim("G1", "A group is constant with prob q^G + (1-q)^G, 2/(G+1) over q ~ U(0,1); C(k,G)/C(n,G) is unbiased "
           "for q^G", "DAPO 2503.14476 Sec. 3.2", "enumerated P(constant); E[estimate]", "E", exact.check_g1),
     Claim("G2", "At step 0 the zero-variance share equals E_q[q^G + (1-q)^G], above the pooled pbar^G + (1-pbar)^G",
-          "DAPO 2503.14476 Sec. 3.2", "zero_var/frac vs unbiased per-prompt estimate", "S",
-          sweep="group_size", arms=("G2", "G4", "G8", "G16"), steps="0"),
+          "DAPO 2503.14476 Sec. 3.2", "accuracy/constant_group_frac vs zero_var/unbiased_frac vs "
+          "zero_var/expected_frac", "S", stat.check_g2, sweep="group_size", arms=("G2", "G4", "G8", "G16"),
+          steps="1 (the first training step)"),
     Claim("G3", "The zero-variance share falls as G grows; the all-correct share rises over training",
           "DAPO 2503.14476 Fig. 3b", "zero_var/frac by G; zero_var/all_correct_frac slope", "S", stat.check_g3,
           sweep="group_size", arms=("G2", "G4", "G8", "G16"), steps="first 10% and all"),
     Claim("G4", "At equal rollouts per step, G = 2 trains about as well as G = 16 (equivalence, margin stated)",
-          "2-GRPO 2510.00977", "final eval accuracy, G2 - G16", "S", sweep="group_size", arms=("G2", "G16"),
-          steps="last evals"),
+          "2-GRPO 2510.00977", "final eval accuracy, G2 - G16", "S", stat.check_g4, sweep="group_size",
+          arms=("G2", "G16"), steps="last 2 evals"),
     Claim("G5", "Zero variance persists: P(zero-var next | zero-var before) >> P(zero-var next | informative before)",
-          "GRESO", "ledger transitions", "S", sweep="group_size", arms=("G8",), steps="all"),
+          "GRESO", "ledger transitions", "S", stat.check_g5, sweep="group_size", arms=("G8",), steps="all"),
     Claim("K2", "Under pi: E[k1] = E[k3] = KL(pi||pi_ref), E[k2] != KL in general, k3 >= 0",
           "Schulman 2020, Approximating KL", "enumerated expectations", "E", exact.check_k2),
     Claim("K3", "Expected gradients as losses: k1 -> 0, k2 -> grad KL, k3 -> biased, (pi/pi_old) k3 -> grad KL",
           "2510.01555", "autograd vs enumerated expectations", "E", exact.check_k3),
     Claim("K5", "Near the reference std(k1)/std(k3) >> 1 (~14 at KL 0.005)", "Schulman 2020",
-          "per-token std ratio at early steps", "S", sweep="kl_beta", arms=("beta0",), steps="first 5"),
+          "per-token std ratio at early steps", "S", stat.check_k5, sweep="kl_beta", arms=("beta0",),
+          steps="2-6"),
     Claim("B2", "At beta = 0 the KL grows over training; the final KL falls as beta rises", "DeepSeekMath 2402.03300",
-          "kl/k3 slope; final kl/k3 by beta", "S", sweep="kl_beta", arms=("beta0", "beta0.001", "beta0.01", "beta0.1"),
-          steps="all"),
+          "kl/k3 slope; final kl/k3 by beta", "S", stat.check_b2, sweep="kl_beta",
+          arms=("beta0", "beta0.001", "beta0.01", "beta0.1"), steps="all"),
     Claim("P3", "Soft overlong punishment: 0 up to L_max - L_cache, -0.5 at the buffer's midpoint, -1 at L_max, "
           "continuous", "DAPO 2503.14476 eq. 13", "overlong_penalty vs eq. 13", "E", exact.check_p3),
     Claim("P5", "Clip-higher (eps_high 0.28 vs 0.2) slows the fall of entropy (off-policy updates)",

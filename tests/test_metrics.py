@@ -216,7 +216,7 @@ STEP_KEYS = {
     "adv/mean", "adv/std", "adv/abs_mean", "adv/zero_frac",
     "zero_var/frac", "zero_var/all_correct_frac", "zero_var/all_wrong_frac", "zero_var/expected_frac",
     "accuracy/constant_group_frac",
-    "kl/k1", "kl/k2", "kl/k3", "kl/k3_is",
+    "kl/k1", "kl/k2", "kl/k3", "kl/k3_is", "kl/k1_token_std", "kl/k3_token_std",
     "clip/low_frac", "clip/high_frac", "ratio/mean", "ratio/max", "entropy", "entropy/cov_logp_adv", "loss", "grad_norm",
     "inner/1/clip_frac", "inner/1/ratio_mean", "inner/1/kl_old", "inner/1/loss",
     "grad_tokens/active_frac", "grad_tokens/zero_adv_frac", "grad_tokens/clipped_frac",

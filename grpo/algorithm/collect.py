@@ -39,10 +39,11 @@ class Batch:
     dynamic: dict[str, torch.Tensor] = field(default_factory=dict)   # rounds, dropped, filled
 
 
-def generate(c: Components, s: TrainState, prompts: list[str]) -> Rollout:
+def generate(c: Components, s: TrainState, prompts: list[str], generator: torch.Generator | None = None) -> Rollout:
     """One completion per prompt from the sampler, synced to the state's sampler weights (the learner itself
     unless the run keeps other weights for sampling), in eval mode, under the step's autocast unless
-    --rollout-dtype names another dtype (its copy then runs in that dtype)."""
+    --rollout-dtype names another dtype (its copy then runs in that dtype). Tokens are drawn with
+    `generator`, by default the run's sampling stream."""
     cfg, policy = c.cfg, s.sampler_policy
     prompt_ids, prompt_mask = encode_prompts(c.tokenizer, prompts, c.device)
     # Several states may step on one sampler: draw from this one's weights. A state's own sampler copy is
@@ -55,9 +56,10 @@ def generate(c: Components, s: TrainState, prompts: list[str]) -> Rollout:
         options = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                        eos_token_id=c.tokenizer.eos_token_id, pad_token_id=c.tokenizer.pad_token_id,
                        min_new_tokens=cfg.min_new_tokens)
-        rollout = (c.sampler.generate(prompt_ids, prompt_mask, generator=s.rng.sample, **options)
+        generator = s.rng.sample if generator is None else generator
+        rollout = (c.sampler.generate(prompt_ids, prompt_mask, generator=generator, **options)
                    if c.population is None else       # a batched population: with the other seeds' (batching.py)
-                   c.population.generate(c.sampler, policy, prompt_ids, prompt_mask, s.rng.sample, **options))
+                   c.population.generate(c.sampler, policy, prompt_ids, prompt_mask, generator, **options))
     if s.sampler_weights is None:         # the learner itself: back to training mode (a copy stays in eval)
         policy.train()
     return rollout
@@ -97,6 +99,18 @@ def draw(c: Components, s: TrainState, examples: list) -> Batch:
     texts, parts = score_rollout(c, rollout, examples)
     return Batch(examples, rollout, texts, parts, generated=len(texts),
                  generated_tokens=int(rollout.completion_mask.sum()))
+
+
+def extra_correct_counts(c: Components, s: TrainState, examples: list, n: int, generator: torch.Generator) -> torch.Tensor:
+    """How many of n more completions of each example the correctness reward calls right: [P] float,
+    drawn with `generator` (not the run's streams) from the state's sampler weights."""
+    rollout = generate(c, s, [render_prompt(e, c.tokenizer, c.cfg.worked_example) for e in examples for _ in range(n)],
+                       generator)
+    texts = decode_completions(c.tokenizer, rollout.completion_ids, rollout.completion_mask)
+    owners = [examples[i // n] for i in range(len(texts))]
+    name = c.cfg.correctness_reward
+    values = score([response_text(text, e) for text, e in zip(texts, owners)], owners, {name: 1.0})[name]
+    return torch.tensor(values, dtype=torch.float64).view(-1, n).sum(-1)
 
 
 def groups_of(batch: Batch, prompts: list[int], G: int) -> Batch:

@@ -32,9 +32,17 @@ zero-variance groups (the correctness keys only when the run has a correctness r
                               constant correctness if every prompt had the same solve rate. By Jensen the
                               measured accuracy/constant_group_frac exceeds it (in expectation) exactly
                               when prompts differ in difficulty
-KL to the reference (only when a reference exists, kl_beta > 0), over completion tokens, inner epoch 1
+  zero_var/unbiased_frac      step 1 only, with --zero-var-extra-samples n: unbiased estimate of the mean
+                              over the step's prompts of q^G + (1-q)^G from k of n extra completions per
+                              prompt (their own random stream): C(k,G)/C(n,G) + C(n-k,G)/C(n,G). What
+                              accuracy/constant_group_frac measures in expectation; >= the pooled
+                              zero_var/expected_frac in expectation (Jensen)
+KL to the reference (only when a reference exists: kl_beta > 0, or --kl-reference), over completion tokens,
+inner epoch 1
   kl/k1, kl/k2, kl/k3         Schulman's three estimators of KL(pi_theta || pi_ref)
   kl/k3_is                    k3 times the ratio pi_theta / pi_old (equals k3 when on-policy)
+  kl/k1_token_std, kl/k3_token_std  sample std of the per-token k1 and k3 over the step's loss tokens, at
+                              the rollout policy (pi_old); near the reference k1's is far larger
 policy (means over all inner epochs and micro-batches, token-weighted; over the tokens the loss covers)
   clip/low_frac               clip, clip_cov: share of tokens with A < 0 and ratio < 1 - clip_eps_low
   clip/high_frac              clip, clip_cov: share of tokens with A > 0 and ratio > 1 + clip_eps_high
@@ -106,6 +114,9 @@ zero_var keys are over the step's prompts seen before, absent when there are non
   ledger/mixed_to_wrong       ... mixed then, all wrong now
   ledger/correct_to_wrong     ... all correct then, all wrong now (the rest stayed in their state)
   ledger/zero_var_measured    share of revisited prompts whose group is all correct or all wrong now
+  ledger/zero_var_before      share of revisited prompts whose group was all correct or all wrong at the
+                              previous visit
+  ledger/zero_var_kept        share of revisited prompts all correct or all wrong at both visits
   ledger/zero_var_predicted   unbiased estimate of the share expected if no prompt's solve rate q had
                               moved, E[q^G + (1-q)^G]: with G samples at the previous visit, the share
                               of revisited prompts whose group was constant then (under a frozen policy
@@ -175,6 +186,7 @@ from torch import Tensor
 
 from grpo import TrainingDiverged
 from grpo.algorithm.step_probes import step_probe_metrics
+from grpo.formulas.kl import kl_k1, kl_k3
 from grpo.formulas.objectives import SEQUENCE_STATS
 
 
@@ -213,6 +225,28 @@ def zero_variance_metrics(total: Tensor, correct: Tensor | None) -> dict[str, Te
         "accuracy/constant_group_frac": (all_correct | all_wrong).float().mean(),
         "zero_var/expected_frac": accuracy ** group_size + (1 - accuracy) ** group_size,
     })
+    return out
+
+
+def kl_token_std_metrics(logp: Tensor, ref_logp: Tensor, mask: Tensor,
+                         sum_fn: Callable[[Tensor], Tensor] = lambda x: x) -> dict[str, Tensor]:
+    """kl/k1_token_std, kl/k3_token_std: the sample std (n - 1) of the per-token k1 and k3 over the tokens
+    of `mask` (1 = a loss token), from the rollout policy's log-probs `logp` and the reference's [N, T].
+
+    sum_fn combines the per-rank sums (data parallel), so the std is over every rank's tokens. Computed in
+    float64 from sums of x and x^2: k3 is O(d^2) near the reference, and its square then is O(d^4).
+    Fewer than 2 tokens: no keys.
+    """
+    weights = mask.double()
+    out = {}
+    for name, estimator in (("k1", kl_k1), ("k3", kl_k3)):
+        # Positions outside the mask may hold anything (even -inf): zero them before the estimator.
+        values = torch.where(mask > 0, estimator(logp.double(), ref_logp.double()), 0.0)
+        n, total, squares = sum_fn(torch.stack([weights.sum(), (values * weights).sum(), (values ** 2 * weights).sum()]))
+        if float(n) < 2:
+            return {}
+        # max(0, ...): the two sums may cancel to a hair below 0 when every value is equal.
+        out[f"kl/{name}_token_std"] = ((squares - total ** 2 / n).clamp(min=0) / (n - 1)).sqrt()
     return out
 
 

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import torch
 
 from grpo import TrainingDiverged
-from grpo.algorithm.collect import Batch, collect_batch, step_advantages, total_reward
+from grpo.algorithm.collect import Batch, collect_batch, extra_correct_counts, step_advantages, total_reward
 from grpo.algorithm.counterfactual import counterfactual_metrics
-from grpo.algorithm.metrics import ScoredStep, scored_metrics, to_floats
+from grpo.algorithm.metrics import ScoredStep, kl_token_std_metrics, scored_metrics, to_floats
 from grpo.algorithm.state import Components, RandomStreams, TrainState
-from grpo.algorithm.step_probes import ledger_metrics
+from grpo.algorithm.step_probes import ledger_metrics, unbiased_zero_var_frac
 from grpo.algorithm.update import frozen_logp, update_policy
 from grpo.base import distributed as dist
 from grpo.base.device import DTYPES, resolve_device
@@ -47,6 +47,8 @@ from grpo.setup.tasks import PromptPool, make_task
 
 __all__ = ["StepResult", "TrainingDiverged", "build_run", "evaluate_policy", "grpo_step"]
 
+# The extra samples' stream sits past the run's own (grpo/algorithm/state.py STREAM_OFFSETS: 0-3).
+EXTRA_SAMPLES_OFFSET = 17
 SAMPLE_ROWS = 2          # prompts (with all their completions) written to samples.jsonl
 
 
@@ -106,7 +108,7 @@ def build_run(cfg: TrainConfig, log=print) -> tuple[Components, TrainState]:
         install_lean_layers(policy)        # the MLPs and norms keep less for the backward
     gemm.install(policy)                   # fp32 CPU linear layers without a lean forward: through oneDNN
     reference = None
-    if cfg.kl_beta > 0:   # with kl_beta == 0 no reference is ever built
+    if cfg.kl_beta > 0 or cfg.kl_reference:   # with kl_beta == 0 no reference is built unless asked for
         # A copy that never trains, so it is stored in the compute dtype: under bf16 it takes half the
         # memory (and its KL at step 1 is then only bf16-close to 0); under fp32 it is 0 to float rounding (~1e-9).
         reference = copy.deepcopy(policy).to(DTYPES[cfg.compute_dtype]).eval().requires_grad_(False)
@@ -167,6 +169,9 @@ def grpo_step(c: Components, s: TrainState, step: int) -> StepResult:
     #    with --dynamic-sampling, zero-variance groups are replaced (grpo/algorithm/collect.py).
     with c.timer("rollout"):
         batch = collect_batch(c, s, P, step)
+        # --zero-var-extra-samples: n more completions per prompt at the first step, from their own stream,
+        # at the weights this step's rollouts came from (before any update).
+        extra = extra_zero_var(c, s, batch.examples) if step == 1 and cfg.zero_var_extra_samples else {}
     policy_lag = s.policy_lag
     rollout, mask = batch.rollout, batch.rollout.completion_mask    # [N, T]; 0 = padding after EOS
     loss_mask = loss_token_mask(mask, rollout.truncated, cfg.mask_truncated)
@@ -183,7 +188,7 @@ def grpo_step(c: Components, s: TrainState, step: int) -> StepResult:
         # 3. The reference's log-probs; with --kl-placement reward, beta * sum_t k1 leaves the reward.
         ref_logp = frozen_logp(c, c.reference, rollout) if c.reference else None
         shaped, kl_penalty = rewards, {}
-        if cfg.kl_placement == "reward" and ref_logp is not None:
+        if cfg.kl_placement == "reward" and ref_logp is not None and cfg.kl_beta > 0:
             penalty = dist.cat_across((cfg.kl_beta * (kl_k1(rollout.logp, ref_logp) * mask).sum(-1)).cpu().view(P, G))
             shaped, kl_penalty["reward/kl_penalty/mean"] = rewards - penalty, penalty.mean()
         # 4. Group-relative advantages on the whole step's reward matrix (batch statistics span all
@@ -229,7 +234,8 @@ def grpo_step(c: Components, s: TrainState, step: int) -> StepResult:
             **scored_metrics(scored, cut_frac=policy_stats["grad/cut_frac"], mask_truncated=cfg.mask_truncated,
                              aggregation=cfg.aggregation, max_len=cfg.max_new_tokens),
             **kl_penalty, **{k: v for k, v in policy_stats.items() if k not in ("kl_old", "grad/cut_frac")},
-            **dynamic, **counterfactual, **ledger, **mismatch,
+            **dynamic, **counterfactual, **ledger, **mismatch, **extra,
+            **(kl_token_std_metrics(sampler_logp, ref_logp, loss_mask, dist.sum_across) if ref_logp is not None else {}),
             **({"staleness/policy_lag": float(policy_lag)} if cfg.staleness else {}),
         }
         try:
@@ -250,6 +256,18 @@ def scored_step(c: Components, batch: Batch, examples: list, parts: dict, reward
     lengths, truncated, entropy_sums, loss_lengths, logp_sums = row_values.unbind(1)
     return ScoredStep(parts, rewards, all_advantages, lengths, truncated, entropy_sums, loss_lengths,
                       [e.difficulty for e in examples], parts.get(c.cfg.correctness_reward), logp_sums)
+
+
+def extra_zero_var(c: Components, s: TrainState, examples: list) -> dict[str, torch.Tensor]:
+    """zero_var/unbiased_frac from --zero-var-extra-samples n completions per prompt of this rank's `examples`,
+    drawn with a generator of their own (seeded from the run's seed and rank, never checkpointed: it is used
+    at step 1 only), so the run's own streams, and every other metric, are exactly as without them."""
+    cfg = c.cfg
+    generator = torch.Generator(device=c.device).manual_seed(cfg.seed * 1000 + dist.rank() + EXTRA_SAMPLES_OFFSET)
+    successes = extra_correct_counts(c, s, examples, cfg.zero_var_extra_samples, generator)
+    local = unbiased_zero_var_frac(successes, cfg.zero_var_extra_samples, cfg.group_size)
+    # Ranks hold equally many prompts: the mean of their means is the mean over every prompt.
+    return {"zero_var/unbiased_frac": dist.sum_across(local) / dist.world_size()}
 
 
 def ledger_update(c: Components, s: TrainState, mine: list, examples: list, scored: ScoredStep) -> tuple[dict, list[int]]:

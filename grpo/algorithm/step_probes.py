@@ -248,6 +248,13 @@ def unbiased_power(successes: Tensor, trials: int, power: int) -> Tensor:
     return ((successes.double().unsqueeze(-1) - j) / (trials - j)).prod(-1)
 
 
+def unbiased_zero_var_frac(successes: Tensor, trials: int, group_size: int) -> Tensor:
+    """Unbiased estimate of the mean over prompts of q^G + (1-q)^G, the chance a group of G is all correct
+    or all wrong, from k = successes [P] correct of `trials` independent samples per prompt (trials >= G):
+    mean_p C(k_p, G)/C(n, G) + C(n - k_p, G)/C(n, G). Float64, 0-dim."""
+    return (unbiased_power(successes, trials, group_size) + unbiased_power(trials - successes, trials, group_size)).mean()
+
+
 def ledger_metrics(previous_rates: Tensor, current_rates: Tensor, group_size: int,
                    previous_group_size: int | None = None) -> dict[str, Tensor]:
     """How the step's recurring prompts moved since their previous visit.
@@ -279,6 +286,10 @@ def ledger_metrics(previous_rates: Tensor, current_rates: Tensor, group_size: in
     for key, (start, end) in LEDGER_MOVES.items():
         out[key] = ((state_before == start) & (state_now == end)).float().mean()
     out["ledger/zero_var_measured"] = (state_now != MIXED).float().mean()
+    # Persistence (GRESO): with ledger/zero_var_measured these give P(constant now | constant before) and
+    # P(constant now | mixed before) once summed over steps.
+    out["ledger/zero_var_before"] = (state_before != MIXED).float().mean()
+    out["ledger/zero_var_kept"] = ((state_before != MIXED) & (state_now != MIXED)).float().mean()
     trials = group_size if previous_group_size is None else previous_group_size
     if group_size <= trials:
         solved = (before.double() * trials).round()                      # the rate is k / G' exactly

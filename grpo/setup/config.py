@@ -195,7 +195,9 @@ class TrainConfig:
     objective: ObjectiveName = "clip"
     """Policy objective (grpo/formulas/objectives.py): clip (PPO/GRPO), gspo (Zheng et al. 2025), cispo (MiniMax-M1), sapo (Gao et al. 2025), gmpo (Zhao et al. 2025), gpg (Chu et al. 2025), kl_cov and clip_cov (Cui et al. 2025)."""
     kl_beta: float = 0.04
-    """Weight of the KL penalty to the frozen reference; 0 builds no reference model."""
+    """Weight of the KL penalty to the frozen reference; 0 builds no reference model (unless --kl-reference)."""
+    kl_reference: bool = False
+    """At kl-beta 0 build the frozen reference anyway and log kl/* against it, with no penalty (how far an unpenalised run drifts)."""
     kl_estimator: KLName = "k3"
     """Per-token KL estimator in the loss: k1, k2, k3 (Schulman 2020), k3_is (k3 times the ratio pi/pi_old, TRL's bias correction); all are logged."""
     kl_placement: Literal["loss", "reward"] = "loss"
@@ -281,6 +283,8 @@ class TrainConfig:
     """Alternatives whose gradient on the same rollouts is compared with the run's (cf/<name>/cos, cf/<name>/norm_ratio), comma-separated field=value, '+' joins changes: advantage=dr_grpo,aggregation=token_mean,objective=gspo. Settings that act only through the ratio (objective, clip bounds) need more than one update per step (--mini-batches, --inner-epochs)."""
     counterfactual_every: int = 0
     """Compute the counterfactual gradients every this many steps (1 + alternatives extra backward passes); 0 is off."""
+    zero_var_extra_samples: int = 0
+    """At the first training step only, draw this many extra completions (>= group-size) per prompt from a random stream of their own and log zero_var/unbiased_frac, the unbiased per-prompt E[q^G + (1-q)^G]; the run itself is unchanged. 0 is off."""
     store_rollouts: bool = False
     """Write every step's rollouts (tokens, sampler log-probs, rewards, advantages, masks) to <run>/rollouts/ for `grpo rescore`."""
 
@@ -376,6 +380,9 @@ class TrainConfig:
              f"--overlong-penalty must be >= 0, got {self.overlong_penalty}"),
             (self.max_resample_rounds >= 1, f"--max-resample-rounds must be >= 1, got {self.max_resample_rounds}"),
             (self.prompt_pool >= 0, f"--prompt-pool must be >= 0, got {self.prompt_pool}"),
+            (self.zero_var_extra_samples == 0 or self.zero_var_extra_samples >= self.group_size,
+             f"--zero-var-extra-samples must be 0 or >= --group-size ({self.group_size}): an unbiased q^G needs "
+             f"G of n samples, got {self.zero_var_extra_samples}"),
             (self.counterfactual_every >= 0, f"--counterfactual-every must be >= 0, got {self.counterfactual_every}"),
             (not self.counterfactual_every or self.counterfactuals,
              "--counterfactual-every needs --counterfactuals (the alternatives to compare)"),
