@@ -19,9 +19,10 @@ NULL, HELD, CONTRADICTED = "not detected at this budget", "held", "contradicted"
 SETTINGS = length_2x2.ARM_SETTINGS
 
 
-def write_runs(root, wrong_slope=None, mean_slope=None, pass1_change=0.1, pass16_change=0.1, seeds=5, steps=20):
+def write_runs(root, wrong_slope=None, mean_slope=None, pass1_change=0.1, pass16_change=0.1, seeds=5, steps=20,
+               accuracy=None):
     """<root>/length_2x2/<arm>/seed<k>: len/wrong_mean = 30 + wrong_slope[arm] * step, len/mean = 25 +
-    mean_slope[arm] * step (0 slope for arms not named), accuracy 0.6, each plus normal noise of sd 0.5 (lengths)
+    mean_slope[arm] * step (0 slope for arms not named), accuracy 0.6 (or accuracy[arm]), each plus normal noise of sd 0.5 (lengths)
     or 0.02 (accuracy) per run and step; evals at step 0 (pass@1 0.5, pass@16 0.9) and at the last step (plus
     the changes), each with noise of sd 0.02. Fixed seed."""
     rng = np.random.default_rng(7)
@@ -38,7 +39,7 @@ def write_runs(root, wrong_slope=None, mean_slope=None, pass1_change=0.1, pass16
                 records.append({"step": step, "samples": 128 * step, "tokens": 4000 * step,
                                 "len/wrong_mean": 30 + wrong_slope.get(arm, 0.0) * step + rng.normal(0, 0.5),
                                 "len/mean": 25 + mean_slope.get(arm, 0.0) * step + rng.normal(0, 0.5),
-                                "accuracy": 0.6 + rng.normal(0, 0.02)})
+                                "accuracy": (accuracy or {}).get(arm, 0.6) + rng.normal(0, 0.02)})
             records[-1].update({"eval/accuracy": 0.6,
                                 "eval/pass@1": 0.5 + pass1_change + rng.normal(0, 0.02),
                                 "eval/pass@16": 0.9 + pass16_change + rng.normal(0, 0.02)})
@@ -59,6 +60,14 @@ def test_r4_reads_the_wrong_length_slope_planted(tmp_path, slopes, verdict):
     assert result.seeds == 5 and result.steps == 20
     assert "len/wrong_mean slope grpo-dr_grpo" in result.measured
     assert "accuracy grpo-dr_grpo" in result.note and "about equal" in result.note   # planted equal: 0.6 each
+
+
+def test_r4_says_when_accuracy_is_not_about_equal_and_keeps_its_verdict(tmp_path):
+    # grpo's accuracy 0.7 against dr_grpo's 0.6: the difference 0.1 lies outside +-0.05.
+    write_runs(tmp_path, wrong_slope={"grpo": 0.3}, accuracy={"grpo": 0.7})
+    result = claim_result("R4", tmp_path)
+    assert result.verdict == HELD and "not shown within +-0.05" in result.note
+    assert float(result.note.split("accuracy grpo-dr_grpo ")[1].split()[0]) == pytest.approx(0.1, abs=0.01)
 
 
 @pytest.mark.parametrize("slopes, verdict, std_detected", [
