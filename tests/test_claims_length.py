@@ -22,9 +22,9 @@ SETTINGS = length_2x2.ARM_SETTINGS
 def write_runs(root, wrong_slope=None, mean_slope=None, pass1_change=0.1, pass16_change=0.1, seeds=5, steps=20,
                accuracy=None):
     """<root>/length_2x2/<arm>/seed<k>: len/wrong_mean = 30 + wrong_slope[arm] * step, len/mean = 25 +
-    mean_slope[arm] * step (0 slope for arms not named), accuracy 0.6 (or accuracy[arm]), each plus normal noise of sd 0.5 (lengths)
-    or 0.02 (accuracy) per run and step; evals at step 0 (pass@1 0.5, pass@16 0.9) and at the last step (plus
-    the changes), each with noise of sd 0.02. Fixed seed."""
+    mean_slope[arm] * step (0 slope for arms not named), accuracy 0.6 (or accuracy[arm]), each plus normal noise
+    of sd 0.5 (lengths) or 0.02 (accuracy) per run and step; evals at step 0 (pass@1 0.5, pass@16 0.9) and at the
+    last step (plus the changes), each with noise of sd 0.02. Fixed seed."""
     rng = np.random.default_rng(7)
     wrong_slope, mean_slope = wrong_slope or {}, mean_slope or {}
     for arm, (advantage, aggregation) in SETTINGS.items():
