@@ -53,7 +53,7 @@ class Claim:
 
 # The shared sweeps of the S claims: name -> (experiment module, what it adds for the claims).
 SWEEPS = {
-    "length_2x2": ("experiments.std_norm", "{1/|o|, constant normaliser} x {std, no std} plus token_mean, on a "
+    "length_2x2": ("experiments.length_2x2", "{1/|o|, constant normaliser} x {std, no std} plus token_mean, on a "
                    "free-length task variant where wrong completions vary in length"),
     "group_size": ("experiments.group_size_paper", "G = 2, 4, 8, 16 at equal completions per step; a prompt pool "
                    "of 128; 16 extra samples per prompt at step 1 for the unbiased per-prompt q^G"),
@@ -73,7 +73,7 @@ CLAIMS = [
           "DeepSeekMath 2402.03300 eq. 20-21", "d loss / d logp per token", "E", exact.check_d2),
     Claim("D5", "RL sharpens: pass@1 rises more than pass@16, which stays roughly flat",
           "DeepSeekMath 2402.03300 Fig. 7", "change of unbiased pass@1 and pass@16, held-out set", "S",
-          sweep="length_2x2", arms=("grpo",), steps="first and last eval"),
+          stat.check_d5, sweep="length_2x2", arms=("grpo",), steps="first and last eval"),
     Claim("R1", "G/(G-1) (r_i - mean r) equals the RLOO advantage r_i - mean_{j != i} r_j",
           "Dr. GRPO 2503.20783", "rloo advantages vs leave-one-out", "E", exact.check_r1),
     Claim("R2", "Binary rewards, k of G correct: std normalisation multiplies A by 1/sigma_k, sigma_k = "
@@ -83,10 +83,10 @@ CLAIMS = [
           "logit has sign -sign(A); under a constant normaliser it is 0", "Dr. GRPO 2503.20783 Sec. 3",
           "E[d objective / d length logit]", "E", exact.check_r3),
     Claim("R4", "GRPO makes wrong completions longer over training than Dr. GRPO at about equal accuracy",
-          "Dr. GRPO 2503.20783 Fig. 5", "slope of len/wrong_mean over steps", "S",
+          "Dr. GRPO 2503.20783 Fig. 5", "slope of len/wrong_mean over steps", "S", stat.check_r4,
           sweep="length_2x2", arms=("grpo", "dr_grpo"), steps="all"),
     Claim("R5", "The length effect follows the length normalisation, not std", "Dr. GRPO 2503.20783 App. C Fig. 8",
-          "slope of len/wrong_mean, 2x2 main effects", "S",
+          "slope of len/wrong_mean, 2x2 main effects", "S", stat.check_r5,
           sweep="length_2x2", arms=("grpo", "no_std", "std_sum_norm", "dr_grpo"), steps="all"),
     Claim("G1", "A group is constant with prob q^G + (1-q)^G, 2/(G+1) over q ~ U(0,1); C(k,G)/C(n,G) is unbiased "
           "for q^G", "DAPO 2503.14476 Sec. 3.2", "enumerated P(constant); E[estimate]", "E", exact.check_g1),
@@ -121,7 +121,7 @@ CLAIMS = [
           "DAPO 2503.14476 Fig. 6", "steps and samples to an eval-accuracy threshold", "S", stat.check_p7,
           sweep="dapo", arms=("token_level", "dynamic"), steps="all evals"),
     Claim("P8", "The token-level loss gives less length growth than the sample-level one", "DAPO 2503.14476 Sec. 3.3",
-          "slope of len/mean", "S", sweep="length_2x2", arms=("grpo", "token_mean"), steps="all"),
+          "slope of len/mean", "S", stat.check_p8, sweep="length_2x2", arms=("grpo", "token_mean"), steps="all"),
     Claim("M1", "With mu = 1 and one mini-batch the ratio is 1, clip fraction 0, token- and sequence-level IS coincide",
           "PPO; TRL PR 2899", "ratio, clip fractions, clip vs gspo loss and gradient", "E", exact.check_m1),
     Claim("M2", "Clip fraction and KL(pi_old||pi) rise with the inner epoch index", "PPO; TRL PR 2899",

@@ -1,6 +1,7 @@
 """The exact (E) paper claims as unit tests on grpo-lab's functions, with hand-computed numbers where the claim has
 them; each check reads "contradicted" on a planted bug; the paper_checks command (--only, --exact-only, the JSON)."""
 
+import dataclasses
 import json
 import math
 
@@ -168,11 +169,15 @@ def test_exact_only_writes_the_json_and_a_report_with_the_table(tmp_path, capsys
     assert str(tmp_path / "report.md") in capsys.readouterr().out
 
 
-def test_exact_only_skips_s_claims_and_without_it_they_are_listed_not_run(tmp_path):
+def test_exact_only_skips_s_claims_and_without_it_an_unbuilt_one_is_listed_not_run(tmp_path, monkeypatch):
     assert [c.id for c in paper_checks.select(paper_checks.CLAIMS, ["R4", "R1"], True)] == ["R1"]
+    # Every listed S claim has its check; a claim registered without one (check None) runs no sweep.
+    unbuilt = [dataclasses.replace(c, check=None) if c.id == "R4" else c for c in paper_checks.CLAIMS]
+    monkeypatch.setattr(paper_checks, "CLAIMS", unbuilt)
     assert paper_checks.main(["--only", "R4", "--out-dir", str(tmp_path), "--no-report"]) == 0
     (row,) = json.loads((tmp_path / "paper_checks.json").read_text())["checks"]
     assert row["verdict"] == "not run" and "length_2x2" in row["note"] and row["steps"] == "all"
+    assert not (tmp_path / "length_2x2").exists()
 
 
 def test_unknown_only_ids_are_one_line_errors_naming_them(tmp_path, capsys):

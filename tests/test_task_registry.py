@@ -103,7 +103,7 @@ def test_registering_a_taken_name_is_refused(echo):
 # ---------------------------------------------------------------- one-line errors
 
 @pytest.mark.parametrize(("flags", "named"), [
-    (["--task", "chess"], ["--task", "'chess'", "arithmetic, echo, reasoning_gym, seed_tokens"]),
+    (["--task", "chess"], ["--task", "'chess'", "arithmetic, arithmetic_rambling, echo, reasoning_gym, seed_tokens"]),
     (["--task", "echo", "--task-option", "colour=red"], ["--task-option colour", "width (digits per number, default 2)"]),
     (["--task", "arithmetic", "--task-option", "width=3"], ["--task-option width", "task arithmetic", "option of task echo"]),
     (["--task", "arithmetic", "--task-option", "digits=3"], ["--task-option digits", "--digits"]),

@@ -1,7 +1,8 @@
 """Held-out evaluation: greedy accuracy and unbiased pass@k from n sampled completions.
 
 pass@k = 1 - C(n - c, k) / C(n, k) per prompt (Chen et al. 2021, "Evaluating Large Language Models
-Trained on Code"), averaged over prompts; c = number of correct completions among n.
+Trained on Code"), averaged over prompts; c = number of correct completions among n. It is logged at k = 1,
+the group size G and each of PASS_AT_K that the n samples reach (k <= n).
 
 Step 0 evaluates the warm start, which every arm and seed of a sweep starts from: its greedy flags are
 the same for every run and its sampled ones for every run of a seed. With a `store` folder (beside the
@@ -43,6 +44,18 @@ PASS_AT_K_PROMPTS = 32
 # than 2 blocks leave the greedy pass to one rank (the results do not depend on the number of ranks either way).
 GREEDY_BLOCK = 512       # prompts per greedy batch
 SAMPLED_BLOCK = 16       # prompts per sampled batch (each repeated n times)
+
+
+# pass@k's k logged besides 1 and G, each when the eval draws at least k samples per prompt: 16 is DeepSeekMath's
+# large k for "RL sharpens" (pass@1 rises, pass@16 stays; experiments/paper_checks.py D5).
+PASS_AT_K = (16,)
+
+
+def pass_at_k_metrics(counts: list[int], num_samples: int, group_size: int) -> dict[str, float]:
+    """eval/pass@<k> for k = 1, group_size and PASS_AT_K up to num_samples: the mean over prompts of the unbiased
+    pass@k; counts: each prompt's correct completions out of num_samples."""
+    ks = sorted(k for k in {1, group_size, *PASS_AT_K} if k <= num_samples)
+    return {f"eval/pass@{k}": sum(pass_at_k(num_samples, c, k) for c in counts) / len(counts) for k in ks}
 
 
 def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
@@ -107,7 +120,8 @@ def stored(folder: Path | None, key: dict, compute) -> list[float]:
 
 
 def evaluate(model, sampler, tokenizer, task, cfg, step: int, device, store: Path | None = None) -> dict[str, float]:
-    """eval/accuracy (greedy), eval/pass@1 and eval/pass@G (sampled), on the held-out split.
+    """eval/accuracy (greedy), eval/pass@1, eval/pass@G and eval/pass@16 (sampled, pass_at_k_metrics), on the
+    held-out split.
     store: a folder that keeps the flags for runs that evaluate the same weights (step 0's warm start)."""
     was_training = model.training
     model.eval()
@@ -138,7 +152,4 @@ def evaluate(model, sampler, tokenizer, task, cfg, step: int, device, store: Pat
                      lambda: blockwise(examples[:PASS_AT_K_PROMPTS], SAMPLED_BLOCK, sampled_block))
     counts = torch.tensor(sampled).view(-1, num_samples).sum(-1).long().tolist()
     model.train(was_training)
-    metrics = {"eval/accuracy": sum(greedy) / len(greedy)}
-    for k in sorted({1, cfg.group_size}):
-        metrics[f"eval/pass@{k}"] = sum(pass_at_k(num_samples, c, k) for c in counts) / len(counts)
-    return metrics
+    return {"eval/accuracy": sum(greedy) / len(greedy), **pass_at_k_metrics(counts, num_samples, cfg.group_size)}

@@ -263,6 +263,47 @@ class Arithmetic:
         return f"<think>{' '.join(parts)}</think><answer>{sum(terms)}</answer><eos>"
 
 
+def parse_share(text: str) -> float:
+    """'0.25' -> 0.25: a share in [0, 1); ValueError otherwise."""
+    share = float(text)
+    if not 0 <= share < 1:
+        raise ValueError(f"a share must lie in [0, 1), got {text}")
+    return share
+
+
+@register_task("arithmetic_rambling")
+class ArithmeticRambling(Arithmetic):
+    """Arithmetic whose warm start also shows wrong answers that ramble: room for Dr. GRPO's length bias.
+
+    A share `rambling` of the demonstrations (a coin of the example's index) writes the column sums 1, 2
+    or 3 times (a second coin) and then a wrong answer, the sum plus 1; the rest are Arithmetic's. So the
+    warm-started policy's wrong completions vary in length (bare columns to three passes, a free length
+    the reward is blind to) and are longer than its right ones on average: the length is correlated with
+    correctness within a prompt, which the 1/|o| bias needs to move any length (paper-claims.md R3's
+    corollary). With Arithmetic's demonstrations alone the wrong completions are the model's slips, of the
+    right answer's length. A task of its own, not an Arithmetic option: an option would change the
+    identity (the warm-start cache key) of every arithmetic config.
+    """
+
+    options = Arithmetic.options + (TaskOption(
+        "rambling", 0.25, "share of demonstrations that repeat the column sums 1-3 times and answer wrong",
+        parse_share),)
+
+    def __init__(self, digits: str = "2", operands: str = "2", rambling: float = 0.25) -> None:
+        super().__init__(digits, operands)
+        self.rambling = rambling
+
+    def demonstration(self, example: Example) -> str:
+        # Knuth's multiplicative hash spreads the index over [0, 1): a coin independent of index % 6,
+        # which sets Arithmetic's restatement and check.
+        coin = (example.index * 2654435761) % 2 ** 32 / 2 ** 32
+        if example.index < 0 or coin >= self.rambling:
+            return super().demonstration(example)
+        terms = [int(x) for x in example.prompt.removeprefix("<bos>").rstrip("=").split("+")]
+        passes = 1 + example.index % 3
+        return f"<think>{' '.join(column_sums(terms) * passes)}</think><answer>{sum(terms) + 1}</answer><eos>"
+
+
 def column_sums(terms: list[int]) -> list[str]:
     """The column additions from the units up: "7+5=12", then "4+8+1=13" (the carry only when there is one)."""
     steps, carry = [], 0
