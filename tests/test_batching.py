@@ -72,21 +72,24 @@ def test_a_populations_model_calls_meet_in_one_round_per_call(tmp_path, monkeypa
             rounds[kind, len(calls)] += 1
             return run(calls)
         monkeypatch.setitem(batching.BATCHED, kind, counted)
-    cfg = TrainConfig(**{**SMALL_CONFIG, **MIXED, "steps": 2, "population": 3, "out_dir": str(tmp_path)})
+    cfg = TrainConfig(**{**SMALL_CONFIG, **MIXED, "steps": 2, "population": 3, "population_batching": "on",
+                         "out_dir": str(tmp_path)})
     train(cfg, log=lambda *_: None)
     assert rounds == {("generate", 3): 2, ("frozen", 3): 2, ("logp", 3): 2, ("backward", 3): 2}
 
 
 @pytest.mark.parametrize("change, reason", [
     (dict(population_batching="off"), "off"),
+    (dict(population_batching="auto", device="cpu"), "CPU"),
     (dict(model="small", dtype="bf16"), "fp32"),
 ])
 def test_batching_is_refused_in_one_line_where_it_does_not_run(change, reason):
     from grpo.algorithm.population import batching_refusal
     from grpo.setup.config import TrainConfig
 
-    assert batching_refusal(TrainConfig(**{**SMALL_CONFIG, "population": 2})) is None
-    assert reason in batching_refusal(TrainConfig(**{**SMALL_CONFIG, "population": 2, **change}))
+    on = {**SMALL_CONFIG, "population": 2, "population_batching": "on"}
+    assert batching_refusal(TrainConfig(**on)) is None
+    assert reason in batching_refusal(TrainConfig(**{**on, **change}))
 
 
 def test_the_shared_reference_runs_every_seeds_rows_in_one_forward_to_float_tolerance(tmp_path):

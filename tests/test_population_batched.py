@@ -24,7 +24,7 @@ from grpo.run.runner import train
 from grpo.setup.config import TrainConfig
 
 QUIET = dict(log=lambda *_: None)
-RUN = {**SMALL_CONFIG, **MIXED, "steps": 1, "save_every": 1, "log_samples_every": 1}
+RUN = {**SMALL_CONFIG, **MIXED, "steps": 1, "save_every": 1, "log_samples_every": 1, "population_batching": "on"}
 
 
 def lines(run_dir: Path, name: str) -> list[dict]:

@@ -8,7 +8,7 @@ What does not depend on the RL seed is built once and shared: the task, the toke
 state steps: grpo/algorithm/collect.py), the device and the warm start's evaluation store. So seed k of
 a population computes what its single run computes, line for line.
 
-With --population-batching auto (the default) and a model the batched computations run (a Llama-family
+With --population-batching on (auto: on CUDA) and a model the batched computations run (a Llama-family
 preset in fp32: `batching_refusal`), the seeds' model calls meet in an `Exchange` (grpo/algorithm/batching.py)
 and run as one computation over their stacked weights; otherwise each seed's step runs in turn.
 """
@@ -22,6 +22,7 @@ import time
 
 from grpo.algorithm.batching import BATCHED, Exchange
 from grpo.algorithm.state import Components, TrainState
+from grpo.base.device import resolve_device
 from grpo.algorithm.step import StepResult, build_run, grpo_step, starting_state
 from grpo.setup.alternatives import alternative_configs
 from grpo.setup.config import TrainConfig
@@ -61,6 +62,8 @@ def batching_refusal(cfg: TrainConfig) -> str | None:
     """Why a population of `cfg` runs each seed's model calls in turn (None: they run batched)."""
     if cfg.population_batching == "off":
         return "--population-batching off"
+    if cfg.population_batching == "auto" and resolve_device(cfg.device).type == "cpu":
+        return "on a CPU the batched compute measured slower than the seeds in turn (docs/population.md)"
     if not is_preset(cfg.model) or MODEL_PRESETS[cfg.model].get("model_type", "llama") not in ("llama", "qwen2"):
         return f"--model {cfg.model} is not a Llama-family preset (the batched forward is written for those)"
     if cfg.compute_dtype != "fp32" or cfg.rollout_dtype not in (None, "fp32"):

@@ -333,8 +333,8 @@ class TrainConfig:
     # --- population
     population: int = 1
     """Train seeds seed .. seed+S-1 as S independent runs in one process, each in <out-dir>/seed<k>/ as its single run would write it (default out-dir: runs/<task>_<model>); 1: one run."""
-    population_batching: Literal["auto", "off"] = "auto"
-    """With --population S > 1: auto runs the seeds' model calls (decode, reference and pi_old log-probs, the learner's forward and backward) as one computation over their stacked weights where the model allows it (a Llama-family preset in fp32), off runs each seed's in turn."""
+    population_batching: Literal["auto", "on", "off"] = "auto"
+    """With --population S > 1: on runs the seeds' model calls (decode, reference and pi_old log-probs, the learner's forward and backward) as one computation over their stacked weights (Llama-family presets in fp32), off runs each seed's in turn; auto is on for CUDA and off on a CPU, where batching measured slower (docs/population.md)."""
 
     def __post_init__(self) -> None:
         check_task(self.task, self.task_option)       # first: the checks below may read the task's class
