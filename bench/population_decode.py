@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import torch
@@ -79,7 +80,10 @@ def main() -> int:
     for workload in args.workloads:
         models = [build_model(workload, VOCAB, seed).eval() for seed in range(max(args.seeds))]
         time_population(models[:1], 1)                                   # warm-up (oneDNN kernels, allocator)
-        result[workload] = [time_population(models[:size], args.repeats) for size in args.seeds]
+        result[workload] = []
+        for size in args.seeds:
+            result[workload].append(time_population(models[:size], args.repeats))
+            print(workload, json.dumps(result[workload][-1]), file=sys.stderr, flush=True)   # progress
     print(json.dumps(result, indent=1))
     return 0
 
