@@ -145,11 +145,11 @@ def check_m3(frame: pd.DataFrame) -> Result:
     Per run, the least-squares slope of reward/mean on the GRPO step (steps from 1). The first half: slope(mu)
     minus slope(mu1), paired over seeds, must be detected > 0 for mu = 2 and 4. The second half divides each
     slope by the run's optimizer steps per GRPO step (inner_epochs, times mini_batches where the arms differ
-    in it; a factor all arms share scales every slope alike) and takes the same paired differences. It is a
-    "not faster" claim without a margin, so it is tested for contradiction only: a per-update difference
-    detected > 0 contradicts the claim; an interval that holds 0 or lies below it is consistent with it and is
-    reported. All four comparisons form one Holm family. Held: both per-batch differences detected > 0 and
-    no per-update one detected > 0; contradicted: a per-batch one detected < 0 or a per-update one > 0.
+    in it; a factor all arms share scales every slope alike) and takes the same paired differences. "Does
+    not rise faster" needs evidence: a one-sided paired t-test per mu that its per-update difference lies
+    below M3_MARGIN x mu1's mean per-update slope (non-superiority, Holm over the two). All four direction
+    comparisons form one Holm family for contradiction. Held: both per-batch differences detected > 0 and
+    non-superiority shown for both; contradicted: a per-batch one detected < 0 or a per-update one > 0.
     """
     missing = _missing(frame, ("mu1", "mu2", "mu4"), ("reward/mean",))
     if missing:
@@ -171,11 +171,37 @@ def check_m3(frame: pd.DataFrame) -> Result:
     if (per_batch < 0).any() or (updates > 0).any():
         return _with_verdict(base, CONTRADICTED, "detected: " + ", ".join(
             name for name, c, bad in zip(names, claims, (-1, -1, 1, 1)) if c == bad), frame)
-    if (per_batch > 0).all():
-        return _with_verdict(base, HELD, "per-update differences: none detected > 0 (tested for contradiction only)",
-                             frame)
-    return _with_verdict(base, NOT_DETECTED, base.note if base.verdict == NOT_DETECTED else
-                         "a per-batch difference is not detected", frame)
+    margin = M3_MARGIN * float(per_opt["mu1"].mean()) if len(per_opt["mu1"]) else float("nan")
+    below = _non_superior(diffs[2:], margin) if margin > 0 else np.zeros(2, dtype=bool)
+    shown = (f"per-update not faster by {M3_MARGIN:g} x mu1's per-update slope ({margin:.3g}): "
+             f"{'shown' if below.all() else 'not shown'}")
+    if (per_batch > 0).all() and below.all():
+        return _with_verdict(base, HELD, shown, frame)
+    return _with_verdict(base, NOT_DETECTED, "; ".join(filter(None, [
+        base.note if base.verdict == NOT_DETECTED else "", shown])), frame)
+
+
+# M3's margin for "per optimizer step, mu > 1 does not raise reward faster": a quarter of mu1's own slope.
+M3_MARGIN = 0.25
+
+
+def _non_superior(diffs: np.ndarray, margin: float, alpha: float = verdicts.ALPHA) -> np.ndarray:
+    """Per row of paired differences diffs [m, n] (NaN: no pair): whether mean < margin is shown, one-sided
+    paired t-tests of H0: mean >= margin with Holm's step-down over the m rows."""
+    from scipy import stats
+
+    p = []
+    for row in diffs:
+        row = row[~np.isnan(row)]
+        sd = row.std(ddof=1) if len(row) >= 2 else float("nan")
+        p.append(stats.t.cdf((row.mean() - margin) / (sd / np.sqrt(len(row))), len(row) - 1)
+                 if len(row) >= 2 and sd > 0 else 1.0)
+    order, reject, m = np.argsort(p), np.zeros(len(p), dtype=bool), len(p)
+    for rank, i in enumerate(order):          # Holm: stop at the first p above its level
+        if p[i] > alpha / (m - rank):
+            break
+        reject[i] = True
+    return reject
 
 
 def check_p5(frame: pd.DataFrame) -> Result:
@@ -397,10 +423,11 @@ def check_g2(frame: pd.DataFrame) -> Result:
     Per run and arm: jensen = unbiased_frac - expected_frac; gap = measured - unbiased_frac, measured =
     accuracy/constant_group_frac (all correct or all wrong, the event q^G + (1-q)^G is the chance of;
     zero_var/frac also needs the format reward constant). One Holm family over seeds of the 4 jensen (claimed
-    > 0) and the 4 gap comparisons (claimed 0). Verdict: contradicted when a jensen is detected < 0 or a gap
-    is detected != 0 (its Holm interval excludes 0); held when every jensen is detected > 0 and no gap is;
-    else not detected at this budget. Beside it, TOST on the per-seed mean gap over the arms: whether
-    equivalence within +-G2_MARGIN is shown (and the margin the seeds could show)."""
+    > 0) and the 4 gap comparisons (claimed 0). "Equals" is an equivalence claim, so it needs evidence, not
+    an absence of it: TOST on the per-seed mean gap over the arms, within +-G2_MARGIN. Verdict: contradicted
+    when a jensen is detected < 0 or a gap is detected != 0 (its Holm interval excludes 0); held when every
+    jensen is detected > 0 and the equivalence is shown; else not detected at this budget (with the margin
+    the seeds could show)."""
     first = frame[frame["step"] == 1]
     needed = {"zero_var/unbiased_frac", "zero_var/expected_frac", "accuracy/constant_group_frac"}
     if first.empty or not needed <= set(first.columns) or first["zero_var/unbiased_frac"].isna().all():
@@ -434,11 +461,12 @@ def check_g2(frame: pd.DataFrame) -> Result:
         why = ("the unbiased estimate is detected below the pooled one" if (jensen < 0).any()
                else "the measured share is detected away from the unbiased estimate")
         return Result(CONTRADICTED, measured, note=why, seeds=seeds, steps=steps)
-    if (jensen > 0).all():
+    if (jensen > 0).all() and tost["equivalent"][0]:
         return Result(HELD, measured, seeds=seeds, steps=steps)
     detectable = np.nanmax(tests["detectable"][:k]) if np.isfinite(tests["detectable"][:k]).any() else float("nan")
     return Result(NOT_DETECTED, measured, seeds=seeds, steps=steps,
-                  note=f"largest detectable Jensen gap with these seeds: {detectable:.3g}")
+                  note=f"largest detectable Jensen gap with these seeds: {detectable:.3g}; equivalence of the "
+                       f"measured share and the estimate within +-{G2_MARGIN:g} {shown}")
 
 
 def _last_evals(frame: pd.DataFrame, column: str, last: int = 2) -> pd.Series:

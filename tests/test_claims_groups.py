@@ -184,7 +184,7 @@ def test_equivalence_holm_over_a_family_keeps_the_familywise_rate():
 
 # --- planted frames
 
-def g2_frame(jensen: float, gap: float, seeds: int = 4) -> pd.DataFrame:
+def g2_frame(jensen: float, gap: float, seeds: int = 4, gap_noise: float = 0.01) -> pd.DataFrame:
     rng = np.random.default_rng(2)
     rows = []
     for g in GS:
@@ -193,7 +193,7 @@ def g2_frame(jensen: float, gap: float, seeds: int = 4) -> pd.DataFrame:
             unbiased = expected + jensen + rng.normal(0, 0.01)
             rows.append({"arm": f"G{g}", "seed": seed, "step": 1, "zero_var/expected_frac": expected,
                          "zero_var/unbiased_frac": unbiased,
-                         "accuracy/constant_group_frac": unbiased + gap + rng.normal(0, 0.01)})
+                         "accuracy/constant_group_frac": unbiased + gap + rng.normal(0, gap_noise)})
             rows.append({"arm": f"G{g}", "seed": seed, "step": 2, "eval/accuracy": 0.5})
     return frame_of(rows)
 
@@ -206,6 +206,14 @@ def test_g2_on_planted_frames(jensen, gap, verdict):
     assert result.seeds == 4 and "jensen G16" in result.measured and "TOST" in result.measured
     if verdict == "held":
         assert "equivalence within +-0.1 shown" in result.measured
+
+
+def test_g2_does_not_hold_on_a_gap_too_noisy_to_show_equivalence():
+    """The Jensen gaps are clear, the measured-vs-estimate gap is 0 on average but its noise (sd 0.3 at 4 seeds)
+    lets no interval exclude 0 nor show it within +-0.1: "equals" is not shown, so not held."""
+    result = stat.check_g2(g2_frame(0.1, 0.0, gap_noise=0.3))
+    assert result.verdict == stat.NOT_DETECTED, (result.measured, result.note)
+    assert "equivalence of the measured share and the estimate within +-0.1 not shown" in result.note
 
 
 def test_g2_without_the_estimate_is_not_applicable():
