@@ -16,7 +16,7 @@ table (analysis/paper_checks.py), beside the sweeps' sections when <out-dir> hol
 S claims share sweeps (SWEEPS): each names the experiment whose runs it reads, so one G sweep serves G2-G5,
 one length 2x2 serves R4, R5 and P8. Without --exact-only the sweeps the built S checks need run (or resume:
 finished runs are skipped) under <out-dir>/<sweep>/ with experiments/sweep.py; S claims whose check is not
-built yet are listed with verdict "not run" and the sweep they need. Built so far: M2, G3.
+built yet are listed with verdict "not run" and the sweep they need. Every S claim of the list has its check.
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ CLAIMS = [
           sweep="length_2x2", arms=("grpo", "no_std", "std_sum_norm", "dr_grpo"), steps="all"),
     Claim("G1", "A group is constant with prob q^G + (1-q)^G, 2/(G+1) over q ~ U(0,1); C(k,G)/C(n,G) is unbiased "
           "for q^G", "DAPO 2503.14476 Sec. 3.2", "enumerated P(constant); E[estimate]", "E", exact.check_g1),
-    Claim("G2", "At step 0 the zero-variance share equals E_q[q^G + (1-q)^G], above the pooled pbar^G + (1-pbar)^G",
+    Claim("G2", "At the first step the zero-variance share equals E_q[q^G + (1-q)^G], above the pooled "
+          "pbar^G + (1-pbar)^G",
           "DAPO 2503.14476 Sec. 3.2", "accuracy/constant_group_frac vs zero_var/unbiased_frac vs "
           "zero_var/expected_frac", "S", stat.check_g2, sweep="group_size", arms=("G2", "G4", "G8", "G16"),
           steps="1 (the first training step)"),

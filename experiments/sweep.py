@@ -126,12 +126,27 @@ def consecutive_blocks(runs: list[Run]) -> list[list[Run]]:
     return blocks
 
 
-def plan_processes(runs: list[Run], population: str) -> list[Process]:
+def balanced(blocks: list[list[Run]], parallel: int) -> list[list[Run]]:
+    """`blocks` with the largest split in two (first half the larger) until their count is a multiple of
+    `parallel` (or every block is one run), longest first: K processes of equal length on `parallel` cores
+    leave cores idle in their last round unless `parallel` divides K (5 arms x 3 seeds at 2 at a time: 9
+    run-lengths of wall time as 5 populations, 8 as 4 + 2 + 1)."""
+    blocks = list(blocks)
+    while len(blocks) % parallel and max(map(len, blocks)) > 1:
+        largest = max(range(len(blocks)), key=lambda i: len(blocks[i]))
+        block = blocks.pop(largest)
+        half = (len(block) + 1) // 2
+        blocks[largest:largest] = [block[:half], block[half:]]
+    return sorted(blocks, key=len, reverse=True)
+
+
+def plan_processes(runs: list[Run], population: str, parallel: int = 1) -> list[Process]:
     """The processes that train `runs` (the unfinished ones): with population "off" one per run; with "auto"
-    one population per block of an arm's consecutive seeds of a preset model, provided the population's
-    members are exactly the runs' configs (else, as for a pretrained model, one process per run)."""
+    one population per block of an arm's consecutive seeds of a preset model (blocks split so that `parallel`
+    cores stay busy: `balanced`), provided the population's members are exactly the runs' configs (else, as
+    for a pretrained model, one process per run)."""
     processes = []
-    for block in consecutive_blocks(runs) if population == "auto" else [[run] for run in runs]:
+    for block in balanced(consecutive_blocks(runs), parallel) if population == "auto" else [[run] for run in runs]:
         config = block[0].config
         if len(block) > 1 and is_preset(config.model):
             together = dataclasses.replace(config, population=len(block), out_dir=str(block[0].dir.parent))
@@ -430,7 +445,7 @@ def sweep(experiment: Experiment, args: argparse.Namespace, train_args: list[str
                  else "every run of an arm starts from the arm's warm start") + ")")
         if len(todo) < len(runs):
             print(f"# {len(runs) - len(todo)} of {len(runs)} runs already finished")
-        for process in plan_processes(todo, args.population):
+        for process in plan_processes(todo, args.population, args.parallel):
             print(shlex.join(["grpo", "train", *config_flags(process.config)]))
         return 0
     conflicts = [r for r in runs if run_status(r) == "conflict"]
@@ -458,7 +473,7 @@ def sweep(experiment: Experiment, args: argparse.Namespace, train_args: list[str
         return code
     write_sweep_json(experiment, args.out_dir, runs, seeds, args.warmstart_seed)
     todo = [r for r in runs if run_status(r) != "finished"]
-    processes = plan_processes(todo, args.population)
+    processes = plan_processes(todo, args.population, args.parallel)
     log_of = {run: process.log for process in processes for run in process.runs}
     populations = sum(len(p.runs) > 1 for p in processes)
     print(f"{experiment.name}: {len(runs)} runs ({len(runs) - len(todo)} already finished) in {args.out_dir}; "

@@ -13,23 +13,27 @@ from grpo.algorithm.batching import Exchange
 
 
 def recording_exchange(log: list):
-    """An exchange whose 'double' kind records each group of calls it runs and doubles their values."""
+    """An exchange whose 'double' kind records each group of calls it runs (in the order it gets them) and
+    doubles their values."""
     def double(calls):
-        log.append(sorted(x for (x,) in calls))
+        log.append([x for (x,) in calls])
         return [2 * x for (x,) in calls]
     return Exchange({"double": double})
 
 
-def test_every_seed_waiting_is_served_by_one_computation():
+def test_every_seed_waiting_is_served_by_one_computation_in_seat_order():
+    """Three seeds, two calls each: two rounds of one computation over all three, whose calls come in the
+    seats' order whichever thread arrived first (the jobs run in reverse seat order here)."""
     log = []
     exchange = recording_exchange(log)
     seats = [exchange.seat() for _ in range(3)]
+    assert [seat.index for seat in seats] == [0, 1, 2]
 
     def job(i):
-        return lambda: [seats[i].exchange.call("double", 10 * i + k) for k in range(2)]
+        return lambda: [exchange.call("double", 10 * i + k, seat=seats[i].index) for k in range(2)]
 
-    assert exchange.run([job(i) for i in range(3)]) == [[0, 2], [20, 22], [40, 42]]
-    assert log == [[0, 10, 20], [1, 11, 21]]      # two rounds, each one call of all three seeds
+    assert exchange.run([job(i) for i in (2, 1, 0)]) == [[40, 42], [20, 22], [0, 2]]
+    assert log == [[0, 10, 20], [1, 11, 21]]
 
 
 def test_a_seed_that_stops_early_or_fails_does_not_hold_the_others_up():
@@ -48,7 +52,7 @@ def test_a_seed_that_stops_early_or_fails_does_not_hold_the_others_up():
 
     short_result, error, long_result = exchange.run([short, failing, long])
     assert short_result == 2 and isinstance(error, ValueError) and long_result == [6, 8, 10]
-    assert log == [[1, 2, 3], [4], [5]]
+    assert sorted(log[0]) == [1, 2, 3] and log[1:] == [[4], [5]]
 
 
 def test_an_error_in_a_computation_reaches_every_seed_of_its_group():
@@ -81,6 +85,7 @@ def test_a_populations_model_calls_meet_in_one_round_per_call(tmp_path, monkeypa
 @pytest.mark.parametrize("change, reason", [
     (dict(population_batching="off"), "off"),
     (dict(population_batching="auto", device="cpu"), "CPU"),
+    (dict(sampler="hf"), "static"),
     (dict(model="small", dtype="bf16"), "fp32"),
 ])
 def test_batching_is_refused_in_one_line_where_it_does_not_run(change, reason):
@@ -115,3 +120,43 @@ def test_the_shared_reference_runs_every_seeds_rows_in_one_forward_to_float_tole
             alone = frozen_logp_alone(c, c.reference, r)
         assert out.shape == alone.shape
         torch.testing.assert_close(out, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_on_is_refused_in_one_line_where_batching_cannot_run(tmp_path):
+    from grpo import GrpoError
+    from grpo.algorithm.population import build_population
+    from grpo.setup.config import TrainConfig
+
+    cfg = TrainConfig(**{**SMALL_CONFIG, **MIXED, "population": 2, "population_batching": "on", "sampler": "hf",
+                         "out_dir": str(tmp_path)})
+    with pytest.raises(GrpoError, match="cannot batch this population: .*--sampler hf"):
+        build_population(cfg.members(), log=lambda *_: None)
+
+
+def test_pi_old_over_stacked_weights_a_micro_batch_at_a_time_equals_each_seeds_own(tmp_path):
+    """frozen_batched with each seed's own weights (pi_old) runs the seeds' micro-batches side by side: each
+    seed's log-probs equal its frozen_logp alone to float rounding (rows in 3 micro-batches of at most 4)."""
+    import copy
+
+    import torch
+
+    from grpo.algorithm.step import build_run
+    from grpo.algorithm.update import frozen_logp_alone
+    from grpo.setup.config import TrainConfig
+
+    c, s = build_run(TrainConfig(**{**SMALL_CONFIG, **MIXED, "micro_batch_size": 4, "out_dir": str(tmp_path)}),
+                     log=lambda *_: None)
+    generator = torch.Generator().manual_seed(0)
+    models = [s.policy, copy.deepcopy(s.policy)]
+    with torch.no_grad():
+        for p in models[1].parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=generator))
+    calls = []
+    for model, rows in zip(models, (10, 7)):
+        ids = torch.randint(3, 20, (rows, 3), generator=generator)
+        rollout = c.sampler.generate_from(model, ids, torch.ones_like(ids), max_new_tokens=5, temperature=1.0,
+                                          generator=generator, eos_token_id=2, pad_token_id=0)
+        calls.append((c, model, rollout))
+    for (_, model, rollout), out in zip(calls, batching.frozen_batched(calls)):
+        with torch.no_grad():
+            torch.testing.assert_close(out, frozen_logp_alone(c, model, rollout), atol=1e-5, rtol=1e-5)

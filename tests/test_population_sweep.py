@@ -68,10 +68,11 @@ def test_finished_seeds_are_skipped_and_a_gap_splits_the_population(tmp_path, ca
     for seed in (1, 4):          # seeds 0, 2, 3 and 5 are left: blocks [0], [2, 3], [5]
         (sweep / "beta0" / f"seed{seed}").mkdir(parents=True)
         (sweep / "beta0" / f"seed{seed}" / "summary.json").write_text(json.dumps({"status": "finished", "steps_done": 10**6}))
-    lines = dry_run(capsys, sweep, "--seeds", "6", "--arms", "beta0")
+    # 3 processes at 3 at a time: no block is split (`balanced`); the longest goes first.
+    lines = dry_run(capsys, sweep, "--seeds", "6", "--arms", "beta0", "--parallel", "3")
     configs = [parsed(line) for line in lines]
-    assert [(c.seed, c.population) for c in configs] == [(0, 1), (2, 2), (5, 1)]
-    assert [c.out_dir for c in configs] == [str(sweep / "beta0" / "seed0"), str(sweep / "beta0"),
+    assert [(c.seed, c.population) for c in configs] == [(2, 2), (0, 1), (5, 1)]
+    assert [c.out_dir for c in configs] == [str(sweep / "beta0"), str(sweep / "beta0" / "seed0"),
                                             str(sweep / "beta0" / "seed5")]
     assert [m.out_dir for m in configs[1].members()] == [str(sweep / "beta0" / f"seed{k}") for k in (2, 3)]
 
@@ -176,3 +177,21 @@ def test_bench_population_reports_seed_steps_per_second(tmp_path, capsys):
     loop = two["loop"]
     assert loop["seed_steps_per_s"] == pytest.approx(2 / loop["median_s_per_step"])
     assert two["population_speedup"] == pytest.approx(two["seed_steps_per_s"] / loop["seed_steps_per_s"])
+
+
+@pytest.mark.parametrize("sizes, parallel, expected", [
+    ([3] * 5, 2, [3, 3, 3, 3, 2, 1]),     # 9 -> 8 run-lengths of wall time at 2 at a time
+    ([3] * 3, 2, [3, 3, 2, 1]),           # 6 -> 5
+    ([3] * 4, 2, [3, 3, 3, 3]),           # already a multiple: unchanged
+    ([5], 2, [3, 2]),                     # one arm: both cores busy
+    ([1, 1, 1], 2, [1, 1, 1]),            # nothing left to split
+    ([2, 3], 1, [3, 2]),                  # one at a time: longest first, no split
+])
+def test_blocks_are_split_so_every_core_stays_busy(sizes, parallel, expected):
+    from experiments.sweep import balanced
+
+    blocks = [[f"a{a}s{k}" for k in range(n)] for a, n in enumerate(sizes)]
+    out = balanced(blocks, parallel)
+    assert [len(b) for b in out] == expected
+    assert sorted(run for b in out for run in b) == sorted(run for b in blocks for run in b)
+    assert all(len({run.split("s")[0] for run in b}) == 1 for b in out)     # a block stays within one arm

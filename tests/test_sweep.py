@@ -64,7 +64,7 @@ def test_dry_run_prints_one_command_per_run_and_runs_nothing(tmp_path):
                          capture_output=True, text=True, check=True)
     header, *lines = out.stdout.strip().splitlines()
     assert header.startswith("# warmstart_seed: same ")
-    assert len(lines) == 3 * 2 and all(line.startswith("grpo train ") for line in lines)
+    assert len(lines) == 5 * 2 and all(line.startswith("grpo train ") for line in lines)   # 5 arms x 2 seeds
     assert "--inner-epochs 4" in out.stdout
     assert not (tmp_path / "sweep").exists()
 
@@ -123,7 +123,7 @@ def _finished(sweep: Path) -> list[Path]:
 def test_killed_sweep_restarts_without_rerunning_finished_runs(tmp_path):
     sweep = tmp_path / "sweep"
     command = [sys.executable, "-m", "experiments.inner_epochs", "--out-dir", str(sweep), "--seeds", "1",
-               "--steps", "3", "--no-report", *TINY]
+               "--arms", "mu1,mu2,mu4", "--steps", "3", "--no-report", *TINY]
     env = {**os.environ, "GRPO_CACHE": str(tmp_path / "cache")}
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     deadline = time.time() + 240

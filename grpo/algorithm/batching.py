@@ -33,7 +33,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from grpo.algorithm.update import frozen_logp_alone, model_logp
+from grpo.algorithm.update import frozen_logp_alone, micro_batches, model_logp
 from grpo.engine.population_decode import generate_population
 from grpo.engine.population_logp import population_logp
 from grpo.engine.sampler import concat_rollouts
@@ -43,6 +43,7 @@ from grpo.engine.sampler import concat_rollouts
 class Call:
     kind: str
     args: tuple
+    seat: int
     result: Any = None
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
@@ -60,11 +61,14 @@ class Exchange:
         self.live = 0
 
     def seat(self) -> Seat:
-        return Seat(self)
+        """A new seat; seats are numbered in the order they are made, and a computation stacks its calls
+        in that order (so a population's stacks do not depend on which thread arrived first)."""
+        self.seats = getattr(self, "seats", 0) + 1
+        return Seat(self, self.seats - 1)
 
-    def call(self, kind: str, *args):
+    def call(self, kind: str, *args, seat: int = 0):
         """Hand one model call over and wait for its result (called from a seed's thread, holding the turn)."""
-        call = Call(kind, args)
+        call = Call(kind, args, seat)
         with self.lock:
             self.waiting.append(call)
             ready = len(self.waiting) == self.live
@@ -81,12 +85,12 @@ class Exchange:
     def _flush(self) -> None:
         """Run every waiting call, a kind at a time (the caller holds the turn)."""
         with self.lock:
-            calls, self.waiting = self.waiting, []
+            calls, self.waiting = sorted(self.waiting, key=lambda c: c.seat), []
         for kind in dict.fromkeys(c.kind for c in calls):
             group = [c for c in calls if c.kind == kind]
             try:
                 results = self.executors[kind]([c.args for c in group])
-                for c, r in zip(group, results):
+                for c, r in zip(group, results, strict=True):
                     c.result = r
             except BaseException as err:         # every seed of the group gets the error
                 for c in group:
@@ -110,7 +114,7 @@ class Exchange:
             with self.turn:
                 try:
                     results[i] = jobs[i]()
-                except BaseException as err:     # reported per seed by the caller
+                except BaseException as err:     # reported per seed by the caller (who re-raises a non-Exception)
                     results[i] = err
                 finally:
                     self._leave()
@@ -127,20 +131,22 @@ class Exchange:
 
 @dataclass
 class Seat:
-    """One seed's handle on the exchange (`Components.population`)."""
+    """One seed's handle on the exchange (`Components.population`); `index` orders its calls in a stack."""
     exchange: Exchange
+    index: int = 0
 
     def generate(self, sampler, policy, prompt_ids, prompt_mask, generator, **options):
-        return self.exchange.call("generate", sampler, policy, prompt_ids, prompt_mask, generator, options)
+        return self.exchange.call("generate", sampler, policy, prompt_ids, prompt_mask, generator, options,
+                                  seat=self.index)
 
     def frozen_logp(self, c, model, rollout) -> torch.Tensor:
-        return self.exchange.call("frozen", c, model, rollout)
+        return self.exchange.call("frozen", c, model, rollout, seat=self.index)
 
     def logp(self, c, model, rollout, rows, with_entropy: bool):
-        return self.exchange.call("logp", c, model, rollout, rows, with_entropy)
+        return self.exchange.call("logp", c, model, rollout, rows, with_entropy, seat=self.index)
 
     def backward(self, loss: torch.Tensor) -> None:
-        self.exchange.call("backward", loss)
+        self.exchange.call("backward", loss, seat=self.index)
 
 
 # The executors: each takes the waiting calls' args of one kind and returns their results in order.
@@ -204,14 +210,27 @@ def logp_stacked(calls: list[tuple]) -> list:
         return stacked_logp(calls)
 
 
+def frozen_stacked(calls: list[tuple]) -> list:
+    """`frozen_each` over the seeds' stacked weights, a micro-batch at a time: each seed's micro-batches (as
+    its own `frozen_logp` cuts them) side by side, so memory stays S micro-batches'."""
+    outs = [torch.zeros(rollout.completion_ids.shape, device=rollout.completion_ids.device) for _, _, rollout in calls]
+    pieces = [micro_batches(c, rollout, torch.arange(rollout.completion_ids.shape[0], device=rollout.completion_ids.device))
+              for c, _, rollout in calls]
+    with torch.no_grad():
+        for j in range(max(len(p) for p in pieces)):
+            due = [i for i, p in enumerate(pieces) if j < len(p)]
+            values = stacked_logp([(*calls[i], pieces[i][j], False) for i in due])
+            for i, value in zip(due, values):
+                outs[i][pieces[i][j]] = value
+    return outs
+
+
 def frozen_batched(calls: list[tuple]) -> list:
     """`frozen_each` as one computation: the shared reference over every seed's rows, in micro-batches of
     S times the run's (what the S seeds' micro-batches hold side by side)."""
     models = [model for _, model, _ in calls]
     if not all(model is models[0] for model in models):       # pi_old: each seed's own weights
-        with torch.no_grad():
-            return stacked_logp([(c, model, rollout, torch.arange(rollout.completion_ids.shape[0]), False)
-                                 for c, model, rollout in calls])
+        return frozen_stacked(calls)
     c, rollouts = calls[0][0], [rollout for _, _, rollout in calls]
     wide = dataclasses.replace(c, cfg=dataclasses.replace(c.cfg, micro_batch_size=len(calls) * c.cfg.micro_batch))
     with torch.no_grad():

@@ -6,7 +6,8 @@ pool's epoch order; the counterfactual alternatives, whose selections are seeded
 What does not depend on the RL seed is built once and shared: the task, the tokenizer, the frozen reference
 (a copy of the warm start, which --warmstart-seed seeds, not --seed), the sampler (it draws from whichever
 state steps: grpo/algorithm/collect.py), the device and the warm start's evaluation store. So seed k of
-a population computes what its single run computes, line for line.
+a population stepped seed by seed computes what its single run computes, line for line; batched, the same
+to float rounding at its first step (a stacked matmul rounds differently), and statistically after it.
 
 With --population-batching on (auto: on CUDA) and a model the batched computations run (a Llama-family
 preset in fp32: `batching_refusal`), the seeds' model calls meet in an `Exchange` (grpo/algorithm/batching.py)
@@ -21,6 +22,7 @@ import functools
 import time
 
 from grpo.algorithm.batching import BATCHED, Exchange
+from grpo import GrpoError
 from grpo.algorithm.state import Components, TrainState
 from grpo.base.device import resolve_device
 from grpo.algorithm.step import StepResult, build_run, grpo_step, starting_state
@@ -52,7 +54,10 @@ def build_population(configs: list[TrainConfig], log=print) -> list[tuple[Compon
             c, cfg=cfg, pool=PromptPool(c.task, cfg.prompt_pool, cfg.seed) if cfg.prompt_pool else None,
             alternatives=tuple(alternative_configs(cfg)), timer=None)      # timer None: a fresh one
         members.append((own, starting_state(cfg, copy.deepcopy(warm_start), own.device)))
-    if len(members) > 1 and batching_refusal(configs[0]) is None:
+    refusal = batching_refusal(configs[0]) if len(members) > 1 else "one seed"
+    if refusal is not None and configs[0].population_batching == "on" and len(members) > 1:
+        raise GrpoError(f"--population-batching on cannot batch this population: {refusal}")
+    if refusal is None:
         exchange = Exchange(dict(BATCHED))
         members = [(dataclasses.replace(c, population=exchange.seat()), s) for c, s in members]
     return members
@@ -68,6 +73,8 @@ def batching_refusal(cfg: TrainConfig) -> str | None:
         return f"--model {cfg.model} is not a Llama-family preset (the batched forward is written for those)"
     if cfg.compute_dtype != "fp32" or cfg.rollout_dtype not in (None, "fp32"):
         return "the batched forward runs in fp32 (--dtype and --rollout-dtype fp32)"
+    if cfg.sampler not in ("auto", "static"):
+        return f"the batched decode is the static sampler's, not --sampler {cfg.sampler}"
     return None
 
 
@@ -81,7 +88,7 @@ def step_population(members: list[tuple[Components, TrainState]], step: int) -> 
         tick = time.perf_counter()
         results = seat.exchange.run([functools.partial(grpo_step, c, s, step) for c, s in members])
         for r in results:
-            if isinstance(r, KeyboardInterrupt):
+            if isinstance(r, BaseException) and not isinstance(r, Exception):   # SystemExit and the like stop all
                 raise r
         seconds = time.perf_counter() - tick
         return [(r, seconds) for r in results]

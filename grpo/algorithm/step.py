@@ -47,8 +47,10 @@ from grpo.setup.tasks import PromptPool, make_task
 
 __all__ = ["StepResult", "TrainingDiverged", "build_run", "evaluate_policy", "grpo_step"]
 
-# The extra samples' stream sits past the run's own (grpo/algorithm/state.py STREAM_OFFSETS: 0-3).
-EXTRA_SAMPLES_OFFSET = 17
+# The extra samples' stream: seed * 1000 + 999 - rank, from the top of the seed's block of 1000 down, while the
+# run's own streams are seed * 1000 + rank + 0..3 (grpo/algorithm/state.py STREAM_OFFSETS) from its bottom up:
+# they meet only past 498 ranks.
+EXTRA_SAMPLES_TOP = 999
 SAMPLE_ROWS = 2          # prompts (with all their completions) written to samples.jsonl
 
 
@@ -263,7 +265,7 @@ def extra_zero_var(c: Components, s: TrainState, examples: list) -> dict[str, to
     drawn with a generator of their own (seeded from the run's seed and rank, never checkpointed: it is used
     at step 1 only), so the run's own streams, and every other metric, are exactly as without them."""
     cfg = c.cfg
-    generator = torch.Generator(device=c.device).manual_seed(cfg.seed * 1000 + dist.rank() + EXTRA_SAMPLES_OFFSET)
+    generator = torch.Generator(device=c.device).manual_seed(cfg.seed * 1000 + EXTRA_SAMPLES_TOP - dist.rank())
     successes = extra_correct_counts(c, s, examples, cfg.zero_var_extra_samples, generator)
     local = unbiased_zero_var_frac(successes, cfg.zero_var_extra_samples, cfg.group_size)
     # Ranks hold equally many prompts: the mean of their means is the mean over every prompt.
