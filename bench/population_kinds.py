@@ -37,9 +37,7 @@ VARIANTS = {
 
 
 def time_variant(b: BenchConfig, executors) -> list[float]:
-    cfg = workload_config(b)
-    if executors is None:
-        cfg = dataclasses.replace(cfg, population_batching="off")
+    cfg = dataclasses.replace(workload_config(b), population_batching="off" if executors is None else "on")
     seeds = [dataclasses.replace(cfg, seed=k) for k in range(b.population)]
     saved = dict(batching.BATCHED)
     if executors is not None:
