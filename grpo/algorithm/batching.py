@@ -10,8 +10,8 @@ last to arrive runs the calls, grouped by kind, as one computation over the seed
 The model-free stages (rewards, advantages, losses, metrics, probes) stay each seed's own code.
 
 Only one seed's thread runs at a time (the `turn` lock): the threads are a way to suspend a step at a
-model call, not parallelism (on a few cores, concurrent torch threads slow each other down), and the
-order is deterministic. The kinds of call:
+model call, not parallelism (on a few cores, concurrent torch threads slow each other down); a
+computation stacks its calls in seat order, whichever thread arrived first. The kinds of call:
 
     generate   policy, prompts, the seed's sampling generator -> Rollout      (inference mode)
     frozen     model, rollout -> log-probs [N, T], no gradient                (reference: one shared model)
@@ -26,6 +26,8 @@ its own (grpo/algorithm/update.py).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import queue
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -107,10 +109,13 @@ class Exchange:
             self._flush()
 
     def run(self, jobs: list[Callable[[], Any]]) -> list[Any]:
-        """Each job in a thread of its own, one running at a time; the results (or exceptions) in order."""
+        """Each job in a thread of its own, one running at a time; the results (or exceptions) in order.
+        The threads are kept from one call to the next (`workers`): a new thread would start a new OpenMP
+        team at its first parallel op, every step."""
         results: list[Any] = [None] * len(jobs)
+        done = threading.Semaphore(0)
 
-        def worker(i: int) -> None:
+        def job(i: int) -> None:
             with self.turn:
                 try:
                     results[i] = jobs[i]()
@@ -118,15 +123,29 @@ class Exchange:
                     results[i] = err
                 finally:
                     self._leave()
+            done.release()
 
         self.live = len(jobs)
-        threads = [threading.Thread(target=worker, args=(i,), name=f"seed-step-{i}", daemon=True)
-                   for i in range(len(jobs))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        for i in range(len(jobs)):
+            self.workers(len(jobs))[i].put(functools.partial(job, i))
+        for _ in jobs:
+            done.acquire()
         return results
+
+    def workers(self, count: int) -> list[queue.SimpleQueue]:
+        """The inboxes of `count` long-lived daemon threads, each running the callables it is sent."""
+        inboxes = self.__dict__.setdefault("inboxes", [])
+        while len(inboxes) < count:
+            inbox: queue.SimpleQueue = queue.SimpleQueue()
+            threading.Thread(target=_serve, args=(inbox,), name=f"seed-step-{len(inboxes)}", daemon=True).start()
+            inboxes.append(inbox)
+        return inboxes
+
+
+def _serve(inbox: queue.SimpleQueue) -> None:
+    """A worker thread's loop: run what arrives, forever (a daemon: it ends with the process)."""
+    while True:
+        inbox.get()()
 
 
 @dataclass

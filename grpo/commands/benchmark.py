@@ -98,6 +98,8 @@ class BenchConfig:
     spends in its matmul and attention kernels."""
     population: int = 1
     """Seeds 0 .. S-1 stepped as one population (grpo train --population S); reports seed_steps_per_s = S / s per step."""
+    population_batching: Literal["auto", "on", "off"] = "auto"
+    """grpo train --population-batching: the population's model calls over stacked weights (on), seed by seed (off), or auto (on for CUDA)."""
     compare_loop: bool = False
     """Also time the same seeds as single runs stepped in turn (`loop`, and `population_speedup`)."""
 
@@ -129,7 +131,7 @@ def workload_config(b: BenchConfig) -> TrainConfig:
         kl_beta=0.04, kl_estimator="k3", inner_epochs=1, mini_batches=1, micro_batch_size=w["micro_batch"],
         lr=1e-5 if pretrained else 1e-4, max_grad_norm=1.0, warmstart_steps=0, warmstart_seed=0, seed=0,
         threads=b.threads, device=b.device, dtype=b.dtype, rollout_dtype=b.rollout_dtype,
-        sampler=b.sampler, wandb_mode="disabled", quiet=True)
+        sampler=b.sampler, wandb_mode="disabled", quiet=True, population_batching=b.population_batching)
 
 
 def model_dims(config) -> dict[str, int]:
