@@ -10,23 +10,18 @@ experiments.group_size, on a base with two additions the claims need:
 Holds completions per step (64 = prompts x G) and steps fixed.
 """
 
+import dataclasses
 from dataclasses import replace
 
-from experiments.group_size import COMPLETIONS_PER_STEP
-from experiments.sweep import Experiment, main
-from grpo.setup.config import TrainConfig
+from experiments import group_size
+from experiments.sweep import main
 
 PROMPT_POOL = 128
 EXTRA_SAMPLES = 16          # >= the largest G (16), so every arm gets an unbiased estimate (G2: 512 extra)
-base = TrainConfig(prompt_pool=PROMPT_POOL, zero_var_extra_samples=EXTRA_SAMPLES)
-EXPERIMENT = Experiment(
-    name="group_size",
-    base=base,
-    arms={f"G{g}": replace(base, group_size=g, prompts_per_step=COMPLETIONS_PER_STEP // g) for g in (2, 4, 8, 16)},
-    budget=f"completions per step ({COMPLETIONS_PER_STEP} = prompts x G) and steps",
-    baseline="G8",
-    knob="group_size",
-)
+ADDED = dict(prompt_pool=PROMPT_POOL, zero_var_extra_samples=EXTRA_SAMPLES)
+EXPERIMENT = dataclasses.replace(
+    group_size.EXPERIMENT, base=replace(group_size.EXPERIMENT.base, **ADDED),
+    arms={arm: replace(cfg, **ADDED) for arm, cfg in group_size.EXPERIMENT.arms.items()})
 
 if __name__ == "__main__":
     raise SystemExit(main(EXPERIMENT))

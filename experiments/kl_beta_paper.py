@@ -4,20 +4,15 @@ kl/* (and the per-token kl/k1_token_std, kl/k3_token_std) without any penalty: B
 K5 the stds near the reference. Holds prompts per step, group size and steps fixed.
 """
 
+import dataclasses
 from dataclasses import replace
 
-from experiments.sweep import Experiment, main
-from grpo.setup.config import TrainConfig
+from experiments import kl_beta
+from experiments.sweep import main
 
-base = TrainConfig(kl_estimator="k3", kl_reference=True)
-EXPERIMENT = Experiment(
-    name="kl_beta",
-    base=base,
-    arms={f"beta{beta:g}": replace(base, kl_beta=beta) for beta in (0.0, 1e-3, 1e-2, 1e-1)},
-    budget=f"prompts per step ({base.prompts_per_step}), group size ({base.group_size}) and steps",
-    baseline="beta0",
-    knob="kl_beta",
-)
+EXPERIMENT = dataclasses.replace(
+    kl_beta.EXPERIMENT, base=replace(kl_beta.EXPERIMENT.base, kl_reference=True),
+    arms={arm: replace(cfg, kl_reference=True) for arm, cfg in kl_beta.EXPERIMENT.arms.items()})
 
 if __name__ == "__main__":
     raise SystemExit(main(EXPERIMENT))
