@@ -27,6 +27,7 @@ OBJECTIVE_SECTION_NOT_LOSS = {
     "advantage": "advantages.compute_advantages",
     "adv_eps": "advantages.compute_advantages",
     "kl_placement": "the trainer's reward shaping; update.loss_settings zeroes kl_beta under reward",
+    "kl_reference": "step.build_run: builds the reference at beta 0 too, so kl/* are logged without a penalty",
 }
 
 # A value for every setting, each unlike TrainConfig's default, that TrainConfig accepts together.

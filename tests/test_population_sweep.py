@@ -74,7 +74,7 @@ def test_finished_seeds_are_skipped_and_a_gap_splits_the_population(tmp_path, ca
     assert [(c.seed, c.population) for c in configs] == [(2, 2), (0, 1), (5, 1)]
     assert [c.out_dir for c in configs] == [str(sweep / "beta0"), str(sweep / "beta0" / "seed0"),
                                             str(sweep / "beta0" / "seed5")]
-    assert [m.out_dir for m in configs[1].members()] == [str(sweep / "beta0" / f"seed{k}") for k in (2, 3)]
+    assert [m.out_dir for m in configs[0].members()] == [str(sweep / "beta0" / f"seed{k}") for k in (2, 3)]
 
 
 # ---------------------------------------------------------------- real tiny sweeps
