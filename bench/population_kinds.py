@@ -10,7 +10,10 @@ Variants, each a fresh population of the same seeds (grpo/algorithm/batching.py'
     reference   + the shared reference over every seed's rows (frozen_batched)
     learner     + the learner's forward over stacked weights (logp_stacked)
 Prints one JSON object: median s per population step, seed_steps_per_s and the phases of each variant, run
-one after the other in this process (order as listed, then again reversed, medians of both).
+one after the other in this process (order as listed, then again reversed, medians of both). Caution: in one
+process the loop variant ran slower after the batched ones (W1, S = 5: 1.25 s a step first, 2.33 s as the
+median of both orders), so these ratios flatter batching; for a verdict time `grpo bench --population S
+--population-batching off|on` in fresh processes (docs/population.md).
 """
 
 from __future__ import annotations
