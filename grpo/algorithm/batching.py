@@ -61,11 +61,13 @@ class Exchange:
         self.lock = threading.Lock()     # guards waiting and live
         self.waiting: list[Call] = []
         self.live = 0
+        self.seats = 0                   # seats handed out
+        self.inboxes: list[queue.SimpleQueue] = []    # the long-lived step threads' (`workers`)
 
     def seat(self) -> Seat:
         """A new seat; seats are numbered in the order they are made, and a computation stacks its calls
         in that order (so a population's stacks do not depend on which thread arrived first)."""
-        self.seats = getattr(self, "seats", 0) + 1
+        self.seats += 1
         return Seat(self, self.seats - 1)
 
     def call(self, kind: str, *args, seat: int = 0):
@@ -134,12 +136,11 @@ class Exchange:
 
     def workers(self, count: int) -> list[queue.SimpleQueue]:
         """The inboxes of `count` long-lived daemon threads, each running the callables it is sent."""
-        inboxes = self.__dict__.setdefault("inboxes", [])
-        while len(inboxes) < count:
+        while len(self.inboxes) < count:
             inbox: queue.SimpleQueue = queue.SimpleQueue()
-            threading.Thread(target=_serve, args=(inbox,), name=f"seed-step-{len(inboxes)}", daemon=True).start()
-            inboxes.append(inbox)
-        return inboxes
+            threading.Thread(target=_serve, args=(inbox,), name=f"seed-step-{len(self.inboxes)}", daemon=True).start()
+            self.inboxes.append(inbox)
+        return self.inboxes
 
 
 def _serve(inbox: queue.SimpleQueue) -> None:
