@@ -5,7 +5,8 @@
 A claim is one entry of CLAIMS: its ID, the claim in one line, its source, the quantity measured, its kind
 (E: an exact identity checked to float tolerance without training; S: a direction of effect, read off the runs
 of a shared sweep with seeds and a calibrated interval) and its check. Adding a claim is one function (in
-experiments/claim_checks.py for an exact one) plus one line in CLAIMS; see docs/paper-checks.md.
+experiments/claim_checks.py for an exact one; an S one in experiments/sweep_claims.py or its sweep's
+claims_<sweep>.py) plus one line in CLAIMS; see docs/paper-checks.md.
 
 Verdicts: held (an identity to its tolerance; a direction detected), contradicted (the identity fails by more
 than its tolerance; the opposite direction detected), not detected at this budget (S, with the detectable
@@ -31,6 +32,9 @@ from pathlib import Path
 from typing import Callable
 
 from experiments import claim_checks as exact
+from experiments import claims_groups as groups
+from experiments import claims_length as length
+from experiments import claims_updates as updates
 from experiments import sweep_claims as stat
 from experiments.claim_checks import Result
 from grpo import GrpoError
@@ -73,7 +77,7 @@ CLAIMS = [
           "DeepSeekMath 2402.03300 eq. 20-21", "d loss / d logp per token", "E", exact.check_d2),
     Claim("D5", "RL sharpens: pass@1 rises more than pass@16, which stays roughly flat",
           "DeepSeekMath 2402.03300 Fig. 7", "change of unbiased pass@1 and pass@16, held-out set", "S",
-          stat.check_d5, sweep="length_2x2", arms=("grpo",), steps="first and last eval"),
+          length.check_d5, sweep="length_2x2", arms=("grpo",), steps="first and last eval"),
     Claim("R1", "G/(G-1) (r_i - mean r) equals the RLOO advantage r_i - mean_{j != i} r_j",
           "Dr. GRPO 2503.20783", "rloo advantages vs leave-one-out", "E", exact.check_r1),
     Claim("R2", "Binary rewards, k of G correct: std normalisation multiplies A by 1/sigma_k, sigma_k = "
@@ -83,65 +87,65 @@ CLAIMS = [
           "logit has sign -sign(A); under a constant normaliser it is 0", "Dr. GRPO 2503.20783 Sec. 3",
           "E[d objective / d length logit]", "E", exact.check_r3),
     Claim("R4", "GRPO makes wrong completions longer over training than Dr. GRPO at about equal accuracy",
-          "Dr. GRPO 2503.20783 Fig. 5", "slope of len/wrong_mean over steps", "S", stat.check_r4,
+          "Dr. GRPO 2503.20783 Fig. 5", "slope of len/wrong_mean over steps", "S", length.check_r4,
           sweep="length_2x2", arms=("grpo", "dr_grpo"), steps="all"),
     Claim("R5", "The length effect follows the length normalisation, not std", "Dr. GRPO 2503.20783 App. C Fig. 8",
-          "slope of len/wrong_mean, 2x2 main effects", "S", stat.check_r5,
+          "slope of len/wrong_mean, 2x2 main effects", "S", length.check_r5,
           sweep="length_2x2", arms=("grpo", "no_std", "std_sum_norm", "dr_grpo"), steps="all"),
     Claim("G1", "A group is constant with prob q^G + (1-q)^G, 2/(G+1) over q ~ U(0,1); C(k,G)/C(n,G) is unbiased "
           "for q^G", "DAPO 2503.14476 Sec. 3.2", "enumerated P(constant); E[estimate]", "E", exact.check_g1),
     Claim("G2", "At the first step the zero-variance share equals E_q[q^G + (1-q)^G], above the pooled "
           "pbar^G + (1-pbar)^G",
           "DAPO 2503.14476 Sec. 3.2", "accuracy/constant_group_frac vs zero_var/unbiased_frac vs "
-          "zero_var/expected_frac", "S", stat.check_g2, sweep="group_size", arms=("G2", "G4", "G8", "G16"),
+          "zero_var/expected_frac", "S", groups.check_g2, sweep="group_size", arms=("G2", "G4", "G8", "G16"),
           steps="1 (the first training step)"),
     Claim("G3", "The zero-variance share falls as G grows; the all-correct share rises over training",
           "DAPO 2503.14476 Fig. 3b", "zero_var/frac by G; zero_var/all_correct_frac slope", "S", stat.check_g3,
           sweep="group_size", arms=("G2", "G4", "G8", "G16"), steps="first 10% and all"),
     Claim("G4", "At equal rollouts per step, G = 2 trains about as well as G = 16 (equivalence, margin stated)",
-          "2-GRPO 2510.00977", "final eval accuracy, G2 - G16", "S", stat.check_g4, sweep="group_size",
+          "2-GRPO 2510.00977", "final eval accuracy, G2 - G16", "S", groups.check_g4, sweep="group_size",
           arms=("G2", "G16"), steps="last 2 evals"),
     Claim("G5", "Zero variance persists: P(zero-var next | zero-var before) >> P(zero-var next | informative before)",
-          "GRESO", "ledger transitions", "S", stat.check_g5, sweep="group_size", arms=("G8",), steps="all"),
+          "GRESO", "ledger transitions", "S", groups.check_g5, sweep="group_size", arms=("G8",), steps="all"),
     Claim("K2", "Under pi: E[k1] = E[k3] = KL(pi||pi_ref), E[k2] != KL in general, k3 >= 0",
           "Schulman 2020, Approximating KL", "enumerated expectations", "E", exact.check_k2),
     Claim("K3", "Expected gradients as losses: k1 -> 0, k2 -> grad KL, k3 -> biased, (pi/pi_old) k3 -> grad KL",
           "2510.01555", "autograd vs enumerated expectations", "E", exact.check_k3),
     Claim("K5", "Near the reference std(k1)/std(k3) >> 1 (~14 at KL 0.005)", "Schulman 2020",
-          "per-token std ratio at early steps", "S", stat.check_k5, sweep="kl_beta", arms=("beta0",),
+          "per-token std ratio at early steps", "S", groups.check_k5, sweep="kl_beta", arms=("beta0",),
           steps="2-6"),
     Claim("B2", "At beta = 0 the KL grows over training; the final KL falls as beta rises", "DeepSeekMath 2402.03300",
-          "kl/k3 slope; final kl/k3 by beta", "S", stat.check_b2, sweep="kl_beta",
+          "kl/k3 slope; final kl/k3 by beta", "S", groups.check_b2, sweep="kl_beta",
           arms=("beta0", "beta0.001", "beta0.01", "beta0.1"), steps="all"),
     Claim("P3", "Soft overlong punishment: 0 up to L_max - L_cache, -0.5 at the buffer's midpoint, -1 at L_max, "
           "continuous", "DAPO 2503.14476 eq. 13", "overlong_penalty vs eq. 13", "E", exact.check_p3),
     Claim("P5", "Clip-higher (eps_high 0.28 vs 0.2) slows the fall of entropy (off-policy updates)",
-          "DAPO 2503.14476 Fig. 2", "entropy slope", "S", stat.check_p5, sweep="inner_epochs",
+          "DAPO 2503.14476 Fig. 2", "entropy slope", "S", updates.check_p5, sweep="inner_epochs",
           arms=("mu2", "mu2_clip_higher"), steps="from 1"),
     Claim("P7", "Dynamic sampling reaches a reward threshold in fewer optimizer steps, more generated samples",
-          "DAPO 2503.14476 Fig. 6", "steps and samples to an eval-accuracy threshold", "S", stat.check_p7,
+          "DAPO 2503.14476 Fig. 6", "steps and samples to an eval-accuracy threshold", "S", updates.check_p7,
           sweep="dapo", arms=("token_level", "dynamic"), steps="all evals"),
     Claim("P8", "The token-level loss gives less length growth than the sample-level one", "DAPO 2503.14476 Sec. 3.3",
-          "slope of len/mean", "S", stat.check_p8, sweep="length_2x2", arms=("grpo", "token_mean"), steps="all"),
+          "slope of len/mean", "S", length.check_p8, sweep="length_2x2", arms=("grpo", "token_mean"), steps="all"),
     Claim("M1", "With mu = 1 and one mini-batch the ratio is 1, clip fraction 0, token- and sequence-level IS coincide",
           "PPO; TRL PR 2899", "ratio, clip fractions, clip vs gspo loss and gradient", "E", exact.check_m1),
     Claim("M2", "Clip fraction and KL(pi_old||pi) rise with the inner epoch index", "PPO; TRL PR 2899",
           "inner/k/clip_frac, inner/k/kl_old", "S", stat.check_m2, sweep="inner_epochs", arms=("mu4",),
           steps="from 1"),
     Claim("M3", "Reward per rollout batch rises faster with mu = 2, 4 than 1; per optimizer step it does not",
-          "PPO; TRL PR 2899", "reward slope per step and per update", "S", stat.check_m3, sweep="inner_epochs",
+          "PPO; TRL PR 2899", "reward slope per step and per update", "S", updates.check_m3, sweep="inner_epochs",
           arms=("mu1", "mu2", "mu4"), steps="from 1"),
     Claim("H1", "The entropy change has the sign of -Cov(log pi, A), mostly positive, so entropy falls",
-          "Cui et al. 2505.22617", "entropy/cov_logp_adv and the next step's entropy change", "S", stat.check_h1,
+          "Cui et al. 2505.22617", "entropy/cov_logp_adv and the next step's entropy change", "S", updates.check_h1,
           sweep="entropy", arms=("baseline",), steps="from 1"),
     Claim("H2", "R ~ -a e^H + b: a fit on the first third predicts the rest (RMSE vs constant)",
-          "Cui et al. 2505.22617", "RMSE of the fit vs a constant", "S", stat.check_h2, sweep="entropy",
+          "Cui et al. 2505.22617", "RMSE of the fit vs a constant", "S", updates.check_h2, sweep="entropy",
           arms=("baseline",), steps="fit on the first third, scored on the rest"),
     Claim("H3", "Clip-Cov and KL-Cov keep entropy higher than the clip baseline at similar accuracy",
-          "Cui et al. 2505.22617", "late entropy and accuracy", "S", stat.check_h3, sweep="entropy",
+          "Cui et al. 2505.22617", "late entropy and accuracy", "S", updates.check_h3, sweep="entropy",
           arms=("baseline", "kl_cov", "clip_cov"), steps="last third"),
     Claim("Q1", "GSPO at eps 3e-4/4e-4 clips a far larger share than token clip at 0.2/0.28 (~15% vs 0.13%)",
-          "GSPO 2507.18071 (secondary figures)", "clip/seq_frac vs clip fractions", "S", stat.check_q1,
+          "GSPO 2507.18071 (secondary figures)", "clip/seq_frac vs clip fractions", "S", updates.check_q1,
           sweep="inner_epochs", arms=("mu2", "mu2_gspo"), steps="from 1"),
     Claim("Q2", "Two binary rewards: sum-then-normalise ties (1,0) and (0,1); normalise-then-sum separates them by "
           "1/s1 - 1/s2 (a tie when the rewards' group std are equal); (0,1) vs (0,2) totals separate",

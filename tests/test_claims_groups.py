@@ -16,7 +16,7 @@ from scipy import stats
 
 from analysis import verdicts
 from experiments import paper_checks
-from experiments import sweep_claims as stat
+from experiments import claims_groups as stat
 from grpo.algorithm.metrics import kl_token_std_metrics
 from grpo.algorithm.step_probes import ledger_metrics, unbiased_zero_var_frac
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from experiments import length_2x2, paper_checks
-from experiments import sweep_claims as stat
+from experiments import claims_length as stat
 from grpo import GrpoError
 from grpo.engine.evaluation import pass_at_k_metrics
 from grpo.setup.config import TrainConfig

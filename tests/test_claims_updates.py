@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from experiments import paper_checks
-from experiments import sweep_claims as stat
+from experiments import claims_updates as stat
 from experiments.inner_epochs import EXPERIMENT as INNER_EPOCHS
 from grpo.algorithm.metrics import covariance_metric
 from grpo.formulas.objectives import token_covariance
