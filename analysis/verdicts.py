@@ -133,8 +133,11 @@ def equivalence_tests(diffs: np.ndarray, margin: float, alpha: float = ALPHA,
     the margin is shown when the one-sided test of the nearer side (H0: mean <= margin, or mean >= -margin)
     is rejected at alpha/2 per side (two sides), Holm over the family: its claim is then sign(mean).
 
+    Non-superiority (mean < +margin, whatever the lower side) is the TOST's upper test alone, P(H0: mean >=
+    margin), Holm over the family: `below`.
+
     Returns arrays [..., m]: n, mean, sd, tie (as `paired_tests`: no spread, no test), p_tost, equivalent
-    (bool), beyond (+1 above +margin, -1 below -margin, 0 none), lo, hi, and showable: the smallest
+    (bool), below (bool), beyond (+1 above +margin, -1 below -margin, 0 none), lo, hi, and showable: the smallest
     margin these seeds would show at a true difference 0 with `power`,
     (t_{1 - alpha/m, n-1} + t_{1 - (1 - power)/2, n-1}) * s/sqrt(n) (shifted-central-t approximation,
     s for sigma; NaN without a test).
@@ -154,13 +157,14 @@ def equivalence_tests(diffs: np.ndarray, margin: float, alpha: float = ALPHA,
     p_beyond = np.where(tested, np.minimum(1.0, 2 * np.minimum(p_above, p_below)), np.nan)
     m = (n >= 2).sum(-1, keepdims=True)
     equivalent = _holm_reject(p_tost, tested, m, alpha)
+    below = _holm_reject(np.where(tested, p_high, np.nan), tested, m, alpha)
     beyond = np.where(_holm_reject(p_beyond, tested, m, alpha), np.sign(mean), 0).astype(int)
     half = stats.t.ppf(1 - alpha / np.maximum(m, 1), df) * se
     lo, hi = np.where(tested, mean - half, np.nan), np.where(tested, mean + half, np.nan)
     showable = np.where(tested, (stats.t.ppf(1 - alpha / np.maximum(m, 1), df)
                                  + stats.t.ppf(1 - (1 - power) / 2, df)) * se, np.nan)
     return {"n": n, "mean": mean, "sd": sd, "tie": tie, "p_tost": p_tost, "equivalent": equivalent,
-            "beyond": beyond, "lo": lo, "hi": hi, "showable": showable}
+            "below": below, "beyond": beyond, "lo": lo, "hi": hi, "showable": showable}
 
 
 def _holm_reject(p: np.ndarray, tested: np.ndarray, m: np.ndarray, alpha: float) -> np.ndarray:

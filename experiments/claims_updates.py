@@ -93,7 +93,7 @@ def check_m3(frame: pd.DataFrame) -> Result:
         return _with_verdict(base, CONTRADICTED, "detected: " + ", ".join(
             name for name, c, bad in zip(names, claims, (-1, -1, 1, 1)) if c == bad), frame)
     margin = M3_MARGIN * float(per_opt["mu1"].mean()) if len(per_opt["mu1"]) else float("nan")
-    below = _non_superior(diffs[2:], margin) if margin > 0 else np.zeros(2, dtype=bool)
+    below = verdicts.equivalence_tests(diffs[2:], margin)["below"] if margin > 0 else np.zeros(2, dtype=bool)
     shown = (f"per-update not faster by {M3_MARGIN:g} x mu1's per-update slope ({margin:.3g}): "
              f"{'shown' if below.all() else 'not shown'}")
     if (per_batch > 0).all() and below.all():
@@ -104,25 +104,6 @@ def check_m3(frame: pd.DataFrame) -> Result:
 
 # M3's margin for "per optimizer step, mu > 1 does not raise reward faster": a quarter of mu1's own slope.
 M3_MARGIN = 0.25
-
-
-def _non_superior(diffs: np.ndarray, margin: float, alpha: float = verdicts.ALPHA) -> np.ndarray:
-    """Per row of paired differences diffs [m, n] (NaN: no pair): whether mean < margin is shown, one-sided
-    paired t-tests of H0: mean >= margin with Holm's step-down over the m rows."""
-    from scipy import stats
-
-    p = []
-    for row in diffs:
-        row = row[~np.isnan(row)]
-        sd = row.std(ddof=1) if len(row) >= 2 else float("nan")
-        p.append(stats.t.cdf((row.mean() - margin) / (sd / np.sqrt(len(row))), len(row) - 1)
-                 if len(row) >= 2 and sd > 0 else 1.0)
-    order, reject, m = np.argsort(p), np.zeros(len(p), dtype=bool), len(p)
-    for rank, i in enumerate(order):          # Holm: stop at the first p above its level
-        if p[i] > alpha / (m - rank):
-            break
-        reject[i] = True
-    return reject
 
 
 def check_p5(frame: pd.DataFrame) -> Result:

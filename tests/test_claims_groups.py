@@ -357,3 +357,11 @@ def test_the_claims_are_built_on_sweeps_that_have_their_arms():
     assert {cfg.prompts_per_step * cfg.group_size for cfg in group_size.arms.values()} == {64}
     kl_beta = importlib.import_module(paper_checks.SWEEPS["kl_beta"][0]).EXPERIMENT
     assert kl_beta.arms["beta0"].kl_reference and kl_beta.arms["beta0"].kl_beta == 0
+
+
+def test_non_superiority_is_the_upper_one_sided_test_alone():
+    """below: mean < +margin shown, however far below -margin the mean lies (where equivalence fails).
+    Row 1: mean -1, sd 0.0816, t = (-1 - 0.5) / (0.0816 / 2) = -36.7 on 3 df: p ~ 2e-5 -> shown, not equivalent.
+    Row 2: mean 0.5 = the margin: t = 0, p = 0.5 -> not shown."""
+    out = verdicts.equivalence_tests(np.array([[-1.0, -1.1, -0.9, -1.0], [0.5, 0.6, 0.4, 0.5]]), 0.5)
+    assert out["below"].tolist() == [True, False] and out["equivalent"].tolist() == [False, False]
