@@ -13,7 +13,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from grpo.engine.logprobs import completion_logp
 from grpo.engine.models import build_model
-from grpo.engine.population_logp import attention_mask, population_logp, shared_model_logp
+from grpo.engine.population_logp import attention_mask, population_logp
 
 VOCAB, EOS = 21, 2
 # A Qwen2 shape with GQA (4 query heads on 2 key/value heads) and q/k/v biases.
@@ -97,20 +97,6 @@ def test_each_seed_gets_its_own_values_and_gradients(build, num_seeds, case):
             scale = want.grad.abs().max().clamp(min=1e-6)
             torch.testing.assert_close(got.grad / scale, want.grad / scale, rtol=0.0, atol=5e-5,
                                        msg=lambda m: f"{name}: {m}")
-
-
-def test_the_shared_reference_gives_each_seed_its_own_values():
-    generator = torch.Generator().manual_seed(7)
-    model = llama(3)
-    prompt_ids, prompt_masks, completion_ids = seed_rows(3, generator)
-    case = dict(temperature=0.7, eos_token_id=EOS, min_new_tokens=2, with_entropy=True)
-    with torch.no_grad():
-        shared = shared_model_logp(model, prompt_ids, prompt_masks, completion_ids, **case)
-        for s in range(3):
-            single = completion_logp(model, prompt_ids[s], prompt_masks[s], completion_ids[s], **case)
-            for got, want in zip(shared[s], single):
-                assert got.shape == want.shape
-                torch.testing.assert_close(got, want, **TOL)
 
 
 def test_the_mask_hides_padding_keys_and_never_leaves_a_query_without_a_key():

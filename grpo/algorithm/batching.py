@@ -33,9 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
-from grpo.algorithm.update import frozen_logp_alone, micro_batches, model_logp
+from grpo.algorithm.update import frozen_logp_alone, micro_batches, model_logp, padded_to
 from grpo.engine.population_decode import generate_population
 from grpo.engine.population_logp import population_logp
 from grpo.engine.sampler import concat_rollouts
@@ -203,13 +202,6 @@ def backward_all(calls: list[tuple]) -> list:
     return [None] * len(calls)
 
 
-def _scored(rollout, rows, out, with_entropy: bool):
-    """A log-prob computation over the rows' widest completion, padded back to the rollout's width with 0
-    (as `update.model_logp` returns it)."""
-    past = rollout.completion_ids.shape[1] - (out[0] if with_entropy else out).shape[1]
-    return tuple(F.pad(x, (0, past)) for x in out) if with_entropy else F.pad(out, (0, past))
-
-
 def stacked_logp(calls: list[tuple]) -> list:
     """(c, model, rollout, rows, with_entropy) -> `model_logp`'s values, as one forward over the seeds' stacked
     weights (grpo/engine/population_logp.py), each seed run to its rows' longest completion."""
@@ -221,7 +213,7 @@ def stacked_logp(calls: list[tuple]) -> list:
         [rollout.completion_ids[rows, :w] for (_, _, rollout, rows, _), w in zip(calls, widths)],
         temperature=c.cfg.temperature, eos_token_id=c.tokenizer.eos_token_id, min_new_tokens=c.cfg.min_new_tokens,
         with_entropy=with_entropy)
-    return [_scored(rollout, rows, out, with_entropy) for (_, _, rollout, rows, _), out in zip(calls, outs)]
+    return [padded_to(rollout.completion_ids.shape[1], out) for (_, _, rollout, _, _), out in zip(calls, outs)]
 
 
 def logp_stacked(calls: list[tuple]) -> list:

@@ -36,10 +36,15 @@ def model_logp(c: Components, model, rollout: Rollout, rows: torch.Tensor, with_
                           eos_token_id=c.tokenizer.eos_token_id, min_new_tokens=c.cfg.min_new_tokens,
                           with_entropy=with_entropy, share_prompts=worth_sharing(rollout, c.cfg.group_size),
                           lean_head=c.lean)
-    past = rollout.completion_ids.shape[1] - width
-    if past == 0:
-        return out
-    return tuple(F.pad(x, (0, past)) for x in out) if with_entropy else F.pad(out, (0, past))
+    return padded_to(rollout.completion_ids.shape[1], out)
+
+
+def padded_to(width: int, out):
+    """Log-probs [B, w] (or a (log-probs, entropy) pair) run to the rows' widest completion, padded with 0
+    to the rollout's `width`: the columns past every row's EOS."""
+    if isinstance(out, tuple):
+        return tuple(padded_to(width, x) for x in out)
+    return out if out.shape[1] == width else F.pad(out, (0, width - out.shape[1]))
 
 
 def micro_batches(c: Components, rollout: Rollout, rows: torch.Tensor) -> list[torch.Tensor]:

@@ -21,7 +21,6 @@ from torch import Tensor
 from grpo import GrpoError
 from grpo.engine import stacked
 from grpo.engine.fast_sampler import _rotate_half, supports
-from grpo.engine.logprobs import completion_logp
 from grpo.engine.sampler import prompt_positions
 
 
@@ -123,18 +122,3 @@ def population_logp(models: list, prompt_ids: list[Tensor], prompt_masks: list[T
     # -sum p log p, with 0 log 0 = 0 where a token is banned (p = 0, log p = -inf), as completion_logp.
     entropy = -(log_probs.exp() * log_probs.masked_fill(torch.isinf(log_probs), 0.0)).sum(-1)
     return list(zip(logp, unpad_seeds(entropy, completion_ids)))
-
-
-def shared_model_logp(model, prompt_ids: list[Tensor], prompt_masks: list[Tensor], completion_ids: list[Tensor],
-                      *, temperature: float, **kwargs) -> list[Tensor] | list[tuple[Tensor, Tensor]]:
-    """`completion_logp` of every seed's rows under one model (the population's shared frozen reference) as
-    one forward over all seeds' rows, padded to one width; per seed [B_s, T_s] (kwargs as completion_logp's)."""
-    prompts, prompt_mask, completions = pad_seeds(prompt_ids, prompt_masks, completion_ids)
-    sizes = [p.shape[0] for p in prompt_ids]
-    real = torch.stack([torch.arange(prompts.shape[1], device=prompts.device) < size for size in sizes])          # [S, B]: not a missing row
-    out = completion_logp(model, prompts[real], prompt_mask[real], completions[real], temperature, **kwargs)
-
-    def per_seed(x: Tensor) -> list[Tensor]:
-        return [part[:, :c.shape[1]] for part, c in zip(x.split(sizes), completion_ids)]
-
-    return list(zip(*map(per_seed, out))) if isinstance(out, tuple) else per_seed(out)
