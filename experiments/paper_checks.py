@@ -173,9 +173,21 @@ def sweep_arms(claims: list[Claim]) -> dict[str, list[str]]:
     return arms
 
 
+# The two budgets of the S claims, both on each sweep's --quick cadence (evals, checkpoints: sweep.QUICK or the
+# experiment's own). --quick: 3 seeds x 40 steps (27.5 min on 2 cores). The full run: more seeds for the
+# intervals' power and twice the steps for the slopes, 3.3x the quick run's seed-steps, under the 3 h target.
+FULL = {"seeds": 5, "steps": 80}
+
+
+def budget_flags(quick: bool) -> list[str]:
+    """The sweep flags of the S claims' budget: --quick alone, or --quick with the FULL seeds and steps."""
+    return ["--quick"] if quick else ["--quick", "--seeds", str(FULL["seeds"]), "--steps", str(FULL["steps"])]
+
+
 def run_sweep(name: str, arms: list[str], out_dir: Path, quick: bool, parallel: int | None) -> int:
-    """Run (or resume; finished runs are skipped) the arms of sweep `name` under <out_dir>/<name>, as
-    `python -m <its experiment> --out-dir ... --arms ... --no-report` would; returns its exit code."""
+    """Run (or resume; finished runs are skipped) the arms of sweep `name` under <out_dir>/<name> on the
+    budget_flags(quick), as `python -m <its experiment> --out-dir ... --arms ... --no-report` would; returns
+    its exit code."""
     import importlib
 
     from experiments import sweep      # deferred: the sweep runner imports the model stack
@@ -185,7 +197,7 @@ def run_sweep(name: str, arms: list[str], out_dir: Path, quick: bool, parallel: 
     if missing:
         raise GrpoError(f"sweep {name} ({SWEEPS[name][0]}) has no arm(s) {', '.join(missing)} yet")
     argv = ["--out-dir", str(out_dir / name), "--arms", ",".join(arms), "--no-report",
-            "--parallel", str(parallel or sweep.DEFAULT_PARALLEL), *(["--quick"] if quick else [])]
+            "--parallel", str(parallel or sweep.DEFAULT_PARALLEL), *budget_flags(quick)]
     return sweep.main(experiment, argv)
 
 
@@ -240,7 +252,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         metavar="ID,ID,...", help="comma-separated claim IDs to check (default: all)")
     parser.add_argument("--exact-only", action="store_true",
                         help="only the exact (E) claims: no training, a few seconds")
-    parser.add_argument("--quick", action="store_true", help="the S claims' small budget (sweeps' --quick)")
+    parser.add_argument("--quick", action="store_true", help="the S claims' small budget: 3 seeds x 40 steps (default: the full run's "
+                             f"{FULL['seeds']} seeds x {FULL['steps']} steps)")
     # Default None: the sweeps' own default (experiments.sweep.DEFAULT_PARALLEL), read when a sweep runs, so
     # --exact-only does not import the sweep runner and its model stack.
     parser.add_argument("--parallel", type=int, default=None,

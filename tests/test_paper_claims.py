@@ -271,3 +271,16 @@ def test_a_sweep_without_the_claims_arms_is_an_error_not_a_crash(tmp_path, monke
     monkeypatch.setitem(paper_checks.SWEEPS, "inner_epochs", ("experiments.group_size", "a sweep without mu4"))
     with pytest.raises(paper_checks.GrpoError, match="has no arm"):
         paper_checks.run_sweep("inner_epochs", ["mu4"], tmp_path, True, 1)
+
+
+@pytest.mark.parametrize("quick, seeds, steps", [(True, 3, 40), (False, 5, 80)])
+def test_the_budgets_plan_their_seeds_and_steps_on_the_quick_cadence(tmp_path, quick, seeds, steps):
+    from experiments import length_2x2, sweep
+
+    args, train_args = sweep.parse_args(length_2x2.EXPERIMENT, ["--out-dir", str(tmp_path), "--arms", "grpo",
+                                                                *paper_checks.budget_flags(quick)])
+    runs = sweep.plan_runs(length_2x2.EXPERIMENT, args.out_dir, list(range(args.seeds)),
+                           {"quick": args.quick, "steps": args.steps, "train_args": train_args, "arms": args.arms},
+                           args.parallel)
+    assert [r.seed for r in runs] == list(range(seeds))
+    assert {(r.config.steps, r.config.eval_every) for r in runs} == {(steps, 20)}   # length_2x2's evals: 0, 20, ...
