@@ -68,14 +68,9 @@ def paired_tests(diffs: np.ndarray, alpha: float = ALPHA, power: float = POWER) 
     p = np.where(tested, 2 * stats.t.sf(np.abs(mean) / se, df), np.nan)
     m = counted.sum(-1, keepdims=True)
 
-    # Holm's step-down, in sorted order: ties sort as p = 1, comparisons with < 2 pairs last (no test).
-    key = np.where(tested, p, np.where(counted, 1.0, np.inf))
-    order = np.argsort(key, axis=-1, kind="stable")
-    p_sorted = np.take_along_axis(key, order, -1)
-    # m - j + 1 for the j-th smallest (1-based); ranks past m (no test) get 1, their p is inf anyway.
-    remaining = np.maximum(m - np.arange(diffs.shape[-2]), 1)
+    # Ties sort as p = 1, comparisons with < 2 pairs last (no test).
+    order, p_sorted, remaining, passed = _holm_steps(np.where(tested, p, np.where(counted, 1.0, np.inf)), m, alpha)
     step_alpha = alpha / remaining
-    passed = np.cumprod(p_sorted <= step_alpha, axis=-1).astype(bool)   # all earlier steps passed too
     adjusted = np.maximum.accumulate(np.minimum(1.0, remaining * p_sorted), axis=-1)
     # The first non-rejected rank's alpha holds for it and every later rank (see the module docstring).
     first_failed = np.argmin(passed, axis=-1)[..., None]
@@ -167,12 +162,20 @@ def equivalence_tests(diffs: np.ndarray, margin: float, alpha: float = ALPHA,
             "below": below, "beyond": beyond, "lo": lo, "hi": hi, "showable": showable}
 
 
+def _holm_steps(key: np.ndarray, m: np.ndarray, alpha: float):
+    """Holm's step-down over p-values key [..., k] (inf: no test, sorted last) of families of size m [..., 1]:
+    order (argsort of key), the sorted p, remaining (m - j + 1 for the j-th smallest, 1-based; ranks past m
+    get 1, their p is inf anyway) and passed (the sorted p at or under alpha / remaining, every earlier step
+    passed too)."""
+    order = np.argsort(key, axis=-1, kind="stable")
+    p_sorted = np.take_along_axis(key, order, -1)
+    remaining = np.maximum(m - np.arange(key.shape[-1]), 1)
+    passed = np.cumprod(p_sorted <= alpha / remaining, axis=-1).astype(bool)
+    return order, p_sorted, remaining, passed
+
+
 def _holm_reject(p: np.ndarray, tested: np.ndarray, m: np.ndarray, alpha: float) -> np.ndarray:
     """Holm's step-down rejections [..., m] of p-values [..., m] (untested: never rejected, sorted last;
     m [..., 1]: the family size, counting ties, as in `paired_tests`)."""
-    key = np.where(tested, p, np.inf)
-    order = np.argsort(key, axis=-1, kind="stable")
-    p_sorted = np.take_along_axis(key, order, -1)
-    remaining = np.maximum(m - np.arange(p.shape[-1]), 1)
-    passed = np.cumprod(p_sorted <= alpha / remaining, axis=-1).astype(bool)
+    order, _, _, passed = _holm_steps(np.where(tested, p, np.inf), m, alpha)
     return np.take_along_axis(passed, np.argsort(order, axis=-1), -1) & tested

@@ -47,10 +47,12 @@ def trl_pair(workload: str, steps: int, warmup: int, out: Path) -> list[float]:
     return [json.loads(f.read_text())["step_s_summary"]["median"] for f in files]
 
 
-def ours(workload: str, seeds: int, steps: int, warmup: int, threads: int, out: Path) -> dict:
-    path = out / f"ours{seeds}.json"
+def ours(workload: str, seeds: int, steps: int, warmup: int, threads: int, out: Path, batching: str = "auto") -> dict:
+    """`grpo bench --population seeds` in a fresh process: its JSON object."""
+    path = out / f"ours{seeds}{batching}.json"
     subprocess.run([str(REPO / ".venv" / "bin" / "grpo"), "bench", "--workload", workload, "--population", str(seeds),
-                    "--steps", str(steps), "--warmup", str(warmup), "--threads", str(threads), "--json-out", str(path)],
+                    "--steps", str(steps), "--warmup", str(warmup), "--threads", str(threads), "--json-out", str(path),
+                    "--population-batching", batching],
                    check=True, stdout=subprocess.DEVNULL)
     return json.loads(path.read_text())
 
