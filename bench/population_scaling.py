@@ -29,11 +29,15 @@ STEPS = {"tiny": 8, "small": 2}       # timed steps per cell: W2's step is ~25x 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workloads", type=lambda t: t.split(","), default=["tiny", "small"])
+    parser.add_argument("--workloads", type=lambda t: t.split(","), default=["tiny", "small"],
+                        help=f"comma-separated, of {', '.join(STEPS)}")
     parser.add_argument("--seeds", type=lambda t: [int(s) for s in t.split(",")], default=[1, 2, 5, 10])
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args()
+    unknown = sorted(set(args.workloads) - set(STEPS))
+    if unknown:
+        parser.error(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(STEPS)}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for workload in args.workloads:

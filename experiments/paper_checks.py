@@ -252,7 +252,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         metavar="ID,ID,...", help="comma-separated claim IDs to check (default: all)")
     parser.add_argument("--exact-only", action="store_true",
                         help="only the exact (E) claims: no training, a few seconds")
-    parser.add_argument("--quick", action="store_true", help="the S claims' small budget: 3 seeds x 40 steps (default: the full run's "
+    parser.add_argument("--quick", action="store_true",
+                        help="the S claims' small budget: 3 seeds x 40 steps (default: the full run's "
                              f"{FULL['seeds']} seeds x {FULL['steps']} steps)")
     # Default None: the sweeps' own default (experiments.sweep.DEFAULT_PARALLEL), read when a sweep runs, so
     # --exact-only does not import the sweep runner and its model stack.

@@ -149,10 +149,12 @@ M_ARENA_MAX = -8      # glibc's mallopt parameter number (malloc.h)
 
 
 def _one_malloc_arena() -> None:
-    """Cap glibc's malloc arenas at one for the process before the step threads start. glibc gives each new
-    thread an arena of its own; the step threads never allocate at once (the `turn` lock), so theirs buy no
-    concurrency and each keeps its freed activations mapped: W1 at S = 5 peaked at 3294-4093 MiB, and at 1448
-    MiB, at the same speed, with MALLOC_ARENA_MAX=1 (docs/population.md). A no-op without glibc's mallopt."""
+    """Stop glibc making new malloc arenas (mallopt(M_ARENA_MAX, 1)) before the step threads start, so they
+    share the arenas that exist (the main one, and any torch's worker threads made earlier) instead of one new
+    arena each: the step threads never allocate at once (the `turn` lock), so arenas of their own buy no
+    concurrency and each keeps its freed activations mapped. W1 at S = 5 batched, A/B in fresh processes, two
+    rounds: 2283 / 2302 MiB with it, 4565 / 3386 MiB without, no slower (docs/population.md). Process-wide and for good, CUDA
+    runs included (not measured there). A no-op without glibc's mallopt."""
     try:
         ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 1)
     except (OSError, AttributeError):
