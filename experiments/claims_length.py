@@ -65,14 +65,10 @@ def check_r4(frame: pd.DataFrame) -> Result:
     len/wrong_mean on the step (tokens per step, steps from 1) of grpo minus dr_grpo's, > 0. The note gives
     the training accuracy difference and whether it is about equal (interval within +-0.05): the paper's
     "at about equal accuracy", reported, not part of the verdict."""
-    missing = _missing_metric(frame, ("grpo", "dr_grpo"), "len/wrong_mean")
-    if missing:
-        return missing
-    slopes = _run_slopes(frame, "len/wrong_mean")
-    result = direction_result(["len/wrong_mean slope grpo-dr_grpo"],
-                              _contrast(slopes, {"grpo": 1.0, "dr_grpo": -1.0})[None, :], " tok/step")
-    note = "; ".join(filter(None, [result.note, _accuracy_note(frame, "grpo", "dr_grpo")]))
-    return replace(result, steps=int(frame["step"].max()), note=note)
+    result = _slope_difference(frame, "len/wrong_mean", "grpo", "dr_grpo")
+    if result.verdict == "not applicable":
+        return result
+    return replace(result, note="; ".join(filter(None, [result.note, _accuracy_note(frame, "grpo", "dr_grpo")])))
 
 
 # R5's 2x2: arm -> (length normalisation 1/|o| on, group std on).
@@ -109,12 +105,17 @@ def check_r5(frame: pd.DataFrame) -> Result:
 def check_p8(frame: pd.DataFrame) -> Result:
     """DAPO's token-level loss gives less length growth than the sample-level one: per seed, the slope of
     len/mean on the step (steps from 1) of grpo (seq_mean_token_mean) minus token_mean's, > 0."""
-    missing = _missing_metric(frame, ("grpo", "token_mean"), "len/mean")
+    return _slope_difference(frame, "len/mean", "grpo", "token_mean")
+
+
+def _slope_difference(frame: pd.DataFrame, metric: str, arm: str, other: str) -> Result:
+    """Per seed, the least-squares slope of `metric` on the step (tokens per step, steps from 1) of `arm`
+    minus `other`'s, claimed > 0; not applicable when either arm lacks runs or the metric."""
+    missing = _missing_metric(frame, (arm, other), metric)
     if missing:
         return missing
-    slopes = _run_slopes(frame, "len/mean")
-    result = direction_result(["len/mean slope grpo-token_mean"],
-                              _contrast(slopes, {"grpo": 1.0, "token_mean": -1.0})[None, :], " tok/step")
+    result = direction_result([f"{metric} slope {arm}-{other}"],
+                              _contrast(_run_slopes(frame, metric), {arm: 1.0, other: -1.0})[None, :], " tok/step")
     return replace(result, steps=int(frame["step"].max()))
 
 
