@@ -9,7 +9,11 @@ two processes running side by side), i.e. perfectly packed pairs: the tail of an
 process runs alone on two cores, is not charged to it. grpo-lab's side is `grpo bench --population S` at
 the machine's thread count (one process). The two sides alternate, never overlap, and the ratio is taken
 within each round. Prints one JSON object; the target is `ratio >= 2.5` on the median over rounds.
-Standard library only.
+`--kernel-bound` adds, per round, the most seed-steps/s grpo-lab's step could reach on this machine's
+matmul and attention kernels alone (`grpo bench --kernel-profile`'s `kernel_only_seed_steps_per_s`), the
+best of one process at the machine's threads (the population's own profile), the same population batched
+(`--population-batching on`: its stacked matmuls) and one single-thread run per core, and its ratio to
+TRL's: a ratio no arrangement of these kernels beats. Standard library only.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 TRL_SCRIPT = REPO.parent / "shared" / "bench" / "trl_grpo_bench.py"
 TARGET = 2.5
+KERNEL_PROFILE_STEPS = 3
 
 
 def trl_pair(workload: str, steps: int, warmup: int, out: Path) -> list[float]:
@@ -47,12 +52,13 @@ def trl_pair(workload: str, steps: int, warmup: int, out: Path) -> list[float]:
     return [json.loads(f.read_text())["step_s_summary"]["median"] for f in files]
 
 
-def ours(workload: str, seeds: int, steps: int, warmup: int, threads: int, out: Path, batching: str = "auto") -> dict:
+def ours(workload: str, seeds: int, steps: int, warmup: int, threads: int, out: Path, batching: str = "auto",
+         kernel_profile: int = 0) -> dict:
     """`grpo bench --population seeds` in a fresh process: its JSON object."""
-    path = out / f"ours{seeds}{batching}.json"
+    path = out / f"ours{seeds}{batching}{threads}.json"
     subprocess.run([str(REPO / ".venv" / "bin" / "grpo"), "bench", "--workload", workload, "--population", str(seeds),
                     "--steps", str(steps), "--warmup", str(warmup), "--threads", str(threads), "--json-out", str(path),
-                    "--population-batching", batching],
+                    "--population-batching", batching, "--kernel-profile", str(kernel_profile)],
                    check=True, stdout=subprocess.DEVNULL)
     return json.loads(path.read_text())
 
@@ -65,7 +71,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--kernel-bound", action="store_true",
+                        help="also the kernel-only bound on grpo-lab's seed-steps/s and its ratio to TRL's")
     args = parser.parse_args()
+    profiled = KERNEL_PROFILE_STEPS if args.kernel_bound else 0
     rounds = []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
@@ -78,14 +87,29 @@ def main() -> None:
                     row["trl_pair_s_per_step"] = medians
                     row["trl_seed_steps_per_s"] = sum(1 / m for m in medians)
                 else:
-                    result = ours(args.workload, args.seeds, args.steps, args.warmup, args.threads, out)
+                    result = ours(args.workload, args.seeds, args.steps, args.warmup, args.threads, out,
+                                  kernel_profile=profiled)
                     row["ours_seed_steps_per_s"] = result["seed_steps_per_s"]
                     row["ours_peak_rss_mib"] = result["peak_rss_mib"]
+                    if profiled:
+                        single = ours(args.workload, 1, args.steps, args.warmup, 1, out, kernel_profile=profiled)
+                        batched = ours(args.workload, args.seeds, args.steps, args.warmup, args.threads, out, "on",
+                                       kernel_profile=profiled)
+                        row["kernel_only_seed_steps_per_s"] = {
+                            "one_process": result["kernels"]["kernel_only_seed_steps_per_s"],
+                            "one_process_batched": batched["kernels"]["kernel_only_seed_steps_per_s"],
+                            "one_thread_per_core": args.threads * single["kernels"]["kernel_only_seed_steps_per_s"]}
             row["ratio"] = row["ours_seed_steps_per_s"] / row["trl_seed_steps_per_s"]
+            if profiled:
+                row["kernel_only_ratio"] = max(row["kernel_only_seed_steps_per_s"].values()) / row["trl_seed_steps_per_s"]
             rounds.append(row)
     ratio = statistics.median(r["ratio"] for r in rounds)
-    print(json.dumps({"workload": args.workload, "seeds": args.seeds, "threads": args.threads, "rounds": rounds,
-                      "ratio_median": ratio, "target": TARGET, "target_met": ratio >= TARGET}, indent=1))
+    result = {"workload": args.workload, "seeds": args.seeds, "threads": args.threads, "rounds": rounds,
+              "ratio_median": ratio, "target": TARGET, "target_met": ratio >= TARGET}
+    if profiled:
+        bound = statistics.median(r["kernel_only_ratio"] for r in rounds)
+        result.update(kernel_only_ratio_median=bound, target_reachable_on_these_kernels=bound >= TARGET)
+    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -91,6 +91,16 @@ def test_kernel_seconds_sum_the_kernel_ops_per_step():
          "aten::_scaled_dot_product_flash_attention_for_cpu_backward": 0.1}, rel=1e-12)
 
 
+def test_kernel_seconds_by_phase_charge_each_call_to_the_phase_it_ran_in():
+    # Two profiled steps. rollout [0, 10] and train [20, 30]; two seeds' reward phases overlap, [12, 18] and
+    # [13, 16]: a call at 14 is the later one's, one at 17 the earlier one's (the later ended at 16).
+    phases = [("train", 20.0, 30.0), ("rollout", 0.0, 10.0), ("reward", 12.0, 18.0), ("reward2", 13.0, 16.0)]
+    kernels = [(1.0, 0.2), (10.0, 0.4), (14.0, 0.6), (17.0, 0.8), (11.0, 1.0), (25.0, 1.2), (31.0, 1.4), (-1.0, 0.1)]
+    assert bench.kernel_seconds_by_phase(kernels, phases, steps=2) == pytest.approx(
+        {"rollout": 0.3, "reward2": 0.3, "reward": 0.4, "train": 0.6, "outside": 1.25}, rel=1e-12)
+    assert bench.kernel_seconds_by_phase([], phases, steps=1) == {}
+
+
 def test_bench_kernel_profile_reports_kernels_inside_the_step(tmp_path):
     out = tmp_path / "bench.json"
     args = ["bench", "--steps", "2", "--warmup", "0", "--threads", "1", "--completion-len", "4",
@@ -104,6 +114,25 @@ def test_bench_kernel_profile_reports_kernels_inside_the_step(tmp_path):
     assert kernels["s_per_step"] == pytest.approx(sum(kernels["by_op_s"].values()))
     assert kernels["ratio_to_floor"] == pytest.approx(kernels["s_per_step"] / result["floor_s_per_step"])
     assert kernels["share_of_median_step"] == pytest.approx(kernels["s_per_step"] / result["median_s_per_step"])
+    assert kernels["kernel_only_seed_steps_per_s"] == pytest.approx(1 / kernels["s_per_step"])
+    # Every kernel ran in a phase of the step (rollout, reference forward in "reward", learner in "train"):
+    # the split adds up to the total and charges nothing to the gaps between phases.
+    by_phase = kernels["by_phase_s"]
+    assert sum(by_phase.values()) == pytest.approx(kernels["s_per_step"], rel=1e-9)
+    assert {"rollout", "reward", "train"} <= set(by_phase) and "outside" not in by_phase
+    assert all(by_phase[k] > 0 for k in ("rollout", "reward", "train"))
+
+
+def test_bench_kernel_profile_sees_a_batched_populations_seed_threads(tmp_path):
+    # Batched, every model call runs in one of the seeds' step threads (grpo/algorithm/batching.py), none in the
+    # main thread: a profile of the main thread alone would find no kernel in any phase.
+    out = tmp_path / "bench.json"
+    args = ["bench", "--steps", "1", "--warmup", "0", "--threads", "1", "--completion-len", "4", "--population", "2",
+            "--population-batching", "on", "--peak-gflops", "50", "--kernel-profile", "1", "--json-out", str(out)]
+    assert main(args) == 0
+    kernels = json.loads(out.read_text())["kernels"]
+    assert all(kernels["by_phase_s"].get(k, 0) > 0 for k in ("rollout", "reward", "train"))
+    assert kernels["kernel_only_seed_steps_per_s"] == pytest.approx(2 / kernels["s_per_step"])
 
 
 def test_kernel_ops_cover_every_matmul_and_attention_op_a_step_runs(tmp_path):

@@ -17,9 +17,12 @@ efficiency means the same on any machine: 1.0 would be a step that does nothing 
 forward/backward; optimizer) beside its own floor. `--kernel-profile K` runs K more steps under
 torch.profiler and adds `kernels`: the seconds a step spends inside its matmul and attention kernels, at
 the rates they ran in the step. That is the step's time if every other op and all Python cost nothing,
-so `kernels.ratio_to_floor` is as near the floor as the step's code gets on this machine's kernels. The
-kernels do some work the floor leaves out (padding after EOS, oneDNN's padded row buckets, the decode
-loop's masked cache slots), so the ratio mixes the kernels' rate with that extra work.
+so `kernels.ratio_to_floor` is as near the floor as the step's code gets on this machine's kernels, and
+`kernels.kernel_only_seed_steps_per_s` (S / those seconds) is the most seed-steps per second any code
+built on these kernels reaches, batched or not (stacking seeds changes no seed's matmuls); `by_phase_s`
+splits them by the step's phases. The kernels do some work the floor leaves out (padding after EOS,
+oneDNN's padded row buckets, the decode loop's masked cache slots), so the ratio mixes the kernels' rate
+with that extra work.
 
 `--population S` steps seeds 0 .. S-1 of the workload as one population (grpo train --population S,
 grpo/algorithm/population.py): a step is all S seeds' steps, so `median_s_per_step`, the phases (summed over
@@ -34,6 +37,7 @@ learner's pi_old forward (in the reward phase), which the floor, counting one dt
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 import resource
@@ -48,6 +52,7 @@ import torch
 
 from grpo import GrpoError
 from grpo.base.device import DTYPES
+from grpo.base.timing import STAGE_PREFIX
 from grpo.engine import gemm
 from grpo.setup.config import TrainConfig
 from grpo.setup.presets import MODEL_PRESETS
@@ -218,14 +223,48 @@ def kernel_seconds(events, steps: int) -> dict[str, float]:
     return totals
 
 
-def profile_kernels(members, first_step: int, steps: int) -> dict[str, float]:
-    """Run `steps` more GRPO steps of `members` under torch.profiler; `kernel_seconds` of them."""
+def kernel_seconds_by_phase(kernels: list[tuple[float, float]], phases: list[tuple[str, float, float]],
+                            steps: int) -> dict[str, float]:
+    """Seconds a step spends in kernels during each phase, from each kernel call's (start, seconds) and each
+    phase's (name, start, end) over `steps` profiled steps (one clock for both). A call inside overlapping
+    phases (a batched population's seeds wait in theirs together) counts once, under the latest to start;
+    a call inside none counts under "outside" (the step's work between its phases)."""
+    phases = sorted(phases, key=lambda phase: phase[1])
+    starts = [start for _, start, _ in phases]
+    totals: dict[str, float] = {}
+    for start, seconds in kernels:
+        name = "outside"
+        for i in range(bisect.bisect_right(starts, start) - 1, -1, -1):
+            if phases[i][2] >= start:
+                name = phases[i][0]
+                break
+        totals[name] = totals.get(name, 0.0) + seconds / steps
+    return totals
+
+
+def profile_kernels(members, first_step: int, steps: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Run `steps` more GRPO steps of `members` under torch.profiler: the kernel seconds of a step by op
+    (`kernel_seconds`) and by phase (`kernel_seconds_by_phase`)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for step in range(first_step, first_step + steps):
-            step_members(members, step)
-    return kernel_seconds(((e.key, e.self_cpu_time_total / 1e6) for e in prof.key_averages()), steps)
+    for c, _ in members:
+        c.timer.ranges = True
+    # Every thread: a batched population runs its model calls in its seeds' threads (grpo/algorithm/batching.py),
+    # which the profiler, by default, does not see.
+    every_thread = torch._C._profiler._ExperimentalConfig(profile_all_threads=True)
+    try:
+        with profile(activities=[ProfilerActivity.CPU], experimental_config=every_thread) as prof:
+            for step in range(first_step, first_step + steps):
+                step_members(members, step)
+    finally:
+        for c, _ in members:
+            c.timer.ranges = False
+    events = prof.events()
+    phases = [(e.name.removeprefix(STAGE_PREFIX), e.time_range.start, e.time_range.end)
+              for e in events if e.name.startswith(STAGE_PREFIX)]
+    kernels = [(e.time_range.start, e.self_cpu_time_total / 1e6) for e in events if e.name in KERNEL_OPS]
+    return (kernel_seconds(((e.name, e.self_cpu_time_total / 1e6) for e in events), steps),
+            kernel_seconds_by_phase(kernels, phases, steps))
 
 
 def seconds_per_call(call, device: torch.device, seconds: float) -> float:
@@ -350,12 +389,13 @@ def run_bench(b: BenchConfig) -> dict:
         "torch": torch.__version__,
     }
     if b.kernel_profile:
-        by_op = profile_kernels(members, b.warmup + b.steps + 1, b.kernel_profile)
+        by_op, by_phase = profile_kernels(members, b.warmup + b.steps + 1, b.kernel_profile)
         kernel_s = sum(by_op.values())
         result["kernels"] = {
-            "profiled_steps": b.kernel_profile, "s_per_step": kernel_s, "by_op_s": by_op,
+            "profiled_steps": b.kernel_profile, "s_per_step": kernel_s, "by_op_s": by_op, "by_phase_s": by_phase,
             # the profiled steps' kernel time over the (unprofiled) timed steps' median
             "ratio_to_floor": kernel_s / floor, "share_of_median_step": kernel_s / median,
+            "kernel_only_seed_steps_per_s": S / kernel_s,
         }
     if b.compare_loop:
         # The same seeds as single runs, each built alone (its own reference and sampler) and stepped in turn.
