@@ -12,8 +12,9 @@ within each round. Prints one JSON object; the target is `ratio >= 2.5` on the m
 `--kernel-bound` adds, per round, the most seed-steps/s grpo-lab's step could reach on this machine's
 matmul and attention kernels alone (`grpo bench --kernel-profile`'s `kernel_only_seed_steps_per_s`), the
 best of one process at the machine's threads (the population's own profile), the same population batched
-(`--population-batching on`: its stacked matmuls) and one single-thread run per core, and its ratio to
-TRL's: a ratio no arrangement of these kernels beats. Standard library only.
+(`--population-batching on`: its stacked matmuls) and `--threads` single-thread runs side by side (one per
+core at the default), and its ratio to TRL's: what eager torch's kernels, as these three call them, allow
+with everything else free. Standard library only.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def main() -> None:
                         row["kernel_only_seed_steps_per_s"] = {
                             "one_process": result["kernels"]["kernel_only_seed_steps_per_s"],
                             "one_process_batched": batched["kernels"]["kernel_only_seed_steps_per_s"],
-                            "one_thread_per_core": args.threads * single["kernels"]["kernel_only_seed_steps_per_s"]}
+                            "single_thread_runs_side_by_side": args.threads * single["kernels"]["kernel_only_seed_steps_per_s"]}
             row["ratio"] = row["ours_seed_steps_per_s"] / row["trl_seed_steps_per_s"]
             if profiled:
                 row["kernel_only_ratio"] = max(row["kernel_only_seed_steps_per_s"].values()) / row["trl_seed_steps_per_s"]
@@ -108,7 +109,7 @@ def main() -> None:
               "ratio_median": ratio, "target": TARGET, "target_met": ratio >= TARGET}
     if profiled:
         bound = statistics.median(r["kernel_only_ratio"] for r in rounds)
-        result.update(kernel_only_ratio_median=bound, target_reachable_on_these_kernels=bound >= TARGET)
+        result.update(kernel_only_ratio_median=bound, target_within_kernel_bound=bound >= TARGET)
     print(json.dumps(result, indent=1))
 
 

@@ -19,7 +19,9 @@ spec.loader.exec_module(kernel_bound)
 
 
 def test_arm_flags_are_the_sweeps_seed_zero_runs_on_one_thread(tmp_path):
-    flags = kernel_bound.arm_flags("demo", tmp_path, cores=2)
+    from experiments.demo import EXPERIMENT
+
+    flags = kernel_bound.arm_flags(EXPERIMENT, tmp_path)
     assert list(flags) == ["grpo", "dr_grpo", "G4", "beta0"]
     for arm, arm_flags in flags.items():
         assert arm_flags[arm_flags.index("--threads") + 1] == "1"
@@ -57,8 +59,14 @@ def test_the_kernel_clock_times_the_matmuls_inside_composite_ops(inference):
         projected = F.linear(a, weight)
         attended = F.scaled_dot_product_attention(q, q, q)
         wall = time.perf_counter() - start
-    assert set(clock.seconds) == {"aten::bmm", "aten::mm", "aten::_scaled_dot_product_flash_attention_for_cpu"}
-    assert 0 < sum(clock.seconds.values()) < wall
+    # One kernel call each, whichever way it reached the clock: none missed, none counted twice.
+    assert clock.calls == {"aten::bmm": 1, "aten::mm": 1, "aten::_scaled_dot_product_flash_attention_for_cpu": 1}
+    assert set(clock.seconds) == set(clock.calls) and 0 < sum(clock.seconds.values()) < wall
     torch.testing.assert_close(product, a @ b)
     torch.testing.assert_close(projected, a @ weight.t())
     assert attended.shape == q.shape
+
+
+def test_a_profiled_run_is_one_seed():
+    with pytest.raises(SystemExit, match="one seed"):
+        kernel_bound.profile_run(["--population", "2"])

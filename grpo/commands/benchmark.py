@@ -18,9 +18,9 @@ forward/backward; optimizer) beside its own floor. `--kernel-profile K` runs K m
 torch.profiler and adds `kernels`: the seconds a step spends inside its matmul and attention kernels, at
 the rates they ran in the step. That is the step's time if every other op and all Python cost nothing,
 so `kernels.ratio_to_floor` is as near the floor as the step's code gets on this machine's kernels, and
-`kernels.kernel_only_seed_steps_per_s` (S / those seconds) is the most seed-steps per second any code
-built on these kernels reaches, batched or not (stacking seeds changes no seed's matmuls); `by_phase_s`
-splits them by the step's phases. The kernels do some work the floor leaves out (padding after EOS,
+`kernels.kernel_only_seed_steps_per_s` (S / those seconds) is the most seed-steps per second the step's
+code reaches as eager torch calls these kernels, with everything else free; `by_phase_s` splits the kernel
+seconds by the step's phases. The kernels do some work the floor leaves out (padding after EOS,
 oneDNN's padded row buckets, the decode loop's masked cache slots), so the ratio mixes the kernels' rate
 with that extra work.
 
@@ -250,8 +250,13 @@ def profile_kernels(members, first_step: int, steps: int) -> tuple[dict[str, flo
     for c, _ in members:
         c.timer.ranges = True
     # Every thread: a batched population runs its model calls in its seeds' threads (grpo/algorithm/batching.py),
-    # which the profiler, by default, does not see.
-    every_thread = torch._C._profiler._ExperimentalConfig(profile_all_threads=True)
+    # which the profiler, by default, does not see. (A private option of torch's; without it, say so.)
+    try:
+        every_thread = torch._C._profiler._ExperimentalConfig(profile_all_threads=True)
+    except (AttributeError, TypeError) as err:
+        if len(members) > 1 and members[0][0].population is not None:
+            raise GrpoError(f"--kernel-profile of a batched population needs torch's profile_all_threads ({err})")
+        every_thread = None
     try:
         with profile(activities=[ProfilerActivity.CPU], experimental_config=every_thread) as prof:
             for step in range(first_step, first_step + steps):
@@ -395,7 +400,7 @@ def run_bench(b: BenchConfig) -> dict:
             "profiled_steps": b.kernel_profile, "s_per_step": kernel_s, "by_op_s": by_op, "by_phase_s": by_phase,
             # the profiled steps' kernel time over the (unprofiled) timed steps' median
             "ratio_to_floor": kernel_s / floor, "share_of_median_step": kernel_s / median,
-            "kernel_only_seed_steps_per_s": S / kernel_s,
+            "kernel_only_seed_steps_per_s": S / kernel_s if kernel_s else None,   # None: no kernel seen
         }
     if b.compare_loop:
         # The same seeds as single runs, each built alone (its own reference and sampler) and stepped in turn.
