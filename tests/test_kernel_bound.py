@@ -70,3 +70,28 @@ def test_the_kernel_clock_times_the_matmuls_inside_composite_ops(inference):
 def test_a_profiled_run_is_one_seed():
     with pytest.raises(SystemExit, match="one seed"):
         kernel_bound.profile_run(["--population", "2"])
+
+
+def test_the_kernel_clock_counts_the_kernel_calls_the_profiler_records_in_a_real_step():
+    # Two runs built alike take the same first step (W1's shape, exact-length completions); one under
+    # torch.profiler, which records every kernel call, inside composites too, one under the clock.
+    from torch.profiler import ProfilerActivity, profile
+
+    from grpo.algorithm.step import build_run, grpo_step
+    from grpo.commands.benchmark import BenchConfig, KERNEL_OPS, workload_config
+
+    cfg = workload_config(BenchConfig(completion_len=3, threads=1))
+    profiled, clocked = build_run(cfg, log=lambda *_: None), build_run(cfg, log=lambda *_: None)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        grpo_step(*profiled, 1)
+    with kernel_bound.KernelClock() as clock:
+        grpo_step(*clocked, 1)
+    recorded = {e.key: e.count for e in prof.key_averages() if e.key in KERNEL_OPS}
+    # Every kernel call is counted once. The product may change kernel: decomposed from Python, one matmul (the
+    # prefill's head on a strided [8, 1, 128] slice) runs as bmm where torch's C++ matmul folds it into an mm.
+    matmuls = ("aten::mm", "aten::bmm")
+    assert sum(clock.calls.get(k, 0) for k in matmuls) == sum(recorded.get(k, 0) for k in matmuls)
+    assert {k: n for k, n in clock.calls.items() if k not in matmuls} == \
+        {k: n for k, n in recorded.items() if k not in matmuls}
+    assert abs(clock.calls["aten::bmm"] - recorded["aten::bmm"]) <= 1
+    assert recorded["aten::mm"] > 0 and "aten::_scaled_dot_product_flash_attention_for_cpu_backward" in recorded
