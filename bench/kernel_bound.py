@@ -59,12 +59,12 @@ class KernelClock(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name, kwargs = func._schema.name, kwargs or {}
-        if name not in KERNEL_OPS and composite(func):
-            with self:          # its parts come back here
-                out = func.decompose(*args, **kwargs)
-            if out is not NotImplemented:
-                return out
         if name not in KERNEL_OPS:
+            if composite(func):
+                with self:          # its parts come back here
+                    out = func.decompose(*args, **kwargs)
+                if out is not NotImplemented:
+                    return out
             return func(*args, **kwargs)
         start = time.perf_counter()
         out = func(*args, **kwargs)
@@ -94,8 +94,7 @@ def arm_flags(experiment, out_dir: Path) -> dict[str, list[str]]:
     from experiments.sweep import plan_runs
     from grpo.setup.config import config_flags
 
-    overrides = {"quick": False, "steps": None, "train_args": [], "arms": None, "warmstart_seed": None}
-    runs = plan_runs(experiment, out_dir, [0], overrides, parallel=1)
+    runs = plan_runs(experiment, out_dir, [0], {"quick": False, "steps": None, "train_args": []}, parallel=1)
     return {run.arm: config_flags(dataclasses.replace(run.config, threads=1)) for run in runs}
 
 
@@ -125,7 +124,8 @@ def main() -> None:
             done = subprocess.run([sys.executable, __file__, PROFILE_RUN, *flags], capture_output=True, text=True,
                                   env={**os.environ, "OMP_NUM_THREADS": "1"})
             if done.returncode != 0:
-                sys.exit(f"kernel_bound: error: arm {arm}'s run failed: {done.stderr.strip().splitlines()[-1:]}")
+                last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+                sys.exit(f"kernel_bound: error: arm {arm}'s run failed: {last}")
             arms[arm] = json.loads(done.stdout.strip().splitlines()[-1])
             print(f"{arm}: {arms[arm]['kernel_s']:.1f} kernel s", file=sys.stderr)
     bound = seeds * sum(a["kernel_s"] for a in arms.values()) / args.cores
