@@ -1,7 +1,7 @@
 """Issue Q: over a full demo-length run, a batched population's seeds end where single runs end.
 
 Batched, a seed's step 1 equals its single run's to float tolerance (tests/test_population_batched.py); after
-that a token drawn at a near-tie can differ, so the runs part ways and only their statistics can agree. The
+that a token drawn at a near-tie can differ, so the runs can part ways and then only their statistics agree. The
 demo's grpo arm (40 steps, scored on all 427 held-out problems) trains seeds 0-4 twice, side by side on two
 cores: as a population stepped seed by seed (`--population-batching off`, each seed its single run bit for
 bit, tests/test_population.py) and batched (`on`). Their final accuracies must not differ by Welch's
